@@ -1,0 +1,323 @@
+//! CPU kernels that candle lacks in the form ONNX needs: N-d (1 to 3 spatial axes)
+//! im2col for convolutions with any pads, strides, dilations and groups, and max/average
+//! pooling with pads, dilations and ceil mode. Each is a candle custom op with its backward
+//! pass, so autograd flows through it.
+
+use crate::ir::{conv_out_len, ConvAttrs, PoolAttrs};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// Window geometry, with the spatial axes padded to 3 (leading axes of size 1).
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub n: usize,
+    pub c: usize,
+    pub ns: usize,
+    pub input: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub pad: [usize; 3],
+    pub pad_end: [usize; 3],
+    pub dil: [usize; 3],
+    pub out: [usize; 3],
+}
+
+impl Window {
+    fn new(
+        dims: &[usize],
+        kernel: &[usize],
+        strides: &[usize],
+        pads: &[usize],
+        dilations: &[usize],
+        ceil: bool,
+    ) -> crate::Result<Self> {
+        let ns = kernel.len();
+        if !(1..=3).contains(&ns) || dims.len() != ns + 2 {
+            return Err(crate::Error::unsupported(format!("{ns}-D windows (ecc runs 1-D to 3-D)")));
+        }
+        let mut w = Window {
+            n: dims[0],
+            c: dims[1],
+            ns,
+            input: [1; 3],
+            kernel: [1; 3],
+            stride: [1; 3],
+            pad: [0; 3],
+            pad_end: [0; 3],
+            dil: [1; 3],
+            out: [1; 3],
+        };
+        let off = 3 - ns;
+        for i in 0..ns {
+            w.input[off + i] = dims[2 + i];
+            w.kernel[off + i] = kernel[i];
+            w.stride[off + i] = strides[i];
+            w.pad[off + i] = pads[i];
+            w.pad_end[off + i] = pads[ns + i];
+            w.dil[off + i] = dilations[i];
+            w.out[off + i] = conv_out_len(dims[2 + i], kernel[i], strides[i], pads[i], pads[ns + i], dilations[i], ceil)?;
+        }
+        Ok(w)
+    }
+    fn k(&self) -> usize {
+        self.kernel.iter().product()
+    }
+    fn l(&self) -> usize {
+        self.out.iter().product()
+    }
+    fn in_len(&self) -> usize {
+        self.input.iter().product()
+    }
+    /// Input coordinate along axis `a` for output `o` and tap `k`, if inside the input.
+    #[inline]
+    fn coord(&self, a: usize, o: usize, k: usize) -> Option<usize> {
+        let p = (o * self.stride[a] + k * self.dil[a]) as isize - self.pad[a] as isize;
+        (p >= 0 && (p as usize) < self.input[a]).then_some(p as usize)
+    }
+    fn out_dims(&self, channels: usize) -> Vec<usize> {
+        let mut d = vec![self.n, channels];
+        d.extend_from_slice(&self.out[3 - self.ns..]);
+        d
+    }
+    /// Visit every (output position, tap) pair of one channel plane with the flat input
+    /// offset it reads (None in the padding).
+    #[inline]
+    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, Option<usize>)) {
+        let [od, oh, ow] = self.out;
+        let [kd, kh, kw] = self.kernel;
+        let [_, ih, iw] = self.input;
+        for z in 0..kd {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let tap = (z * kh + y) * kw + x;
+                    for a in 0..od {
+                        let pz = self.coord(0, a, z);
+                        for b in 0..oh {
+                            let py = self.coord(1, b, y);
+                            for c in 0..ow {
+                                let l = (a * oh + b) * ow + c;
+                                let src = match (pz, py, self.coord(2, c, x)) {
+                                    (Some(pz), Some(py), Some(px)) => Some((pz * ih + py) * iw + px),
+                                    _ => None,
+                                };
+                                f(l, tap, src);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("ecc kernel: input is not contiguous"),
+    }
+}
+
+/// im2col into the layout (group, C/group * K, N * L) so that the convolution is one
+/// batched matmul of the (group, M/group, C/group * K) weight with it.
+struct Im2Col {
+    w: Window,
+    group: usize,
+}
+
+impl Im2Col {
+    fn scatter(&self, x: &[f32], cols: &mut [f32]) {
+        let (w, l, k) = (&self.w, self.w.l(), self.w.k());
+        let cg = w.c / self.group;
+        let plane = w.in_len();
+        for n in 0..w.n {
+            for c in 0..w.c {
+                let src = &x[(n * w.c + c) * plane..][..plane];
+                let (gi, ci) = (c / cg, c % cg);
+                w.for_each_tap(|o, tap, s| {
+                    let row = gi * cg * k + ci * k + tap;
+                    cols[(row * w.n + n) * l + o] = s.map_or(0.0, |s| src[s]);
+                });
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "ecc-im2col"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (k, lo) = (self.w.k(), self.w.l());
+        let rows = self.w.c / self.group * k;
+        let mut cols = vec![0f32; self.group * rows * self.w.n * lo];
+        self.scatter(x, &mut cols);
+        Ok((CpuStorage::F32(cols), Shape::from((self.group, rows, self.w.n * lo))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (w, l, k) = (&self.w, self.w.l(), self.w.k());
+        let cg = w.c / self.group;
+        let plane = w.in_len();
+        let mut dx = vec![0f32; w.n * w.c * plane];
+        for n in 0..w.n {
+            for c in 0..w.c {
+                let dst = &mut dx[(n * w.c + c) * plane..][..plane];
+                let (gi, ci) = (c / cg, c % cg);
+                w.for_each_tap(|o, tap, s| {
+                    if let Some(s) = s {
+                        let row = gi * cg * k + ci * k + tap;
+                        dst[s] += g[(row * w.n + n) * l + o];
+                    }
+                });
+            }
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// N-d convolution: im2col, one batched matmul, bias.
+pub fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> crate::Result<Tensor> {
+    let win = Window::new(x.dims(), &a.kernel, &a.strides, &a.pads, &a.dilations, false)?;
+    let (m, g) = (w.dims()[0], a.group);
+    let rows = win.c / g * win.k();
+    let (n, l) = (win.n, win.l());
+    let cols = x.contiguous()?.apply_op1(Im2Col { w: win.clone(), group: g })?;
+    let wg = w.reshape((g, m / g, rows))?;
+    let y = wg.matmul(&cols)?; // (g, M/g, N*L)
+    let y = if n == 1 {
+        y.reshape((1, m, l))?
+    } else {
+        y.reshape((g, m / g, n, l))?.permute((2, 0, 1, 3))?.reshape((n, m, l))?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, m, 1))?)?,
+        None => y,
+    };
+    Ok(y.reshape(win.out_dims(m))?)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum PoolKind {
+    Max,
+    Avg { count_include_pad: bool },
+}
+
+struct Pool {
+    w: Window,
+    kind: PoolKind,
+}
+
+impl Pool {
+    /// Divisor of average pooling at output `o` of one plane: the taps inside the input, or
+    /// with count_include_pad the taps inside the padded input (as onnxruntime does).
+    fn divisors(&self) -> Vec<f32> {
+        let w = &self.w;
+        let mut inside = vec![0f32; w.l()];
+        w.for_each_tap(|o, _, s| {
+            if s.is_some() {
+                inside[o] += 1.0;
+            }
+        });
+        if let PoolKind::Avg { count_include_pad: true } = self.kind {
+            // Count taps whose coordinate lies in [-pad_begin, len + pad_end) on each axis.
+            let [_, oh, ow] = w.out;
+            let mut counts = vec![1f32; w.l()];
+            for (o, cnt) in counts.iter_mut().enumerate() {
+                let idx = [o / (oh * ow), (o / ow) % oh, o % ow];
+                for a in 0..3 {
+                    let start = (idx[a] * w.stride[a]) as isize - w.pad[a] as isize;
+                    let eff = ((w.kernel[a] - 1) * w.dil[a] + 1) as isize;
+                    let end = (start + eff).min((w.input[a] + w.pad_end[a]) as isize);
+                    let d = w.dil[a] as isize;
+                    *cnt *= ((end - start + d - 1) / d).max(1) as f32;
+                }
+            }
+            return counts;
+        }
+        inside.iter().map(|&c| c.max(1.0)).collect()
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        "ecc-pool"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let w = &self.w;
+        let (plane, lo) = (w.in_len(), w.l());
+        let mut y = vec![0f32; w.n * w.c * lo];
+        let div = if self.kind == PoolKind::Max { vec![] } else { self.divisors() };
+        for (p, out) in y.chunks_mut(lo).enumerate() {
+            let src = &x[p * plane..][..plane];
+            match self.kind {
+                PoolKind::Max => {
+                    out.fill(f32::NEG_INFINITY);
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            if src[s] > out[o] || src[s].is_nan() {
+                                out[o] = src[s];
+                            }
+                        }
+                    });
+                }
+                PoolKind::Avg { .. } => {
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            out[o] += src[s];
+                        }
+                    });
+                    for (v, d) in out.iter_mut().zip(&div) {
+                        *v /= d;
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from(w.out_dims(w.c))))
+    }
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let y = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let w = &self.w;
+        let (plane, lo) = (w.in_len(), w.l());
+        let mut dx = vec![0f32; x.len()];
+        let div = if self.kind == PoolKind::Max { vec![] } else { self.divisors() };
+        for p in 0..w.n * w.c {
+            let src = &x[p * plane..][..plane];
+            let dst = &mut dx[p * plane..][..plane];
+            let (yp, gp) = (&y[p * lo..][..lo], &g[p * lo..][..lo]);
+            match self.kind {
+                PoolKind::Max => {
+                    // The gradient goes to the first tap that attains the max.
+                    let mut taken = vec![false; lo];
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            if !taken[o] && src[s] == yp[o] {
+                                dst[s] += gp[o];
+                                taken[o] = true;
+                            }
+                        }
+                    });
+                }
+                PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
+                    if let Some(s) = s {
+                        dst[s] += gp[o] / div[o];
+                    }
+                }),
+            }
+        }
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
+    let w = Window::new(x.dims(), &p.kernel, &p.strides, &p.pads, &p.dilations, p.ceil_mode)?;
+    Ok(x.contiguous()?.apply_op1(Pool { w, kind: PoolKind::Max })?)
+}
+
+pub fn average_pool(x: &Tensor, p: &PoolAttrs, count_include_pad: bool) -> crate::Result<Tensor> {
+    let w = Window::new(x.dims(), &p.kernel, &p.strides, &p.pads, &p.dilations, p.ceil_mode)?;
+    Ok(x.contiguous()?.apply_op1(Pool { w, kind: PoolKind::Avg { count_include_pad } })?)
+}

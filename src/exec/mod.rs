@@ -1,0 +1,295 @@
+//! The executor: runs an IR graph forward with candle on the CPU, batched, in f32.
+//! Parameters are candle [`Var`]s keyed by their ONNX names, so gradients can be taken
+//! with `backward()`; [`Executor::write_back`] copies their values into a graph for export.
+
+pub mod kernels;
+
+use crate::error::{Error, Result};
+use crate::ir::{BinaryKind, Constant, Graph, Node, Op, Shape, TensorData};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::collections::{BTreeMap, HashMap};
+
+pub struct Executor {
+    nodes: Vec<Node>,
+    shapes: HashMap<String, Shape>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    params: BTreeMap<String, Var>,
+    /// For each node, the values whose last reader it is (freed after it runs).
+    frees: Vec<Vec<String>>,
+    labels: Vec<crate::error::NodeRef>,
+    device: Device,
+}
+
+/// A constant as a candle tensor (f32).
+pub fn constant_tensor(c: &Constant, device: &Device) -> Result<Tensor> {
+    let v = match &c.data {
+        TensorData::F32(v) => v.clone(),
+        TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+    };
+    Ok(Tensor::from_vec(v, c.dims.as_slice(), device)?)
+}
+
+/// A candle tensor as an f32 constant.
+pub fn tensor_constant(t: &Tensor) -> Result<Constant> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Constant::f32(t.dims().to_vec(), v))
+}
+
+impl Executor {
+    /// Prepare a graph for execution on the CPU.
+    pub fn new(graph: &Graph) -> Result<Self> {
+        let device = Device::Cpu;
+        let mut params = BTreeMap::new();
+        for (name, c) in &graph.params {
+            params.insert(name.clone(), Var::from_tensor(&constant_tensor(c, &device)?)?);
+        }
+        let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in graph.nodes.iter().enumerate() {
+            for v in n.data_inputs() {
+                last.insert(v, i);
+            }
+        }
+        let mut frees = vec![vec![]; graph.nodes.len()];
+        for (v, i) in last {
+            if !outputs.iter().any(|o| o == v) && !params.contains_key(v) {
+                frees[i].push(v.to_string());
+            }
+        }
+        Ok(Executor {
+            nodes: graph.nodes.clone(),
+            shapes: graph.shapes.clone(),
+            inputs: graph.inputs.iter().map(|v| v.name.clone()).collect(),
+            outputs,
+            params,
+            frees,
+            labels: (0..graph.nodes.len()).map(|i| graph.node_ref(i)).collect(),
+            device,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The parameters, by ONNX name.
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// Static shape of a graph input.
+    pub fn input_shape(&self, i: usize) -> &Shape {
+        &self.shapes[&self.inputs[i]]
+    }
+
+    pub fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Copy the current parameter values into `graph` (for export after training).
+    pub fn write_back(&self, graph: &mut Graph) -> Result<()> {
+        for (name, var) in &self.params {
+            graph.params.insert(name.clone(), tensor_constant(var.as_tensor())?);
+        }
+        Ok(())
+    }
+
+    /// Run the graph on one tensor per graph input; returns one tensor per graph output.
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.inputs.len() {
+            return Err(Error::usage(format!(
+                "the model takes {} inputs, {} were given",
+                self.inputs.len(),
+                inputs.len()
+            )));
+        }
+        let mut batch = None;
+        let mut env: HashMap<&str, Tensor> = HashMap::new();
+        for (name, t) in self.inputs.iter().zip(inputs) {
+            let s = &self.shapes[name];
+            let b = s.batch.map(|a| t.dims().get(a).copied().unwrap_or(0));
+            let fits = t.rank() == s.rank() && (0..s.rank()).all(|i| Some(i) == s.batch || t.dims()[i] == s.dims[i]);
+            if !fits || b == Some(0) {
+                return Err(Error::shape(format!(
+                    "input '{name}' has shape {:?}, the model expects {s}",
+                    t.dims()
+                )));
+            }
+            if let Some(b) = b {
+                match batch {
+                    Some(x) if x != b => {
+                        return Err(Error::shape(format!("inputs disagree on the batch size ({x} vs {b})")))
+                    }
+                    _ => batch = Some(b),
+                }
+            }
+            env.insert(name, t.to_dtype(DType::F32)?);
+        }
+        for (name, v) in &self.params {
+            env.insert(name, v.as_tensor().clone());
+        }
+        let batch = batch.unwrap_or(1);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let args: Vec<&Tensor> = node.data_inputs().iter().map(|n| &env[n.as_str()]).collect();
+            let expect = self.shapes[&node.outputs[0]].with_batch(batch);
+            let y = self
+                .run_node(node, &args, &expect)
+                .and_then(|y| {
+                    if y.dims() == expect.as_slice() {
+                        Ok(y)
+                    } else {
+                        Err(Error::exec(format!("computed shape {:?}, expected {:?}", y.dims(), expect)))
+                    }
+                })
+                .map_err(|e| e.at_node(self.labels[i].clone()))?;
+            for f in &self.frees[i] {
+                env.remove(f.as_str());
+            }
+            env.insert(&node.outputs[0], y);
+        }
+        self.outputs.iter().map(|o| Ok(env[o.as_str()].clone())).collect()
+    }
+
+    fn run_node(&self, node: &Node, x: &[&Tensor], out_dims: &[usize]) -> Result<Tensor> {
+        Ok(match &node.op {
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+                let a = if *trans_a { x[0].t()? } else { x[0].clone() };
+                let b = if *trans_b { x[1].t()? } else { x[1].clone() };
+                let mut y = a.matmul(&b)?;
+                if *alpha != 1.0 {
+                    y = (y * *alpha as f64)?;
+                }
+                if let Some(c) = x.get(2) {
+                    let c = if *beta != 1.0 { (*c * *beta as f64)? } else { (*c).clone() };
+                    y = y.broadcast_add(&c)?;
+                }
+                y
+            }
+            Op::MatMul => matmul(x[0], x[1])?,
+            Op::Binary { kind, legacy_axis } => {
+                let b = match legacy_axis {
+                    Some(axis) => {
+                        let mut d = x[1].dims().to_vec();
+                        d.resize(x[0].rank() - axis, 1);
+                        x[1].reshape(d)?
+                    }
+                    None => x[1].clone(),
+                };
+                match kind {
+                    BinaryKind::Add => x[0].broadcast_add(&b)?,
+                    BinaryKind::Sub => x[0].broadcast_sub(&b)?,
+                    BinaryKind::Mul => x[0].broadcast_mul(&b)?,
+                    BinaryKind::Div => x[0].broadcast_div(&b)?,
+                }
+            }
+            Op::Sum => {
+                let mut y = x[0].clone();
+                for t in &x[1..] {
+                    y = y.broadcast_add(t)?;
+                }
+                y
+            }
+            Op::Conv(a) => kernels::conv(x[0], x[1], x.get(2).copied(), a)?,
+            Op::MaxPool(p) => kernels::max_pool(x[0], p)?,
+            Op::AveragePool { pool, count_include_pad } => kernels::average_pool(x[0], pool, *count_include_pad)?,
+            Op::GlobalAveragePool => x[0].flatten_from(2)?.mean_keepdim(2)?.reshape(out_dims)?,
+            Op::GlobalMaxPool => x[0].flatten_from(2)?.max_keepdim(2)?.reshape(out_dims)?,
+            Op::Relu => x[0].relu()?,
+            Op::LeakyRelu { alpha } => (x[0].relu()? - (x[0].neg()?.relu()? * *alpha as f64)?)?,
+            Op::PRelu => {
+                let (t, s) = (x[0], x[1]);
+                let s = if s.rank() == 1 && t.rank() > 2 && s.dims()[0] == t.dims()[1] {
+                    let mut d = vec![1; t.rank() - 1];
+                    d[0] = s.dims()[0];
+                    s.reshape(d)?
+                } else {
+                    s.clone()
+                };
+                (t.relu()? - t.neg()?.relu()?.broadcast_mul(&s)?)?
+            }
+            Op::Clip { min, max } => {
+                let mut y = x[0].clone();
+                if min.is_finite() {
+                    y = y.maximum(*min as f64)?;
+                }
+                if max.is_finite() {
+                    y = y.minimum(*max as f64)?;
+                }
+                y
+            }
+            Op::Sigmoid => x[0].neg()?.exp()?.affine(1.0, 1.0)?.recip()?,
+            Op::Tanh => x[0].tanh()?,
+            Op::Softmax { axis, legacy } => softmax(x[0], *axis, *legacy, false)?,
+            Op::LogSoftmax { axis, legacy } => softmax(x[0], *axis, *legacy, true)?,
+            Op::BatchNorm { epsilon } => {
+                let (t, scale, bias, mean, var) = (x[0], x[1], x[2], x[3], x[4]);
+                let mut d = vec![1; t.rank()];
+                d[1] = t.dims()[1];
+                let inv = (var.flatten_all()? + *epsilon as f64)?.sqrt()?.recip()?;
+                let k = (scale.flatten_all()? * inv)?.reshape(d.as_slice())?;
+                let mean = mean.reshape(d.as_slice())?;
+                t.broadcast_sub(&mean)?.broadcast_mul(&k)?.broadcast_add(&bias.reshape(d.as_slice())?)?
+            }
+            Op::Dropout | Op::Identity => x[0].clone(),
+            Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                x[0].reshape(out_dims)?
+            }
+            Op::Transpose { perm } => x[0].permute(perm.as_slice())?.contiguous()?,
+            Op::Concat { axis } => {
+                let a = crate::ir::norm_axis(*axis, x[0].rank())?;
+                Tensor::cat(x, a)?
+            }
+            Op::Lrn { alpha, beta, bias, size } => lrn(x[0], *alpha, *beta, *bias, *size)?,
+        })
+    }
+}
+
+/// ONNX MatMul: numpy semantics, 1-D operands promoted and squeezed back.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let a2 = if a.rank() == 1 { a.unsqueeze(0)? } else { a.clone() };
+    let b2 = if b.rank() == 1 { b.unsqueeze(1)? } else { b.clone() };
+    let mut y = if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
+    if b.rank() == 1 {
+        y = y.squeeze(D::Minus1)?;
+    }
+    if a.rank() == 1 {
+        let r = y.rank();
+        y = y.squeeze(if b.rank() == 1 { r - 1 } else { r - 2 })?;
+    }
+    Ok(y)
+}
+
+/// Softmax or log-softmax along `axis`; `legacy` (opset < 13) coerces to 2-D first.
+fn softmax(x: &Tensor, axis: i64, legacy: bool, log: bool) -> Result<Tensor> {
+    let a = crate::ir::norm_axis(axis, x.rank())?;
+    let (t, dim) = if legacy {
+        let outer: usize = x.dims()[..a].iter().product();
+        (x.reshape((outer, x.elem_count() / outer.max(1)))?, 1)
+    } else {
+        (x.clone(), a)
+    };
+    let shifted = t.broadcast_sub(&t.max_keepdim(dim)?)?;
+    let e = shifted.exp()?;
+    let s = e.sum_keepdim(dim)?;
+    let y = if log { shifted.broadcast_sub(&s.log()?)? } else { e.broadcast_div(&s)? };
+    Ok(y.reshape(x.dims())?)
+}
+
+/// Local response normalization across channels (ONNX LRN).
+fn lrn(x: &Tensor, alpha: f32, beta: f32, bias: f32, size: usize) -> Result<Tensor> {
+    let c = x.dims()[1];
+    let before = (size - 1) / 2;
+    let after = size - 1 - before;
+    let sq = x.sqr()?.pad_with_zeros(1, before, after)?;
+    let mut sum = sq.narrow(1, 0, c)?;
+    for k in 1..size {
+        sum = (sum + sq.narrow(1, k, c)?)?;
+    }
+    let den = (sum * (alpha as f64 / size as f64))?.affine(1.0, bias as f64)?.powf(beta as f64)?;
+    Ok((x / den)?)
+}

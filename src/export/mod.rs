@@ -1,0 +1,232 @@
+//! Export: IR [`Graph`] -> ONNX `ModelProto`. Names of the graph, nodes and values, opset
+//! imports, producer and metadata are kept; attributes are written from the typed ops in the
+//! form the model's opset expects; parameters go out as `raw_data` initializers.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::import::tensor::{dtype, encode};
+use crate::ir::{DimDecl, Graph, Node, Op, ValueInfo};
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use protobuf::{EnumOrUnknown, Message, MessageField};
+use std::path::Path;
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::INT);
+    a.i = v;
+    a
+}
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::FLOAT);
+    a.f = v;
+    a
+}
+
+fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::INTS);
+    a.ints = v.into_iter().collect();
+    a
+}
+
+fn sizes(name: &str, v: &[usize]) -> AttributeProto {
+    attr_ints(name, v.iter().map(|&x| x as i64))
+}
+
+/// The attributes of a node, for the given opset.
+fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
+    let mut a = vec![];
+    match op {
+        Op::Gemm { alpha, beta, trans_a, trans_b } => {
+            a.push(attr_float("alpha", *alpha));
+            a.push(attr_float("beta", *beta));
+            a.push(attr_int("transA", *trans_a as i64));
+            a.push(attr_int("transB", *trans_b as i64));
+            if opset < 7 {
+                a.push(attr_int("broadcast", 1));
+            }
+        }
+        Op::Binary { legacy_axis: Some(axis), .. } => {
+            a.push(attr_int("broadcast", 1));
+            a.push(attr_int("axis", *axis as i64));
+        }
+        // Below opset 7 broadcasting is opt-in; trailing alignment needs broadcast=1 too.
+        Op::Binary { legacy_axis: None, .. } if opset < 7 => a.push(attr_int("broadcast", 1)),
+        Op::Conv(c) => {
+            a.push(sizes("kernel_shape", &c.kernel));
+            a.push(sizes("strides", &c.strides));
+            a.push(sizes("pads", &c.pads));
+            a.push(sizes("dilations", &c.dilations));
+            a.push(attr_int("group", c.group as i64));
+        }
+        Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
+            a.push(sizes("kernel_shape", &p.kernel));
+            a.push(sizes("strides", &p.strides));
+            a.push(sizes("pads", &p.pads));
+            let is_max = matches!(op, Op::MaxPool(_));
+            if is_max && opset >= 10 {
+                a.push(sizes("dilations", &p.dilations));
+            }
+            if opset >= 10 {
+                a.push(attr_int("ceil_mode", p.ceil_mode as i64));
+            }
+            if let Op::AveragePool { count_include_pad, .. } = op {
+                if opset >= 7 {
+                    a.push(attr_int("count_include_pad", *count_include_pad as i64));
+                }
+            }
+        }
+        Op::LeakyRelu { alpha } => a.push(attr_float("alpha", *alpha)),
+        Op::Clip { min, max } if opset < 11 => {
+            a.push(attr_float("min", *min));
+            a.push(attr_float("max", *max));
+        }
+        Op::Softmax { axis, .. } | Op::LogSoftmax { axis, .. } => a.push(attr_int("axis", *axis)),
+        Op::BatchNorm { epsilon } => {
+            a.push(attr_float("epsilon", *epsilon));
+            if opset < 7 {
+                a.push(attr_int("is_test", 1));
+            }
+        }
+        Op::Dropout if opset < 7 => a.push(attr_int("is_test", 1)),
+        Op::Flatten { axis } | Op::Concat { axis } => a.push(attr_int("axis", *axis)),
+        Op::Transpose { perm } => a.push(sizes("perm", perm)),
+        Op::Squeeze { axes } | Op::Unsqueeze { axes } if opset < 13 && !axes.is_empty() => {
+            a.push(attr_ints("axes", axes.iter().copied()))
+        }
+        Op::Lrn { alpha, beta, bias, size } => {
+            a.push(attr_float("alpha", *alpha));
+            a.push(attr_float("beta", *beta));
+            a.push(attr_float("bias", *bias));
+            a.push(attr_int("size", *size as i64));
+        }
+        _ => {}
+    }
+    a
+}
+
+fn node_proto(n: &Node, opset: i64) -> NodeProto {
+    let mut p = NodeProto::new();
+    p.name = n.name.clone();
+    p.op_type = n.op.onnx_name().into();
+    p.input = n.inputs.clone();
+    p.output = n.outputs.clone();
+    p.attribute = attributes(&n.op, opset);
+    p
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[DimDecl]) -> ValueInfoProto {
+    use tensor_shape_proto::dimension::Value;
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = match d {
+            DimDecl::Value(v) => Some(Value::DimValue(*v)),
+            DimDecl::Param(p) => Some(Value::DimParam(p.clone())),
+            DimDecl::Unknown => None,
+        };
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = elem_type;
+    tt.shape = MessageField::some(shape);
+    let mut t = TypeProto::new();
+    t.value = Some(type_proto::Value::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = MessageField::some(t);
+    v
+}
+
+/// The dims to declare for a graph output: as the file declared them, else the inferred
+/// shape with a symbolic batch.
+fn output_dims(g: &Graph, o: &ValueInfo) -> Vec<DimDecl> {
+    if !o.declared.is_empty() {
+        return o.declared.clone();
+    }
+    match g.shapes.get(&o.name) {
+        Some(s) => s
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if Some(i) == s.batch { DimDecl::Param("N".into()) } else { DimDecl::Value(d as i64) })
+            .collect(),
+        None => vec![],
+    }
+}
+
+/// Build the ModelProto of a graph.
+pub fn to_model(g: &Graph) -> ModelProto {
+    let opset = g.meta.opset();
+    let mut gp = GraphProto::new();
+    gp.name = g.meta.graph_name.clone();
+    gp.doc_string = g.meta.graph_doc.clone();
+    gp.node = g.nodes.iter().map(|n| node_proto(n, opset)).collect();
+    for v in &g.inputs {
+        gp.input.push(value_info(&v.name, v.elem_type, &v.declared));
+    }
+    for (name, c) in g.params.iter().chain(g.consts.iter()) {
+        gp.initializer.push(encode(name, c));
+        // IR 3 requires every initializer to be listed among the graph inputs.
+        if g.meta.ir_version < 4 {
+            let et = if c.is_f32() { dtype::FLOAT } else { dtype::INT64 };
+            let dims: Vec<DimDecl> = c.dims.iter().map(|&d| DimDecl::Value(d as i64)).collect();
+            gp.input.push(value_info(name, et, &dims));
+        }
+    }
+    for o in &g.outputs {
+        gp.output.push(value_info(&o.name, o.elem_type, &output_dims(g, o)));
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = g.meta.ir_version;
+    m.opset_import = g
+        .meta
+        .opsets
+        .iter()
+        .map(|(d, v)| {
+            let mut o = OperatorSetIdProto::new();
+            o.domain = d.clone();
+            o.version = *v;
+            o
+        })
+        .collect();
+    m.producer_name = g.meta.producer_name.clone();
+    m.producer_version = g.meta.producer_version.clone();
+    m.domain = g.meta.domain.clone();
+    m.model_version = g.meta.model_version;
+    m.doc_string = g.meta.doc_string.clone();
+    m.metadata_props = g
+        .meta
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let mut e = StringStringEntryProto::new();
+            e.key = k.clone();
+            e.value = v.clone();
+            e
+        })
+        .collect();
+    m.graph = MessageField::some(gp);
+    m
+}
+
+/// Serialize a graph to ONNX bytes.
+pub fn to_bytes(g: &Graph) -> Result<Vec<u8>> {
+    to_model(g).write_to_bytes().map_err(|e| Error::exec(format!("cannot serialize the model: {e}")))
+}
+
+/// Write a graph as an ONNX file, atomically (a temporary file renamed into place).
+pub fn write_file(g: &Graph, path: &Path) -> Result<()> {
+    let bytes = to_bytes(g)?;
+    let tmp = path.with_extension("onnx.tmp");
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io(e.to_string())).in_file(path);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

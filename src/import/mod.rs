@@ -1,0 +1,319 @@
+//! Import: ONNX `ModelProto` -> IR [`Graph`].
+//!
+//! One pass over the nodes in file order: each node's op is built from its attributes by the
+//! op table in [`ops`], its output shapes are inferred, and nodes whose inputs are all
+//! constants (Constant, ConstantOfShape, shape arithmetic feeding a Reshape) are folded into
+//! constants. Then every constant read as data becomes a parameter, every constant read as
+//! a static operand a const.
+
+mod attrs;
+mod fold;
+mod ops;
+pub mod tensor;
+
+use crate::error::{Error, ErrorKind, NodeRef, Result};
+use crate::ir::{Constant, DimDecl, Graph, ModelMeta, Node, Shape, ValueInfo};
+use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
+use protobuf::Message;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+pub use ops::Built;
+
+/// Choices the model file leaves open.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Concrete dims for graph inputs, by name, overriding what the file declares. Needed for
+    /// inputs with symbolic non-batch dims (e.g. a fully convolutional detector).
+    pub input_shapes: HashMap<String, Vec<usize>>,
+}
+
+/// Read, parse and import a model file. Every error names the file.
+pub fn load_file(path: &Path, opts: &ImportOptions) -> Result<Graph> {
+    let bytes = std::fs::read(path).map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(path))?;
+    load_bytes(&bytes, opts).map_err(|e| e.in_file(path))
+}
+
+/// Parse and import a serialized model.
+pub fn load_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
+    if bytes.is_empty() {
+        return Err(Error::new(ErrorKind::Parse("the file is empty".into())));
+    }
+    let model = ModelProto::parse_from_bytes(bytes).map_err(|e| Error::new(ErrorKind::Parse(e.to_string())))?;
+    import_model(&model, opts)
+}
+
+/// The values known so far in the pass.
+struct Scope {
+    shapes: HashMap<String, Shape>,
+    consts: HashMap<String, Constant>,
+    /// Outputs ecc does not compute (Dropout masks, MaxPool indices), with the reason.
+    unavailable: HashMap<String, String>,
+}
+
+fn is_float(t: i32) -> bool {
+    use tensor::dtype::*;
+    matches!(t, FLOAT | DOUBLE | FLOAT16 | BFLOAT16)
+}
+
+fn decl_dims(v: &ValueInfoProto) -> (i32, Vec<DimDecl>) {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+    let t = v.type_.tensor_type();
+    let dims = t
+        .shape
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(Value::DimValue(x)) => DimDecl::Value(*x),
+            Some(Value::DimParam(p)) => DimDecl::Param(p.clone()),
+            _ => DimDecl::Unknown,
+        })
+        .collect();
+    (t.elem_type, dims)
+}
+
+/// The static shape of a real graph input: overrides first, then declared values; a
+/// symbolic leading dim is the batch (nominal size 1).
+fn input_shape(info: &ValueInfo, opts: &ImportOptions) -> Result<Shape> {
+    let rank = info.declared.len();
+    let dims = if let Some(d) = opts.input_shapes.get(&info.name) {
+        d.clone()
+    } else {
+        let mut dims = Vec::with_capacity(rank);
+        for (i, d) in info.declared.iter().enumerate() {
+            dims.push(match d {
+                DimDecl::Value(v) if *v > 0 => *v as usize,
+                DimDecl::Value(v) if *v < 0 || (*v == 0 && i > 0) => {
+                    return Err(Error::shape(format!(
+                        "input '{}' declares dimension {v} at axis {i}",
+                        info.name
+                    )))
+                }
+                _ if i == 0 => 1,
+                DimDecl::Param(p) => {
+                    return Err(Error::usage(format!(
+                        "input '{}' has symbolic dimension '{p}' at axis {i}: give its size with --input-shape {}=DxDx...",
+                        info.name, info.name
+                    )))
+                }
+                _ => {
+                    return Err(Error::usage(format!(
+                        "input '{}' has no size at axis {i}: give it with --input-shape {}=DxDx...",
+                        info.name, info.name
+                    )))
+                }
+            });
+        }
+        dims
+    };
+    let s = if dims.len() >= 2 { Shape::batched(dims, 0) } else { Shape::fixed(dims) };
+    s.check(&format!("input '{}'", info.name))?;
+    Ok(s)
+}
+
+fn meta_of(m: &ModelProto) -> ModelMeta {
+    let g = m.graph.as_ref().cloned().unwrap_or_default();
+    ModelMeta {
+        ir_version: m.ir_version,
+        opsets: m.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect(),
+        producer_name: m.producer_name.clone(),
+        producer_version: m.producer_version.clone(),
+        domain: m.domain.clone(),
+        model_version: m.model_version,
+        doc_string: m.doc_string.clone(),
+        graph_name: g.name.clone(),
+        graph_doc: g.doc_string.clone(),
+        metadata: m.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+    }
+}
+
+/// Import a parsed model.
+pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
+    let meta = meta_of(model);
+    if !(3..=10).contains(&meta.ir_version) {
+        return Err(Error::unsupported(format!("IR version {} (ecc reads 3 to 10)", meta.ir_version)));
+    }
+    let opset = meta.opset();
+    if !(6..=20).contains(&opset) {
+        return Err(Error::unsupported(format!("default-domain opset {opset} (ecc reads 6 to 20)")));
+    }
+    let Some(g) = model.graph.as_ref() else {
+        return Err(Error::invalid("the model has no graph"));
+    };
+    if g.node.is_empty() {
+        return Err(Error::invalid("the graph has no nodes"));
+    }
+
+    let mut scope = Scope { shapes: HashMap::new(), consts: HashMap::new(), unavailable: HashMap::new() };
+    for t in &g.initializer {
+        if t.name.is_empty() {
+            return Err(Error::invalid("an initializer has no name"));
+        }
+        let c = tensor::decode(t)?;
+        scope.shapes.insert(t.name.clone(), Shape::fixed(c.dims.clone()));
+        scope.consts.insert(t.name.clone(), c);
+    }
+
+    // IR 3 lists initializers among the inputs, and some files list values that nodes
+    // produce: neither is an input the user feeds.
+    let produced: HashSet<&str> = g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let mut inputs = vec![];
+    for v in &g.input {
+        if scope.consts.contains_key(&v.name) || produced.contains(v.name.as_str()) {
+            continue;
+        }
+        let (elem_type, declared) = decl_dims(v);
+        if !is_float(elem_type) {
+            return Err(Error::unsupported(format!(
+                "input '{}' has element type {} (ecc computes in float)",
+                v.name,
+                tensor::dtype::name(elem_type)
+            )));
+        }
+        // ecc computes in f32: wider and narrower floats are converted, and the model is
+        // written back in f32.
+        let info = ValueInfo { name: v.name.clone(), declared, elem_type: tensor::dtype::FLOAT };
+        let s = input_shape(&info, opts)?;
+        scope.shapes.insert(v.name.clone(), s);
+        inputs.push(info);
+    }
+    // A leading dim is the batch only when all inputs agree on it (a MatMul of two
+    // matrices has none).
+    let leads: HashSet<usize> = inputs.iter().filter_map(|i| scope.shapes[&i.name].batch.map(|_| scope.shapes[&i.name].dims[0])).collect();
+    if leads.len() > 1 {
+        for i in &inputs {
+            scope.shapes.get_mut(&i.name).expect("input shape").batch = None;
+        }
+    }
+    if let Some(name) = opts.input_shapes.keys().find(|k| !inputs.iter().any(|i| &i.name == *k)) {
+        return Err(Error::usage(format!("--input-shape names '{name}', which is not an input of this model")));
+    }
+
+    let mut nodes = vec![];
+    for (i, np) in g.node.iter().enumerate() {
+        let nref = NodeRef {
+            name: if np.name.is_empty() { format!("#{i}") } else { np.name.clone() },
+            op_type: np.op_type.clone(),
+            opset,
+        };
+        if let Some(node) = import_node(np, opset, &mut scope).map_err(|e| e.at_node(nref))? {
+            nodes.push(node);
+        }
+    }
+
+    let mut outputs = vec![];
+    for v in &g.output {
+        let (elem_type, declared) = decl_dims(v);
+        if !is_float(elem_type) {
+            return Err(Error::unsupported(format!(
+                "output '{}' has element type {}",
+                v.name,
+                tensor::dtype::name(elem_type)
+            )));
+        }
+        if scope.consts.contains_key(&v.name) {
+            return Err(Error::unsupported(format!("output '{}' is a constant", v.name)));
+        }
+        if !scope.shapes.contains_key(&v.name) {
+            return Err(Error::invalid(format!("output '{}' is not produced by any node", v.name)));
+        }
+        outputs.push(ValueInfo { name: v.name.clone(), declared, elem_type: tensor::dtype::FLOAT });
+    }
+    if outputs.is_empty() {
+        return Err(Error::invalid("the graph has no outputs"));
+    }
+
+    // Constants read as data are parameters; those read as static operands are consts.
+    let mut graph = Graph { meta, inputs, outputs, nodes, ..Default::default() };
+    for (i, n) in graph.nodes.iter().enumerate() {
+        let nd = n.data_inputs().len();
+        for (k, name) in n.inputs.iter().enumerate() {
+            let Some(c) = scope.consts.get(name) else { continue };
+            if k < nd {
+                if !c.is_f32() {
+                    return Err(Error::unsupported(format!("integer tensor '{name}' used as data"))
+                        .at_node(graph.node_ref(i)));
+                }
+                graph.params.insert(name.clone(), c.clone());
+            } else {
+                graph.consts.insert(name.clone(), c.clone());
+            }
+        }
+    }
+    // Keep shapes of what survives: values computed by nodes, inputs, params, consts.
+    let live: HashSet<&String> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().chain(n.outputs.iter()))
+        .chain(graph.inputs.iter().map(|v| &v.name))
+        .collect();
+    graph.shapes = scope.shapes.into_iter().filter(|(k, _)| live.contains(k)).collect();
+    Ok(graph)
+}
+
+/// Build one node: an op with inferred output shapes, or constants when it folds.
+fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Node>> {
+    if !(np.domain.is_empty() || np.domain == "ai.onnx") {
+        return Err(Error::new(ErrorKind::UnsupportedOp(format!("{}::{}", np.domain, np.op_type))));
+    }
+    for name in &np.input {
+        if !name.is_empty() && !scope.shapes.contains_key(name) {
+            return Err(match scope.unavailable.get(name) {
+                Some(why) => Error::unsupported(format!("input '{name}' is {why}")),
+                None => Error::invalid(format!(
+                    "input '{name}' is not produced by any earlier node, initializer or graph input"
+                )),
+            });
+        }
+    }
+    if np.output.is_empty() || np.output[0].is_empty() {
+        return Err(Error::invalid("the node has no output"));
+    }
+    for o in &np.output {
+        if !o.is_empty() && scope.shapes.contains_key(o) {
+            return Err(Error::invalid(format!("value '{o}' is produced twice")));
+        }
+    }
+    let built = {
+        let ctx = ops::NodeCtx::new(np, opset, &scope.shapes, &scope.consts);
+        ops::build(&ctx)?
+    };
+    let op = match built {
+        Built::Consts(values) => {
+            for (o, c) in np.output.iter().zip(values) {
+                scope.shapes.insert(o.clone(), Shape::fixed(c.dims.clone()));
+                scope.consts.insert(o.clone(), c);
+            }
+            return Ok(None);
+        }
+        Built::Op(op) => op,
+    };
+    let n_data = op.data_inputs(np.input.len());
+    let data = &np.input[..n_data];
+    if data.iter().any(String::is_empty) {
+        return Err(Error::invalid("a required input is empty"));
+    }
+    let in_shapes: Vec<&Shape> = data.iter().map(|n| &scope.shapes[n]).collect();
+    let out_shapes = op.infer(&in_shapes)?;
+    for (o, s) in np.output.iter().zip(&out_shapes) {
+        s.check(&format!("output '{o}'"))?;
+    }
+    // Layout ops over constants fold away (shape arithmetic, parameter reshapes).
+    if data.iter().all(|n| scope.consts.contains_key(n)) {
+        let args: Vec<&Constant> = data.iter().map(|n| &scope.consts[n]).collect();
+        if let Some(c) = fold::eval_layout(&op, &args, &out_shapes[0])? {
+            scope.shapes.insert(np.output[0].clone(), Shape::fixed(c.dims.clone()));
+            scope.consts.insert(np.output[0].clone(), c);
+            return Ok(None);
+        }
+    }
+    for (k, o) in np.output.iter().enumerate().skip(out_shapes.len()) {
+        if !o.is_empty() {
+            scope.unavailable.insert(o.clone(), format!("output {k} of a {} node, which ecc does not compute", np.op_type));
+        }
+    }
+    for (o, s) in np.output.iter().zip(out_shapes) {
+        scope.shapes.insert(o.clone(), s);
+    }
+    Ok(Some(Node { name: np.name.clone(), op, inputs: np.input.clone(), outputs: np.output.clone() }))
+}

@@ -1,0 +1,343 @@
+//! The import table: every supported ONNX op type, by name, with the function that builds
+//! its IR op from the node's attributes and constant operands. Opset-dependent defaults are
+//! resolved here and nowhere else.
+
+use super::attrs::Attrs;
+use super::fold;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ir::{conv_out_len, BinaryKind, Constant, ConvAttrs, Op, PoolAttrs, Shape};
+use onnx_protobuf::NodeProto;
+use std::collections::HashMap;
+
+/// What a node becomes.
+pub enum Built {
+    Op(Op),
+    /// The node folds: its outputs are constants.
+    Consts(Vec<Constant>),
+}
+
+/// What a builder may look at.
+pub struct NodeCtx<'a> {
+    pub node: &'a NodeProto,
+    pub attrs: Attrs<'a>,
+    pub opset: i64,
+    shapes: &'a HashMap<String, Shape>,
+    consts: &'a HashMap<String, Constant>,
+}
+
+impl<'a> NodeCtx<'a> {
+    pub fn new(
+        node: &'a NodeProto,
+        opset: i64,
+        shapes: &'a HashMap<String, Shape>,
+        consts: &'a HashMap<String, Constant>,
+    ) -> Self {
+        NodeCtx { node, attrs: Attrs::new(node), opset, shapes, consts }
+    }
+
+    fn input_name(&self, i: usize) -> Option<&'a str> {
+        self.node.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// Shape of input `i`; an error when it is absent.
+    pub fn shape(&self, i: usize) -> Result<&'a Shape> {
+        let name = self.input_name(i).ok_or_else(|| Error::invalid(format!("input {i} is missing")))?;
+        Ok(&self.shapes[name])
+    }
+
+    /// Constant value of input `i`, if it is present and constant.
+    pub fn constant(&self, i: usize) -> Option<&'a Constant> {
+        self.input_name(i).and_then(|n| self.consts.get(n))
+    }
+
+    /// Input `i` must be a constant (a static operand); `None` if absent.
+    pub fn static_input(&self, i: usize, what: &str) -> Result<Option<&'a Constant>> {
+        match self.input_name(i) {
+            None => Ok(None),
+            Some(n) => self.consts.get(n).map(Some).ok_or_else(|| {
+                Error::unsupported(format!("{what} (input '{n}') is computed at run time; ecc needs it constant"))
+            }),
+        }
+    }
+
+    pub fn all_const(&self) -> bool {
+        self.node.input.iter().filter(|n| !n.is_empty()).all(|n| self.consts.contains_key(n))
+    }
+
+    pub fn n_inputs(&self) -> usize {
+        self.node.input.len()
+    }
+}
+
+type Builder = fn(&NodeCtx) -> Result<Built>;
+
+/// The table. One line per ONNX op type.
+const TABLE: &[(&str, Builder)] = &[
+    ("Gemm", gemm),
+    ("MatMul", |_| Ok(Built::Op(Op::MatMul))),
+    ("Add", |c| binary(c, BinaryKind::Add)),
+    ("Sub", |c| binary(c, BinaryKind::Sub)),
+    ("Mul", |c| binary(c, BinaryKind::Mul)),
+    ("Div", |c| binary(c, BinaryKind::Div)),
+    ("Sum", |_| Ok(Built::Op(Op::Sum))),
+    ("Conv", conv),
+    ("MaxPool", max_pool),
+    ("AveragePool", average_pool),
+    ("GlobalAveragePool", |_| Ok(Built::Op(Op::GlobalAveragePool))),
+    ("GlobalMaxPool", |_| Ok(Built::Op(Op::GlobalMaxPool))),
+    ("Relu", |_| Ok(Built::Op(Op::Relu))),
+    ("LeakyRelu", |c| Ok(Built::Op(Op::LeakyRelu { alpha: c.attrs.float("alpha", 0.01) }))),
+    ("PRelu", |_| Ok(Built::Op(Op::PRelu))),
+    ("Clip", clip),
+    ("Sigmoid", |_| Ok(Built::Op(Op::Sigmoid))),
+    ("Tanh", |_| Ok(Built::Op(Op::Tanh))),
+    ("Softmax", |c| softmax(c, false)),
+    ("LogSoftmax", |c| softmax(c, true)),
+    ("BatchNormalization", batch_norm),
+    ("Dropout", dropout),
+    ("Identity", |_| Ok(Built::Op(Op::Identity))),
+    ("Flatten", |c| Ok(Built::Op(Op::Flatten { axis: c.attrs.int("axis", 1) }))),
+    ("Reshape", reshape),
+    ("Transpose", transpose),
+    ("Concat", concat),
+    ("Squeeze", |c| axes_op(c, true)),
+    ("Unsqueeze", |c| axes_op(c, false)),
+    ("LRN", lrn),
+    ("Constant", fold::constant),
+    ("ConstantOfShape", fold::constant_of_shape),
+    ("Shape", fold::shape),
+    ("Gather", fold::gather),
+    ("Cast", fold::cast),
+];
+
+/// Build the op for a node through the table.
+pub fn build(ctx: &NodeCtx) -> Result<Built> {
+    let op_type = ctx.node.op_type.as_str();
+    match TABLE.iter().find(|(name, _)| *name == op_type) {
+        Some((_, f)) => f(ctx),
+        None => Err(Error::new(ErrorKind::UnsupportedOp(op_type.to_string()))),
+    }
+}
+
+fn gemm(c: &NodeCtx) -> Result<Built> {
+    Ok(Built::Op(Op::Gemm {
+        alpha: c.attrs.float("alpha", 1.0),
+        beta: c.attrs.float("beta", 1.0),
+        trans_a: c.attrs.int("transA", 0) != 0,
+        trans_b: c.attrs.int("transB", 0) != 0,
+    }))
+}
+
+fn binary(c: &NodeCtx, kind: BinaryKind) -> Result<Built> {
+    // Before opset 7 broadcasting was opt-in, and `axis` aligned B inside A.
+    let legacy_axis = if c.opset < 7 && c.attrs.int("broadcast", 0) != 0 && c.attrs.has("axis") {
+        let a = c.shape(0)?;
+        let axis = c.attrs.int("axis", 0);
+        let axis = if axis < 0 { axis + a.rank() as i64 } else { axis };
+        if axis < 0 || axis as usize > a.rank() {
+            return Err(Error::invalid(format!("broadcast axis {axis} for input {a}")));
+        }
+        Some(axis as usize)
+    } else {
+        None
+    };
+    Ok(Built::Op(Op::Binary { kind, legacy_axis }))
+}
+
+/// Resolve `auto_pad` into explicit pads for the given input spatial dims.
+fn resolve_pads(
+    c: &NodeCtx,
+    spatial: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+) -> Result<Vec<usize>> {
+    let n = kernel.len();
+    let auto = c.attrs.string("auto_pad", "NOTSET");
+    match auto.as_str() {
+        "NOTSET" | "" => c.attrs.sizes_n("pads", 2 * n, 0),
+        "VALID" => Ok(vec![0; 2 * n]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut pads = vec![0; 2 * n];
+            for i in 0..n {
+                let out = spatial[i].div_ceil(strides[i]);
+                let eff = dilations[i] * (kernel[i] - 1) + 1;
+                let total = ((out - 1) * strides[i] + eff).saturating_sub(spatial[i]);
+                let small = total / 2;
+                let (b, e) = if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+                pads[i] = b;
+                pads[n + i] = e;
+            }
+            Ok(pads)
+        }
+        other => Err(Error::invalid(format!("attribute 'auto_pad' has an unknown value '{other}'"))),
+    }
+}
+
+fn window_attrs(c: &NodeCtx, kernel: Vec<usize>, x: &Shape) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+    let n = kernel.len();
+    if x.rank() != n + 2 {
+        return Err(Error::shape(format!("input {x} for a {n}-D window")));
+    }
+    if kernel.contains(&0) {
+        return Err(Error::invalid(format!("attribute 'kernel_shape' has a zero entry: {kernel:?}")));
+    }
+    let strides = c.attrs.sizes_n("strides", n, 1)?;
+    let dilations = c.attrs.sizes_n("dilations", n, 1)?;
+    if strides.contains(&0) || dilations.contains(&0) {
+        return Err(Error::invalid("strides and dilations must be positive"));
+    }
+    let pads = resolve_pads(c, &x.dims[2..], &kernel, &strides, &dilations)?;
+    Ok((strides, pads, dilations))
+}
+
+fn conv(c: &NodeCtx) -> Result<Built> {
+    let x = c.shape(0)?;
+    let w = c.shape(1)?;
+    if w.rank() < 3 {
+        return Err(Error::shape(format!("Conv weight {w} needs rank >= 3")));
+    }
+    let kernel = match c.attrs.sizes("kernel_shape")? {
+        Some(k) => k,
+        None => w.dims[2..].to_vec(),
+    };
+    let (strides, pads, dilations) = window_attrs(c, kernel.clone(), x)?;
+    let group = c.attrs.int("group", 1);
+    if group < 1 {
+        return Err(Error::invalid(format!("attribute 'group' is {group}")));
+    }
+    Ok(Built::Op(Op::Conv(ConvAttrs { kernel, strides, pads, dilations, group: group as usize })))
+}
+
+fn pool_attrs(c: &NodeCtx) -> Result<PoolAttrs> {
+    let x = c.shape(0)?;
+    let kernel = c
+        .attrs
+        .sizes("kernel_shape")?
+        .ok_or_else(|| Error::invalid("attribute 'kernel_shape' is required"))?;
+    let (strides, pads, dilations) = window_attrs(c, kernel.clone(), x)?;
+    let ceil_mode = c.attrs.int("ceil_mode", 0) != 0;
+    // Validate that at least one window fits, with a message naming the node.
+    for i in 0..kernel.len() {
+        conv_out_len(x.dims[2 + i], kernel[i], strides[i], pads[i], pads[kernel.len() + i], dilations[i], ceil_mode)?;
+        if pads[i] >= kernel[i] * dilations[i] || pads[kernel.len() + i] >= kernel[i] * dilations[i] {
+            return Err(Error::invalid(format!("pads {pads:?} are not smaller than the window {kernel:?}")));
+        }
+    }
+    Ok(PoolAttrs { kernel, strides, pads, dilations, ceil_mode })
+}
+
+fn max_pool(c: &NodeCtx) -> Result<Built> {
+    if c.attrs.int("storage_order", 0) != 0 {
+        return Err(Error::unsupported("MaxPool storage_order=1"));
+    }
+    Ok(Built::Op(Op::MaxPool(pool_attrs(c)?)))
+}
+
+fn average_pool(c: &NodeCtx) -> Result<Built> {
+    Ok(Built::Op(Op::AveragePool { pool: pool_attrs(c)?, count_include_pad: c.attrs.int("count_include_pad", 0) != 0 }))
+}
+
+fn scalar(cst: Option<&Constant>, what: &str) -> Result<Option<f32>> {
+    match cst {
+        None => Ok(None),
+        Some(k) if k.is_empty() => Ok(None),
+        Some(k) if k.len() == 1 => Ok(Some(k.as_f32()[0])),
+        Some(k) => Err(Error::invalid(format!("{what} must be a scalar, has {} values", k.len()))),
+    }
+}
+
+fn clip(c: &NodeCtx) -> Result<Built> {
+    let (min, max) = if c.opset < 11 {
+        (c.attrs.float("min", f32::NEG_INFINITY), c.attrs.float("max", f32::INFINITY))
+    } else {
+        (
+            scalar(c.static_input(1, "Clip min")?, "Clip min")?.unwrap_or(f32::NEG_INFINITY),
+            scalar(c.static_input(2, "Clip max")?, "Clip max")?.unwrap_or(f32::INFINITY),
+        )
+    };
+    Ok(Built::Op(Op::Clip { min, max }))
+}
+
+fn softmax(c: &NodeCtx, log: bool) -> Result<Built> {
+    let legacy = c.opset < 13;
+    let axis = c.attrs.int("axis", if legacy { 1 } else { -1 });
+    Ok(Built::Op(if log { Op::LogSoftmax { axis, legacy } } else { Op::Softmax { axis, legacy } }))
+}
+
+fn batch_norm(c: &NodeCtx) -> Result<Built> {
+    if c.attrs.int("training_mode", 0) != 0 {
+        return Err(Error::unsupported("BatchNormalization in training mode"));
+    }
+    if c.opset < 9 && c.attrs.int("spatial", 1) == 0 {
+        return Err(Error::unsupported("BatchNormalization with spatial=0"));
+    }
+    if c.n_inputs() != 5 {
+        return Err(Error::invalid(format!("needs 5 inputs, has {}", c.n_inputs())));
+    }
+    Ok(Built::Op(Op::BatchNorm { epsilon: c.attrs.float("epsilon", 1e-5) }))
+}
+
+fn dropout(c: &NodeCtx) -> Result<Built> {
+    if let Some(t) = c.static_input(2, "Dropout training_mode")? {
+        if t.as_i64().first().copied().unwrap_or(0) != 0 {
+            return Err(Error::unsupported("Dropout in training mode"));
+        }
+    }
+    Ok(Built::Op(Op::Dropout))
+}
+
+fn reshape(c: &NodeCtx) -> Result<Built> {
+    let shape = c
+        .static_input(1, "the Reshape target")?
+        .ok_or_else(|| Error::invalid("Reshape needs a target shape input"))?
+        .as_i64();
+    if c.attrs.int("allowzero", 0) != 0 && shape.contains(&0) {
+        return Err(Error::unsupported("Reshape with allowzero=1 and a zero in the target"));
+    }
+    Ok(Built::Op(Op::Reshape { shape }))
+}
+
+fn transpose(c: &NodeCtx) -> Result<Built> {
+    let x = c.shape(0)?;
+    let perm = match c.attrs.ints("perm") {
+        Some(p) => p
+            .into_iter()
+            .map(|v| usize::try_from(v).map_err(|_| Error::invalid(format!("attribute 'perm' has {v}"))))
+            .collect::<Result<Vec<_>>>()?,
+        None => (0..x.rank()).rev().collect(),
+    };
+    Ok(Built::Op(Op::Transpose { perm }))
+}
+
+fn concat(c: &NodeCtx) -> Result<Built> {
+    if !c.attrs.has("axis") && c.opset >= 4 {
+        return Err(Error::invalid("attribute 'axis' is required"));
+    }
+    Ok(Built::Op(Op::Concat { axis: c.attrs.int("axis", 1) }))
+}
+
+fn axes_op(c: &NodeCtx, squeeze: bool) -> Result<Built> {
+    let axes = if c.opset < 13 {
+        c.attrs.ints("axes").unwrap_or_default()
+    } else {
+        c.static_input(1, "axes")?.map(Constant::as_i64).unwrap_or_default()
+    };
+    if !squeeze && axes.is_empty() {
+        return Err(Error::invalid("Unsqueeze needs axes"));
+    }
+    Ok(Built::Op(if squeeze { Op::Squeeze { axes } } else { Op::Unsqueeze { axes } }))
+}
+
+fn lrn(c: &NodeCtx) -> Result<Built> {
+    let size = c.attrs.int("size", 0);
+    if !(1..=1024).contains(&size) {
+        return Err(Error::invalid(format!("attribute 'size' is {size}")));
+    }
+    Ok(Built::Op(Op::Lrn {
+        alpha: c.attrs.float("alpha", 1e-4),
+        beta: c.attrs.float("beta", 0.75),
+        bias: c.attrs.float("bias", 1.0),
+        size: size as usize,
+    }))
+}

@@ -1,0 +1,188 @@
+//! TensorProto <-> IR constants. Reads `raw_data` (little-endian) and the typed fields;
+//! floats of every width become f32, integers and bools become i64.
+
+use crate::error::{Error, Result};
+use crate::ir::{Constant, Shape, TensorData};
+use onnx_protobuf::TensorProto;
+
+/// ONNX element types used here.
+pub mod dtype {
+    pub const FLOAT: i32 = 1;
+    pub const UINT8: i32 = 2;
+    pub const INT8: i32 = 3;
+    pub const UINT16: i32 = 4;
+    pub const INT16: i32 = 5;
+    pub const INT32: i32 = 6;
+    pub const INT64: i32 = 7;
+    pub const BOOL: i32 = 9;
+    pub const FLOAT16: i32 = 10;
+    pub const DOUBLE: i32 = 11;
+    pub const UINT32: i32 = 12;
+    pub const UINT64: i32 = 13;
+    pub const BFLOAT16: i32 = 16;
+
+    pub fn name(t: i32) -> &'static str {
+        match t {
+            FLOAT => "float",
+            UINT8 => "uint8",
+            INT8 => "int8",
+            UINT16 => "uint16",
+            INT16 => "int16",
+            INT32 => "int32",
+            INT64 => "int64",
+            BOOL => "bool",
+            FLOAT16 => "float16",
+            DOUBLE => "double",
+            UINT32 => "uint32",
+            UINT64 => "uint64",
+            BFLOAT16 => "bfloat16",
+            8 => "string",
+            _ => "unknown",
+        }
+    }
+}
+
+fn raw_chunks<const N: usize>(raw: &[u8], n: usize, what: &str) -> Result<Vec<[u8; N]>> {
+    if raw.len() != n * N {
+        return Err(Error::invalid(format!(
+            "tensor '{what}' has {} bytes of raw data, its dims need {}",
+            raw.len(),
+            n * N
+        )));
+    }
+    Ok(raw.chunks_exact(N).map(|c| c.try_into().expect("exact chunk")).collect())
+}
+
+/// Decode a TensorProto into a constant.
+pub fn decode(t: &TensorProto) -> Result<Constant> {
+    let name = if t.name.is_empty() { "<unnamed>" } else { t.name.as_str() };
+    if t.data_location.value() == 1 || !t.external_data.is_empty() {
+        return Err(Error::unsupported(format!("tensor '{name}' keeps its data in an external file")));
+    }
+    let mut dims = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        if d < 0 {
+            return Err(Error::invalid(format!("tensor '{name}' has a negative dimension {d}")));
+        }
+        dims.push(d as usize);
+    }
+    // A zero-sized tensor is legal ONNX (an absent optional operand), so only size is checked.
+    let s = Shape::fixed(dims.clone());
+    if !dims.contains(&0) {
+        s.check(&format!("tensor '{name}'"))?;
+    }
+    let n = s.numel();
+    let raw = &t.raw_data;
+    use dtype::*;
+    let data = match t.data_type {
+        FLOAT => TensorData::F32(if !raw.is_empty() {
+            raw_chunks::<4>(raw, n, name)?.into_iter().map(f32::from_le_bytes).collect()
+        } else {
+            t.float_data.clone()
+        }),
+        DOUBLE => TensorData::F32(if !raw.is_empty() {
+            raw_chunks::<8>(raw, n, name)?.into_iter().map(|b| f64::from_le_bytes(b) as f32).collect()
+        } else {
+            t.double_data.iter().map(|&x| x as f32).collect()
+        }),
+        FLOAT16 | BFLOAT16 => {
+            let bits: Vec<u16> = if !raw.is_empty() {
+                raw_chunks::<2>(raw, n, name)?.into_iter().map(u16::from_le_bytes).collect()
+            } else {
+                t.int32_data.iter().map(|&x| x as u16).collect()
+            };
+            TensorData::F32(
+                bits.into_iter()
+                    .map(|b| {
+                        if t.data_type == FLOAT16 {
+                            half::f16::from_bits(b).to_f32()
+                        } else {
+                            half::bf16::from_bits(b).to_f32()
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        INT64 => TensorData::I64(if !raw.is_empty() {
+            raw_chunks::<8>(raw, n, name)?.into_iter().map(i64::from_le_bytes).collect()
+        } else {
+            t.int64_data.clone()
+        }),
+        INT32 => TensorData::I64(if !raw.is_empty() {
+            raw_chunks::<4>(raw, n, name)?.into_iter().map(|b| i32::from_le_bytes(b) as i64).collect()
+        } else {
+            t.int32_data.iter().map(|&x| x as i64).collect()
+        }),
+        INT8 | UINT8 | BOOL | INT16 | UINT16 => {
+            let signed = matches!(t.data_type, INT8 | INT16);
+            let width = if matches!(t.data_type, INT16 | UINT16) { 2 } else { 1 };
+            TensorData::I64(if !raw.is_empty() {
+                if raw.len() != n * width {
+                    return Err(Error::invalid(format!("tensor '{name}' has {} bytes, needs {}", raw.len(), n * width)));
+                }
+                raw.chunks_exact(width)
+                    .map(|c| match (width, signed) {
+                        (1, true) => c[0] as i8 as i64,
+                        (1, false) => c[0] as i64,
+                        (_, true) => i16::from_le_bytes([c[0], c[1]]) as i64,
+                        _ => u16::from_le_bytes([c[0], c[1]]) as i64,
+                    })
+                    .collect()
+            } else {
+                t.int32_data.iter().map(|&x| x as i64).collect()
+            })
+        }
+        other => {
+            return Err(Error::unsupported(format!(
+                "tensor '{name}' has element type {} ({other})",
+                dtype::name(other)
+            )))
+        }
+    };
+    let c = Constant { dims, data };
+    if c.len() != n {
+        return Err(Error::invalid(format!(
+            "tensor '{name}' holds {} values, its dims {:?} need {n}",
+            c.len(),
+            c.dims
+        )));
+    }
+    Ok(c)
+}
+
+/// Encode a constant as a TensorProto with little-endian `raw_data`.
+pub fn encode(name: &str, c: &Constant) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_string();
+    t.dims = c.dims.iter().map(|&d| d as i64).collect();
+    match &c.data {
+        TensorData::F32(v) => {
+            t.data_type = dtype::FLOAT;
+            t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
+        TensorData::I64(v) => {
+            t.data_type = dtype::INT64;
+            t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
+    }
+    t
+}
+
+/// Read a serialized TensorProto file (the `input_0.pb` files of ONNX test data).
+pub fn read_pb(path: &std::path::Path) -> Result<Constant> {
+    use protobuf::Message;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))?;
+    let t = TensorProto::parse_from_bytes(&bytes)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Parse(e.to_string())).in_file(path))?;
+    decode(&t).map_err(|e| e.in_file(path))
+}
+
+/// Write a constant as a serialized TensorProto file.
+pub fn write_pb(path: &std::path::Path, name: &str, c: &Constant) -> Result<()> {
+    use protobuf::Message;
+    let bytes = encode(name, c)
+        .write_to_bytes()
+        .map_err(|e| Error::exec(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+}

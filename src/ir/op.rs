@@ -1,0 +1,201 @@
+//! The op set of the IR: one variant per supported ONNX op, attributes typed and with
+//! opset-dependent defaults already resolved by the importer.
+
+/// Add, Sub, Mul, Div.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Convolution attributes, with `auto_pad` already resolved into explicit pads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// ONNX order: all begins, then all ends.
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+}
+
+/// Pooling window attributes, with `auto_pad` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub ceil_mode: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    MatMul,
+    /// `legacy_axis`: opset < 7 broadcasting (`broadcast=1`, `axis`), where B is aligned to
+    /// A starting at that axis rather than at the trailing end.
+    Binary {
+        kind: BinaryKind,
+        legacy_axis: Option<usize>,
+    },
+    Sum,
+    Conv(ConvAttrs),
+    MaxPool(PoolAttrs),
+    AveragePool {
+        pool: PoolAttrs,
+        count_include_pad: bool,
+    },
+    GlobalAveragePool,
+    GlobalMaxPool,
+    Relu,
+    LeakyRelu {
+        alpha: f32,
+    },
+    PRelu,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    Sigmoid,
+    Tanh,
+    /// `legacy`: opset < 13, where the input is coerced to 2-D at `axis`.
+    Softmax {
+        axis: i64,
+        legacy: bool,
+    },
+    LogSoftmax {
+        axis: i64,
+        legacy: bool,
+    },
+    /// Inference form: inputs X, scale, B, mean, var.
+    BatchNorm {
+        epsilon: f32,
+    },
+    Dropout,
+    Identity,
+    Flatten {
+        axis: i64,
+    },
+    /// The target as written (0 copies, -1 infers); the static output shape is in the
+    /// graph's shape table.
+    Reshape {
+        shape: Vec<i64>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Squeeze {
+        axes: Vec<i64>,
+    },
+    Unsqueeze {
+        axes: Vec<i64>,
+    },
+    Lrn {
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+        size: usize,
+    },
+}
+
+/// The ONNX op types the importer accepts (folded-at-import ops included), for messages.
+pub const OP_NAMES: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gather (constant)",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Identity",
+    "LRN",
+    "LeakyRelu",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "PRelu",
+    "Relu",
+    "Reshape",
+    "Shape (constant)",
+    "Sigmoid",
+    "Softmax",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+];
+
+impl Op {
+    /// The ONNX op type this op is written as.
+    pub fn onnx_name(&self) -> &'static str {
+        match self {
+            Op::Gemm { .. } => "Gemm",
+            Op::MatMul => "MatMul",
+            Op::Binary { kind, .. } => match kind {
+                BinaryKind::Add => "Add",
+                BinaryKind::Sub => "Sub",
+                BinaryKind::Mul => "Mul",
+                BinaryKind::Div => "Div",
+            },
+            Op::Sum => "Sum",
+            Op::Conv(_) => "Conv",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AveragePool { .. } => "AveragePool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::Relu => "Relu",
+            Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::PRelu => "PRelu",
+            Op::Clip { .. } => "Clip",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
+            Op::Softmax { .. } => "Softmax",
+            Op::LogSoftmax { .. } => "LogSoftmax",
+            Op::BatchNorm { .. } => "BatchNormalization",
+            Op::Dropout => "Dropout",
+            Op::Identity => "Identity",
+            Op::Flatten { .. } => "Flatten",
+            Op::Reshape { .. } => "Reshape",
+            Op::Transpose { .. } => "Transpose",
+            Op::Concat { .. } => "Concat",
+            Op::Squeeze { .. } => "Squeeze",
+            Op::Unsqueeze { .. } => "Unsqueeze",
+            Op::Lrn { .. } => "LRN",
+        }
+    }
+
+    /// How many of a node's `n` inputs are data (read at run time); the rest are static
+    /// operands whose values the op carries.
+    pub fn data_inputs(&self, n: usize) -> usize {
+        match self {
+            Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Clip { .. }
+            | Op::Dropout => 1.min(n),
+            _ => n,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The `ecc` command line. Errors about models exit with code 2, other failures with 1.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ecc::exec::{constant_tensor, tensor_constant, Executor};
+use ecc::import::{self, tensor, ImportOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "ecc",
+    version,
+    about = "The equivalence-class compiler: ONNX ReLU networks, their rescaling symmetries, and EC-SGD training",
+    long_about = "ecc reads a ReLU network from an ONNX file, holds it in its own IR, runs it with candle on \
+the CPU and writes it back as ONNX.\n\nModel errors (a truncated or non-ONNX file, an unsupported op, \
+mismatched shapes) print one line naming the file and node, and exit with code 2."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// The ONNX model file.
+    model: PathBuf,
+    /// Concrete dims for an input, as NAME=DxDx... (needed for inputs with symbolic
+    /// non-batch dims, e.g. --input-shape input_1=1x12x12x3). Repeatable.
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shapes: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show what a model holds: IR version, opsets, producer, inputs and outputs with shapes,
+    /// op histogram, parameter count.
+    Inspect {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model forward on random inputs (or on saved ones) and print the outputs' shapes
+    /// and statistics.
+    Run {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Batch size for random inputs.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Seed of the random inputs (standard normal).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Read inputs from DIR/input_K.pb (ONNX TensorProto files) instead.
+        #[arg(long, value_name = "DIR")]
+        inputs: Option<PathBuf>,
+        /// Write the inputs and outputs as DIR/input_K.pb and DIR/output_K.pb.
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
+    },
+    /// Import a model and write it back as ONNX (a round trip through ecc's IR: constants
+    /// folded, auto_pad resolved, attributes explicit).
+    Export {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Where to write the model.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List the ONNX op types ecc imports.
+    Ops,
+    /// Write a freshly initialized model. SPEC is `mlp:784-64-64-10` (dense layers with
+    /// ReLU between) or `cnn:1x28x28-c8-p-c16-p-64-10` (input CxHxW; `cK` a 3x3 conv with K
+    /// channels and ReLU, `p` a 2x2 max pool, numbers dense layers).
+    New {
+        spec: String,
+        /// Seed of the initialization (PyTorch's default: uniform in ±1/sqrt(fan_in)).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Leave out every bias.
+        #[arg(long)]
+        no_bias: bool,
+        /// Where to write the model.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+fn options(m: &ModelArgs) -> Result<ImportOptions> {
+    let mut input_shapes = HashMap::new();
+    for s in &m.input_shapes {
+        let (name, dims) = s
+            .rsplit_once('=')
+            .ok_or_else(|| ecc::Error::usage(format!("--input-shape '{s}': expected NAME=DxDx...")))?;
+        let dims = dims
+            .split('x')
+            .map(|d| d.parse::<usize>().ok().filter(|&v| v > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ecc::Error::usage(format!("--input-shape '{s}': dims must be positive numbers")))?;
+        input_shapes.insert(name.to_string(), dims);
+    }
+    Ok(ImportOptions { input_shapes })
+}
+
+fn load(m: &ModelArgs) -> Result<ecc::ir::Graph> {
+    Ok(import::load_file(&m.model, &options(m)?)?)
+}
+
+fn stats(v: &[f32]) -> String {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let min = v.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    format!("min {min:.6} max {max:.6} mean {mean:.6}")
+}
+
+fn run(m: &ModelArgs, batch: usize, seed: u64, inputs: Option<&Path>, save: Option<&Path>) -> Result<()> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let g = load(m)?;
+    let ex = Executor::new(&g)?;
+    let mut xs = vec![];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (k, name) in ex.input_names().iter().enumerate() {
+        let t = match inputs {
+            Some(dir) => constant_tensor(&tensor::read_pb(&dir.join(format!("input_{k}.pb")))?, ex.device())?,
+            None => {
+                let dims = ex.input_shape(k).with_batch(batch);
+                let n: usize = dims.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+                candle_core::Tensor::from_vec(v, dims, ex.device())?
+            }
+        };
+        println!("input  {name:<24} {:?}", t.dims());
+        xs.push(t);
+    }
+    let ys = ex.forward(&xs)?;
+    if let Some(dir) = save {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (k, (t, name)) in xs.iter().zip(ex.input_names()).enumerate() {
+            tensor::write_pb(&dir.join(format!("input_{k}.pb")), name, &tensor_constant(t)?)?;
+        }
+        for (k, (t, name)) in ys.iter().zip(ex.output_names()).enumerate() {
+            tensor::write_pb(&dir.join(format!("output_{k}.pb")), name, &tensor_constant(t)?)?;
+        }
+    }
+    for (t, name) in ys.iter().zip(ex.output_names()) {
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        println!("output {name:<24} {:?} {}", t.dims(), stats(&v));
+    }
+    Ok(())
+}
+
+fn main_inner(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Inspect { m, json } => {
+            let g = load(&m)?;
+            let r = ecc::inspect::Report::new(&m.model.display().to_string(), &g);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.to_text());
+            }
+        }
+        Cmd::Run { m, batch, seed, inputs, save } => run(&m, batch, seed, inputs.as_deref(), save.as_deref())?,
+        Cmd::Export { m, output } => {
+            let g = load(&m)?;
+            ecc::export::write_file(&g, &output)?;
+            println!("wrote {} ({} nodes, {} parameters)", output.display(), g.nodes.len(), g.param_count());
+        }
+        Cmd::Ops => {
+            for op in ecc::ir::OP_NAMES {
+                println!("{op}");
+            }
+        }
+        Cmd::New { spec, seed, no_bias, output } => {
+            let s = ecc::zoo::Spec::parse(&spec)?;
+            let g = ecc::zoo::build(&s, seed, !no_bias)?;
+            ecc::export::write_file(&g, &output)?;
+            println!("wrote {} ({spec}, {} parameters)", output.display(), g.param_count());
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = main_inner(cli) {
+        eprintln!("error: {e:#}");
+        let code = if e.downcast_ref::<ecc::Error>().is_some() { 2 } else { 1 };
+        std::process::exit(code);
+    }
+}
