@@ -15,7 +15,11 @@ pub struct NodeRef {
 
 impl fmt::Display for NodeRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node '{}' ({}, opset {})", self.name, self.op_type, self.opset)
+        write!(
+            f,
+            "node '{}' ({}, opset {})",
+            self.name, self.op_type, self.opset
+        )
     }
 }
 
@@ -50,7 +54,11 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind) -> Self {
-        Error { file: None, node: None, kind }
+        Error {
+            file: None,
+            node: None,
+            kind,
+        }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Invalid(msg.into()))
@@ -83,7 +91,10 @@ impl Error {
     /// True when the error is about an op or feature ecc does not implement (as opposed to
     /// a broken model).
     pub fn is_unsupported(&self) -> bool {
-        matches!(self.kind, ErrorKind::UnsupportedOp(..) | ErrorKind::Unsupported(_))
+        matches!(
+            self.kind,
+            ErrorKind::UnsupportedOp(..) | ErrorKind::Unsupported(_)
+        )
     }
 }
 

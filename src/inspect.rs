@@ -14,10 +14,16 @@ pub struct TensorSummary {
 }
 
 #[derive(Debug, Serialize)]
+pub struct Opset {
+    pub domain: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Report {
     pub file: String,
     pub ir_version: i64,
-    pub opsets: Vec<(String, i64)>,
+    pub opsets: Vec<Opset>,
     pub producer: String,
     pub graph_name: String,
     pub inputs: Vec<TensorSummary>,
@@ -45,14 +51,21 @@ impl Report {
         let summary = |v: &crate::ir::ValueInfo| TensorSummary {
             name: v.name.clone(),
             declared: declared(&v.declared),
-            shape: g.shapes.get(&v.name).map(|s| s.to_string()).unwrap_or_default(),
+            shape: g
+                .shapes
+                .get(&v.name)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
         };
-        let producer = [g.meta.producer_name.as_str(), g.meta.producer_version.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let producer = [
+            g.meta.producer_name.as_str(),
+            g.meta.producer_version.as_str(),
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
         Report {
             file: file.to_string(),
             ir_version: g.meta.ir_version,
@@ -60,14 +73,25 @@ impl Report {
                 .meta
                 .opsets
                 .iter()
-                .map(|(d, v)| (if d.is_empty() { "ai.onnx".to_string() } else { d.clone() }, *v))
+                .map(|(d, v)| Opset {
+                    domain: if d.is_empty() {
+                        "ai.onnx".to_string()
+                    } else {
+                        d.clone()
+                    },
+                    version: *v,
+                })
                 .collect(),
             producer,
             graph_name: g.meta.graph_name.clone(),
             inputs: g.inputs.iter().map(summary).collect(),
             outputs: g.outputs.iter().map(summary).collect(),
             nodes: g.nodes.len(),
-            ops: g.op_histogram().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ops: g
+                .op_histogram()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             param_tensors: g.params.len(),
             params: g.param_count(),
         }
@@ -76,16 +100,37 @@ impl Report {
     /// The human-readable form, at most ~80 columns wide.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+        let opsets: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|o| format!("{} {}", o.domain, o.version))
+            .collect();
         s += &format!("model      {}\n", self.file);
         s += &format!("ir version {}\n", self.ir_version);
         s += &format!("opsets     {}\n", opsets.join(", "));
-        s += &format!("producer   {}\n", if self.producer.is_empty() { "-" } else { &self.producer });
-        s += &format!("graph      {}\n", if self.graph_name.is_empty() { "-" } else { &self.graph_name });
+        s += &format!(
+            "producer   {}\n",
+            if self.producer.is_empty() {
+                "-"
+            } else {
+                &self.producer
+            }
+        );
+        s += &format!(
+            "graph      {}\n",
+            if self.graph_name.is_empty() {
+                "-"
+            } else {
+                &self.graph_name
+            }
+        );
         for (title, list) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             s += &format!("{title}:\n");
             for t in list.iter() {
-                s += &format!("  {:<28} declared {:<18} shape {}\n", t.name, t.declared, t.shape);
+                s += &format!(
+                    "  {:<28} declared {:<18} shape {}\n",
+                    t.name, t.declared, t.shape
+                );
             }
         }
         s += &format!("nodes      {}\n", self.nodes);
@@ -93,7 +138,11 @@ impl Report {
         for (op, n) in &self.ops {
             s += &format!("  {op:<20} {n:>6}\n");
         }
-        s += &format!("parameters {} scalars in {} tensors\n", group_digits(self.params), self.param_tensors);
+        s += &format!(
+            "parameters {} scalars in {} tensors\n",
+            group_digits(self.params),
+            self.param_tensors
+        );
         s
     }
 }
@@ -103,7 +152,7 @@ pub fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

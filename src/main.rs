@@ -91,14 +91,18 @@ enum Cmd {
 fn options(m: &ModelArgs) -> Result<ImportOptions> {
     let mut input_shapes = HashMap::new();
     for s in &m.input_shapes {
-        let (name, dims) = s
-            .rsplit_once('=')
-            .ok_or_else(|| ecc::Error::usage(format!("--input-shape '{s}': expected NAME=DxDx...")))?;
+        let (name, dims) = s.rsplit_once('=').ok_or_else(|| {
+            ecc::Error::usage(format!("--input-shape '{s}': expected NAME=DxDx..."))
+        })?;
         let dims = dims
             .split('x')
             .map(|d| d.parse::<usize>().ok().filter(|&v| v > 0))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ecc::Error::usage(format!("--input-shape '{s}': dims must be positive numbers")))?;
+            .ok_or_else(|| {
+                ecc::Error::usage(format!(
+                    "--input-shape '{s}': dims must be positive numbers"
+                ))
+            })?;
         input_shapes.insert(name.to_string(), dims);
     }
     Ok(ImportOptions { input_shapes })
@@ -116,7 +120,13 @@ fn stats(v: &[f32]) -> String {
     format!("min {min:.6} max {max:.6} mean {mean:.6}")
 }
 
-fn run(m: &ModelArgs, batch: usize, seed: u64, inputs: Option<&Path>, save: Option<&Path>) -> Result<()> {
+fn run(
+    m: &ModelArgs,
+    batch: usize,
+    seed: u64,
+    inputs: Option<&Path>,
+    save: Option<&Path>,
+) -> Result<()> {
     use rand::SeedableRng;
     use rand_distr::Distribution;
     let g = load(m)?;
@@ -125,11 +135,16 @@ fn run(m: &ModelArgs, batch: usize, seed: u64, inputs: Option<&Path>, save: Opti
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for (k, name) in ex.input_names().iter().enumerate() {
         let t = match inputs {
-            Some(dir) => constant_tensor(&tensor::read_pb(&dir.join(format!("input_{k}.pb")))?, ex.device())?,
+            Some(dir) => constant_tensor(
+                &tensor::read_pb(&dir.join(format!("input_{k}.pb")))?,
+                ex.device(),
+            )?,
             None => {
                 let dims = ex.input_shape(k).with_batch(batch);
                 let n: usize = dims.iter().product();
-                let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+                let v: Vec<f32> = (0..n)
+                    .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+                    .collect();
                 candle_core::Tensor::from_vec(v, dims, ex.device())?
             }
         };
@@ -140,10 +155,18 @@ fn run(m: &ModelArgs, batch: usize, seed: u64, inputs: Option<&Path>, save: Opti
     if let Some(dir) = save {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (k, (t, name)) in xs.iter().zip(ex.input_names()).enumerate() {
-            tensor::write_pb(&dir.join(format!("input_{k}.pb")), name, &tensor_constant(t)?)?;
+            tensor::write_pb(
+                &dir.join(format!("input_{k}.pb")),
+                name,
+                &tensor_constant(t)?,
+            )?;
         }
         for (k, (t, name)) in ys.iter().zip(ex.output_names()).enumerate() {
-            tensor::write_pb(&dir.join(format!("output_{k}.pb")), name, &tensor_constant(t)?)?;
+            tensor::write_pb(
+                &dir.join(format!("output_{k}.pb")),
+                name,
+                &tensor_constant(t)?,
+            )?;
         }
     }
     for (t, name) in ys.iter().zip(ex.output_names()) {
@@ -164,22 +187,42 @@ fn main_inner(cli: Cli) -> Result<()> {
                 print!("{}", r.to_text());
             }
         }
-        Cmd::Run { m, batch, seed, inputs, save } => run(&m, batch, seed, inputs.as_deref(), save.as_deref())?,
+        Cmd::Run {
+            m,
+            batch,
+            seed,
+            inputs,
+            save,
+        } => run(&m, batch, seed, inputs.as_deref(), save.as_deref())?,
         Cmd::Export { m, output } => {
             let g = load(&m)?;
             ecc::export::write_file(&g, &output)?;
-            println!("wrote {} ({} nodes, {} parameters)", output.display(), g.nodes.len(), g.param_count());
+            println!(
+                "wrote {} ({} nodes, {} parameters)",
+                output.display(),
+                g.nodes.len(),
+                g.param_count()
+            );
         }
         Cmd::Ops => {
             for op in ecc::ir::OP_NAMES {
                 println!("{op}");
             }
         }
-        Cmd::New { spec, seed, no_bias, output } => {
+        Cmd::New {
+            spec,
+            seed,
+            no_bias,
+            output,
+        } => {
             let s = ecc::zoo::Spec::parse(&spec)?;
             let g = ecc::zoo::build(&s, seed, !no_bias)?;
             ecc::export::write_file(&g, &output)?;
-            println!("wrote {} ({spec}, {} parameters)", output.display(), g.param_count());
+            println!(
+                "wrote {} ({spec}, {} parameters)",
+                output.display(),
+                g.param_count()
+            );
         }
     }
     Ok(())
@@ -189,7 +232,11 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = main_inner(cli) {
         eprintln!("error: {e:#}");
-        let code = if e.downcast_ref::<ecc::Error>().is_some() { 2 } else { 1 };
+        let code = if e.downcast_ref::<ecc::Error>().is_some() {
+            2
+        } else {
+            1
+        };
         std::process::exit(code);
     }
 }

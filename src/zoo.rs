@@ -29,30 +29,45 @@ pub struct Spec {
 fn num(tok: &str, spec: &str) -> Result<usize> {
     match tok.parse::<usize>() {
         Ok(v) if (1..=1 << 20).contains(&v) => Ok(v),
-        _ => Err(Error::usage(format!("model spec '{spec}': '{tok}' is not a size from 1 to 1048576"))),
+        _ => Err(Error::usage(format!(
+            "model spec '{spec}': '{tok}' is not a size from 1 to 1048576"
+        ))),
     }
 }
 
 impl Spec {
     pub fn parse(s: &str) -> Result<Spec> {
-        let (kind, body) = s
-            .split_once(':')
-            .ok_or_else(|| Error::usage(format!("model spec '{s}': expected mlp:SIZES or cnn:CxHxW-LAYERS")))?;
+        let (kind, body) = s.split_once(':').ok_or_else(|| {
+            Error::usage(format!(
+                "model spec '{s}': expected mlp:SIZES or cnn:CxHxW-LAYERS"
+            ))
+        })?;
         let toks: Vec<&str> = body.split('-').collect();
         let spec = match kind {
             "mlp" => {
                 if toks.len() < 2 {
-                    return Err(Error::usage(format!("model spec '{s}': an MLP needs at least input and output sizes")));
+                    return Err(Error::usage(format!(
+                        "model spec '{s}': an MLP needs at least input and output sizes"
+                    )));
                 }
                 Spec {
                     input: vec![num(toks[0], s)?],
-                    layers: toks[1..].iter().map(|t| num(t, s).map(Layer::Dense)).collect::<Result<_>>()?,
+                    layers: toks[1..]
+                        .iter()
+                        .map(|t| num(t, s).map(Layer::Dense))
+                        .collect::<Result<_>>()?,
                 }
             }
             "cnn" => {
-                let input = toks[0].split('x').map(|t| num(t, s)).collect::<Result<Vec<_>>>()?;
+                let input = toks[0]
+                    .split('x')
+                    .map(|t| num(t, s))
+                    .collect::<Result<Vec<_>>>()?;
                 if input.len() != 3 {
-                    return Err(Error::usage(format!("model spec '{s}': a CNN input is CxHxW, got '{}'", toks[0])));
+                    return Err(Error::usage(format!(
+                        "model spec '{s}': a CNN input is CxHxW, got '{}'",
+                        toks[0]
+                    )));
                 }
                 let mut layers = vec![];
                 for t in &toks[1..] {
@@ -66,18 +81,30 @@ impl Spec {
                 }
                 let first_dense = layers.iter().position(|l| matches!(l, Layer::Dense(_)));
                 match first_dense {
-                    None => return Err(Error::usage(format!("model spec '{s}': a CNN must end in dense layers"))),
+                    None => {
+                        return Err(Error::usage(format!(
+                            "model spec '{s}': a CNN must end in dense layers"
+                        )))
+                    }
                     Some(i) if layers[i..].iter().any(|l| !matches!(l, Layer::Dense(_))) => {
-                        return Err(Error::usage(format!("model spec '{s}': conv and pool layers must come before dense ones")))
+                        return Err(Error::usage(format!(
+                            "model spec '{s}': conv and pool layers must come before dense ones"
+                        )))
                     }
                     _ => {}
                 }
                 Spec { input, layers }
             }
-            other => return Err(Error::usage(format!("model spec '{s}': unknown kind '{other}' (mlp or cnn)"))),
+            other => {
+                return Err(Error::usage(format!(
+                    "model spec '{s}': unknown kind '{other}' (mlp or cnn)"
+                )))
+            }
         };
         if !matches!(spec.layers.last(), Some(Layer::Dense(_))) {
-            return Err(Error::usage(format!("model spec '{s}': the last layer must be dense")));
+            return Err(Error::usage(format!(
+                "model spec '{s}': the last layer must be dense"
+            )));
         }
         Ok(spec)
     }
@@ -101,7 +128,12 @@ impl Builder {
         let out = format!("{name}_out");
         let mut inputs = vec![self.cur.clone()];
         inputs.extend(extra);
-        self.nodes.push(Node { name, op, inputs, outputs: vec![out.clone()] });
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            outputs: vec![out.clone()],
+        });
         self.cur = out;
     }
     fn layer(&mut self, name: &str, op: Op, w_dims: Vec<usize>, fan_in: usize) {
@@ -133,7 +165,11 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
     };
     let spatial = spec.input.len() == 3;
     let (mut nconv, mut npool, mut ndense) = (0, 0, 0);
-    let n_dense = spec.layers.iter().filter(|l| matches!(l, Layer::Dense(_))).count();
+    let n_dense = spec
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Dense(_)))
+        .count();
     let mut flat = !spatial;
     for layer in &spec.layers {
         match layer {
@@ -153,7 +189,9 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
             Layer::Pool => {
                 npool += 1;
                 if h < 2 || w < 2 {
-                    return Err(Error::usage(format!("pool {npool} has a {h}x{w} input, too small for 2x2")));
+                    return Err(Error::usage(format!(
+                        "pool {npool} has a {h}x{w} input, too small for 2x2"
+                    )));
                 }
                 let op = Op::MaxPool(PoolAttrs {
                     kernel: vec![2, 2],
@@ -173,7 +211,12 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
                     flat = true;
                 }
                 ndense += 1;
-                let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+                let op = Op::Gemm {
+                    alpha: 1.0,
+                    beta: 1.0,
+                    trans_a: false,
+                    trans_b: true,
+                };
                 b.layer(&format!("fc{ndense}"), op, vec![*k, c], c);
                 if ndense < n_dense {
                     b.node(format!("fc{ndense}_relu"), Op::Relu, vec![]);
@@ -197,8 +240,16 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
             graph_name: "ecc_generated".into(),
             ..Default::default()
         },
-        inputs: vec![ValueInfo { name: "input".into(), declared, elem_type: 1 }],
-        outputs: vec![ValueInfo { name: "logits".into(), declared: vec![batch, DimDecl::Value(c as i64)], elem_type: 1 }],
+        inputs: vec![ValueInfo {
+            name: "input".into(),
+            declared,
+            elem_type: 1,
+        }],
+        outputs: vec![ValueInfo {
+            name: "logits".into(),
+            declared: vec![batch, DimDecl::Value(c as i64)],
+            elem_type: 1,
+        }],
         nodes: b.nodes,
         params: b.params.into_iter().collect(),
         ..Default::default()
@@ -222,7 +273,15 @@ mod tests {
 
     #[test]
     fn bad_specs_fail_with_a_message() {
-        for s in ["mlp:5", "mlp:5-x", "cnn:1x8-c4-10", "cnn:1x8x8-10-c4-10", "rnn:3-4", "mlp:0-3", "cnn:1x8x8-c4"] {
+        for s in [
+            "mlp:5",
+            "mlp:5-x",
+            "cnn:1x8-c4-10",
+            "cnn:1x8x8-10-c4-10",
+            "rnn:3-4",
+            "mlp:0-3",
+            "cnn:1x8x8-c4",
+        ] {
             let e = Spec::parse(s).unwrap_err();
             assert!(e.to_string().contains(s), "{e}");
         }
@@ -231,7 +290,13 @@ mod tests {
     #[test]
     fn same_seed_same_weights() {
         let s = Spec::parse("mlp:6-4-2").unwrap();
-        assert_eq!(build(&s, 3, true).unwrap().params, build(&s, 3, true).unwrap().params);
-        assert_ne!(build(&s, 3, true).unwrap().params, build(&s, 4, true).unwrap().params);
+        assert_eq!(
+            build(&s, 3, true).unwrap().params,
+            build(&s, 3, true).unwrap().params
+        );
+        assert_ne!(
+            build(&s, 3, true).unwrap().params,
+            build(&s, 4, true).unwrap().params
+        );
     }
 }

@@ -25,8 +25,11 @@ fn light_zoo_models_import_and_run() {
     ];
     for name in names {
         let dir = fx.join("onnx/light");
-        let g = load_file(&dir.join(format!("light_{name}.onnx")), &ImportOptions::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let g = load_file(
+            &dir.join(format!("light_{name}.onnx")),
+            &ImportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let ex = Executor::new(&g).unwrap();
         let x = Tensor::randn(0f32, 1.0, ex.input_shape(0).with_batch(1), &Device::Cpu).unwrap();
         let y = ex.forward(&[x]).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -35,7 +38,11 @@ fn light_zoo_models_import_and_run() {
         let dims = y[0].dims().to_vec();
         println!("{name}: output {dims:?}, {} params", g.param_count());
         assert_eq!(dims, want.dims, "{name}");
-        assert_eq!((dims[0], dims[1], dims.iter().product::<usize>()), (1, 1000, 1000), "{name}");
+        assert_eq!(
+            (dims[0], dims[1], dims.iter().product::<usize>()),
+            (1, 1000, 1000),
+            "{name}"
+        );
         let err = rel_err(&values(&y[0]), &want.as_f32());
         assert!(err <= 1e-4, "{name}: relative error {err}");
     }
@@ -43,7 +50,10 @@ fn light_zoo_models_import_and_run() {
 
 /// Runs every case of a pytorch-* folder; returns (ran, passed, skipped with reasons).
 fn run_cases(dir: &std::path::Path) -> (usize, Vec<String>, Vec<String>, Vec<String>) {
-    let mut cases: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
     let (mut ran, mut passed, mut failed, mut skipped) = (0, vec![], vec![], vec![]);
     for case in cases {
@@ -64,7 +74,13 @@ fn run_cases(dir: &std::path::Path) -> (usize, Vec<String>, Vec<String>, Vec<Str
         let data = case.join("test_data_set_0");
         let ex = Executor::new(&g).unwrap();
         let xs: Vec<Tensor> = (0..ex.input_names().len())
-            .map(|k| constant_tensor(&read_pb(&data.join(format!("input_{k}.pb"))).unwrap(), &Device::Cpu).unwrap())
+            .map(|k| {
+                constant_tensor(
+                    &read_pb(&data.join(format!("input_{k}.pb"))).unwrap(),
+                    &Device::Cpu,
+                )
+                .unwrap()
+            })
             .collect();
         match ex.forward(&xs) {
             Err(e) => failed.push(format!("{name}: run: {e}")),
@@ -73,17 +89,26 @@ fn run_cases(dir: &std::path::Path) -> (usize, Vec<String>, Vec<String>, Vec<Str
                 for (k, y) in ys.iter().enumerate() {
                     let want = read_pb(&data.join(format!("output_{k}.pb"))).unwrap();
                     let got = values(y);
-                    worst = worst.max(if got.len() == want.len() { rel_err(&got, &want.as_f32()) } else { f64::INFINITY });
+                    worst = worst.max(if got.len() == want.len() {
+                        rel_err(&got, &want.as_f32())
+                    } else {
+                        f64::INFINITY
+                    });
                 }
                 // Round trip: exported bytes import again and compute the same outputs.
-                let again = ecc::import::load_bytes(&ecc::export::to_bytes(&g).unwrap(), &ImportOptions::default())
-                    .and_then(|g2| Executor::new(&g2)?.forward(&xs));
+                let again = ecc::import::load_bytes(
+                    &ecc::export::to_bytes(&g).unwrap(),
+                    &ImportOptions::default(),
+                )
+                .and_then(|g2| Executor::new(&g2)?.forward(&xs));
                 let same = match again {
                     Ok(zs) => zs.iter().zip(&ys).all(|(z, y)| values(z) == values(y)),
                     Err(_) => false,
                 };
                 if !same {
-                    failed.push(format!("{name}: the exported model computes something else"));
+                    failed.push(format!(
+                        "{name}: the exported model computes something else"
+                    ));
                 } else if worst <= 1e-4 {
                     passed.push(name);
                 } else {
@@ -101,7 +126,12 @@ fn pytorch_cases_match_reference_outputs() {
     let (mut ran, mut passed, mut failed, mut skipped) = (0, 0, vec![], vec![]);
     for folder in ["pytorch-converted", "pytorch-operator"] {
         let (r, p, f, s) = run_cases(&fx.join("onnx").join(folder));
-        println!("{folder}: ran {r}, passed {}, failed {}, skipped {}", p.len(), f.len(), s.len());
+        println!(
+            "{folder}: ran {r}, passed {}, failed {}, skipped {}",
+            p.len(),
+            f.len(),
+            s.len()
+        );
         ran += r;
         passed += p.len();
         failed.extend(f);
@@ -113,7 +143,14 @@ fn pytorch_cases_match_reference_outputs() {
     for f in &failed {
         println!("  FAILED  {f}");
     }
-    println!("in scope: ran {ran}, passed {passed}, failed {}; skipped {}", failed.len(), skipped.len());
+    println!(
+        "in scope: ran {ran}, passed {passed}, failed {}; skipped {}",
+        failed.len(),
+        skipped.len()
+    );
     assert!(ran > 50, "too few in-scope cases ran: {ran}");
-    assert!(passed as f64 >= 0.95 * ran as f64, "only {passed} of {ran} in-scope cases pass");
+    assert!(
+        passed as f64 >= 0.95 * ran as f64,
+        "only {passed} of {ran} in-scope cases pass"
+    );
 }

@@ -13,24 +13,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("ECC_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-        cache.join("ecc/venv/bin/python")
-    });
+    let p = std::env::var_os("ECC_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                });
+            cache.join("ecc/venv/bin/python")
+        });
     if p.is_file() {
         return Some(p);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("no onnxruntime venv at {} under CI: run scripts/setup-onnxruntime.sh", p.display());
+        panic!(
+            "no onnxruntime venv at {} under CI: run scripts/setup-onnxruntime.sh",
+            p.display()
+        );
     }
-    eprintln!("SKIPPED: no onnxruntime venv at {} (run scripts/setup-onnxruntime.sh)", p.display());
+    eprintln!(
+        "SKIPPED: no onnxruntime venv at {} (run scripts/setup-onnxruntime.sh)",
+        p.display()
+    );
     None
 }
 
 /// Import, run on seeded random inputs, save inputs/outputs, export; returns the job.
-fn job(name: &str, model: &Path, opts: &ImportOptions, batch: usize, work: &Path, seed: u64) -> serde_json::Value {
+fn job(
+    name: &str,
+    model: &Path,
+    opts: &ImportOptions,
+    batch: usize,
+    work: &Path,
+    seed: u64,
+) -> serde_json::Value {
     let g = load_file(model, opts).unwrap_or_else(|e| panic!("{e}"));
     let ex = Executor::new(&g).unwrap();
     let io = work.join(name).join("io");
@@ -40,14 +57,26 @@ fn job(name: &str, model: &Path, opts: &ImportOptions, batch: usize, work: &Path
     for k in 0..ex.input_names().len() {
         let dims = ex.input_shape(k).with_batch(batch);
         let n = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+            .collect();
         let t = candle_core::Tensor::from_vec(v, dims, ex.device()).unwrap();
-        write_pb(&io.join(format!("input_{k}.pb")), &ex.input_names()[k], &tensor_constant(&t).unwrap()).unwrap();
+        write_pb(
+            &io.join(format!("input_{k}.pb")),
+            &ex.input_names()[k],
+            &tensor_constant(&t).unwrap(),
+        )
+        .unwrap();
         xs.push(t);
     }
     let ys = ex.forward(&xs).unwrap_or_else(|e| panic!("{name}: {e}"));
     for (k, y) in ys.iter().enumerate() {
-        write_pb(&io.join(format!("output_{k}.pb")), &ex.output_names()[k], &tensor_constant(y).unwrap()).unwrap();
+        write_pb(
+            &io.join(format!("output_{k}.pb")),
+            &ex.output_names()[k],
+            &tensor_constant(y).unwrap(),
+        )
+        .unwrap();
     }
     let exported = work.join(name).join("exported.onnx");
     ecc::export::write_file(&g, &exported).unwrap();
@@ -74,17 +103,41 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         // pnet is fully convolutional; any size from 12x12 up works.
-        pnet.input_shapes.insert("input_1".into(), vec![1, 31, 45, 3]);
-        jobs.push(job("mtcnn-pnet", &fx.join("mtcnn/pnet.onnx"), &pnet, 2, &work, 2));
-        jobs.push(job("mtcnn-rnet", &fx.join("mtcnn/rnet.onnx"), &no, 4, &work, 3));
-        jobs.push(job("mtcnn-onet", &fx.join("mtcnn/onet.onnx"), &no, 4, &work, 4));
+        pnet.input_shapes
+            .insert("input_1".into(), vec![1, 31, 45, 3]);
+        jobs.push(job(
+            "mtcnn-pnet",
+            &fx.join("mtcnn/pnet.onnx"),
+            &pnet,
+            2,
+            &work,
+            2,
+        ));
+        jobs.push(job(
+            "mtcnn-rnet",
+            &fx.join("mtcnn/rnet.onnx"),
+            &no,
+            4,
+            &work,
+            3,
+        ));
+        jobs.push(job(
+            "mtcnn-onet",
+            &fx.join("mtcnn/onet.onnx"),
+            &no,
+            4,
+            &work,
+            4,
+        ));
         // The pytorch cases are opset 6, which onnxruntime no longer runs: their exports
         // go through the checker only (their numerics are checked in onnx_models.rs).
         for folder in ["pytorch-converted", "pytorch-operator"] {
             for case in std::fs::read_dir(fx.join("onnx").join(folder)).unwrap() {
                 let case = case.unwrap().path();
                 let name = case.file_name().unwrap().to_string_lossy().to_string();
-                let Ok(g) = load_file(&case.join("model.onnx"), &no) else { continue };
+                let Ok(g) = load_file(&case.join("model.onnx"), &no) else {
+                    continue;
+                };
                 let exported = work.join(&name).join("exported.onnx");
                 std::fs::create_dir_all(exported.parent().unwrap()).unwrap();
                 ecc::export::write_file(&g, &exported).unwrap();
@@ -95,10 +148,17 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     let manifest = work.join("jobs.json");
     std::fs::write(&manifest, serde_json::to_string_pretty(&jobs).unwrap()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ort_check.py");
-    let out = Command::new(py).arg(script).arg(&manifest).output().expect("run ort_check.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&manifest)
+        .output()
+        .expect("run ort_check.py");
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "onnxruntime disagrees (see above)");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok")).count(), jobs.len());
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok")).count(),
+        jobs.len()
+    );
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -32,7 +32,9 @@ impl Window {
     ) -> crate::Result<Self> {
         let ns = kernel.len();
         if !(1..=3).contains(&ns) || dims.len() != ns + 2 {
-            return Err(crate::Error::unsupported(format!("{ns}-D windows (ecc runs 1-D to 3-D)")));
+            return Err(crate::Error::unsupported(format!(
+                "{ns}-D windows (ecc runs 1-D to 3-D)"
+            )));
         }
         let mut w = Window {
             n: dims[0],
@@ -54,7 +56,15 @@ impl Window {
             w.pad[off + i] = pads[i];
             w.pad_end[off + i] = pads[ns + i];
             w.dil[off + i] = dilations[i];
-            w.out[off + i] = conv_out_len(dims[2 + i], kernel[i], strides[i], pads[i], pads[ns + i], dilations[i], ceil)?;
+            w.out[off + i] = conv_out_len(
+                dims[2 + i],
+                kernel[i],
+                strides[i],
+                pads[i],
+                pads[ns + i],
+                dilations[i],
+                ceil,
+            )?;
         }
         Ok(w)
     }
@@ -96,7 +106,9 @@ impl Window {
                             for c in 0..ow {
                                 let l = (a * oh + b) * ow + c;
                                 let src = match (pz, py, self.coord(2, c, x)) {
-                                    (Some(pz), Some(py), Some(px)) => Some((pz * ih + py) * iw + px),
+                                    (Some(pz), Some(py), Some(px)) => {
+                                        Some((pz * ih + py) * iw + px)
+                                    }
                                     _ => None,
                                 };
                                 f(l, tap, src);
@@ -152,7 +164,10 @@ impl CustomOp1 for Im2Col {
         let rows = self.w.c / self.group * k;
         let mut cols = vec![0f32; self.group * rows * self.w.n * lo];
         self.scatter(x, &mut cols);
-        Ok((CpuStorage::F32(cols), Shape::from((self.group, rows, self.w.n * lo))))
+        Ok((
+            CpuStorage::F32(cols),
+            Shape::from((self.group, rows, self.w.n * lo)),
+        ))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -178,17 +193,29 @@ impl CustomOp1 for Im2Col {
 
 /// N-d convolution: im2col, one batched matmul, bias.
 pub fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> crate::Result<Tensor> {
-    let win = Window::new(x.dims(), &a.kernel, &a.strides, &a.pads, &a.dilations, false)?;
+    let win = Window::new(
+        x.dims(),
+        &a.kernel,
+        &a.strides,
+        &a.pads,
+        &a.dilations,
+        false,
+    )?;
     let (m, g) = (w.dims()[0], a.group);
     let rows = win.c / g * win.k();
     let (n, l) = (win.n, win.l());
-    let cols = x.contiguous()?.apply_op1(Im2Col { w: win.clone(), group: g })?;
+    let cols = x.contiguous()?.apply_op1(Im2Col {
+        w: win.clone(),
+        group: g,
+    })?;
     let wg = w.reshape((g, m / g, rows))?;
     let y = wg.matmul(&cols)?; // (g, M/g, N*L)
     let y = if n == 1 {
         y.reshape((1, m, l))?
     } else {
-        y.reshape((g, m / g, n, l))?.permute((2, 0, 1, 3))?.reshape((n, m, l))?
+        y.reshape((g, m / g, n, l))?
+            .permute((2, 0, 1, 3))?
+            .reshape((n, m, l))?
     };
     let y = match b {
         Some(b) => y.broadcast_add(&b.reshape((1, m, 1))?)?,
@@ -219,14 +246,17 @@ impl Pool {
                 inside[o] += 1.0;
             }
         });
-        if let PoolKind::Avg { count_include_pad: true } = self.kind {
+        if let PoolKind::Avg {
+            count_include_pad: true,
+        } = self.kind
+        {
             // Count taps whose coordinate lies in [-pad_begin, len + pad_end) on each axis.
             let [_, oh, ow] = w.out;
             let mut counts = vec![1f32; w.l()];
             for (o, cnt) in counts.iter_mut().enumerate() {
                 let idx = [o / (oh * ow), (o / ow) % oh, o % ow];
-                for a in 0..3 {
-                    let start = (idx[a] * w.stride[a]) as isize - w.pad[a] as isize;
+                for (a, &i) in idx.iter().enumerate() {
+                    let start = (i * w.stride[a]) as isize - w.pad[a] as isize;
                     let eff = ((w.kernel[a] - 1) * w.dil[a] + 1) as isize;
                     let end = (start + eff).min((w.input[a] + w.pad_end[a]) as isize);
                     let d = w.dil[a] as isize;
@@ -248,7 +278,11 @@ impl CustomOp1 for Pool {
         let w = &self.w;
         let (plane, lo) = (w.in_len(), w.l());
         let mut y = vec![0f32; w.n * w.c * lo];
-        let div = if self.kind == PoolKind::Max { vec![] } else { self.divisors() };
+        let div = if self.kind == PoolKind::Max {
+            vec![]
+        } else {
+            self.divisors()
+        };
         for (p, out) in y.chunks_mut(lo).enumerate() {
             let src = &x[p * plane..][..plane];
             match self.kind {
@@ -283,7 +317,11 @@ impl CustomOp1 for Pool {
         let w = &self.w;
         let (plane, lo) = (w.in_len(), w.l());
         let mut dx = vec![0f32; x.len()];
-        let div = if self.kind == PoolKind::Max { vec![] } else { self.divisors() };
+        let div = if self.kind == PoolKind::Max {
+            vec![]
+        } else {
+            self.divisors()
+        };
         for p in 0..w.n * w.c {
             let src = &x[p * plane..][..plane];
             let dst = &mut dx[p * plane..][..plane];
@@ -313,11 +351,146 @@ impl CustomOp1 for Pool {
 }
 
 pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
-    let w = Window::new(x.dims(), &p.kernel, &p.strides, &p.pads, &p.dilations, p.ceil_mode)?;
-    Ok(x.contiguous()?.apply_op1(Pool { w, kind: PoolKind::Max })?)
+    let w = Window::new(
+        x.dims(),
+        &p.kernel,
+        &p.strides,
+        &p.pads,
+        &p.dilations,
+        p.ceil_mode,
+    )?;
+    Ok(x.contiguous()?.apply_op1(Pool {
+        w,
+        kind: PoolKind::Max,
+    })?)
 }
 
 pub fn average_pool(x: &Tensor, p: &PoolAttrs, count_include_pad: bool) -> crate::Result<Tensor> {
-    let w = Window::new(x.dims(), &p.kernel, &p.strides, &p.pads, &p.dilations, p.ceil_mode)?;
-    Ok(x.contiguous()?.apply_op1(Pool { w, kind: PoolKind::Avg { count_include_pad } })?)
+    let w = Window::new(
+        x.dims(),
+        &p.kernel,
+        &p.strides,
+        &p.pads,
+        &p.dilations,
+        p.ceil_mode,
+    )?;
+    Ok(x.contiguous()?.apply_op1(Pool {
+        w,
+        kind: PoolKind::Avg { count_include_pad },
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// d/dx of sum(f(x) * r) by autograd against central differences.
+    fn grad_check(f: impl Fn(&Tensor) -> Tensor, dims: &[usize]) {
+        let dev = Device::Cpu;
+        // Distinct values 0.05 apart, shuffled with a fixed seed: no max-pool tie is within
+        // reach of the finite-difference step, and the test is deterministic.
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let n: usize = dims.iter().product();
+        let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
+        v.shuffle(&mut rng);
+        let x = Var::from_tensor(&Tensor::from_vec(v, dims, &dev).unwrap()).unwrap();
+        let y = f(x.as_tensor());
+        let r = Tensor::from_vec(
+            (0..y.elem_count())
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+                .collect::<Vec<_>>(),
+            y.dims(),
+            &dev,
+        )
+        .unwrap();
+        let loss = (y * &r).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let g = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let x0 = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let eps = 1e-2f32;
+        for i in (0..x0.len()).step_by(7) {
+            let at = |d: f32| {
+                let mut v = x0.clone();
+                v[i] += d;
+                let t = Tensor::from_vec(v, dims, &dev).unwrap();
+                (f(&t) * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (fd - g[i]).abs() <= 2e-2 * (1.0 + fd.abs()),
+                "at {i}: autograd {} vs finite difference {fd}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn conv_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(
+            (0..72)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+                .collect::<Vec<_>>(),
+            (4, 3, 3, 2),
+            &dev,
+        )
+        .unwrap();
+        let a = ConvAttrs {
+            kernel: vec![3, 2],
+            strides: vec![2, 1],
+            pads: vec![1, 0, 0, 1],
+            dilations: vec![1, 2],
+            group: 1,
+        };
+        grad_check(|x| conv(x, &w, None, &a).unwrap(), &[2, 3, 7, 6]);
+        let wg = Tensor::from_vec(
+            (0..12)
+                .map(|i| ((i * 5 % 7) as f32 - 3.0) / 3.0)
+                .collect::<Vec<_>>(),
+            (4, 1, 3),
+            &dev,
+        )
+        .unwrap();
+        let ag = ConvAttrs {
+            kernel: vec![3],
+            strides: vec![1],
+            pads: vec![1, 1],
+            dilations: vec![1],
+            group: 2,
+        };
+        grad_check(|x| conv(x, &wg, None, &ag).unwrap(), &[2, 2, 9]);
+    }
+
+    #[test]
+    fn pool_gradients_match_finite_differences() {
+        let p = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            ceil_mode: true,
+        };
+        grad_check(|x| average_pool(x, &p, false).unwrap(), &[2, 2, 7, 6]);
+        grad_check(|x| average_pool(x, &p, true).unwrap(), &[2, 2, 7, 6]);
+        grad_check(|x| max_pool(x, &p).unwrap(), &[2, 2, 7, 6]);
+    }
 }

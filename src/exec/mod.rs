@@ -42,7 +42,10 @@ impl Executor {
         let device = Device::Cpu;
         let mut params = BTreeMap::new();
         for (name, c) in &graph.params {
-            params.insert(name.clone(), Var::from_tensor(&constant_tensor(c, &device)?)?);
+            params.insert(
+                name.clone(),
+                Var::from_tensor(&constant_tensor(c, &device)?)?,
+            );
         }
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
         let mut last: HashMap<&str, usize> = HashMap::new();
@@ -94,7 +97,9 @@ impl Executor {
     /// Copy the current parameter values into `graph` (for export after training).
     pub fn write_back(&self, graph: &mut Graph) -> Result<()> {
         for (name, var) in &self.params {
-            graph.params.insert(name.clone(), tensor_constant(var.as_tensor())?);
+            graph
+                .params
+                .insert(name.clone(), tensor_constant(var.as_tensor())?);
         }
         Ok(())
     }
@@ -113,7 +118,8 @@ impl Executor {
         for (name, t) in self.inputs.iter().zip(inputs) {
             let s = &self.shapes[name];
             let b = s.batch.map(|a| t.dims().get(a).copied().unwrap_or(0));
-            let fits = t.rank() == s.rank() && (0..s.rank()).all(|i| Some(i) == s.batch || t.dims()[i] == s.dims[i]);
+            let fits = t.rank() == s.rank()
+                && (0..s.rank()).all(|i| Some(i) == s.batch || t.dims()[i] == s.dims[i]);
             if !fits || b == Some(0) {
                 return Err(Error::shape(format!(
                     "input '{name}' has shape {:?}, the model expects {s}",
@@ -123,7 +129,9 @@ impl Executor {
             if let Some(b) = b {
                 match batch {
                     Some(x) if x != b => {
-                        return Err(Error::shape(format!("inputs disagree on the batch size ({x} vs {b})")))
+                        return Err(Error::shape(format!(
+                            "inputs disagree on the batch size ({x} vs {b})"
+                        )))
                     }
                     _ => batch = Some(b),
                 }
@@ -135,7 +143,11 @@ impl Executor {
         }
         let batch = batch.unwrap_or(1);
         for (i, node) in self.nodes.iter().enumerate() {
-            let args: Vec<&Tensor> = node.data_inputs().iter().map(|n| &env[n.as_str()]).collect();
+            let args: Vec<&Tensor> = node
+                .data_inputs()
+                .iter()
+                .map(|n| &env[n.as_str()])
+                .collect();
             let expect = self.shapes[&node.outputs[0]].with_batch(batch);
             let y = self
                 .run_node(node, &args, &expect)
@@ -143,7 +155,11 @@ impl Executor {
                     if y.dims() == expect.as_slice() {
                         Ok(y)
                     } else {
-                        Err(Error::exec(format!("computed shape {:?}, expected {:?}", y.dims(), expect)))
+                        Err(Error::exec(format!(
+                            "computed shape {:?}, expected {:?}",
+                            y.dims(),
+                            expect
+                        )))
                     }
                 })
                 .map_err(|e| e.at_node(self.labels[i].clone()))?;
@@ -152,12 +168,20 @@ impl Executor {
             }
             env.insert(&node.outputs[0], y);
         }
-        self.outputs.iter().map(|o| Ok(env[o.as_str()].clone())).collect()
+        self.outputs
+            .iter()
+            .map(|o| Ok(env[o.as_str()].clone()))
+            .collect()
     }
 
     fn run_node(&self, node: &Node, x: &[&Tensor], out_dims: &[usize]) -> Result<Tensor> {
         Ok(match &node.op {
-            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
                 let a = if *trans_a { x[0].t()? } else { x[0].clone() };
                 let b = if *trans_b { x[1].t()? } else { x[1].clone() };
                 let mut y = a.matmul(&b)?;
@@ -165,7 +189,11 @@ impl Executor {
                     y = (y * *alpha as f64)?;
                 }
                 if let Some(c) = x.get(2) {
-                    let c = if *beta != 1.0 { (*c * *beta as f64)? } else { (*c).clone() };
+                    let c = if *beta != 1.0 {
+                        (*c * *beta as f64)?
+                    } else {
+                        (*c).clone()
+                    };
                     y = y.broadcast_add(&c)?;
                 }
                 y
@@ -196,7 +224,10 @@ impl Executor {
             }
             Op::Conv(a) => kernels::conv(x[0], x[1], x.get(2).copied(), a)?,
             Op::MaxPool(p) => kernels::max_pool(x[0], p)?,
-            Op::AveragePool { pool, count_include_pad } => kernels::average_pool(x[0], pool, *count_include_pad)?,
+            Op::AveragePool {
+                pool,
+                count_include_pad,
+            } => kernels::average_pool(x[0], pool, *count_include_pad)?,
             Op::GlobalAveragePool => x[0].flatten_from(2)?.mean_keepdim(2)?.reshape(out_dims)?,
             Op::GlobalMaxPool => x[0].flatten_from(2)?.max_keepdim(2)?.reshape(out_dims)?,
             Op::Relu => x[0].relu()?,
@@ -233,7 +264,9 @@ impl Executor {
                 let inv = (var.flatten_all()? + *epsilon as f64)?.sqrt()?.recip()?;
                 let k = (scale.flatten_all()? * inv)?.reshape(d.as_slice())?;
                 let mean = mean.reshape(d.as_slice())?;
-                t.broadcast_sub(&mean)?.broadcast_mul(&k)?.broadcast_add(&bias.reshape(d.as_slice())?)?
+                t.broadcast_sub(&mean)?
+                    .broadcast_mul(&k)?
+                    .broadcast_add(&bias.reshape(d.as_slice())?)?
             }
             Op::Dropout | Op::Identity => x[0].clone(),
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
@@ -244,16 +277,33 @@ impl Executor {
                 let a = crate::ir::norm_axis(*axis, x[0].rank())?;
                 Tensor::cat(x, a)?
             }
-            Op::Lrn { alpha, beta, bias, size } => lrn(x[0], *alpha, *beta, *bias, *size)?,
+            Op::Lrn {
+                alpha,
+                beta,
+                bias,
+                size,
+            } => lrn(x[0], *alpha, *beta, *bias, *size)?,
         })
     }
 }
 
 /// ONNX MatMul: numpy semantics, 1-D operands promoted and squeezed back.
 fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let a2 = if a.rank() == 1 { a.unsqueeze(0)? } else { a.clone() };
-    let b2 = if b.rank() == 1 { b.unsqueeze(1)? } else { b.clone() };
-    let mut y = if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
+    let a2 = if a.rank() == 1 {
+        a.unsqueeze(0)?
+    } else {
+        a.clone()
+    };
+    let b2 = if b.rank() == 1 {
+        b.unsqueeze(1)?
+    } else {
+        b.clone()
+    };
+    let mut y = if a2.rank() == 2 && b2.rank() == 2 {
+        a2.matmul(&b2)?
+    } else {
+        a2.broadcast_matmul(&b2)?
+    };
     if b.rank() == 1 {
         y = y.squeeze(D::Minus1)?;
     }
@@ -276,7 +326,11 @@ fn softmax(x: &Tensor, axis: i64, legacy: bool, log: bool) -> Result<Tensor> {
     let shifted = t.broadcast_sub(&t.max_keepdim(dim)?)?;
     let e = shifted.exp()?;
     let s = e.sum_keepdim(dim)?;
-    let y = if log { shifted.broadcast_sub(&s.log()?)? } else { e.broadcast_div(&s)? };
+    let y = if log {
+        shifted.broadcast_sub(&s.log()?)?
+    } else {
+        e.broadcast_div(&s)?
+    };
     Ok(y.reshape(x.dims())?)
 }
 
@@ -290,6 +344,8 @@ fn lrn(x: &Tensor, alpha: f32, beta: f32, bias: f32, size: usize) -> Result<Tens
     for k in 1..size {
         sum = (sum + sq.narrow(1, k, c)?)?;
     }
-    let den = (sum * (alpha as f64 / size as f64))?.affine(1.0, bias as f64)?.powf(beta as f64)?;
+    let den = (sum * (alpha as f64 / size as f64))?
+        .affine(1.0, bias as f64)?
+        .powf(beta as f64)?;
     Ok((x / den)?)
 }

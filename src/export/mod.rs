@@ -6,8 +6,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::import::tensor::{dtype, encode};
 use crate::ir::{DimDecl, Graph, Node, Op, ValueInfo};
 use onnx_protobuf::{
-    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
 };
 use protobuf::{EnumOrUnknown, Message, MessageField};
 use std::path::Path;
@@ -44,7 +45,12 @@ fn sizes(name: &str, v: &[usize]) -> AttributeProto {
 fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
     let mut a = vec![];
     match op {
-        Op::Gemm { alpha, beta, trans_a, trans_b } => {
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => {
             a.push(attr_float("alpha", *alpha));
             a.push(attr_float("beta", *beta));
             a.push(attr_int("transA", *trans_a as i64));
@@ -53,12 +59,17 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
                 a.push(attr_int("broadcast", 1));
             }
         }
-        Op::Binary { legacy_axis: Some(axis), .. } => {
+        Op::Binary {
+            legacy_axis: Some(axis),
+            ..
+        } => {
             a.push(attr_int("broadcast", 1));
             a.push(attr_int("axis", *axis as i64));
         }
         // Below opset 7 broadcasting is opt-in; trailing alignment needs broadcast=1 too.
-        Op::Binary { legacy_axis: None, .. } if opset < 7 => a.push(attr_int("broadcast", 1)),
+        Op::Binary {
+            legacy_axis: None, ..
+        } if opset < 7 => a.push(attr_int("broadcast", 1)),
         Op::Conv(c) => {
             a.push(sizes("kernel_shape", &c.kernel));
             a.push(sizes("strides", &c.strides));
@@ -77,7 +88,10 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             if opset >= 10 {
                 a.push(attr_int("ceil_mode", p.ceil_mode as i64));
             }
-            if let Op::AveragePool { count_include_pad, .. } = op {
+            if let Op::AveragePool {
+                count_include_pad, ..
+            } = op
+            {
                 if opset >= 7 {
                     a.push(attr_int("count_include_pad", *count_include_pad as i64));
                 }
@@ -101,7 +115,12 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
         Op::Squeeze { axes } | Op::Unsqueeze { axes } if opset < 13 && !axes.is_empty() => {
             a.push(attr_ints("axes", axes.iter().copied()))
         }
-        Op::Lrn { alpha, beta, bias, size } => {
+        Op::Lrn {
+            alpha,
+            beta,
+            bias,
+            size,
+        } => {
             a.push(attr_float("alpha", *alpha));
             a.push(attr_float("beta", *beta));
             a.push(attr_float("bias", *bias));
@@ -156,7 +175,13 @@ fn output_dims(g: &Graph, o: &ValueInfo) -> Vec<DimDecl> {
             .dims
             .iter()
             .enumerate()
-            .map(|(i, &d)| if Some(i) == s.batch { DimDecl::Param("N".into()) } else { DimDecl::Value(d as i64) })
+            .map(|(i, &d)| {
+                if Some(i) == s.batch {
+                    DimDecl::Param("N".into())
+                } else {
+                    DimDecl::Value(d as i64)
+                }
+            })
             .collect(),
         None => vec![],
     }
@@ -176,13 +201,18 @@ pub fn to_model(g: &Graph) -> ModelProto {
         gp.initializer.push(encode(name, c));
         // IR 3 requires every initializer to be listed among the graph inputs.
         if g.meta.ir_version < 4 {
-            let et = if c.is_f32() { dtype::FLOAT } else { dtype::INT64 };
+            let et = if c.is_f32() {
+                dtype::FLOAT
+            } else {
+                dtype::INT64
+            };
             let dims: Vec<DimDecl> = c.dims.iter().map(|&d| DimDecl::Value(d as i64)).collect();
             gp.input.push(value_info(name, et, &dims));
         }
     }
     for o in &g.outputs {
-        gp.output.push(value_info(&o.name, o.elem_type, &output_dims(g, o)));
+        gp.output
+            .push(value_info(&o.name, o.elem_type, &output_dims(g, o)));
     }
     let mut m = ModelProto::new();
     m.ir_version = g.meta.ir_version;
@@ -219,7 +249,9 @@ pub fn to_model(g: &Graph) -> ModelProto {
 
 /// Serialize a graph to ONNX bytes.
 pub fn to_bytes(g: &Graph) -> Result<Vec<u8>> {
-    to_model(g).write_to_bytes().map_err(|e| Error::exec(format!("cannot serialize the model: {e}")))
+    to_model(g)
+        .write_to_bytes()
+        .map_err(|e| Error::exec(format!("cannot serialize the model: {e}")))
 }
 
 /// Write a graph as an ONNX file, atomically (a temporary file renamed into place).

@@ -49,7 +49,9 @@ impl<'a> Attrs<'a> {
                     if (0..=(1 << 20)).contains(&x) {
                         Ok(x as usize)
                     } else {
-                        Err(Error::invalid(format!("attribute '{name}' has an invalid value {x}")))
+                        Err(Error::invalid(format!(
+                            "attribute '{name}' has an invalid value {x}"
+                        )))
                     }
                 })
                 .collect::<Result<Vec<_>>>()

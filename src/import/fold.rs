@@ -20,7 +20,10 @@ fn need_const(c: &NodeCtx) -> Result<()> {
 pub fn constant(c: &NodeCtx) -> Result<Built> {
     let a = &c.attrs;
     let value = if let Some(t) = a.get("value") {
-        tensor::decode(t.t.as_ref().ok_or_else(|| Error::invalid("attribute 'value' holds no tensor"))?)?
+        tensor::decode(
+            t.t.as_ref()
+                .ok_or_else(|| Error::invalid("attribute 'value' holds no tensor"))?,
+        )?
     } else if let Some(f) = a.get("value_float") {
         Constant::f32(vec![], vec![f.f])
     } else if let Some(f) = a.get("value_floats") {
@@ -30,18 +33,25 @@ pub fn constant(c: &NodeCtx) -> Result<Built> {
     } else if let Some(i) = a.get("value_ints") {
         Constant::i64(vec![i.ints.len()], i.ints.clone())
     } else {
-        return Err(Error::unsupported("Constant without a value, value_float(s) or value_int(s)"));
+        return Err(Error::unsupported(
+            "Constant without a value, value_float(s) or value_int(s)",
+        ));
     };
     Ok(Built::Consts(vec![value]))
 }
 
 pub fn constant_of_shape(c: &NodeCtx) -> Result<Built> {
     need_const(c)?;
-    let dims = c.constant(0).ok_or_else(|| Error::invalid("ConstantOfShape needs a shape input"))?.as_i64();
+    let dims = c
+        .constant(0)
+        .ok_or_else(|| Error::invalid("ConstantOfShape needs a shape input"))?
+        .as_i64();
     let mut d = Vec::with_capacity(dims.len());
     for &x in &dims {
         if x < 0 {
-            return Err(Error::shape(format!("ConstantOfShape dims {dims:?} has a negative entry")));
+            return Err(Error::shape(format!(
+                "ConstantOfShape dims {dims:?} has a negative entry"
+            )));
         }
         d.push(x as usize);
     }
@@ -66,7 +76,10 @@ pub fn shape(c: &NodeCtx) -> Result<Built> {
     let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
     let start = clampi(c.attrs.int("start", 0));
     let end = clampi(c.attrs.int("end", r));
-    let dims: Vec<i64> = s.dims[start..end.max(start)].iter().map(|&d| d as i64).collect();
+    let dims: Vec<i64> = s.dims[start..end.max(start)]
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
     Ok(Built::Consts(vec![Constant::i64(vec![dims.len()], dims)]))
 }
 
@@ -87,7 +100,9 @@ pub fn gather(c: &NodeCtx) -> Result<Built> {
     for &i in &idx.as_i64() {
         let j = if i < 0 { i + len as i64 } else { i };
         if j < 0 || j as usize >= len {
-            return Err(Error::invalid(format!("Gather index {i} out of range for length {len}")));
+            return Err(Error::invalid(format!(
+                "Gather index {i} out of range for length {len}"
+            )));
         }
         picks.push(j as usize);
     }
@@ -109,25 +124,37 @@ pub fn gather(c: &NodeCtx) -> Result<Built> {
 
 pub fn cast(c: &NodeCtx) -> Result<Built> {
     need_const(c)?;
-    let x = c.constant(0).ok_or_else(|| Error::invalid("Cast needs an input"))?;
+    let x = c
+        .constant(0)
+        .ok_or_else(|| Error::invalid("Cast needs an input"))?;
     let to = c.attrs.int("to", 0) as i32;
     let out = match to {
         dtype::FLOAT | dtype::DOUBLE | dtype::FLOAT16 => Constant::f32(x.dims.clone(), x.as_f32()),
         dtype::INT64 | dtype::INT32 | dtype::INT16 | dtype::INT8 | dtype::UINT8 | dtype::BOOL => {
             Constant::i64(x.dims.clone(), x.as_i64())
         }
-        other => return Err(Error::unsupported(format!("Cast to {}", dtype::name(other)))),
+        other => {
+            return Err(Error::unsupported(format!(
+                "Cast to {}",
+                dtype::name(other)
+            )))
+        }
     };
     Ok(Built::Consts(vec![out]))
 }
 
 /// Evaluate a layout op over constant inputs; `None` for ops that do not fold.
 pub fn eval_layout(op: &Op, args: &[&Constant], out: &Shape) -> Result<Option<Constant>> {
-    let same = |c: &Constant| Constant { dims: out.dims.clone(), data: c.data.clone() };
+    let same = |c: &Constant| Constant {
+        dims: out.dims.clone(),
+        data: c.data.clone(),
+    };
     Ok(match op {
-        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity => {
-            Some(same(args[0]))
-        }
+        Op::Reshape { .. }
+        | Op::Flatten { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Identity => Some(same(args[0])),
         Op::Concat { axis } => {
             let rank = args[0].dims.len();
             let a = crate::ir::norm_axis(*axis, rank)?;

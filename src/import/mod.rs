@@ -30,7 +30,8 @@ pub struct ImportOptions {
 
 /// Read, parse and import a model file. Every error names the file.
 pub fn load_file(path: &Path, opts: &ImportOptions) -> Result<Graph> {
-    let bytes = std::fs::read(path).map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(path))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(path))?;
     load_bytes(&bytes, opts).map_err(|e| e.in_file(path))
 }
 
@@ -39,7 +40,8 @@ pub fn load_bytes(bytes: &[u8], opts: &ImportOptions) -> Result<Graph> {
     if bytes.is_empty() {
         return Err(Error::new(ErrorKind::Parse("the file is empty".into())));
     }
-    let model = ModelProto::parse_from_bytes(bytes).map_err(|e| Error::new(ErrorKind::Parse(e.to_string())))?;
+    let model = ModelProto::parse_from_bytes(bytes)
+        .map_err(|e| Error::new(ErrorKind::Parse(e.to_string())))?;
     import_model(&model, opts)
 }
 
@@ -106,7 +108,11 @@ fn input_shape(info: &ValueInfo, opts: &ImportOptions) -> Result<Shape> {
         }
         dims
     };
-    let s = if dims.len() >= 2 { Shape::batched(dims, 0) } else { Shape::fixed(dims) };
+    let s = if dims.len() >= 2 {
+        Shape::batched(dims, 0)
+    } else {
+        Shape::fixed(dims)
+    };
     s.check(&format!("input '{}'", info.name))?;
     Ok(s)
 }
@@ -115,7 +121,11 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
     let g = m.graph.as_ref().cloned().unwrap_or_default();
     ModelMeta {
         ir_version: m.ir_version,
-        opsets: m.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect(),
+        opsets: m
+            .opset_import
+            .iter()
+            .map(|o| (o.domain.clone(), o.version))
+            .collect(),
         producer_name: m.producer_name.clone(),
         producer_version: m.producer_version.clone(),
         domain: m.domain.clone(),
@@ -123,7 +133,11 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
         doc_string: m.doc_string.clone(),
         graph_name: g.name.clone(),
         graph_doc: g.doc_string.clone(),
-        metadata: m.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+        metadata: m
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect(),
     }
 }
 
@@ -131,11 +145,16 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
 pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
     let meta = meta_of(model);
     if !(3..=10).contains(&meta.ir_version) {
-        return Err(Error::unsupported(format!("IR version {} (ecc reads 3 to 10)", meta.ir_version)));
+        return Err(Error::unsupported(format!(
+            "IR version {} (ecc reads 3 to 10)",
+            meta.ir_version
+        )));
     }
     let opset = meta.opset();
     if !(6..=20).contains(&opset) {
-        return Err(Error::unsupported(format!("default-domain opset {opset} (ecc reads 6 to 20)")));
+        return Err(Error::unsupported(format!(
+            "default-domain opset {opset} (ecc reads 6 to 20)"
+        )));
     }
     let Some(g) = model.graph.as_ref() else {
         return Err(Error::invalid("the model has no graph"));
@@ -144,19 +163,29 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         return Err(Error::invalid("the graph has no nodes"));
     }
 
-    let mut scope = Scope { shapes: HashMap::new(), consts: HashMap::new(), unavailable: HashMap::new() };
+    let mut scope = Scope {
+        shapes: HashMap::new(),
+        consts: HashMap::new(),
+        unavailable: HashMap::new(),
+    };
     for t in &g.initializer {
         if t.name.is_empty() {
             return Err(Error::invalid("an initializer has no name"));
         }
         let c = tensor::decode(t)?;
-        scope.shapes.insert(t.name.clone(), Shape::fixed(c.dims.clone()));
+        scope
+            .shapes
+            .insert(t.name.clone(), Shape::fixed(c.dims.clone()));
         scope.consts.insert(t.name.clone(), c);
     }
 
     // IR 3 lists initializers among the inputs, and some files list values that nodes
     // produce: neither is an input the user feeds.
-    let produced: HashSet<&str> = g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let produced: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     let mut inputs = vec![];
     for v in &g.input {
         if scope.consts.contains_key(&v.name) || produced.contains(v.name.as_str()) {
@@ -172,27 +201,48 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         }
         // ecc computes in f32: wider and narrower floats are converted, and the model is
         // written back in f32.
-        let info = ValueInfo { name: v.name.clone(), declared, elem_type: tensor::dtype::FLOAT };
+        let info = ValueInfo {
+            name: v.name.clone(),
+            declared,
+            elem_type: tensor::dtype::FLOAT,
+        };
         let s = input_shape(&info, opts)?;
         scope.shapes.insert(v.name.clone(), s);
         inputs.push(info);
     }
     // A leading dim is the batch only when all inputs agree on it (a MatMul of two
     // matrices has none).
-    let leads: HashSet<usize> = inputs.iter().filter_map(|i| scope.shapes[&i.name].batch.map(|_| scope.shapes[&i.name].dims[0])).collect();
+    let leads: HashSet<usize> = inputs
+        .iter()
+        .filter_map(|i| {
+            scope.shapes[&i.name]
+                .batch
+                .map(|_| scope.shapes[&i.name].dims[0])
+        })
+        .collect();
     if leads.len() > 1 {
         for i in &inputs {
             scope.shapes.get_mut(&i.name).expect("input shape").batch = None;
         }
     }
-    if let Some(name) = opts.input_shapes.keys().find(|k| !inputs.iter().any(|i| &i.name == *k)) {
-        return Err(Error::usage(format!("--input-shape names '{name}', which is not an input of this model")));
+    if let Some(name) = opts
+        .input_shapes
+        .keys()
+        .find(|k| !inputs.iter().any(|i| &i.name == *k))
+    {
+        return Err(Error::usage(format!(
+            "--input-shape names '{name}', which is not an input of this model"
+        )));
     }
 
     let mut nodes = vec![];
     for (i, np) in g.node.iter().enumerate() {
         let nref = NodeRef {
-            name: if np.name.is_empty() { format!("#{i}") } else { np.name.clone() },
+            name: if np.name.is_empty() {
+                format!("#{i}")
+            } else {
+                np.name.clone()
+            },
             op_type: np.op_type.clone(),
             opset,
         };
@@ -212,27 +262,47 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
             )));
         }
         if scope.consts.contains_key(&v.name) {
-            return Err(Error::unsupported(format!("output '{}' is a constant", v.name)));
+            return Err(Error::unsupported(format!(
+                "output '{}' is a constant",
+                v.name
+            )));
         }
         if !scope.shapes.contains_key(&v.name) {
-            return Err(Error::invalid(format!("output '{}' is not produced by any node", v.name)));
+            return Err(Error::invalid(format!(
+                "output '{}' is not produced by any node",
+                v.name
+            )));
         }
-        outputs.push(ValueInfo { name: v.name.clone(), declared, elem_type: tensor::dtype::FLOAT });
+        outputs.push(ValueInfo {
+            name: v.name.clone(),
+            declared,
+            elem_type: tensor::dtype::FLOAT,
+        });
     }
     if outputs.is_empty() {
         return Err(Error::invalid("the graph has no outputs"));
     }
 
     // Constants read as data are parameters; those read as static operands are consts.
-    let mut graph = Graph { meta, inputs, outputs, nodes, ..Default::default() };
+    let mut graph = Graph {
+        meta,
+        inputs,
+        outputs,
+        nodes,
+        ..Default::default()
+    };
     for (i, n) in graph.nodes.iter().enumerate() {
         let nd = n.data_inputs().len();
         for (k, name) in n.inputs.iter().enumerate() {
-            let Some(c) = scope.consts.get(name) else { continue };
+            let Some(c) = scope.consts.get(name) else {
+                continue;
+            };
             if k < nd {
                 if !c.is_f32() {
-                    return Err(Error::unsupported(format!("integer tensor '{name}' used as data"))
-                        .at_node(graph.node_ref(i)));
+                    return Err(Error::unsupported(format!(
+                        "integer tensor '{name}' used as data"
+                    ))
+                    .at_node(graph.node_ref(i)));
                 }
                 graph.params.insert(name.clone(), c.clone());
             } else {
@@ -247,14 +317,21 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         .flat_map(|n| n.inputs.iter().chain(n.outputs.iter()))
         .chain(graph.inputs.iter().map(|v| &v.name))
         .collect();
-    graph.shapes = scope.shapes.into_iter().filter(|(k, _)| live.contains(k)).collect();
+    graph.shapes = scope
+        .shapes
+        .into_iter()
+        .filter(|(k, _)| live.contains(k))
+        .collect();
     Ok(graph)
 }
 
 /// Build one node: an op with inferred output shapes, or constants when it folds.
 fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Node>> {
     if !(np.domain.is_empty() || np.domain == "ai.onnx") {
-        return Err(Error::new(ErrorKind::UnsupportedOp(format!("{}::{}", np.domain, np.op_type))));
+        return Err(Error::new(ErrorKind::UnsupportedOp(format!(
+            "{}::{}",
+            np.domain, np.op_type
+        ))));
     }
     for name in &np.input {
         if !name.is_empty() && !scope.shapes.contains_key(name) {
@@ -302,18 +379,31 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
     if data.iter().all(|n| scope.consts.contains_key(n)) {
         let args: Vec<&Constant> = data.iter().map(|n| &scope.consts[n]).collect();
         if let Some(c) = fold::eval_layout(&op, &args, &out_shapes[0])? {
-            scope.shapes.insert(np.output[0].clone(), Shape::fixed(c.dims.clone()));
+            scope
+                .shapes
+                .insert(np.output[0].clone(), Shape::fixed(c.dims.clone()));
             scope.consts.insert(np.output[0].clone(), c);
             return Ok(None);
         }
     }
     for (k, o) in np.output.iter().enumerate().skip(out_shapes.len()) {
         if !o.is_empty() {
-            scope.unavailable.insert(o.clone(), format!("output {k} of a {} node, which ecc does not compute", np.op_type));
+            scope.unavailable.insert(
+                o.clone(),
+                format!(
+                    "output {k} of a {} node, which ecc does not compute",
+                    np.op_type
+                ),
+            );
         }
     }
     for (o, s) in np.output.iter().zip(out_shapes) {
         scope.shapes.insert(o.clone(), s);
     }
-    Ok(Some(Node { name: np.name.clone(), op, inputs: np.input.clone(), outputs: np.output.clone() }))
+    Ok(Some(Node {
+        name: np.name.clone(),
+        op,
+        inputs: np.input.clone(),
+        outputs: np.output.clone(),
+    }))
 }

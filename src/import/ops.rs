@@ -32,16 +32,28 @@ impl<'a> NodeCtx<'a> {
         shapes: &'a HashMap<String, Shape>,
         consts: &'a HashMap<String, Constant>,
     ) -> Self {
-        NodeCtx { node, attrs: Attrs::new(node), opset, shapes, consts }
+        NodeCtx {
+            node,
+            attrs: Attrs::new(node),
+            opset,
+            shapes,
+            consts,
+        }
     }
 
     fn input_name(&self, i: usize) -> Option<&'a str> {
-        self.node.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
+        self.node
+            .input
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// Shape of input `i`; an error when it is absent.
     pub fn shape(&self, i: usize) -> Result<&'a Shape> {
-        let name = self.input_name(i).ok_or_else(|| Error::invalid(format!("input {i} is missing")))?;
+        let name = self
+            .input_name(i)
+            .ok_or_else(|| Error::invalid(format!("input {i} is missing")))?;
         Ok(&self.shapes[name])
     }
 
@@ -55,13 +67,19 @@ impl<'a> NodeCtx<'a> {
         match self.input_name(i) {
             None => Ok(None),
             Some(n) => self.consts.get(n).map(Some).ok_or_else(|| {
-                Error::unsupported(format!("{what} (input '{n}') is computed at run time; ecc needs it constant"))
+                Error::unsupported(format!(
+                    "{what} (input '{n}') is computed at run time; ecc needs it constant"
+                ))
             }),
         }
     }
 
     pub fn all_const(&self) -> bool {
-        self.node.input.iter().filter(|n| !n.is_empty()).all(|n| self.consts.contains_key(n))
+        self.node
+            .input
+            .iter()
+            .filter(|n| !n.is_empty())
+            .all(|n| self.consts.contains_key(n))
     }
 
     pub fn n_inputs(&self) -> usize {
@@ -83,10 +101,16 @@ const TABLE: &[(&str, Builder)] = &[
     ("Conv", conv),
     ("MaxPool", max_pool),
     ("AveragePool", average_pool),
-    ("GlobalAveragePool", |_| Ok(Built::Op(Op::GlobalAveragePool))),
+    ("GlobalAveragePool", |_| {
+        Ok(Built::Op(Op::GlobalAveragePool))
+    }),
     ("GlobalMaxPool", |_| Ok(Built::Op(Op::GlobalMaxPool))),
     ("Relu", |_| Ok(Built::Op(Op::Relu))),
-    ("LeakyRelu", |c| Ok(Built::Op(Op::LeakyRelu { alpha: c.attrs.float("alpha", 0.01) }))),
+    ("LeakyRelu", |c| {
+        Ok(Built::Op(Op::LeakyRelu {
+            alpha: c.attrs.float("alpha", 0.01),
+        }))
+    }),
     ("PRelu", |_| Ok(Built::Op(Op::PRelu))),
     ("Clip", clip),
     ("Sigmoid", |_| Ok(Built::Op(Op::Sigmoid))),
@@ -96,7 +120,11 @@ const TABLE: &[(&str, Builder)] = &[
     ("BatchNormalization", batch_norm),
     ("Dropout", dropout),
     ("Identity", |_| Ok(Built::Op(Op::Identity))),
-    ("Flatten", |c| Ok(Built::Op(Op::Flatten { axis: c.attrs.int("axis", 1) }))),
+    ("Flatten", |c| {
+        Ok(Built::Op(Op::Flatten {
+            axis: c.attrs.int("axis", 1),
+        }))
+    }),
     ("Reshape", reshape),
     ("Transpose", transpose),
     ("Concat", concat),
@@ -133,9 +161,15 @@ fn binary(c: &NodeCtx, kind: BinaryKind) -> Result<Built> {
     let legacy_axis = if c.opset < 7 && c.attrs.int("broadcast", 0) != 0 && c.attrs.has("axis") {
         let a = c.shape(0)?;
         let axis = c.attrs.int("axis", 0);
-        let axis = if axis < 0 { axis + a.rank() as i64 } else { axis };
+        let axis = if axis < 0 {
+            axis + a.rank() as i64
+        } else {
+            axis
+        };
         if axis < 0 || axis as usize > a.rank() {
-            return Err(Error::invalid(format!("broadcast axis {axis} for input {a}")));
+            return Err(Error::invalid(format!(
+                "broadcast axis {axis} for input {a}"
+            )));
         }
         Some(axis as usize)
     } else {
@@ -164,23 +198,35 @@ fn resolve_pads(
                 let eff = dilations[i] * (kernel[i] - 1) + 1;
                 let total = ((out - 1) * strides[i] + eff).saturating_sub(spatial[i]);
                 let small = total / 2;
-                let (b, e) = if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+                let (b, e) = if auto == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
                 pads[i] = b;
                 pads[n + i] = e;
             }
             Ok(pads)
         }
-        other => Err(Error::invalid(format!("attribute 'auto_pad' has an unknown value '{other}'"))),
+        other => Err(Error::invalid(format!(
+            "attribute 'auto_pad' has an unknown value '{other}'"
+        ))),
     }
 }
 
-fn window_attrs(c: &NodeCtx, kernel: Vec<usize>, x: &Shape) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+fn window_attrs(
+    c: &NodeCtx,
+    kernel: Vec<usize>,
+    x: &Shape,
+) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
     let n = kernel.len();
     if x.rank() != n + 2 {
         return Err(Error::shape(format!("input {x} for a {n}-D window")));
     }
     if kernel.contains(&0) {
-        return Err(Error::invalid(format!("attribute 'kernel_shape' has a zero entry: {kernel:?}")));
+        return Err(Error::invalid(format!(
+            "attribute 'kernel_shape' has a zero entry: {kernel:?}"
+        )));
     }
     let strides = c.attrs.sizes_n("strides", n, 1)?;
     let dilations = c.attrs.sizes_n("dilations", n, 1)?;
@@ -206,7 +252,13 @@ fn conv(c: &NodeCtx) -> Result<Built> {
     if group < 1 {
         return Err(Error::invalid(format!("attribute 'group' is {group}")));
     }
-    Ok(Built::Op(Op::Conv(ConvAttrs { kernel, strides, pads, dilations, group: group as usize })))
+    Ok(Built::Op(Op::Conv(ConvAttrs {
+        kernel,
+        strides,
+        pads,
+        dilations,
+        group: group as usize,
+    })))
 }
 
 fn pool_attrs(c: &NodeCtx) -> Result<PoolAttrs> {
@@ -219,12 +271,29 @@ fn pool_attrs(c: &NodeCtx) -> Result<PoolAttrs> {
     let ceil_mode = c.attrs.int("ceil_mode", 0) != 0;
     // Validate that at least one window fits, with a message naming the node.
     for i in 0..kernel.len() {
-        conv_out_len(x.dims[2 + i], kernel[i], strides[i], pads[i], pads[kernel.len() + i], dilations[i], ceil_mode)?;
-        if pads[i] >= kernel[i] * dilations[i] || pads[kernel.len() + i] >= kernel[i] * dilations[i] {
-            return Err(Error::invalid(format!("pads {pads:?} are not smaller than the window {kernel:?}")));
+        conv_out_len(
+            x.dims[2 + i],
+            kernel[i],
+            strides[i],
+            pads[i],
+            pads[kernel.len() + i],
+            dilations[i],
+            ceil_mode,
+        )?;
+        if pads[i] >= kernel[i] * dilations[i] || pads[kernel.len() + i] >= kernel[i] * dilations[i]
+        {
+            return Err(Error::invalid(format!(
+                "pads {pads:?} are not smaller than the window {kernel:?}"
+            )));
         }
     }
-    Ok(PoolAttrs { kernel, strides, pads, dilations, ceil_mode })
+    Ok(PoolAttrs {
+        kernel,
+        strides,
+        pads,
+        dilations,
+        ceil_mode,
+    })
 }
 
 fn max_pool(c: &NodeCtx) -> Result<Built> {
@@ -235,7 +304,10 @@ fn max_pool(c: &NodeCtx) -> Result<Built> {
 }
 
 fn average_pool(c: &NodeCtx) -> Result<Built> {
-    Ok(Built::Op(Op::AveragePool { pool: pool_attrs(c)?, count_include_pad: c.attrs.int("count_include_pad", 0) != 0 }))
+    Ok(Built::Op(Op::AveragePool {
+        pool: pool_attrs(c)?,
+        count_include_pad: c.attrs.int("count_include_pad", 0) != 0,
+    }))
 }
 
 fn scalar(cst: Option<&Constant>, what: &str) -> Result<Option<f32>> {
@@ -243,13 +315,19 @@ fn scalar(cst: Option<&Constant>, what: &str) -> Result<Option<f32>> {
         None => Ok(None),
         Some(k) if k.is_empty() => Ok(None),
         Some(k) if k.len() == 1 => Ok(Some(k.as_f32()[0])),
-        Some(k) => Err(Error::invalid(format!("{what} must be a scalar, has {} values", k.len()))),
+        Some(k) => Err(Error::invalid(format!(
+            "{what} must be a scalar, has {} values",
+            k.len()
+        ))),
     }
 }
 
 fn clip(c: &NodeCtx) -> Result<Built> {
     let (min, max) = if c.opset < 11 {
-        (c.attrs.float("min", f32::NEG_INFINITY), c.attrs.float("max", f32::INFINITY))
+        (
+            c.attrs.float("min", f32::NEG_INFINITY),
+            c.attrs.float("max", f32::INFINITY),
+        )
     } else {
         (
             scalar(c.static_input(1, "Clip min")?, "Clip min")?.unwrap_or(f32::NEG_INFINITY),
@@ -262,7 +340,11 @@ fn clip(c: &NodeCtx) -> Result<Built> {
 fn softmax(c: &NodeCtx, log: bool) -> Result<Built> {
     let legacy = c.opset < 13;
     let axis = c.attrs.int("axis", if legacy { 1 } else { -1 });
-    Ok(Built::Op(if log { Op::LogSoftmax { axis, legacy } } else { Op::Softmax { axis, legacy } }))
+    Ok(Built::Op(if log {
+        Op::LogSoftmax { axis, legacy }
+    } else {
+        Op::Softmax { axis, legacy }
+    }))
 }
 
 fn batch_norm(c: &NodeCtx) -> Result<Built> {
@@ -273,9 +355,14 @@ fn batch_norm(c: &NodeCtx) -> Result<Built> {
         return Err(Error::unsupported("BatchNormalization with spatial=0"));
     }
     if c.n_inputs() != 5 {
-        return Err(Error::invalid(format!("needs 5 inputs, has {}", c.n_inputs())));
+        return Err(Error::invalid(format!(
+            "needs 5 inputs, has {}",
+            c.n_inputs()
+        )));
     }
-    Ok(Built::Op(Op::BatchNorm { epsilon: c.attrs.float("epsilon", 1e-5) }))
+    Ok(Built::Op(Op::BatchNorm {
+        epsilon: c.attrs.float("epsilon", 1e-5),
+    }))
 }
 
 fn dropout(c: &NodeCtx) -> Result<Built> {
@@ -293,7 +380,9 @@ fn reshape(c: &NodeCtx) -> Result<Built> {
         .ok_or_else(|| Error::invalid("Reshape needs a target shape input"))?
         .as_i64();
     if c.attrs.int("allowzero", 0) != 0 && shape.contains(&0) {
-        return Err(Error::unsupported("Reshape with allowzero=1 and a zero in the target"));
+        return Err(Error::unsupported(
+            "Reshape with allowzero=1 and a zero in the target",
+        ));
     }
     Ok(Built::Op(Op::Reshape { shape }))
 }
@@ -303,7 +392,9 @@ fn transpose(c: &NodeCtx) -> Result<Built> {
     let perm = match c.attrs.ints("perm") {
         Some(p) => p
             .into_iter()
-            .map(|v| usize::try_from(v).map_err(|_| Error::invalid(format!("attribute 'perm' has {v}"))))
+            .map(|v| {
+                usize::try_from(v).map_err(|_| Error::invalid(format!("attribute 'perm' has {v}")))
+            })
             .collect::<Result<Vec<_>>>()?,
         None => (0..x.rank()).rev().collect(),
     };
@@ -314,19 +405,27 @@ fn concat(c: &NodeCtx) -> Result<Built> {
     if !c.attrs.has("axis") && c.opset >= 4 {
         return Err(Error::invalid("attribute 'axis' is required"));
     }
-    Ok(Built::Op(Op::Concat { axis: c.attrs.int("axis", 1) }))
+    Ok(Built::Op(Op::Concat {
+        axis: c.attrs.int("axis", 1),
+    }))
 }
 
 fn axes_op(c: &NodeCtx, squeeze: bool) -> Result<Built> {
     let axes = if c.opset < 13 {
         c.attrs.ints("axes").unwrap_or_default()
     } else {
-        c.static_input(1, "axes")?.map(Constant::as_i64).unwrap_or_default()
+        c.static_input(1, "axes")?
+            .map(Constant::as_i64)
+            .unwrap_or_default()
     };
     if !squeeze && axes.is_empty() {
         return Err(Error::invalid("Unsqueeze needs axes"));
     }
-    Ok(Built::Op(if squeeze { Op::Squeeze { axes } } else { Op::Unsqueeze { axes } }))
+    Ok(Built::Op(if squeeze {
+        Op::Squeeze { axes }
+    } else {
+        Op::Unsqueeze { axes }
+    }))
 }
 
 fn lrn(c: &NodeCtx) -> Result<Built> {

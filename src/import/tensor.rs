@@ -50,19 +50,30 @@ fn raw_chunks<const N: usize>(raw: &[u8], n: usize, what: &str) -> Result<Vec<[u
             n * N
         )));
     }
-    Ok(raw.chunks_exact(N).map(|c| c.try_into().expect("exact chunk")).collect())
+    Ok(raw
+        .chunks_exact(N)
+        .map(|c| c.try_into().expect("exact chunk"))
+        .collect())
 }
 
 /// Decode a TensorProto into a constant.
 pub fn decode(t: &TensorProto) -> Result<Constant> {
-    let name = if t.name.is_empty() { "<unnamed>" } else { t.name.as_str() };
+    let name = if t.name.is_empty() {
+        "<unnamed>"
+    } else {
+        t.name.as_str()
+    };
     if t.data_location.value() == 1 || !t.external_data.is_empty() {
-        return Err(Error::unsupported(format!("tensor '{name}' keeps its data in an external file")));
+        return Err(Error::unsupported(format!(
+            "tensor '{name}' keeps its data in an external file"
+        )));
     }
     let mut dims = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
         if d < 0 {
-            return Err(Error::invalid(format!("tensor '{name}' has a negative dimension {d}")));
+            return Err(Error::invalid(format!(
+                "tensor '{name}' has a negative dimension {d}"
+            )));
         }
         dims.push(d as usize);
     }
@@ -76,18 +87,27 @@ pub fn decode(t: &TensorProto) -> Result<Constant> {
     use dtype::*;
     let data = match t.data_type {
         FLOAT => TensorData::F32(if !raw.is_empty() {
-            raw_chunks::<4>(raw, n, name)?.into_iter().map(f32::from_le_bytes).collect()
+            raw_chunks::<4>(raw, n, name)?
+                .into_iter()
+                .map(f32::from_le_bytes)
+                .collect()
         } else {
             t.float_data.clone()
         }),
         DOUBLE => TensorData::F32(if !raw.is_empty() {
-            raw_chunks::<8>(raw, n, name)?.into_iter().map(|b| f64::from_le_bytes(b) as f32).collect()
+            raw_chunks::<8>(raw, n, name)?
+                .into_iter()
+                .map(|b| f64::from_le_bytes(b) as f32)
+                .collect()
         } else {
             t.double_data.iter().map(|&x| x as f32).collect()
         }),
         FLOAT16 | BFLOAT16 => {
             let bits: Vec<u16> = if !raw.is_empty() {
-                raw_chunks::<2>(raw, n, name)?.into_iter().map(u16::from_le_bytes).collect()
+                raw_chunks::<2>(raw, n, name)?
+                    .into_iter()
+                    .map(u16::from_le_bytes)
+                    .collect()
             } else {
                 t.int32_data.iter().map(|&x| x as u16).collect()
             };
@@ -104,21 +124,35 @@ pub fn decode(t: &TensorProto) -> Result<Constant> {
             )
         }
         INT64 => TensorData::I64(if !raw.is_empty() {
-            raw_chunks::<8>(raw, n, name)?.into_iter().map(i64::from_le_bytes).collect()
+            raw_chunks::<8>(raw, n, name)?
+                .into_iter()
+                .map(i64::from_le_bytes)
+                .collect()
         } else {
             t.int64_data.clone()
         }),
         INT32 => TensorData::I64(if !raw.is_empty() {
-            raw_chunks::<4>(raw, n, name)?.into_iter().map(|b| i32::from_le_bytes(b) as i64).collect()
+            raw_chunks::<4>(raw, n, name)?
+                .into_iter()
+                .map(|b| i32::from_le_bytes(b) as i64)
+                .collect()
         } else {
             t.int32_data.iter().map(|&x| x as i64).collect()
         }),
         INT8 | UINT8 | BOOL | INT16 | UINT16 => {
             let signed = matches!(t.data_type, INT8 | INT16);
-            let width = if matches!(t.data_type, INT16 | UINT16) { 2 } else { 1 };
+            let width = if matches!(t.data_type, INT16 | UINT16) {
+                2
+            } else {
+                1
+            };
             TensorData::I64(if !raw.is_empty() {
                 if raw.len() != n * width {
-                    return Err(Error::invalid(format!("tensor '{name}' has {} bytes, needs {}", raw.len(), n * width)));
+                    return Err(Error::invalid(format!(
+                        "tensor '{name}' has {} bytes, needs {}",
+                        raw.len(),
+                        n * width
+                    )));
                 }
                 raw.chunks_exact(width)
                     .map(|c| match (width, signed) {
@@ -184,5 +218,57 @@ pub fn write_pb(path: &std::path::Path, name: &str, c: &Constant) -> Result<()> 
     let bytes = encode(name, c)
         .write_to_bytes()
         .map_err(|e| Error::exec(e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_and_typed_fields_agree() {
+        let c = Constant::f32(vec![2, 2], vec![1.0, -2.5, 3.25, 0.0]);
+        assert_eq!(decode(&encode("w", &c)).unwrap(), c);
+        let mut t = TensorProto::new();
+        t.dims = vec![4];
+        t.data_type = dtype::FLOAT;
+        t.float_data = vec![1.0, -2.5, 3.25, 0.0];
+        assert_eq!(decode(&t).unwrap().as_f32(), c.as_f32());
+        let i = Constant::i64(vec![3], vec![-1, 0, 1 << 40]);
+        assert_eq!(decode(&encode("s", &i)).unwrap(), i);
+    }
+
+    #[test]
+    fn narrow_and_wide_floats_become_f32() {
+        let mut t = TensorProto::new();
+        t.dims = vec![2];
+        t.data_type = dtype::FLOAT16;
+        t.raw_data = [half::f16::from_f32(1.5), half::f16::from_f32(-0.25)]
+            .iter()
+            .flat_map(|h| h.to_bits().to_le_bytes())
+            .collect();
+        assert_eq!(decode(&t).unwrap().as_f32(), vec![1.5, -0.25]);
+        t.data_type = dtype::DOUBLE;
+        t.raw_data = [2.0f64, 0.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(decode(&t).unwrap().as_f32(), vec![2.0, 0.5]);
+    }
+
+    #[test]
+    fn inconsistent_tensors_are_errors() {
+        let mut t = TensorProto::new();
+        t.name = "w".into();
+        t.dims = vec![3];
+        t.data_type = dtype::FLOAT;
+        t.raw_data = vec![0; 8];
+        assert!(decode(&t).unwrap_err().to_string().contains("tensor 'w'"));
+        t.raw_data.clear();
+        t.float_data = vec![1.0];
+        assert!(decode(&t).is_err());
+        t.dims = vec![-1];
+        assert!(decode(&t).is_err());
+        t.dims = vec![1];
+        t.data_type = 8; // string
+        assert!(decode(&t).unwrap_err().is_unsupported());
+    }
 }

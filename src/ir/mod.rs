@@ -32,10 +32,16 @@ pub struct Constant {
 
 impl Constant {
     pub fn f32(dims: Vec<usize>, data: Vec<f32>) -> Self {
-        Constant { dims, data: TensorData::F32(data) }
+        Constant {
+            dims,
+            data: TensorData::F32(data),
+        }
     }
     pub fn i64(dims: Vec<usize>, data: Vec<i64>) -> Self {
-        Constant { dims, data: TensorData::I64(data) }
+        Constant {
+            dims,
+            data: TensorData::I64(data),
+        }
     }
     pub fn len(&self) -> usize {
         match &self.data {

@@ -6,9 +6,9 @@ use super::op::Op;
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// Largest number of elements ecc accepts in one tensor (4 GiB of f32): anything larger in
-/// a model file is taken as corrupt rather than allocated.
-pub const MAX_ELEMENTS: usize = 1 << 30;
+/// Largest number of elements ecc accepts in one tensor (1 GiB of f32; vgg19's largest
+/// weight has 103M): anything larger in a model file is taken as corrupt, not allocated.
+pub const MAX_ELEMENTS: usize = 1 << 28;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
@@ -22,7 +22,10 @@ impl Shape {
         Shape { dims, batch: None }
     }
     pub fn batched(dims: Vec<usize>, axis: usize) -> Self {
-        Shape { dims, batch: Some(axis) }
+        Shape {
+            dims,
+            batch: Some(axis),
+        }
     }
     pub fn rank(&self) -> usize {
         self.dims.len()
@@ -41,7 +44,9 @@ impl Shape {
     /// Reject zero-sized and absurd shapes.
     pub fn check(&self, what: &str) -> Result<()> {
         if self.dims.contains(&0) {
-            return Err(Error::shape(format!("{what} has a zero-sized dimension: {self}")));
+            return Err(Error::shape(format!(
+                "{what} has a zero-sized dimension: {self}"
+            )));
         }
         let mut n: usize = 1;
         for &d in &self.dims {
@@ -62,7 +67,13 @@ impl fmt::Display for Shape {
             .dims
             .iter()
             .enumerate()
-            .map(|(i, d)| if Some(i) == self.batch { "N".to_string() } else { d.to_string() })
+            .map(|(i, d)| {
+                if Some(i) == self.batch {
+                    "N".to_string()
+                } else {
+                    d.to_string()
+                }
+            })
             .collect();
         write!(f, "[{}]", parts.join(", "))
     }
@@ -73,7 +84,9 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) {
-        return Err(Error::shape(format!("axis {axis} is out of range for rank {rank}")));
+        return Err(Error::shape(format!(
+            "axis {axis} is out of range for rank {rank}"
+        )));
     }
     Ok(a as usize)
 }
@@ -96,7 +109,11 @@ pub fn conv_out_len(
         )));
     }
     let span = padded - eff;
-    let mut out = if ceil_mode { span.div_ceil(stride) + 1 } else { span / stride + 1 };
+    let mut out = if ceil_mode {
+        span.div_ceil(stride) + 1
+    } else {
+        span / stride + 1
+    };
     // As in PyTorch and onnxruntime: the last window must start inside the input or its
     // leading padding.
     if ceil_mode && (out - 1) * stride >= len + pad_begin {
@@ -111,8 +128,16 @@ fn broadcast(a: &Shape, b: &Shape) -> Result<Shape> {
     let r = a.rank().max(b.rank());
     let mut dims = vec![0; r];
     for (i, d) in dims.iter_mut().enumerate() {
-        let da = if i + a.rank() >= r { a.dims[i + a.rank() - r] } else { 1 };
-        let db = if i + b.rank() >= r { b.dims[i + b.rank() - r] } else { 1 };
+        let da = if i + a.rank() >= r {
+            a.dims[i + a.rank() - r]
+        } else {
+            1
+        };
+        let db = if i + b.rank() >= r {
+            b.dims[i + b.rank() - r]
+        } else {
+            1
+        };
         *d = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -157,7 +182,10 @@ fn spatial_out(
             ceil,
         )?);
     }
-    Ok(Shape { dims, batch: x.batch })
+    Ok(Shape {
+        dims,
+        batch: x.batch,
+    })
 }
 
 fn same_rank(a: &Shape, b: &Shape, what: &str) -> Result<()> {
@@ -175,7 +203,9 @@ pub fn reshape_dims(input: &Shape, target: &[i64]) -> Result<Shape> {
     for (i, &t) in target.iter().enumerate() {
         match t {
             0 => dims.push(*input.dims.get(i).ok_or_else(|| {
-                Error::shape(format!("target {target:?} copies axis {i}, input {input} lacks it"))
+                Error::shape(format!(
+                    "target {target:?} copies axis {i}, input {input} lacks it"
+                ))
             })?),
             -1 if infer.is_none() => {
                 infer = Some(i);
@@ -187,12 +217,16 @@ pub fn reshape_dims(input: &Shape, target: &[i64]) -> Result<Shape> {
     }
     let known: usize = dims.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
-            return Err(Error::shape(format!("cannot reshape {input} to {target:?}")));
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(Error::shape(format!(
+                "cannot reshape {input} to {target:?}"
+            )));
         }
         dims[i] = total / known;
     } else if known != total {
-        return Err(Error::shape(format!("cannot reshape {input} ({total} elements) to {target:?}")));
+        return Err(Error::shape(format!(
+            "cannot reshape {input} ({total} elements) to {target:?}"
+        )));
     }
     // The batch survives when the leading axis is kept whole and nothing else mixes with it.
     let batch = match input.batch {
@@ -208,33 +242,56 @@ impl Op {
     pub fn infer(&self, ins: &[&Shape]) -> Result<Vec<Shape>> {
         let need = |n: usize| -> Result<()> {
             if ins.len() < n {
-                Err(Error::invalid(format!("needs {n} inputs, has {}", ins.len())))
+                Err(Error::invalid(format!(
+                    "needs {n} inputs, has {}",
+                    ins.len()
+                )))
             } else {
                 Ok(())
             }
         };
         let out = match self {
-            Op::Gemm { trans_a, trans_b, .. } => {
+            Op::Gemm {
+                trans_a, trans_b, ..
+            } => {
                 need(2)?;
                 let (a, b) = (ins[0], ins[1]);
                 if a.rank() != 2 || b.rank() != 2 {
-                    return Err(Error::shape(format!("Gemm needs 2-D A and B, got {a} and {b}")));
+                    return Err(Error::shape(format!(
+                        "Gemm needs 2-D A and B, got {a} and {b}"
+                    )));
                 }
-                let (m, ka) = if *trans_a { (a.dims[1], a.dims[0]) } else { (a.dims[0], a.dims[1]) };
-                let (kb, n) = if *trans_b { (b.dims[1], b.dims[0]) } else { (b.dims[0], b.dims[1]) };
+                let (m, ka) = if *trans_a {
+                    (a.dims[1], a.dims[0])
+                } else {
+                    (a.dims[0], a.dims[1])
+                };
+                let (kb, n) = if *trans_b {
+                    (b.dims[1], b.dims[0])
+                } else {
+                    (b.dims[0], b.dims[1])
+                };
                 if ka != kb {
-                    return Err(Error::shape(format!("Gemm inner dimensions differ: A {a}, B {b}")));
+                    return Err(Error::shape(format!(
+                        "Gemm inner dimensions differ: A {a}, B {b}"
+                    )));
                 }
                 let y = Shape {
                     dims: vec![m, n],
-                    batch: if a.batch == Some(if *trans_a { 1 } else { 0 }) { Some(0) } else { None },
+                    batch: if a.batch == Some(if *trans_a { 1 } else { 0 }) {
+                        Some(0)
+                    } else {
+                        None
+                    },
                 };
                 if let Some(c) = ins.get(2) {
                     broadcast(&y, c).and_then(|s| {
                         if s.dims == y.dims {
                             Ok(())
                         } else {
-                            Err(Error::shape(format!("Gemm bias {c} does not broadcast to {y}")))
+                            Err(Error::shape(format!(
+                                "Gemm bias {c} does not broadcast to {y}"
+                            )))
                         }
                     })?;
                 }
@@ -246,14 +303,30 @@ impl Op {
                 if a.rank() == 0 || b.rank() == 0 {
                     return Err(Error::shape("MatMul of a scalar"));
                 }
-                let a2 = if a.rank() == 1 { Shape::fixed(vec![1, a.dims[0]]) } else { a.clone() };
-                let b2 = if b.rank() == 1 { Shape::fixed(vec![b.dims[0], 1]) } else { b.clone() };
+                let a2 = if a.rank() == 1 {
+                    Shape::fixed(vec![1, a.dims[0]])
+                } else {
+                    a.clone()
+                };
+                let b2 = if b.rank() == 1 {
+                    Shape::fixed(vec![b.dims[0], 1])
+                } else {
+                    b.clone()
+                };
                 let (ra, rb) = (a2.rank(), b2.rank());
                 if a2.dims[ra - 1] != b2.dims[rb - 2] {
-                    return Err(Error::shape(format!("MatMul inner dimensions differ: {a} x {b}")));
+                    return Err(Error::shape(format!(
+                        "MatMul inner dimensions differ: {a} x {b}"
+                    )));
                 }
-                let ba = Shape { dims: a2.dims[..ra - 2].to_vec(), batch: a2.batch.filter(|&x| x < ra - 2) };
-                let bb = Shape { dims: b2.dims[..rb - 2].to_vec(), batch: b2.batch.filter(|&x| x < rb - 2) };
+                let ba = Shape {
+                    dims: a2.dims[..ra - 2].to_vec(),
+                    batch: a2.batch.filter(|&x| x < ra - 2),
+                };
+                let bb = Shape {
+                    dims: b2.dims[..rb - 2].to_vec(),
+                    batch: b2.batch.filter(|&x| x < rb - 2),
+                };
                 let mut s = broadcast(&ba, &bb)?;
                 let lead = s.rank();
                 if a.rank() > 1 {
@@ -267,14 +340,20 @@ impl Op {
                 }
                 s
             }
-            Op::Binary { kind: _, legacy_axis } => {
+            Op::Binary {
+                kind: _,
+                legacy_axis,
+            } => {
                 need(2)?;
                 let (a, b) = (ins[0], ins[1]);
                 match legacy_axis {
                     Some(axis) => {
                         // B's dims must match A's from `axis` on (or be 1).
                         let ok = axis + b.rank() <= a.rank()
-                            && b.dims.iter().enumerate().all(|(i, &d)| d == 1 || d == a.dims[axis + i]);
+                            && b.dims
+                                .iter()
+                                .enumerate()
+                                .all(|(i, &d)| d == 1 || d == a.dims[axis + i]);
                         if !ok {
                             return Err(Error::shape(format!(
                                 "legacy broadcast of {b} into {a} at axis {axis}"
@@ -310,14 +389,28 @@ impl Op {
                     )));
                 }
                 if w.dims[2..] != c.kernel[..] {
-                    return Err(Error::shape(format!("Conv weight {w} vs kernel_shape {:?}", c.kernel)));
+                    return Err(Error::shape(format!(
+                        "Conv weight {w} vs kernel_shape {:?}",
+                        c.kernel
+                    )));
                 }
                 if let Some(b) = ins.get(2) {
                     if b.dims != [w.dims[0]] {
-                        return Err(Error::shape(format!("Conv bias {b} for {} output channels", w.dims[0])));
+                        return Err(Error::shape(format!(
+                            "Conv bias {b} for {} output channels",
+                            w.dims[0]
+                        )));
                     }
                 }
-                spatial_out(x, &c.kernel, &c.strides, &c.pads, &c.dilations, false, w.dims[0])?
+                spatial_out(
+                    x,
+                    &c.kernel,
+                    &c.strides,
+                    &c.pads,
+                    &c.dilations,
+                    false,
+                    w.dims[0],
+                )?
             }
             Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
                 need(1)?;
@@ -325,19 +418,32 @@ impl Op {
                 if x.rank() < 3 {
                     return Err(Error::shape(format!("pooling input {x} needs rank >= 3")));
                 }
-                spatial_out(x, &p.kernel, &p.strides, &p.pads, &p.dilations, p.ceil_mode, x.dims[1])?
+                spatial_out(
+                    x,
+                    &p.kernel,
+                    &p.strides,
+                    &p.pads,
+                    &p.dilations,
+                    p.ceil_mode,
+                    x.dims[1],
+                )?
             }
             Op::GlobalAveragePool | Op::GlobalMaxPool => {
                 need(1)?;
                 let x = ins[0];
                 if x.rank() < 3 {
-                    return Err(Error::shape(format!("global pooling input {x} needs rank >= 3")));
+                    return Err(Error::shape(format!(
+                        "global pooling input {x} needs rank >= 3"
+                    )));
                 }
                 let mut d = x.dims.clone();
                 for v in d.iter_mut().skip(2) {
                     *v = 1;
                 }
-                Shape { dims: d, batch: x.batch }
+                Shape {
+                    dims: d,
+                    batch: x.batch,
+                }
             }
             Op::Relu
             | Op::LeakyRelu { .. }
@@ -355,7 +461,9 @@ impl Op {
                 // A 1-D slope of C values is per channel (axis 1), as old exporters wrote it.
                 let per_channel = s.rank() == 1 && x.rank() > 2 && s.dims[0] == x.dims[1];
                 if !per_channel && broadcast(x, s)?.dims != x.dims {
-                    return Err(Error::shape(format!("PRelu slope {s} does not broadcast to {x}")));
+                    return Err(Error::shape(format!(
+                        "PRelu slope {s} does not broadcast to {x}"
+                    )));
                 }
                 x.clone()
             }
@@ -368,7 +476,9 @@ impl Op {
                 need(5)?;
                 let x = ins[0];
                 if x.rank() < 2 {
-                    return Err(Error::shape(format!("BatchNormalization input {x} needs rank >= 2")));
+                    return Err(Error::shape(format!(
+                        "BatchNormalization input {x} needs rank >= 2"
+                    )));
                 }
                 for (i, p) in ins[1..5].iter().enumerate() {
                     if p.numel() != x.dims[1] {
@@ -392,8 +502,15 @@ impl Op {
                 let a = a as usize;
                 let outer: usize = x.dims[..a].iter().product();
                 let inner: usize = x.dims[a..].iter().product();
-                let batch = if x.batch == Some(0) && a >= 1 && outer == x.dims[0] { Some(0) } else { None };
-                Shape { dims: vec![outer, inner], batch }
+                let batch = if x.batch == Some(0) && a >= 1 && outer == x.dims[0] {
+                    Some(0)
+                } else {
+                    None
+                };
+                Shape {
+                    dims: vec![outer, inner],
+                    batch,
+                }
             }
             Op::Reshape { shape } => {
                 need(1)?;
@@ -405,7 +522,9 @@ impl Op {
                 let mut sorted = perm.clone();
                 sorted.sort_unstable();
                 if sorted != (0..x.rank()).collect::<Vec<_>>() {
-                    return Err(Error::shape(format!("Transpose perm {perm:?} for input {x}")));
+                    return Err(Error::shape(format!(
+                        "Transpose perm {perm:?} for input {x}"
+                    )));
                 }
                 Shape {
                     dims: perm.iter().map(|&p| x.dims[p]).collect(),
@@ -422,20 +541,29 @@ impl Op {
                     same_rank(x, s, "Concat inputs")?;
                     for i in 0..x.rank() {
                         if i != a && s.dims[i] != x.dims[i] {
-                            return Err(Error::shape(format!("Concat inputs {x} and {s} differ off axis {a}")));
+                            return Err(Error::shape(format!(
+                                "Concat inputs {x} and {s} differ off axis {a}"
+                            )));
                         }
                     }
                     dims[a] += s.dims[a];
                 }
-                Shape { dims, batch: x.batch.filter(|&b| b != a) }
+                Shape {
+                    dims,
+                    batch: x.batch.filter(|&b| b != a),
+                }
             }
             Op::Squeeze { axes } => {
                 need(1)?;
                 let x = ins[0];
                 let axes: Vec<usize> = if axes.is_empty() {
-                    (0..x.rank()).filter(|&i| x.dims[i] == 1 && Some(i) != x.batch).collect()
+                    (0..x.rank())
+                        .filter(|&i| x.dims[i] == 1 && Some(i) != x.batch)
+                        .collect()
                 } else {
-                    axes.iter().map(|&a| norm_axis(a, x.rank())).collect::<Result<_>>()?
+                    axes.iter()
+                        .map(|&a| norm_axis(a, x.rank()))
+                        .collect::<Result<_>>()?
                 };
                 let mut dims = vec![];
                 let mut batch = None;
@@ -457,7 +585,10 @@ impl Op {
                 need(1)?;
                 let x = ins[0];
                 let r = x.rank() + axes.len();
-                let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?;
+                let axes: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, r))
+                    .collect::<Result<_>>()?;
                 let mut dims = vec![];
                 let mut batch = None;
                 let mut src = 0;
@@ -468,7 +599,11 @@ impl Op {
                         if Some(src) == x.batch {
                             batch = Some(i);
                         }
-                        dims.push(*x.dims.get(src).ok_or_else(|| Error::shape("Unsqueeze axes repeat"))?);
+                        dims.push(
+                            *x.dims
+                                .get(src)
+                                .ok_or_else(|| Error::shape("Unsqueeze axes repeat"))?,
+                        );
                         src += 1;
                     }
                 }
@@ -477,11 +612,53 @@ impl Op {
             Op::Lrn { .. } => {
                 need(1)?;
                 if ins[0].rank() < 3 {
-                    return Err(Error::shape(format!("LRN input {} needs rank >= 3", ins[0])));
+                    return Err(Error::shape(format!(
+                        "LRN input {} needs rank >= 3",
+                        ins[0]
+                    )));
                 }
                 ins[0].clone()
             }
         };
         Ok(vec![out])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_lengths() {
+        assert_eq!(conv_out_len(224, 7, 2, 3, 3, 1, false).unwrap(), 112);
+        assert_eq!(conv_out_len(5, 2, 2, 0, 0, 1, false).unwrap(), 2);
+        assert_eq!(conv_out_len(5, 2, 2, 0, 0, 1, true).unwrap(), 3);
+        // ceil mode never starts a window in the trailing padding
+        assert_eq!(conv_out_len(4, 2, 2, 1, 1, 1, true).unwrap(), 3);
+        assert_eq!(conv_out_len(9, 3, 1, 0, 0, 2, false).unwrap(), 5);
+        assert!(conv_out_len(2, 5, 1, 0, 0, 1, false).is_err());
+    }
+
+    #[test]
+    fn reshape_keeps_the_batch_only_when_whole() {
+        let x = Shape::batched(vec![1, 8, 2, 2], 0);
+        assert_eq!(
+            reshape_dims(&x, &[0, -1]).unwrap(),
+            Shape::batched(vec![1, 32], 0)
+        );
+        assert_eq!(
+            reshape_dims(&x, &[1, 32]).unwrap(),
+            Shape::batched(vec![1, 32], 0)
+        );
+        assert_eq!(reshape_dims(&x, &[-1]).unwrap().batch, None);
+        assert!(reshape_dims(&x, &[3, -1]).is_err());
+        assert!(reshape_dims(&x, &[-1, -1]).is_err());
+    }
+
+    #[test]
+    fn zero_and_absurd_shapes_are_rejected() {
+        assert!(Shape::fixed(vec![3, 0]).check("t").is_err());
+        assert!(Shape::fixed(vec![1 << 20, 1 << 20]).check("t").is_err());
+        assert!(Shape::fixed(vec![4096, 25088]).check("t").is_ok());
     }
 }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test suite, exactly as CI runs it (.ci/run calls this). On a fresh machine it fetches
+# what it needs: the package-provided test models (pinned sha256) and the onnxruntime venv,
+# both into a cache outside the source tree (~/.cache/ecc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/fetch-fixtures.sh
+scripts/setup-onnxruntime.sh
+
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release

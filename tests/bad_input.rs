@@ -1,0 +1,207 @@
+//! Bad input: every broken model gives one line on stderr naming the file, the node (name,
+//! op type, opset) where there is one, and the problem, with exit code 2.
+
+use onnx_protobuf::{Message, ModelProto};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn ecc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ecc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn digits_model() -> ModelProto {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/mlp-digits.onnx"
+    ))
+    .unwrap();
+    ModelProto::parse_from_bytes(&bytes).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ecc-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn write(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = scratch(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn write_model(name: &str, m: &ModelProto) -> PathBuf {
+    write(name, &m.write_to_bytes().unwrap())
+}
+
+/// Runs `inspect` and `run` on the file; both must fail with exit 2 and one line that
+/// contains every expected fragment.
+fn expect_error(path: &Path, fragments: &[&str]) {
+    let p = path.to_str().unwrap();
+    for cmd in ["inspect", "run"] {
+        let (code, _, err) = ecc(&[cmd, p]);
+        assert_eq!(code, 2, "{cmd} {p}: exit {code}, stderr {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line expected, got: {err}"
+        );
+        assert!(err.contains(p), "the error must name the file: {err}");
+        for f in fragments {
+            assert!(err.contains(f), "missing '{f}' in: {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn truncated_file() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/mlp-digits.onnx"
+    ))
+    .unwrap();
+    let p = write("truncated.onnx", &bytes[..bytes.len() / 2]);
+    expect_error(&p, &["not a valid ONNX model"]);
+}
+
+#[test]
+fn not_onnx_and_empty_and_missing() {
+    let p = write("text.onnx", b"this is a text file, not a model\n");
+    expect_error(&p, &["not a valid ONNX model"]);
+    let p = write("empty.onnx", b"");
+    expect_error(&p, &["not a valid ONNX model", "empty"]);
+    let missing = scratch("does-not-exist.onnx");
+    expect_error(&missing, &["cannot read file"]);
+}
+
+#[test]
+fn unknown_op_names_node_and_opset() {
+    let mut m = digits_model();
+    m.graph.as_mut().unwrap().node[1].op_type = "Frobnicate".into();
+    let name = m.graph.node[1].name.clone();
+    let p = write_model("unknown-op.onnx", &m);
+    expect_error(
+        &p,
+        &[
+            &format!("node '{name}' (Frobnicate, opset 13)"),
+            "unsupported op 'Frobnicate'",
+        ],
+    );
+}
+
+#[test]
+fn missing_initializer() {
+    let mut m = digits_model();
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "fc2.weight");
+    let p = write_model("missing-init.onnx", &m);
+    expect_error(
+        &p,
+        &[
+            "node 'fc2' (Gemm, opset 13)",
+            "input 'fc2.weight' is not produced",
+        ],
+    );
+}
+
+#[test]
+fn mismatched_shapes() {
+    let mut m = digits_model();
+    let g = m.graph.as_mut().unwrap();
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "fc2.weight")
+        .unwrap();
+    // 32x32 -> 32x16 with the same byte count halved: dims and data agree, the layer does not.
+    w.dims = vec![32, 16];
+    w.raw_data.truncate(32 * 16 * 4);
+    let p = write_model("mismatch.onnx", &m);
+    expect_error(
+        &p,
+        &[
+            "node 'fc2' (Gemm, opset 13)",
+            "shape mismatch",
+            "inner dimensions",
+        ],
+    );
+}
+
+#[test]
+fn zero_sized_and_absurd_dims() {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+    let mut m = digits_model();
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) =
+        &mut input.type_.as_mut().unwrap().value
+    {
+        t.shape.as_mut().unwrap().dim[1].value = Some(Value::DimValue(0));
+    }
+    let p = write_model("zero-dim.onnx", &m);
+    expect_error(&p, &["input 'input'", "dimension 0"]);
+
+    let mut m = digits_model();
+    let g = m.graph.as_mut().unwrap();
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "fc1.weight")
+        .unwrap();
+    w.dims = vec![1 << 40, 1 << 20];
+    let p = write_model("absurd-dim.onnx", &m);
+    expect_error(&p, &["tensor 'fc1.weight'", "absurd size"]);
+}
+
+#[test]
+fn symbolic_dims_ask_for_input_shape() {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+    let mut m = digits_model();
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) =
+        &mut input.type_.as_mut().unwrap().value
+    {
+        t.shape.as_mut().unwrap().dim[1].value = Some(Value::DimParam("F".into()));
+    }
+    let p = write_model("symbolic.onnx", &m);
+    expect_error(&p, &["--input-shape input="]);
+    let (code, out, err) = ecc(&[
+        "run",
+        p.to_str().unwrap(),
+        "--input-shape",
+        "input=1x64",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[2, 10]"), "{out}");
+}
+
+#[test]
+fn good_model_runs_and_round_trips_via_cli() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
+    let out_path = scratch("cnn-roundtrip.onnx");
+    let (code, _, err) = ecc(&["export", model, "-o", out_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (c1, o1, _) = ecc(&["run", model, "--batch", "2", "--seed", "7"]);
+    let (c2, o2, _) = ecc(&[
+        "run",
+        out_path.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!((c1, c2), (0, 0));
+    let tail = |s: &str| s.lines().last().unwrap().to_string();
+    assert_eq!(tail(&o1), tail(&o2));
+    assert!(o1.contains("[2, 10]"), "{o1}");
+}
