@@ -141,7 +141,8 @@ fn node_proto(n: &Node, opset: i64) -> NodeProto {
     p
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[DimDecl]) -> ValueInfoProto {
+/// A tensor ValueInfo with the given element type and declared dims.
+pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[DimDecl]) -> ValueInfoProto {
     use tensor_shape_proto::dimension::Value;
     let mut shape = TensorShapeProto::new();
     for d in dims {

@@ -407,3 +407,117 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
         outputs: np.output.clone(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::tensor::encode;
+    use onnx_protobuf::{
+        attribute_proto::AttributeType, AttributeProto, GraphProto, OperatorSetIdProto,
+    };
+
+    fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = output.into();
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![output.into()];
+        n.attribute = attrs;
+        n
+    }
+
+    fn tensor_attr(name: &str, c: &Constant) -> AttributeProto {
+        let mut a = AttributeProto::new();
+        a.name = name.into();
+        a.type_ = protobuf::EnumOrUnknown::new(AttributeType::TENSOR);
+        a.t = protobuf::MessageField::some(encode("", c));
+        a
+    }
+
+    fn input(name: &str, dims: &[DimDecl]) -> ValueInfoProto {
+        crate::export::value_info(name, 1, dims)
+    }
+
+    /// Opset 13: Shape -> Gather -> Unsqueeze -> Concat feeding a Reshape, a Constant,
+    /// a ConstantOfShape weight, and Clip with constant bounds: all fold into 3 nodes.
+    #[test]
+    fn shape_subgraphs_and_constants_fold() {
+        let mut g = GraphProto::new();
+        let n = DimDecl::Param("N".into());
+        g.input.push(input(
+            "x",
+            &[n.clone(), DimDecl::Value(2), DimDecl::Value(3)],
+        ));
+        g.initializer
+            .push(encode("idx0", &Constant::i64(vec![], vec![0])));
+        g.initializer
+            .push(encode("ax0", &Constant::i64(vec![1], vec![0])));
+        g.initializer
+            .push(encode("wshape", &Constant::i64(vec![1], vec![6])));
+        g.initializer
+            .push(encode("lo", &Constant::f32(vec![], vec![0.0])));
+        g.node.push(node("Shape", &["x"], "s", vec![]));
+        g.node.push(node("Gather", &["s", "idx0"], "b", vec![]));
+        g.node.push(node("Unsqueeze", &["b", "ax0"], "b1", vec![]));
+        g.node.push(node(
+            "Constant",
+            &[],
+            "minus1",
+            vec![tensor_attr("value", &Constant::i64(vec![1], vec![-1]))],
+        ));
+        g.node.push(node(
+            "Concat",
+            &["b1", "minus1"],
+            "target",
+            vec![{
+                let mut a = AttributeProto::new();
+                a.name = "axis".into();
+                a.type_ = protobuf::EnumOrUnknown::new(AttributeType::INT);
+                a
+            }],
+        ));
+        g.node
+            .push(node("Reshape", &["x", "target"], "flat", vec![]));
+        g.node.push(node(
+            "ConstantOfShape",
+            &["wshape"],
+            "w",
+            vec![tensor_attr("value", &Constant::f32(vec![1], vec![0.5]))],
+        ));
+        g.node.push(node("Add", &["flat", "w"], "y", vec![]));
+        g.node.push(node("Clip", &["y", "lo", ""], "z", vec![]));
+        g.output.push(input("z", &[n, DimDecl::Value(6)]));
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut o = OperatorSetIdProto::new();
+        o.version = 13;
+        m.opset_import.push(o);
+        m.graph = protobuf::MessageField::some(g);
+
+        let graph = import_model(&m, &ImportOptions::default()).unwrap();
+        let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.onnx_name()).collect();
+        assert_eq!(ops, ["Reshape", "Add", "Clip"]);
+        assert_eq!(graph.params.keys().collect::<Vec<_>>(), ["w"]);
+        assert_eq!(graph.shapes["z"].to_string(), "[N, 6]");
+
+        let ex = crate::exec::Executor::new(&graph).unwrap();
+        let x = candle_core::Tensor::arange(-12f32, 12.0, &candle_core::Device::Cpu)
+            .unwrap()
+            .reshape((4, 2, 3))
+            .unwrap();
+        let y = ex.forward(&[x]).unwrap();
+        assert_eq!(y[0].dims(), [4, 6]);
+        let v = y[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = (-12..12).map(|i| (i as f32 + 0.5).max(0.0)).collect();
+        assert_eq!(v, want);
+
+        // And the export writes it back in opset-13 form: it imports again to the same graph.
+        let again = load_bytes(
+            &crate::export::to_bytes(&graph).unwrap(),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(again.nodes, graph.nodes);
+        assert_eq!(again.params, graph.params);
+    }
+}
