@@ -1,6 +1,7 @@
 //! ecc, the equivalence-class compiler. See ARCHITECTURE.md for the pipeline:
 //! import -> IR -> (analysis -> EC plan) -> executor -> export.
 
+pub mod analysis;
 pub mod error;
 pub mod exec;
 pub mod export;

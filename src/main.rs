@@ -42,6 +42,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The symmetry analysis: which hidden units (neurons, channels) can be rescaled without
+    /// changing the function, which are tied, which are blocked and by what; the counts m
+    /// (trainable scalars), H (independent rescalings) and m - H (the class-space dimension).
+    Analyze {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print every row (the table shows 30 per section).
+        #[arg(long)]
+        all: bool,
+        /// Add the *.rules files of DIR to the embedded rules.
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// Explain the verdict for one unit: a layer's node name (or output tensor) and a
+        /// channel, e.g. --explain fc1:3. Prints the rule chain of every step.
+        #[arg(long, value_name = "NODE[:CHANNEL]")]
+        explain: Option<String>,
+    },
     /// Run a model forward on random inputs (or on saved ones) and print the outputs' shapes
     /// and statistics.
     Run {
@@ -185,6 +205,30 @@ fn main_inner(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", r.to_text());
+            }
+        }
+        Cmd::Analyze {
+            m,
+            json,
+            all,
+            rules,
+            explain,
+        } => {
+            let g = load(&m)?;
+            let mut set = ecc::analysis::RuleSet::default_rules();
+            if let Some(dir) = rules {
+                set.load_dir(&dir)?;
+            }
+            let a = ecc::analysis::analyze(&g, &set);
+            if let Some(spec) = explain {
+                print!("{}", ecc::analysis::report::explain(&g, &a, &spec)?);
+            } else {
+                let r = ecc::analysis::report::Report::new(&m.model.display().to_string(), &g, &a);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", r.to_text(if all { 0 } else { 30 }));
+                }
             }
         }
         Cmd::Run {

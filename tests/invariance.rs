@@ -1,0 +1,224 @@
+//! Spec §9.1: rescaling every group the analysis reports (c log-uniform in [1/4, 4]) leaves
+//! the outputs unchanged; rescaling a blocked unit changes them.
+
+mod common;
+
+use candle_core::Tensor;
+use common::{fixtures, rel_err, values};
+use ecc::analysis::{analyze, apply_edits, RuleSet};
+use ecc::exec::Executor;
+use ecc::import::{load_file, ImportOptions};
+use ecc::ir::{Graph, Op};
+use rand::{Rng, SeedableRng};
+use rand_distr::Distribution;
+use std::path::Path;
+
+fn inputs(g: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
+    let ex = Executor::new(g).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..ex.input_names().len())
+        .map(|k| {
+            let dims = ex.input_shape(k).with_batch(batch);
+            let n = dims.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+                .collect();
+            Tensor::from_vec(v, dims, ex.device()).unwrap()
+        })
+        .collect()
+}
+
+fn outputs(g: &Graph, xs: &[Tensor]) -> Vec<Vec<f32>> {
+    Executor::new(g)
+        .unwrap()
+        .forward(xs)
+        .unwrap()
+        .iter()
+        .map(values)
+        .collect()
+}
+
+fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| rel_err(x, y))
+        .fold(0.0, f64::max)
+}
+
+/// Returns (groups, invariance error, change from a blocked unit if any).
+fn check(name: &str, g: &Graph, batch: usize) -> (usize, f64, Option<f64>) {
+    let a = analyze(g, &RuleSet::default_rules());
+    let xs = inputs(g, batch, 11);
+    let base = outputs(g, &xs);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let factors: Vec<f32> = (0..a.rescalings())
+        .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+        .collect();
+    let mut scaled = g.clone();
+    a.rescale(&mut scaled, |k| factors[k]);
+    let err = worst(&outputs(&scaled, &xs), &base);
+    let blocked = a.walk.units.iter().find(|u| u.blocked.is_some()).map(|u| {
+        let mut b = g.clone();
+        apply_edits(&mut b, &u.edits, 3.0);
+        worst(&outputs(&b, &xs), &base)
+    });
+    println!("{name}: {} rescalings, invariance error {err:.1e}, blocked unit changes output by {blocked:?}", a.rescalings());
+    (a.rescalings(), err, blocked)
+}
+
+fn assert_invariant(name: &str, g: &Graph, batch: usize) {
+    let (h, err, blocked) = check(name, g, batch);
+    assert!(h > 0, "{name}: no rescalable unit found");
+    assert!(
+        err <= 1e-5,
+        "{name}: rescaling changed the outputs by {err:e}"
+    );
+    // The change must stand well clear of the rounding noise of an invariant rescaling. It
+    // can be small: LRN with alpha 1e-4 is nearly homogeneous, though not exactly.
+    if let Some(b) = blocked {
+        assert!(
+            b > 10.0 * err.max(1e-7),
+            "{name}: rescaling a blocked unit did not change the outputs ({b:e})"
+        );
+    }
+}
+
+#[test]
+fn committed_models_are_invariant() {
+    for p in common::committed_models() {
+        let g = load_file(&p, &ImportOptions::default()).unwrap();
+        assert_invariant(&p.display().to_string(), &g, 4);
+    }
+}
+
+#[test]
+fn a_unit_feeding_a_sigmoid_is_blocked_and_matters() {
+    let p = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/mlp-digits.onnx"
+    ));
+    let mut g = load_file(p, &ImportOptions::default()).unwrap();
+    let relu = g.nodes.iter().position(|n| n.op == Op::Relu).unwrap();
+    g.nodes[relu].op = Op::Sigmoid;
+    let a = analyze(&g, &RuleSet::default_rules());
+    let fc1: Vec<_> = a
+        .walk
+        .units
+        .iter()
+        .filter(|u| g.nodes[u.producer].name == "fc1")
+        .collect();
+    assert_eq!(fc1.len(), 32);
+    assert!(fc1
+        .iter()
+        .all(|u| u.blocked.as_ref().is_some_and(|b| b.node == relu)));
+    assert_eq!(a.rescalings(), 32, "only fc2's units remain");
+    let xs = inputs(&g, 4, 1);
+    let base = outputs(&g, &xs);
+    let mut b = g.clone();
+    apply_edits(&mut b, &fc1[0].edits, 2.0);
+    assert!(worst(&outputs(&b, &xs), &base) > 1e-3);
+    assert_invariant("mlp-digits with a sigmoid", &g, 4);
+}
+
+#[test]
+fn mtcnn_models_are_invariant() {
+    let Some(fx) = fixtures() else { return };
+    let mut pnet = ImportOptions::default();
+    pnet.input_shapes
+        .insert("input_1".into(), vec![1, 24, 30, 3]);
+    for (name, opts) in [
+        ("pnet", pnet),
+        ("rnet", ImportOptions::default()),
+        ("onet", ImportOptions::default()),
+    ] {
+        let g = load_file(&fx.join(format!("mtcnn/{name}.onnx")), &opts).unwrap();
+        assert_invariant(name, &g, 3);
+    }
+}
+
+/// The pytorch cases are single ops or single layers: none has a hidden unit, so the
+/// check there is that the analysis runs, finds nothing to rescale, and that rescaling a
+/// (blocked) output unit of the cases with a layer changes the outputs.
+#[test]
+fn pytorch_cases_with_relu_prelu_pooling_or_layers() {
+    let Some(fx) = fixtures() else { return };
+    let (mut checked, mut with_units) = (0, 0);
+    for folder in ["pytorch-converted", "pytorch-operator"] {
+        let mut cases: Vec<_> = std::fs::read_dir(fx.join("onnx").join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        cases.sort();
+        for case in cases {
+            let Ok(g) = load_file(&case.join("model.onnx"), &ImportOptions::default()) else {
+                continue;
+            };
+            let relevant = g.nodes.iter().any(|n| {
+                matches!(
+                    n.op,
+                    Op::Relu
+                        | Op::PRelu
+                        | Op::LeakyRelu { .. }
+                        | Op::MaxPool(_)
+                        | Op::AveragePool { .. }
+                        | Op::Conv(_)
+                        | Op::Gemm { .. }
+                        | Op::MatMul
+                )
+            });
+            if !relevant {
+                continue;
+            }
+            let name = case.file_name().unwrap().to_string_lossy().to_string();
+            let batch = g.shapes[&g.inputs[0].name].dims[0];
+            let (h, err, blocked) = check(&name, &g, batch);
+            assert_eq!(h, 0, "{name}: a single-op model has no hidden unit");
+            assert!(err <= 1e-5, "{name}: {err:e}");
+            if let Some(b) = blocked {
+                assert!(
+                    b > 1e-3,
+                    "{name}: rescaling a blocked unit did not change the outputs ({b:e})"
+                );
+                with_units += 1;
+            }
+            checked += 1;
+        }
+    }
+    println!(
+        "{checked} pytorch cases checked, {with_units} with a layer whose blocked unit matters"
+    );
+    assert!(checked >= 40 && with_units >= 15);
+}
+
+/// Zoo models with their constant weights re-drawn at random: residual ties (resnet50),
+/// concatenations (squeezenet, inception_v1, densenet121), batch norm, LRN.
+#[test]
+fn zoo_models_with_random_weights_are_invariant() {
+    let Some(fx) = fixtures() else { return };
+    for name in [
+        "squeezenet",
+        "inception_v1",
+        "resnet50",
+        "densenet121",
+        "bvlc_alexnet",
+    ] {
+        let mut g = load_file(
+            &fx.join(format!("onnx/light/light_{name}.onnx")),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for p in g.params.values_mut() {
+            let fan_in = (p.len() / p.dims[0].max(1)).max(1) as f32;
+            let (lo, hi) = if p.dims.len() >= 2 {
+                (-1.0 / fan_in.sqrt(), 1.0 / fan_in.sqrt())
+            } else {
+                (0.5, 1.5)
+            };
+            if let ecc::ir::TensorData::F32(v) = &mut p.data {
+                v.iter_mut().for_each(|x| *x = rng.gen_range(lo..hi));
+            }
+        }
+        assert_invariant(name, &g, 1);
+    }
+}
