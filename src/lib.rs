@@ -2,6 +2,7 @@
 //! import -> IR -> (analysis -> EC plan) -> executor -> export.
 
 pub mod analysis;
+pub mod bench;
 pub mod error;
 pub mod exec;
 pub mod export;

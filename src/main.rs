@@ -91,6 +91,11 @@ enum Cmd {
     },
     /// List the ONNX op types ecc imports.
     Ops,
+    /// Benchmarks, measured in this process (medians after a warm-up).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Write a freshly initialized model. SPEC is `mlp:784-64-64-10` (dense layers with
     /// ReLU between) or `cnn:1x28x28-c8-p-c16-p-64-10` (input CxHxW; `cK` a 3x3 conv with K
     /// channels and ReLU, `p` a 2x2 max pool, numbers dense layers).
@@ -106,6 +111,37 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Time of the symmetry analysis (import excluded) on the zoo models of the fixture cache
+    /// and on generated plain MLPs and CNNs of 10, 100 and 1000 layers.
+    Analysis {
+        /// Folder of zoo models (default: the light models of scripts/fetch-fixtures.sh's cache,
+        /// if present).
+        #[arg(long, value_name = "DIR")]
+        zoo: Option<PathBuf>,
+        /// Timed runs per case.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The fixture cache of scripts/fetch-fixtures.sh.
+fn fixture_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ECC_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("ecc/fixtures")
 }
 
 fn options(m: &ModelArgs) -> Result<ImportOptions> {
@@ -247,6 +283,34 @@ fn main_inner(cli: Cli) -> Result<()> {
                 g.nodes.len(),
                 g.param_count()
             );
+        }
+        Cmd::Bench {
+            what: BenchWhat::Analysis { zoo, runs, json },
+        } => {
+            let zoo = zoo.or_else(|| Some(fixture_dir().join("onnx/light")).filter(|d| d.is_dir()));
+            if zoo.is_none() && !json {
+                println!("(no zoo models: run scripts/fetch-fixtures.sh or pass --zoo DIR)");
+            }
+            if !json {
+                println!(
+                    "{:<24} {:>6} {:>7} {:>10} {:>10} {:>9}",
+                    "model", "nodes", "units", "rescalings", "ms", "µs/node"
+                );
+            }
+            let cases = ecc::bench::analysis(zoo.as_deref(), runs, |c| {
+                if !json {
+                    println!(
+                        "{:<24} {:>6} {:>7} {:>10} {:>10.2} {:>9.1}",
+                        c.name, c.nodes, c.units, c.rescalings, c.ms, c.us_per_node
+                    );
+                }
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "analysis": cases }))?
+                );
+            }
         }
         Cmd::Ops => {
             for op in ecc::ir::OP_NAMES {

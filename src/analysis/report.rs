@@ -258,17 +258,19 @@ impl Report {
         let range = |m: &Member| format!("{}[{}..{}]", m.tensor, m.channels[0], m.channels[1]);
         s += &format!("\ngroups: {} rows\n", self.groups.len());
         for gr in &self.groups[..limit(self.groups.len())] {
-            let mut members: Vec<String> = gr.members.iter().take(4).map(range).collect();
-            if gr.members.len() > 4 {
-                members.push(format!("+{} more", gr.members.len() - 4));
-            }
+            let members: Vec<String> = gr.members.iter().take(4).map(range).collect();
+            let more = if gr.members.len() > 4 {
+                format!(" (+{} more)", gr.members.len() - 4)
+            } else {
+                String::new()
+            };
             let mut path = gr.path.clone();
             if path.len() > 6 {
                 let n = path.len();
                 path = [&path[..3], &["…".to_string()], &path[n - 2..]].concat();
             }
             s += &format!(
-                "  {:>5} {}{}\n        via {}\n",
+                "  {:>5} {}{}{more}\n        via {}\n",
                 gr.count,
                 if gr.tied { "tied: " } else { "" },
                 members.join(" + "),
@@ -392,15 +394,34 @@ pub fn explain(g: &Graph, a: &Analysis, spec: &str) -> Result<String> {
             units[v].channel
         );
         for (n, verdict) in &units[v].steps {
+            let node = &g.nodes[*n];
+            let leaves: Vec<String> = node
+                .data_inputs()
+                .iter()
+                .enumerate()
+                .map(|(k, name)| {
+                    format!(
+                        "{}{k} = {name}",
+                        if g.params.contains_key(name) {
+                            "p"
+                        } else {
+                            "x"
+                        }
+                    )
+                })
+                .collect();
             s += &format!(
-                "  at {} ({})\n    {}\n    = {}\n",
+                "  at {} ({}), where {}\n",
                 g.node_label(*n),
-                g.nodes[*n].op.onnx_name(),
-                verdict.query,
-                verdict.result
+                node.op.onnx_name(),
+                leaves.join(", ")
             );
-            for line in verdict.explanation.lines() {
-                s += &format!("      {line}\n");
+            if verdict.outcome == super::query::Outcome::Block {
+                s += &format!("    {}\n    {}\n", verdict.query, verdict.explanation);
+            } else {
+                for line in verdict.explanation.lines() {
+                    s += &format!("    {line}\n");
+                }
             }
         }
     }
