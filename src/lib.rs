@@ -12,3 +12,22 @@ pub mod ir;
 pub mod zoo;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// ecc's cache folder, outside the source tree: `$XDG_CACHE_HOME/ecc` or `~/.cache/ecc`.
+/// The fixture script puts test models under `fixtures/` and the onnxruntime venv under
+/// `venv/` there.
+pub fn cache_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    base.join("ecc")
+}
+
+/// The fixture cache of `scripts/fetch-fixtures.sh` (`$ECC_FIXTURES` overrides).
+pub fn fixture_dir() -> std::path::PathBuf {
+    std::env::var_os("ECC_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("fixtures"))
+}

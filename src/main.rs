@@ -131,19 +131,6 @@ enum BenchWhat {
     },
 }
 
-/// The fixture cache of scripts/fetch-fixtures.sh.
-fn fixture_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ECC_FIXTURES") {
-        return PathBuf::from(d);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("ecc/fixtures")
-}
-
 fn options(m: &ModelArgs) -> Result<ImportOptions> {
     let mut input_shapes = HashMap::new();
     for s in &m.input_shapes {
@@ -287,7 +274,8 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Analysis { zoo, runs, json },
         } => {
-            let zoo = zoo.or_else(|| Some(fixture_dir().join("onnx/light")).filter(|d| d.is_dir()));
+            let zoo =
+                zoo.or_else(|| Some(ecc::fixture_dir().join("onnx/light")).filter(|d| d.is_dir()));
             if zoo.is_none() && !json {
                 println!("(no zoo models: run scripts/fetch-fixtures.sh or pass --zoo DIR)");
             }

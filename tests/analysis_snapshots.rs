@@ -29,17 +29,7 @@ fn committed_models() {
 #[test]
 fn zoo_models() {
     let Some(fx) = common::fixtures() else { return };
-    for name in [
-        "bvlc_alexnet",
-        "densenet121",
-        "inception_v1",
-        "inception_v2",
-        "resnet50",
-        "shufflenet",
-        "squeezenet",
-        "vgg19",
-        "zfnet512",
-    ] {
+    for name in common::ZOO {
         let file = format!("light_{name}.onnx");
         insta::assert_snapshot!(
             format!("analyze_{file}"),

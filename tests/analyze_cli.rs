@@ -1,18 +1,8 @@
 //! `ecc analyze` through the command line: JSON keys, --explain, --rules.
 
-use std::process::Command;
+mod common;
 
-fn ecc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecc"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::ecc;
 
 const CNN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
 

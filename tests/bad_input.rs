@@ -1,21 +1,12 @@
 //! Bad input: every broken model gives one line on stderr naming the file, the node (name,
 //! op type, opset) where there is one, and the problem, with exit code 2.
 
+mod common;
+
+use common::ecc;
+
 use onnx_protobuf::{Message, ModelProto};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn ecc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecc"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn digits_model() -> ModelProto {
     let bytes = std::fs::read(concat!(

@@ -12,18 +12,7 @@ use ecc::import::{load_file, tensor::read_pb, ImportOptions};
 #[test]
 fn light_zoo_models_import_and_run() {
     let Some(fx) = fixtures() else { return };
-    let names = [
-        "bvlc_alexnet",
-        "densenet121",
-        "inception_v1",
-        "inception_v2",
-        "resnet50",
-        "shufflenet",
-        "squeezenet",
-        "vgg19",
-        "zfnet512",
-    ];
-    for name in names {
+    for name in common::ZOO {
         let dir = fx.join("onnx/light");
         let g = load_file(
             &dir.join(format!("light_{name}.onnx")),

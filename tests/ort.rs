@@ -15,14 +15,7 @@ use std::process::Command;
 fn python() -> Option<PathBuf> {
     let p = std::env::var_os("ECC_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("ecc/venv/bin/python")
-        });
+        .unwrap_or_else(|| ecc::cache_dir().join("venv/bin/python"));
     if p.is_file() {
         return Some(p);
     }

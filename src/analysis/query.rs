@@ -118,13 +118,7 @@ impl Oracle {
         let t: RecExpr<Ec> = target
             .parse()
             .unwrap_or_else(|e| panic!("ecc built an invalid query {target}: {e}"));
-        let mut runner = Runner::default()
-            .with_explanations_enabled()
-            .with_iter_limit(30)
-            .with_node_limit(10_000)
-            .with_expr(&q)
-            .with_expr(&t)
-            .run(&self.rewrites);
+        let mut runner = self.run(&[&q, &t]);
         let equal = runner.egraph.find(runner.roots[0]) == runner.egraph.find(runner.roots[1]);
         let v = Rc::new(if equal {
             Verdict {
@@ -148,16 +142,24 @@ impl Oracle {
         v
     }
 
+    /// Equality saturation over the given terms, with explanations kept. The queries are
+    /// single ops, so the limits are never reached in practice.
+    fn run(&self, exprs: &[&RecExpr<Ec>]) -> Runner<Ec, ()> {
+        let mut r = Runner::default()
+            .with_explanations_enabled()
+            .with_iter_limit(30)
+            .with_node_limit(10_000);
+        for e in exprs {
+            r = r.with_expr(e);
+        }
+        r.run(&self.rewrites)
+    }
+
     fn saturate(&self, query: &str) -> Verdict {
         let expr: RecExpr<Ec> = query
             .parse()
             .unwrap_or_else(|e| panic!("ecc built an invalid query {query}: {e}"));
-        let mut runner = Runner::default()
-            .with_explanations_enabled()
-            .with_iter_limit(30)
-            .with_node_limit(10_000)
-            .with_expr(&expr)
-            .run(&self.rewrites);
+        let mut runner = self.run(&[&expr]);
         let root = runner.roots[0];
         let (cost, best) = Extractor::new(&runner.egraph, PlacementCost).find_best(root);
         let wrapped = wrapped_params(&best);

@@ -350,7 +350,7 @@ impl CustomOp1 for Pool {
     }
 }
 
-pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
+fn pool(x: &Tensor, p: &PoolAttrs, kind: PoolKind) -> crate::Result<Tensor> {
     let w = Window::new(
         x.dims(),
         &p.kernel,
@@ -359,25 +359,15 @@ pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
         &p.dilations,
         p.ceil_mode,
     )?;
-    Ok(x.contiguous()?.apply_op1(Pool {
-        w,
-        kind: PoolKind::Max,
-    })?)
+    Ok(x.contiguous()?.apply_op1(Pool { w, kind })?)
+}
+
+pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
+    pool(x, p, PoolKind::Max)
 }
 
 pub fn average_pool(x: &Tensor, p: &PoolAttrs, count_include_pad: bool) -> crate::Result<Tensor> {
-    let w = Window::new(
-        x.dims(),
-        &p.kernel,
-        &p.strides,
-        &p.pads,
-        &p.dilations,
-        p.ceil_mode,
-    )?;
-    Ok(x.contiguous()?.apply_op1(Pool {
-        w,
-        kind: PoolKind::Avg { count_include_pad },
-    })?)
+    pool(x, p, PoolKind::Avg { count_include_pad })
 }
 
 #[cfg(test)]

@@ -7,16 +7,7 @@ use std::path::PathBuf;
 /// The fixture cache written by `scripts/fetch-fixtures.sh`, if it is there. Under CI
 /// (CI=true) a missing cache fails the test; elsewhere the test says so and passes.
 pub fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("ECC_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("ecc").join("fixtures")
-        });
+    let dir = ecc::fixture_dir();
     if dir.join(".complete").is_file() {
         return Some(dir);
     }
@@ -64,3 +55,29 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 pub fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
+
+/// Runs the `ecc` binary: (exit code, stdout, stderr).
+pub fn ecc(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The 9 light model-zoo architectures of the onnx wheel.
+pub const ZOO: [&str; 9] = [
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+];
