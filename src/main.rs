@@ -184,6 +184,8 @@ fn run(
             )?,
             None => {
                 let dims = ex.input_shape(k).with_batch(batch);
+                ecc::ir::Shape::fixed(dims.clone())
+                    .check(&format!("input '{name}' with --batch {batch}"))?;
                 let n: usize = dims.iter().product();
                 let v: Vec<f32> = (0..n)
                     .map(|_| rand_distr::StandardNormal.sample(&mut rng))

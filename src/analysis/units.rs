@@ -560,9 +560,11 @@ fn pass(
             .position(|&p| p == m.axis)
             .map(|j| (j, m.outer, m.block)),
         _ => {
-            // Broadcasting ops keep the axis, shifted by the rank difference.
-            let shift = out_rank - in_shape.rank();
-            Some((m.axis + shift, m.outer, m.block))
+            // Broadcasting ops keep the axis, shifted by the rank difference; an op that
+            // drops axes (a MatMul with a 1-D operand) loses the channel layout.
+            out_rank
+                .checked_sub(in_shape.rank())
+                .map(|shift| (m.axis + shift, m.outer, m.block))
         }
     };
     // Scaled inputs of a multi-input op must agree on the channel layout.
@@ -571,10 +573,10 @@ fn pass(
         .enumerate()
         .filter(|(k, _)| scaled[*k])
         .all(|(_, i)| {
+            // Compare axes aligned from the right, as broadcasting aligns them.
             let o = &env[i];
-            let shift = out_rank - g.shapes[i].rank();
-            let ms = out_rank - in_shape.rank();
-            o.axis + shift == m.axis + ms
+            let from_right = |axis: usize, rank: usize| rank as isize - axis as isize;
+            from_right(o.axis, g.shapes[i].rank()) == from_right(m.axis, in_shape.rank())
                 && o.outer == m.outer
                 && o.block == m.block
                 && o.slots.len() == m.slots.len()

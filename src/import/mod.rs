@@ -489,6 +489,13 @@ mod tests {
         g.output.push(input("z", &[n, DimDecl::Value(6)]));
         let mut m = ModelProto::new();
         m.ir_version = 8;
+        m.producer_name = "tester".into();
+        m.producer_version = "9.9".into();
+        m.doc_string = "a doc".into();
+        let mut kv = onnx_protobuf::StringStringEntryProto::new();
+        kv.key = "author".into();
+        kv.value = "someone".into();
+        m.metadata_props.push(kv);
         let mut o = OperatorSetIdProto::new();
         o.version = 13;
         m.opset_import.push(o);
@@ -519,5 +526,11 @@ mod tests {
         .unwrap();
         assert_eq!(again.nodes, graph.nodes);
         assert_eq!(again.params, graph.params);
+        assert_eq!(again.consts, graph.consts);
+        assert_eq!(again.meta, graph.meta);
+        assert_eq!(
+            again.meta.metadata,
+            vec![("author".to_string(), "someone".to_string())]
+        );
     }
 }

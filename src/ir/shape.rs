@@ -215,7 +215,12 @@ pub fn reshape_dims(input: &Shape, target: &[i64]) -> Result<Shape> {
             _ => return Err(Error::shape(format!("invalid reshape target {target:?}"))),
         }
     }
-    let known: usize = dims.iter().product();
+    let known = dims
+        .iter()
+        .try_fold(1usize, |a, &d| {
+            a.checked_mul(d).filter(|&n| n <= MAX_ELEMENTS)
+        })
+        .ok_or_else(|| Error::shape(format!("reshape target {target:?} is absurdly large")))?;
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(Error::shape(format!(
