@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod ec;
 pub mod error;
 pub mod exec;
 pub mod export;

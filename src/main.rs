@@ -89,6 +89,16 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// The EC pass: write the canonical (gauge-normalized, function-preserving) model as
+    /// DIR/<stem>.ec.onnx and its EC plan (blocks, free layers, designated weights, every
+    /// parameter's role, coverage) as DIR/<stem>.ec.json, and print a summary.
+    Convert {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Output folder.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+    },
     /// List the ONNX op types ecc imports.
     Ops,
     /// Benchmarks, measured in this process (medians after a warm-up).
@@ -301,6 +311,35 @@ fn main_inner(cli: Cli) -> Result<()> {
                     serde_json::to_string_pretty(&serde_json::json!({ "analysis": cases }))?
                 );
             }
+        }
+        Cmd::Convert { m, output } => {
+            let g = load(&m)?;
+            let a = ecc::analysis::analyze(&g, &ecc::analysis::RuleSet::default_rules());
+            let mut plan = ecc::ec::plan(&g, &a);
+            let (canon, stats) = ecc::ec::normalize(&g, &a, &mut plan);
+            let stem = m
+                .model
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "model".into());
+            std::fs::create_dir_all(&output)
+                .with_context(|| format!("cannot create {}", output.display()))?;
+            let onnx = output.join(format!("{stem}.ec.onnx"));
+            let json = output.join(format!("{stem}.ec.json"));
+            ecc::export::write_file(&canon, &onnx)?;
+            let r = ecc::ec::report::PlanReport::new(
+                &m.model.display().to_string(),
+                &g,
+                &a,
+                &plan,
+                &stats,
+            );
+            let tmp = json.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_string_pretty(&r)?)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &json)?;
+            print!("{}", r.summary());
+            println!("wrote        {} and {}", onnx.display(), json.display());
         }
         Cmd::Ops => {
             for op in ecc::ir::OP_NAMES {

@@ -92,6 +92,15 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     for m in common::committed_models() {
         let name = m.file_stem().unwrap().to_string_lossy().to_string();
         jobs.push(job(&name, &m, &no, 3, &work, 1));
+        // The canonical model of `ecc convert` is an ordinary ONNX file too.
+        let g = load_file(&m, &no).unwrap();
+        let a = ecc::analysis::analyze(&g, &ecc::analysis::RuleSet::default_rules());
+        let mut plan = ecc::ec::plan(&g, &a);
+        let (canon, _) = ecc::ec::normalize(&g, &a, &mut plan);
+        let path = work.join(format!("{name}.ec.onnx"));
+        std::fs::create_dir_all(&work).unwrap();
+        ecc::export::write_file(&canon, &path).unwrap();
+        jobs.push(job(&format!("{name}.ec"), &path, &no, 3, &work, 1));
     }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();

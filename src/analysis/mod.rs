@@ -56,38 +56,46 @@ impl Analysis {
     }
 }
 
-/// Multiply every parameter slice of `edits` by c^exponent. Touches only the selected
-/// elements: contiguous runs of the axes after `axis`.
+/// The flat index ranges of a parameter with `dims` that an edit selects: contiguous runs
+/// over the axes after `axis`, for the positions of the edit's channel along `axis`.
+pub fn edit_runs(dims: &[usize], e: &Edit) -> Vec<std::ops::Range<usize>> {
+    let stride: usize = dims[e.axis + 1..].iter().product();
+    let len = dims[e.axis];
+    let prefix: usize = dims[..e.axis].iter().product();
+    let per = e.channels * e.block;
+    // `rows` restricts axis 0, and is only used with axis >= 1 (grouped conv inputs).
+    let rows_per_prefix: usize = dims[1..e.axis.max(1)].iter().product();
+    let mut runs = vec![];
+    for pre in 0..prefix {
+        if let Some((lo, hi)) = e.rows {
+            let r = pre / rows_per_prefix.max(1);
+            if r < lo || r >= hi {
+                continue;
+            }
+        }
+        for o in 0..len / per {
+            for i in 0..e.block {
+                let base = (pre * len + o * per + e.channel * e.block + i) * stride;
+                runs.push(base..base + stride);
+            }
+        }
+    }
+    runs
+}
+
+/// Multiply every parameter slice of `edits` by c^exponent.
 pub fn apply_edits(graph: &mut Graph, edits: &[Edit], c: f32) {
     for e in edits {
         let Some(p) = graph.params.get_mut(&e.param) else {
             continue;
         };
-        let dims = p.dims.clone();
+        let runs = edit_runs(&p.dims, e);
         let TensorData::F32(v) = &mut p.data else {
             continue;
         };
-        let stride: usize = dims[e.axis + 1..].iter().product();
-        let len = dims[e.axis];
-        let prefix: usize = dims[..e.axis].iter().product();
-        let per = e.channels * e.block;
-        let positions: Vec<usize> = (0..len / per)
-            .flat_map(|o| (0..e.block).map(move |i| o * per + e.channel * e.block + i))
-            .collect();
-        // `rows` restricts axis 0, and is only used with axis 1 (grouped conv inputs).
-        let rows_per_prefix: usize = dims[1..e.axis.max(1)].iter().product();
         let f = c.powi(e.exponent);
-        for pre in 0..prefix {
-            if let Some((lo, hi)) = e.rows {
-                let r = pre / rows_per_prefix.max(1);
-                if r < lo || r >= hi {
-                    continue;
-                }
-            }
-            for &pos in &positions {
-                let base = (pre * len + pos) * stride;
-                v[base..base + stride].iter_mut().for_each(|x| *x *= f);
-            }
+        for r in runs {
+            v[r].iter_mut().for_each(|x| *x *= f);
         }
     }
 }

@@ -66,6 +66,13 @@ impl Constant {
             TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
+    /// Element `i` as f32, without copying the tensor.
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match &self.data {
+            TensorData::F32(v) => v[i],
+            TensorData::I64(v) => v[i] as f32,
+        }
+    }
     pub fn is_f32(&self) -> bool {
         matches!(self.data, TensorData::F32(_))
     }

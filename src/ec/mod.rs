@@ -1,0 +1,350 @@
+//! The EC pass (spec §3, §4, §8): from the symmetry analysis, the EC-SGD blocks of a model
+//! (chains of layers joined by untied units with one producer and one consumer), one
+//! designated skeleton weight per hidden unit with the free layer of each block, and the
+//! gauge normalization that turns a model into the canonical representative of its class.
+//!
+//! Designated weights (a simplification of spec §3's skeleton that keeps §4 exact for any
+//! widths): in a block with layers L_0..L_k and hidden layers H_0..H_{k-1} (H_l the output
+//! of L_l), a unit j of H_l uses its in-edge (row j of L_l) when l < s and its out-edge
+//! (column j of L_{l+1}) when l >= s, where L_s is the free layer. The pair is the "mod"
+//! pattern rotated by the offset r in 0..64 that keeps the layer's designated weights
+//! furthest from zero relative to their row or column (see [`designate`]); conv edges use
+//! the centre tap, flattened channels the centre position of their block of features. The
+//! designated weights are chosen during normalization, so the plan holds them after it.
+
+mod gauge;
+pub mod report;
+
+pub use gauge::{normalize, GaugeStats};
+
+use crate::analysis::{edit_runs, Analysis, Edit};
+use crate::ir::{Graph, Op};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// One weight scalar, by parameter name and flat index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scalar {
+    pub param: String,
+    pub index: usize,
+}
+
+/// How a hidden unit's gauge is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Designated {
+    pub unit: usize,
+    /// true: the unit's in-edge (its own row); false: its out-edge.
+    pub incoming: bool,
+    pub weight: Scalar,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EcBlock {
+    /// Layer node indices L_0..L_k.
+    pub layers: Vec<usize>,
+    /// Units of each hidden layer H_0..H_{k-1}.
+    pub hidden: Vec<Vec<usize>>,
+    /// Index s of the free layer in `layers`.
+    pub free: usize,
+    /// One per hidden unit, in hidden-layer order.
+    pub designated: Vec<Vec<Designated>>,
+    /// Scalars of the block's weights and biases.
+    pub params: usize,
+}
+
+impl EcBlock {
+    pub fn hidden_units(&self) -> usize {
+        self.hidden.iter().map(Vec::len).sum()
+    }
+    /// The block's share of class_dim: its basis paths.
+    pub fn basis_paths(&self) -> usize {
+        self.params - self.hidden_units()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EcPlan {
+    pub blocks: Vec<EcBlock>,
+    /// Why each layer that creates units is outside every block.
+    pub outside: BTreeMap<usize, String>,
+}
+
+impl EcPlan {
+    pub fn params_in_blocks(&self) -> usize {
+        self.blocks.iter().map(|b| b.params).sum()
+    }
+}
+
+fn layer_params(g: &Graph, node: usize) -> impl Iterator<Item = &String> {
+    g.nodes[node]
+        .data_inputs()
+        .iter()
+        .skip(1)
+        .filter(|p| g.params.contains_key(*p))
+}
+
+/// Why a unit cannot join a block, or None if it can.
+fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
+    let unit = &a.walk.units[u];
+    if let Some(b) = &unit.blocked {
+        return Some(format!("blocked at {}", g.node_label(b.node)));
+    }
+    let k = a.group_of[u].expect("unblocked units have a group");
+    if a.groups[k].len() > 1 {
+        return Some("tied to other units".into());
+    }
+    if unit.consumers.len() != 1 {
+        return Some(format!("{} consumer layers", unit.consumers.len()));
+    }
+    if !unit.placed.is_empty() {
+        return Some("goes through a concatenation".into());
+    }
+    let inner = &unit.via[1..unit.via.len().saturating_sub(1)];
+    if let Some(&n) = inner.iter().find(|&&n| {
+        !matches!(
+            g.nodes[n].op,
+            Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::PRelu
+                | Op::Clip { .. }
+                | Op::MaxPool(_)
+                | Op::AveragePool { .. }
+                | Op::GlobalAveragePool
+                | Op::GlobalMaxPool
+                | Op::Dropout
+                | Op::Identity
+                | Op::Flatten { .. }
+                | Op::Reshape { .. }
+                | Op::Squeeze { .. }
+                | Op::Unsqueeze { .. }
+                | Op::Transpose { .. }
+        )
+    }) {
+        return Some(format!(
+            "passes {} ({})",
+            g.node_label(n),
+            g.nodes[n].op.onnx_name()
+        ));
+    }
+    None
+}
+
+fn grouped(g: &Graph, node: usize) -> bool {
+    matches!(&g.nodes[node].op, Op::Conv(c) if c.group > 1)
+}
+
+/// Build the plan: blocks, free layers and designated weights.
+pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
+    let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (u, unit) in a.walk.units.iter().enumerate() {
+        by_layer.entry(unit.producer).or_default().push(u);
+    }
+    let mut outside = BTreeMap::new();
+    // next[A] = B when every unit of A is block-eligible, all absorbed by B, and B reads
+    // nothing else.
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    for (&layer, units) in &by_layer {
+        if grouped(g, layer) {
+            outside.insert(layer, "grouped convolution".to_string());
+            continue;
+        }
+        if let Some(why) = units.iter().find_map(|&u| unit_obstacle(g, a, u)) {
+            outside.insert(layer, why);
+            continue;
+        }
+        let b = a.walk.units[units[0]].consumers[0];
+        let same = units.iter().all(|&u| a.walk.units[u].consumers[0] == b);
+        let reads: usize = a
+            .walk
+            .units
+            .iter()
+            .filter(|x| x.consumers.contains(&b))
+            .count();
+        let consumer_edit = a.walk.units[units[0]].edits.iter().find(|e| e.exponent < 0);
+        let width_ok = consumer_edit.is_some_and(|e| e.channels == units.len());
+        if !same || reads != units.len() || grouped(g, b) || !width_ok {
+            outside.insert(
+                layer,
+                format!("its consumer {} reads other units too", g.node_label(b)),
+            );
+            continue;
+        }
+        next.insert(layer, b);
+    }
+    let has_prev: std::collections::HashSet<usize> = next.values().copied().collect();
+    let mut blocks = vec![];
+    let mut starts: Vec<usize> = next
+        .keys()
+        .copied()
+        .filter(|l| !has_prev.contains(l))
+        .collect();
+    starts.sort_unstable();
+    for start in starts {
+        let mut layers = vec![start];
+        while let Some(&n) = next.get(layers.last().expect("nonempty")) {
+            layers.push(n);
+        }
+        let hidden: Vec<Vec<usize>> = layers[..layers.len() - 1]
+            .iter()
+            .map(|l| by_layer[l].clone())
+            .collect();
+        let k = layers.len() - 1;
+        // The last layer's outputs must not be rescalable units outside the block, or the
+        // out-edge normalizations would depend on them: then every unit uses its in-edge.
+        let last_rescalable = by_layer
+            .get(&layers[k])
+            .is_some_and(|us| us.iter().any(|&u| a.walk.units[u].blocked.is_none()));
+        let free = if last_rescalable {
+            k
+        } else {
+            (0..k)
+                .max_by_key(|&l| (hidden[l].len(), std::cmp::Reverse(l)))
+                .expect("k >= 1")
+        };
+        let params = layers
+            .iter()
+            .flat_map(|&l| layer_params(g, l))
+            .map(|p| g.params[p].len())
+            .sum();
+        for l in &layers {
+            outside.remove(l);
+        }
+        blocks.push(EcBlock {
+            layers,
+            hidden,
+            free,
+            designated: vec![],
+            params,
+        });
+    }
+    EcPlan { blocks, outside }
+}
+
+/// Flat index into a layer's weight for output channel `o` and input position `pos` along
+/// `in_axis`; other axes (conv taps) at their centre.
+fn weight_index(dims: &[usize], out_axis: usize, in_axis: usize, o: usize, pos: usize) -> usize {
+    let mut idx = 0;
+    for (ax, &d) in dims.iter().enumerate() {
+        let i = if ax == out_axis {
+            o
+        } else if ax == in_axis {
+            pos
+        } else {
+            d / 2
+        };
+        idx = idx * d + i;
+    }
+    idx
+}
+
+/// The centre position of a channel's features along an edit's axis.
+fn centre(e: &Edit, len: usize) -> usize {
+    let per = e.channels * e.block;
+    (len / per / 2) * per + e.channel * e.block + e.block / 2
+}
+
+fn out_axis(op: &Op) -> usize {
+    match op {
+        Op::Gemm { trans_b: false, .. } | Op::MatMul => 1,
+        _ => 0,
+    }
+}
+
+/// The designated weights of hidden layer `l` of a block, chosen on the current weights of
+/// `g`: the rotation of the "mod" pattern whose smallest weight, relative to the largest of
+/// its unit's row (in-edges) or column (out-edges), is largest. Relative magnitudes make
+/// the choice the same for every model of a class, once the layers it depends on are
+/// normalized: that is what keeps gauge normalization canonical.
+pub(crate) fn designate(g: &Graph, a: &Analysis, b: &EcBlock, l: usize) -> Vec<Designated> {
+    let units = &a.walk.units;
+    let incoming = l < b.free;
+    let layer = if incoming { l } else { l + 1 };
+    let w = g.nodes[b.layers[layer]].data_inputs()[1].clone();
+    let param = &g.params[&w];
+    let dims = &param.dims;
+    let oa = out_axis(&g.nodes[b.layers[layer]].op);
+    let ia = if oa == 0 { 1 } else { 0 };
+    let hid = &b.hidden[l];
+    // Each unit's own slice of the layer (its row, or its column): the reference magnitude.
+    let reference: Vec<f32> = hid
+        .iter()
+        .map(|&u| {
+            let e = units[u]
+                .edits
+                .iter()
+                .find(|e| e.param == w && (e.exponent > 0) == incoming)
+                .expect("unit edit");
+            edit_runs(dims, e)
+                .into_iter()
+                .flatten()
+                .map(|i| param.get_f32(i).abs())
+                .fold(0.0, f32::max)
+        })
+        .collect();
+    let pairs = |r: usize| -> Vec<Designated> {
+        hid.iter()
+            .enumerate()
+            .map(|(j, &u)| {
+                let index = if incoming {
+                    let pos = if l == 0 {
+                        (j + r) % dims[ia]
+                    } else {
+                        let prev = &b.hidden[l - 1];
+                        let i = prev[(j + r) % prev.len()];
+                        let e = units[i]
+                            .edits
+                            .iter()
+                            .find(|e| e.exponent < 0 && e.param == w)
+                            .expect("consumer edit");
+                        centre(e, dims[e.axis])
+                    };
+                    weight_index(dims, oa, ia, j, pos)
+                } else {
+                    let e = units[u]
+                        .edits
+                        .iter()
+                        .find(|e| e.exponent < 0 && e.param == w)
+                        .expect("consumer edit");
+                    weight_index(
+                        dims,
+                        oa,
+                        e.axis,
+                        (j + r) % dims[oa],
+                        centre(e, dims[e.axis]),
+                    )
+                };
+                Designated {
+                    unit: u,
+                    incoming,
+                    weight: Scalar {
+                        param: w.clone(),
+                        index,
+                    },
+                }
+            })
+            .collect()
+    };
+    let score = |ds: &[Designated]| {
+        ds.iter()
+            .zip(&reference)
+            .map(|(d, &m)| {
+                if m > 0.0 {
+                    param.get_f32(d.weight.index).abs() / m
+                } else {
+                    0.0
+                }
+            })
+            .fold(f32::INFINITY, f32::min)
+    };
+    let mut best = pairs(0);
+    let mut best_score = score(&best);
+    for r in 1..64usize.min(dims[if incoming { ia } else { oa }]) {
+        let p = pairs(r);
+        let s = score(&p);
+        if s > best_score {
+            best = p;
+            best_score = s;
+        }
+    }
+    best
+}

@@ -1,0 +1,103 @@
+//! `ecc convert`: the files it writes, the plan summary (snapshots), and its edge cases.
+
+mod common;
+
+use common::ecc;
+use ecc::import::{load_file, ImportOptions};
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ecc-convert-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn committed_models_convert() {
+    for p in common::committed_models() {
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        let dir = scratch(&name);
+        let rel = format!("models/{name}.onnx");
+        let (code, out, err) = ecc(&["convert", p.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        // The summary without the line naming the scratch folder.
+        let summary: String = out
+            .lines()
+            .filter(|l| !l.starts_with("wrote"))
+            .map(|l| l.replace(p.to_str().unwrap(), &rel) + "\n")
+            .collect();
+        insta::assert_snapshot!(format!("convert_{name}"), summary);
+        let canon = load_file(
+            &dir.join(format!("{name}.ec.onnx")),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        let orig = load_file(&p, &ImportOptions::default()).unwrap();
+        assert_eq!(canon.nodes, orig.nodes);
+        assert_ne!(canon.params, orig.params);
+        let plan: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.ec.json"))).unwrap(),
+        )
+        .unwrap();
+        for k in [
+            "blocks",
+            "coverage",
+            "roles",
+            "params",
+            "rescalings",
+            "class_dim",
+            "params_in_blocks",
+        ] {
+            assert!(plan.get(k).is_some(), "{name}: plan lacks {k}");
+        }
+        // Every parameter has a role.
+        assert_eq!(plan["roles"].as_object().unwrap().len(), orig.params.len());
+        let blocks = plan["blocks"].as_array().unwrap();
+        let paths: u64 = blocks
+            .iter()
+            .map(|b| b["basis_paths"].as_u64().unwrap())
+            .sum();
+        assert!(paths <= plan["class_dim"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn a_model_without_rescalable_units_converts_unchanged() {
+    let dir = scratch("single");
+    let model = dir.join("single.onnx");
+    let (code, _, err) = ecc(&["new", "mlp:6-3", "-o", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = ecc(&[
+        "convert",
+        model.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("blocks       0 covering 0 parameters (0.0%)"),
+        "{out}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("single.ec.json")).unwrap())
+            .unwrap();
+    assert_eq!(plan["coverage"], 0.0);
+    let a = load_file(&model, &ImportOptions::default()).unwrap();
+    let b = load_file(&dir.join("single.ec.onnx"), &ImportOptions::default()).unwrap();
+    assert_eq!(a.params, b.params);
+}
+
+#[test]
+fn an_unsupported_model_fails_with_the_importer_error() {
+    let dir = scratch("bad");
+    let bad = dir.join("bad.onnx");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let (code, _, err) = ecc(&[
+        "convert",
+        bad.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a valid ONNX model"), "{err}");
+    assert!(!dir.join("bad.ec.onnx").exists());
+}
