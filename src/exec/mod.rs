@@ -349,3 +349,56 @@ fn lrn(x: &Tensor, alpha: f32, beta: f32, bias: f32, size: usize) -> Result<Tens
         .powf(beta as f64)?;
     Ok((x / den)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_semantics_before_and_from_opset_13() {
+        let x = Tensor::arange(0f32, 24.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        // Opset 13: along axis 1 only.
+        let y = softmax(&x, 1, false, false).unwrap();
+        let s = y
+            .sum(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6), "{s:?}");
+        // Before 13: the input is coerced to (2, 12) and normalized over all 12.
+        let y = softmax(&x, 1, true, false).unwrap();
+        let s = y
+            .reshape((2, 12))
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6), "{s:?}");
+        let per_axis = y
+            .sum(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(per_axis.iter().any(|v| (v - 1.0).abs() > 1e-2));
+        // LogSoftmax is the log of Softmax.
+        let l = softmax(&x, -1, false, true).unwrap().exp().unwrap();
+        let p = softmax(&x, -1, false, false).unwrap();
+        let d = (l - p)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6);
+    }
+}
