@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use common::{fixtures, rel_err, values};
 use ecc::analysis::{analyze, edit_runs, Analysis, RuleSet};
 use ecc::ec::{normalize, plan};
@@ -12,22 +12,6 @@ use ecc::exec::Executor;
 use ecc::import::{load_file, ImportOptions};
 use ecc::ir::Graph;
 use rand::{Rng, SeedableRng};
-use rand_distr::Distribution;
-
-fn inputs(g: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
-    let ex = Executor::new(g).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..ex.input_names().len())
-        .map(|k| {
-            let dims = ex.input_shape(k).with_batch(batch);
-            let n = dims.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-                .collect();
-            Tensor::from_vec(v, dims, ex.device()).unwrap()
-        })
-        .collect()
-}
 
 fn models() -> Vec<(String, Graph)> {
     let mut v: Vec<(String, Graph)> = common::committed_models()
@@ -73,7 +57,7 @@ fn canonical(g: &Graph) -> (Analysis, Graph) {
 fn canonical_form_preserves_the_function() {
     for (name, g) in models() {
         let (_, c) = canonical(&g);
-        let xs = inputs(&g, 3, 1);
+        let xs = common::random_inputs(&g, 3, 1);
         let y0 = Executor::new(&g).unwrap().forward(&xs).unwrap();
         let y1 = Executor::new(&c).unwrap().forward(&xs).unwrap();
         let err = y0
@@ -149,7 +133,7 @@ fn gradient_balance_at_every_unit() {
     for (name, g) in models() {
         let a = analyze(&g, &RuleSet::default_rules());
         let ex = Executor::new(&g).unwrap();
-        let xs = inputs(&g, 4, 2);
+        let xs = common::random_inputs(&g, 4, 2);
         let ys = ex.forward(&xs).unwrap();
         // Any smooth loss of the outputs will do.
         let mut loss = ys[0].sqr().unwrap().sum_all().unwrap();

@@ -10,23 +10,7 @@ use ecc::exec::Executor;
 use ecc::import::{load_file, ImportOptions};
 use ecc::ir::{Graph, Op};
 use rand::{Rng, SeedableRng};
-use rand_distr::Distribution;
 use std::path::Path;
-
-fn inputs(g: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
-    let ex = Executor::new(g).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..ex.input_names().len())
-        .map(|k| {
-            let dims = ex.input_shape(k).with_batch(batch);
-            let n = dims.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-                .collect();
-            Tensor::from_vec(v, dims, ex.device()).unwrap()
-        })
-        .collect()
-}
 
 fn outputs(g: &Graph, xs: &[Tensor]) -> Vec<Vec<f32>> {
     Executor::new(g)
@@ -48,7 +32,7 @@ fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 /// Returns (groups, invariance error, change from a blocked unit if any).
 fn check(name: &str, g: &Graph, batch: usize) -> (usize, f64, Option<f64>) {
     let a = analyze(g, &RuleSet::default_rules());
-    let xs = inputs(g, batch, 11);
+    let xs = common::random_inputs(g, batch, 11);
     let base = outputs(g, &xs);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let factors: Vec<f32> = (0..a.rescalings())
@@ -112,7 +96,7 @@ fn a_unit_feeding_a_sigmoid_is_blocked_and_matters() {
         .iter()
         .all(|u| u.blocked.as_ref().is_some_and(|b| b.node == relu)));
     assert_eq!(a.rescalings(), 32, "only fc2's units remain");
-    let xs = inputs(&g, 4, 1);
+    let xs = common::random_inputs(&g, 4, 1);
     let base = outputs(&g, &xs);
     let mut b = g.clone();
     apply_edits(&mut b, &fc1[0].edits, 2.0);

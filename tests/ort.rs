@@ -7,8 +7,6 @@ mod common;
 use common::fixtures;
 use ecc::exec::{tensor_constant, Executor};
 use ecc::import::{load_file, tensor::write_pb, ImportOptions};
-use rand::SeedableRng;
-use rand_distr::Distribution;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,22 +43,14 @@ fn job(
     let ex = Executor::new(&g).unwrap();
     let io = work.join(name).join("io");
     std::fs::create_dir_all(&io).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut xs = vec![];
-    for k in 0..ex.input_names().len() {
-        let dims = ex.input_shape(k).with_batch(batch);
-        let n = dims.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-            .collect();
-        let t = candle_core::Tensor::from_vec(v, dims, ex.device()).unwrap();
+    let xs = common::random_inputs(&g, batch, seed);
+    for (k, t) in xs.iter().enumerate() {
         write_pb(
             &io.join(format!("input_{k}.pb")),
             &ex.input_names()[k],
-            &tensor_constant(&t).unwrap(),
+            &tensor_constant(t).unwrap(),
         )
         .unwrap();
-        xs.push(t);
     }
     let ys = ex.forward(&xs).unwrap_or_else(|e| panic!("{name}: {e}"));
     for (k, y) in ys.iter().enumerate() {

@@ -81,3 +81,21 @@ pub const ZOO: [&str; 9] = [
     "vgg19",
     "zfnet512",
 ];
+
+/// Seeded standard-normal inputs for every graph input, at the given batch size.
+pub fn random_inputs(g: &ecc::ir::Graph, batch: usize, seed: u64) -> Vec<Tensor> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    g.inputs
+        .iter()
+        .map(|i| {
+            let dims = g.shapes[&i.name].with_batch(batch);
+            let n = dims.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+                .collect();
+            Tensor::from_vec(v, dims, &candle_core::Device::Cpu).unwrap()
+        })
+        .collect()
+}
