@@ -61,7 +61,9 @@ pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeSta
         let c = match place.get(&first) {
             Some(&(bi, l)) if l < plan.blocks[bi].free => {
                 if plan.blocks[bi].designated[l].is_empty() {
-                    plan.blocks[bi].designated[l] = designate(&out, a, &plan.blocks[bi], l);
+                    let (r, ds) = designate(&out, a, &plan.blocks[bi], l);
+                    plan.blocks[bi].designated[l] = ds;
+                    plan.blocks[bi].rotations[l] = r;
                 }
                 let d = plan.blocks[bi].designated[l]
                     .iter()
@@ -88,13 +90,18 @@ pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeSta
     for bi in 0..plan.blocks.len() {
         let b = &plan.blocks[bi];
         for l in (b.free..b.hidden.len()).rev() {
-            let ds = designate(&out, a, &plan.blocks[bi], l);
+            let (r, ds) = designate(&out, a, &plan.blocks[bi], l);
             for d in &ds {
                 let c = magnitude(&out, d);
                 scale(&mut out, &[d.unit], c, &mut stats);
             }
             plan.blocks[bi].designated[l] = ds;
+            plan.blocks[bi].rotations[l + 1] = r;
         }
+    }
+    // The free layers' skeleton (the V of spec §5), chosen on the canonical weights.
+    for b in &mut plan.blocks {
+        b.rotations[b.free] = super::free_rotation(&out, a, b);
     }
     (out, stats)
 }

@@ -14,8 +14,11 @@
 
 mod gauge;
 pub mod report;
+pub mod skeleton;
+pub mod step;
 
 pub use gauge::{normalize, GaugeStats};
+pub(crate) use skeleton::free_rotation;
 
 use crate::analysis::{edit_runs, Analysis, Edit};
 use crate::ir::{Graph, Op};
@@ -48,6 +51,9 @@ pub struct EcBlock {
     pub free: usize,
     /// One per hidden unit, in hidden-layer order.
     pub designated: Vec<Vec<Designated>>,
+    /// The rotation r of the "mod" skeleton of each weight layer: in-edges (j, (j+r) mod
+    /// in) before the free layer and in it, out-edges ((i+r) mod out, i) after it.
+    pub rotations: Vec<usize>,
     /// Scalars of the block's weights and biases.
     pub params: usize,
 }
@@ -172,6 +178,7 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
         next.insert(layer, b);
     }
     let has_prev: std::collections::HashSet<usize> = next.values().copied().collect();
+    // Layers that join blocks but end up between them keep a reason.
     let mut blocks = vec![];
     let mut starts: Vec<usize> = next
         .keys()
@@ -184,40 +191,92 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
         while let Some(&n) = next.get(layers.last().expect("nonempty")) {
             layers.push(n);
         }
-        let hidden: Vec<Vec<usize>> = layers[..layers.len() - 1]
-            .iter()
-            .map(|l| by_layer[l].clone())
-            .collect();
         let k = layers.len() - 1;
         // The last layer's outputs must not be rescalable units outside the block, or the
-        // out-edge normalizations would depend on them: then every unit uses its in-edge.
+        // out-edge normalizations would depend on them.
         let last_rescalable = by_layer
             .get(&layers[k])
             .is_some_and(|us| us.iter().any(|&u| a.walk.units[u].blocked.is_none()));
-        let free = if last_rescalable {
-            k
-        } else {
-            (0..k)
-                .max_by_key(|&l| (hidden[l].len(), std::cmp::Reverse(l)))
-                .expect("k >= 1")
-        };
-        let params = layers
-            .iter()
-            .flat_map(|&l| layer_params(g, l))
-            .map(|p| g.params[p].len())
-            .sum();
-        for l in &layers {
-            outside.remove(l);
+        let widths: Vec<usize> = layers[..k].iter().map(|l| by_layer[l].len()).collect();
+        for (first, last, free) in pieces(&widths, last_rescalable) {
+            let piece = layers[first..=last].to_vec();
+            let hidden: Vec<Vec<usize>> = piece[..piece.len() - 1]
+                .iter()
+                .map(|l| by_layer[l].clone())
+                .collect();
+            let params = piece
+                .iter()
+                .flat_map(|&l| layer_params(g, l))
+                .map(|p| g.params[p].len())
+                .sum();
+            for l in &piece {
+                outside.remove(l);
+            }
+            let n = piece.len();
+            blocks.push(EcBlock {
+                layers: piece,
+                hidden,
+                free: free - first,
+                designated: vec![],
+                rotations: vec![0; n],
+                params,
+            });
         }
-        blocks.push(EcBlock {
-            layers,
-            hidden,
-            free,
-            designated: vec![],
-            params,
-        });
+        for l in &layers {
+            outside.entry(*l).or_insert_with(|| {
+                "lies between EC blocks: the chain's widths are not unimodal there".into()
+            });
+        }
+        for b in &blocks {
+            for l in &b.layers {
+                outside.remove(l);
+            }
+        }
     }
     EcPlan { blocks, outside }
+}
+
+/// Split a chain with hidden widths `w` (w[l] = width of the output of weight layer l, for
+/// l < k = w.len()) into EC blocks whose skeleton chains do not overlap: widths must not
+/// decrease before the free layer and not increase after it (spec §3 with one chain per
+/// unit). Returns (first layer, last layer, free layer) triples, weight-layer indices. A
+/// block whose outputs are rescalable units must keep its free layer last.
+pub fn pieces(w: &[usize], last_rescalable: bool) -> Vec<(usize, usize, usize)> {
+    let k = w.len();
+    let unimodal = |v: &[usize]| {
+        let peak = v
+            .iter()
+            .position(|&x| x == *v.iter().max().expect("nonempty"))
+            .expect("max");
+        v[..=peak].windows(2).all(|p| p[0] <= p[1]) && v[peak..].windows(2).all(|p| p[0] >= p[1])
+    };
+    let mut out = vec![];
+    let mut a = 0;
+    while a < k {
+        if !last_rescalable && unimodal(&w[a..]) {
+            let peak = a + w[a..]
+                .iter()
+                .position(|&x| x == *w[a..].iter().max().expect("nonempty"))
+                .expect("max");
+            out.push((a, k, peak));
+            break;
+        }
+        let mut t = a;
+        while t + 1 < k && w[t + 1] >= w[t] {
+            t += 1;
+        }
+        if t + 1 == k {
+            out.push((a, k, k));
+            break;
+        }
+        // Split at hidden layer t: it becomes the outputs of this block (free layer last)
+        // and the inputs of the next.
+        if t > a {
+            out.push((a, t, t));
+        }
+        a = t + 1;
+    }
+    out
 }
 
 /// Flat index into a layer's weight for output channel `o` and input position `pos` along
@@ -255,7 +314,12 @@ fn out_axis(op: &Op) -> usize {
 /// its unit's row (in-edges) or column (out-edges), is largest. Relative magnitudes make
 /// the choice the same for every model of a class, once the layers it depends on are
 /// normalized: that is what keeps gauge normalization canonical.
-pub(crate) fn designate(g: &Graph, a: &Analysis, b: &EcBlock, l: usize) -> Vec<Designated> {
+pub(crate) fn designate(
+    g: &Graph,
+    a: &Analysis,
+    b: &EcBlock,
+    l: usize,
+) -> (usize, Vec<Designated>) {
     let units = &a.walk.units;
     let incoming = l < b.free;
     let layer = if incoming { l } else { l + 1 };
@@ -336,13 +400,13 @@ pub(crate) fn designate(g: &Graph, a: &Analysis, b: &EcBlock, l: usize) -> Vec<D
             })
             .fold(f32::INFINITY, f32::min)
     };
-    let mut best = pairs(0);
-    let mut best_score = score(&best);
+    let mut best = (0, pairs(0));
+    let mut best_score = score(&best.1);
     for r in 1..64usize.min(dims[if incoming { ia } else { oa }]) {
         let p = pairs(r);
         let s = score(&p);
         if s > best_score {
-            best = p;
+            best = (r, p);
             best_score = s;
         }
     }
