@@ -450,3 +450,49 @@ fn conv_blocks_invert_and_allocate_exactly() {
         assert!(worst <= 1e-6, "{name}: {worst:e}");
     }
 }
+
+/// Spec §9.4 on conv blocks: path coordinates of a randomly rescaled copy (after its own
+/// gauge normalization) equal the original's. This checks the chain of every conv tap and
+/// flattened feature against the real symmetry.
+#[test]
+fn conv_coordinates_do_not_change_under_rescaling() {
+    let mut models: Vec<(String, Graph)> = vec![];
+    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
+    models.push((
+        "cnn-mnist".into(),
+        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
+    ));
+    let fx = ecc::fixture_dir();
+    if fx.join(".complete").is_file() {
+        models.push((
+            "rnet".into(),
+            ecc::import::load_file(&fx.join("mtcnn/rnet.onnx"), &Default::default()).unwrap(),
+        ));
+    }
+    for (name, g) in models {
+        let a = analyze(&g, &RuleSet::default_rules());
+        let mut p = plan(&g, &a);
+        let (canon, _) = normalize(&g, &a, &mut p);
+        let (pa, va) = EcStep::new(&canon, &a, &p).coordinates(&f64s(&canon));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let f: Vec<f32> = (0..a.rescalings())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut moved = g.clone();
+        a.rescale(&mut moved, |k| f[k]);
+        let mut p2 = plan(&moved, &a);
+        let (canon2, _) = normalize(&moved, &a, &mut p2);
+        let (pb, vb) = EcStep::new(&canon2, &a, &p2).coordinates(&f64s(&canon2));
+        let mut worst = 0f64;
+        for (k, xs) in &pa {
+            for (x, y) in xs.iter().zip(&pb[k]) {
+                worst = worst.max((x - y).abs() / x.abs().max(1e-6));
+            }
+        }
+        for (x, y) in va.iter().flatten().zip(vb.iter().flatten()) {
+            worst = worst.max((x - y).abs() / x.abs());
+        }
+        println!("{name}: coordinates of a rescaled copy differ by {worst:.1e}");
+        assert!(worst <= 1e-4, "{name}: {worst:e}");
+    }
+}
