@@ -98,6 +98,9 @@ enum Cmd {
         /// Output folder.
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
+        /// What to print: the plan summary, or the EC-SGD update program of every block.
+        #[arg(long, value_enum, default_value = "plan")]
+        emit: Emit,
     },
     /// List the ONNX op types ecc imports.
     Ops,
@@ -121,6 +124,12 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Emit {
+    Plan,
+    Program,
 }
 
 #[derive(Subcommand)]
@@ -312,7 +321,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Convert { m, output } => {
+        Cmd::Convert { m, output, emit } => {
             let g = load(&m)?;
             let a = ecc::analysis::analyze(&g, &ecc::analysis::RuleSet::default_rules());
             let mut plan = ecc::ec::plan(&g, &a);
@@ -338,7 +347,14 @@ fn main_inner(cli: Cli) -> Result<()> {
             std::fs::write(&tmp, serde_json::to_string_pretty(&r)?)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, &json)?;
-            print!("{}", r.summary());
+            match emit {
+                Emit::Plan => print!("{}", r.summary()),
+                Emit::Program => {
+                    for p in ecc::ec::program::programs(&canon, &a, &plan) {
+                        print!("{}", p.text());
+                    }
+                }
+            }
             println!("wrote        {} and {}", onnx.display(), json.display());
         }
         Cmd::Ops => {

@@ -13,6 +13,7 @@
 //! designated weights are chosen during normalization, so the plan holds them after it.
 
 mod gauge;
+pub mod program;
 pub mod report;
 pub mod skeleton;
 pub mod step;
