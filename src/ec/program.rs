@@ -193,9 +193,9 @@ impl UpdateProgram {
                 "w ⊙ V[chain]"
             };
             s += &format!("  {}: m := μ·m + dp + λ·({p});  ", l.weight);
-            s += &match l.region {
-                Region::Free => format!("w := w − η·m except the V scalars;  V scalars := V ⊙ R\n"),
-                _ => format!("w := (w − η·m / V[chain]) / R[chain] except the designated\n"),
+            s += match l.region {
+                Region::Free => "w := w − η·m except the V scalars;  V scalars := V ⊙ R\n",
+                _ => "w := (w − η·m / V[chain]) / R[chain] except the designated\n",
             };
             if let Some(b) = &l.bias {
                 s += &match l.bias_chain {
