@@ -632,3 +632,182 @@ fn conv_coordinates_do_not_change_under_rescaling() {
         assert!(worst <= 1e-4, "{name}: {worst:e}");
     }
 }
+
+/// Spec §9.5 on a plain CNN (conv, max pool, flatten into dense layers) and on mtcnn pnet
+/// (conv, PReLU, max pool), through the executor in f64: ICR against central differences of
+/// the loss written as a function of the path coordinates.
+#[test]
+fn icr_on_conv_models_in_f64() {
+    use candle_core::{DType, Tensor};
+    let mut models: Vec<(String, Graph)> = vec![];
+    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
+    models.push((
+        "cnn-mnist".into(),
+        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
+    ));
+    let fx = ecc::fixture_dir();
+    if fx.join(".complete").is_file() {
+        let mut o = ecc::import::ImportOptions::default();
+        o.input_shapes.insert("input_1".into(), vec![1, 14, 14, 3]);
+        models.push((
+            "pnet".into(),
+            ecc::import::load_file(&fx.join("mtcnn/pnet.onnx"), &o).unwrap(),
+        ));
+    }
+    for (name, g) in models {
+        let a = analyze(&g, &RuleSet::default_rules());
+        let mut p = plan(&g, &a);
+        let (canon, _) = normalize(&g, &a, &mut p);
+        let step = EcStep::new(&canon, &a, &p);
+        let ex = ecc::exec::Executor::with_dtype(&canon, DType::F64).unwrap();
+        let xs: Vec<Tensor> = common_inputs(&canon);
+        let set = |w: &Tensors| {
+            for (k, v) in ex.params() {
+                let t = Tensor::from_vec(w[k].clone(), canon.params[k].dims.clone(), ex.device())
+                    .unwrap();
+                v.set(&t).unwrap();
+            }
+        };
+        let loss = || -> Tensor {
+            let ys = ex.forward(&xs).unwrap();
+            let mut l = ys[0].sqr().unwrap().sum_all().unwrap();
+            for y in &ys[1..] {
+                l = (l + y.sqr().unwrap().sum_all().unwrap()).unwrap();
+            }
+            l
+        };
+        let w0 = f64s(&canon);
+        set(&w0);
+        let l0 = loss();
+        let grads = l0.backward().unwrap();
+        let g: Tensors = ex
+            .params()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    grads
+                        .get(v.as_tensor())
+                        .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                        .unwrap_or_else(|| vec![0.0; v.elem_count()]),
+                )
+            })
+            .collect();
+        let icr = step.icr(&w0, &g);
+        let (pc, vc) = step.coordinates(&w0);
+        let l_at = |p: &Tensors, v: &[Vec<f64>]| {
+            set(&step.weights_from(&w0, p, v));
+            loss().to_scalar::<f64>().unwrap()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut worst, mut checked) = (0f64, 0);
+        for k in step.params() {
+            let n = pc[&k].len();
+            for _ in 0..12 {
+                let i = rng.gen_range(0..n);
+                if pc[&k][i] == 0.0 {
+                    continue;
+                }
+                let h = 1e-5 * pc[&k][i].abs();
+                let (mut up, mut dn) = (pc.clone(), pc.clone());
+                up.get_mut(&k).unwrap()[i] += h;
+                dn.get_mut(&k).unwrap()[i] -= h;
+                let fd = (l_at(&up, &vc) - l_at(&dn, &vc)) / (2.0 * h);
+                let an = icr.dp[&k][i];
+                let err = (fd - an).abs() / fd.abs().max(an.abs()).max(1e-12);
+                worst = worst.max(err);
+                checked += 1;
+                assert!(
+                    err <= 1e-3,
+                    "{name}: dL/dp of {k}[{i}]: ICR {an} vs finite difference {fd}"
+                );
+            }
+        }
+        for (bi, vs) in vc.iter().enumerate() {
+            for c in 0..vs.len().min(16) {
+                let h = 1e-5 * vs[c].abs();
+                let (mut up, mut dn) = (vc.clone(), vc.clone());
+                up[bi][c] += h;
+                dn[bi][c] -= h;
+                let fd = (l_at(&pc, &up) - l_at(&pc, &dn)) / (2.0 * h);
+                let an = icr.dv[bi][c];
+                let err = (fd - an).abs() / fd.abs().max(an.abs()).max(1e-12);
+                worst = worst.max(err);
+                checked += 1;
+                assert!(
+                    err <= 1e-3,
+                    "{name}: dL/dV[{c}]: ICR {an} vs finite difference {fd}"
+                );
+            }
+        }
+        println!("{name}: {checked} path gradients in f64, worst relative error {worst:.1e}");
+    }
+}
+
+fn common_inputs(g: &Graph) -> Vec<candle_core::Tensor> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    g.inputs
+        .iter()
+        .map(|i| {
+            let dims = g.shapes[&i.name].with_batch(2);
+            let n: usize = dims.iter().product();
+            candle_core::Tensor::from_vec(
+                (0..n)
+                    .map(|_| rng.gen_range(-1.0f64..1.0))
+                    .collect::<Vec<_>>(),
+                dims,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The basis path set of each block has the block's share of class_dim: its parameters
+/// minus its hidden units.
+#[test]
+fn basis_paths_count_the_blocks_share_of_class_dim() {
+    for case in cases() {
+        let a = analyze(&case.graph, &RuleSet::default_rules());
+        let mut p = plan(&case.graph, &a);
+        let _ = normalize(&case.graph, &a, &mut p);
+        let counts = EcStep::new(&case.graph, &a, &p).coordinate_count();
+        let want: Vec<usize> = p.blocks.iter().map(|b| b.basis_paths()).collect();
+        assert_eq!(counts, want, "{}", case.name);
+    }
+}
+
+/// Spec §9.2 on the MLPs of unequal widths and the residual branch, with f64 gradients.
+#[test]
+fn gradient_balance_on_unequal_widths_and_the_residual_branch() {
+    for case in cases() {
+        let a = analyze(&case.graph, &RuleSet::default_rules());
+        let (_, g) = case.mlp.loss_grad(&case.w);
+        for members in &a.groups {
+            let (mut up, mut down, mut scale) = (0f64, 0f64, 0f64);
+            for &u in members {
+                for e in &a.walk.units[u].edits {
+                    for r in ecc::analysis::edit_runs(&case.graph.params[&e.param].dims, e) {
+                        let s: f64 = r.map(|i| case.w[&e.param][i] * g[&e.param][i]).sum();
+                        scale += s.abs();
+                        if e.exponent > 0 {
+                            up += s;
+                        } else {
+                            down += s;
+                        }
+                    }
+                }
+            }
+            assert!(
+                (up - down).abs() <= 1e-9 * scale.max(1e-12),
+                "{}: {up} vs {down}",
+                case.name
+            );
+        }
+        println!(
+            "{}: gradient balance at {} groups",
+            case.name,
+            a.groups.len()
+        );
+    }
+}

@@ -128,6 +128,29 @@ impl EcStep {
         EcStep { blocks }
     }
 
+    /// The number of path coordinates of every block: coordinate scalars plus chains. It is
+    /// the blocks' share of class_dim (their basis paths).
+    pub fn coordinate_count(&self) -> Vec<usize> {
+        self.blocks
+            .iter()
+            .map(|b| {
+                let fixed: usize = b.fixed.iter().map(HashSet::len).sum();
+                let scalars: usize =
+                    b.sk.geo
+                        .iter()
+                        .map(|g| g.dims.iter().product::<usize>())
+                        .sum();
+                let biases: usize =
+                    b.sk.geo
+                        .iter()
+                        .filter(|g| g.bias.is_some())
+                        .map(|g| g.outputs())
+                        .sum();
+                scalars + biases - fixed
+            })
+            .collect()
+    }
+
     /// The block's parameters (weights and biases), by name.
     pub fn params(&self) -> Vec<String> {
         let mut v = vec![];

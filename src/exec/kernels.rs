@@ -4,6 +4,7 @@
 //! pass, so autograd flows through it.
 
 use crate::ir::{conv_out_len, ConvAttrs, PoolAttrs};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// Window geometry, with the spatial axes padded to 3 (leading axes of size 1).
@@ -121,12 +122,28 @@ impl Window {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
+/// The element types the kernels run in: f32 (training) and f64 (numerical checks).
+trait Elem: candle_core::WithDType + num_traits::Float {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("ecc kernel: input is not contiguous"),
     }
+}
+
+/// Dispatch on the element type of a storage or tensor.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
+        match $dtype {
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            candle_core::DType::F64 => $f::<f64>($($arg),*),
+            other => candle_core::bail!("ecc kernel: element type {other:?} (f32 and f64 only)"),
+        }
+    };
 }
 
 /// im2col into the layout (group, C/group * K, N * L) so that the convolution is one
@@ -136,22 +153,48 @@ struct Im2Col {
     group: usize,
 }
 
-impl Im2Col {
-    fn scatter(&self, x: &[f32], cols: &mut [f32]) {
-        let (w, l, k) = (&self.w, self.w.l(), self.w.k());
-        let cg = w.c / self.group;
-        let plane = w.in_len();
-        for n in 0..w.n {
-            for c in 0..w.c {
-                let src = &x[(n * w.c + c) * plane..][..plane];
-                let (gi, ci) = (c / cg, c % cg);
-                w.for_each_tap(|o, tap, s| {
-                    let row = gi * cg * k + ci * k + tap;
-                    cols[(row * w.n + n) * l + o] = s.map_or(0.0, |s| src[s]);
-                });
-            }
+fn im2col_fwd<T: Elem>(op: &Im2Col, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous::<T>(s, l)?;
+    let (w, lo, k) = (&op.w, op.w.l(), op.w.k());
+    let rows = w.c / op.group * k;
+    let mut cols = vec![T::zero(); op.group * rows * w.n * lo];
+    let cg = w.c / op.group;
+    let plane = w.in_len();
+    for n in 0..w.n {
+        for c in 0..w.c {
+            let src = &x[(n * w.c + c) * plane..][..plane];
+            let (gi, ci) = (c / cg, c % cg);
+            w.for_each_tap(|o, tap, s| {
+                let row = gi * cg * k + ci * k + tap;
+                cols[(row * w.n + n) * lo + o] = s.map_or(T::zero(), |s| src[s]);
+            });
         }
     }
+    Ok((
+        T::to_cpu_storage_owned(cols),
+        Shape::from((op.group, rows, w.n * lo)),
+    ))
+}
+
+fn im2col_bwd<T: Elem>(op: &Im2Col, arg: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    let g = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    let (w, l, k) = (&op.w, op.w.l(), op.w.k());
+    let cg = w.c / op.group;
+    let plane = w.in_len();
+    let mut dx = vec![T::zero(); w.n * w.c * plane];
+    for n in 0..w.n {
+        for c in 0..w.c {
+            let dst = &mut dx[(n * w.c + c) * plane..][..plane];
+            let (gi, ci) = (c / cg, c % cg);
+            w.for_each_tap(|o, tap, s| {
+                if let Some(s) = s {
+                    let row = gi * cg * k + ci * k + tap;
+                    dst[s] = dst[s] + g[(row * w.n + n) * l + o];
+                }
+            });
+        }
+    }
+    Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
 }
 
 impl CustomOp1 for Im2Col {
@@ -159,35 +202,10 @@ impl CustomOp1 for Im2Col {
         "ecc-im2col"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (k, lo) = (self.w.k(), self.w.l());
-        let rows = self.w.c / self.group * k;
-        let mut cols = vec![0f32; self.group * rows * self.w.n * lo];
-        self.scatter(x, &mut cols);
-        Ok((
-            CpuStorage::F32(cols),
-            Shape::from((self.group, rows, self.w.n * lo)),
-        ))
+        by_dtype!(s.dtype(), im2col_fwd, self, s, l)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let (w, l, k) = (&self.w, self.w.l(), self.w.k());
-        let cg = w.c / self.group;
-        let plane = w.in_len();
-        let mut dx = vec![0f32; w.n * w.c * plane];
-        for n in 0..w.n {
-            for c in 0..w.c {
-                let dst = &mut dx[(n * w.c + c) * plane..][..plane];
-                let (gi, ci) = (c / cg, c % cg);
-                w.for_each_tap(|o, tap, s| {
-                    if let Some(s) = s {
-                        let row = gi * cg * k + ci * k + tap;
-                        dst[s] += g[(row * w.n + n) * l + o];
-                    }
-                });
-            }
-        }
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        by_dtype!(arg.dtype(), im2col_bwd, self, arg, grad)
     }
 }
 
@@ -269,84 +287,103 @@ impl Pool {
     }
 }
 
+fn pool_fwd<T: Elem>(op: &Pool, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous::<T>(s, l)?;
+    let w = &op.w;
+    let (plane, lo) = (w.in_len(), w.l());
+    let mut y = vec![T::zero(); w.n * w.c * lo];
+    let div: Vec<T> = if op.kind == PoolKind::Max {
+        vec![]
+    } else {
+        op.divisors()
+            .into_iter()
+            .map(|d| T::from(d).expect("a float"))
+            .collect()
+    };
+    for (p, out) in y.chunks_mut(lo).enumerate() {
+        let src = &x[p * plane..][..plane];
+        match op.kind {
+            PoolKind::Max => {
+                out.fill(T::neg_infinity());
+                w.for_each_tap(|o, _, s| {
+                    if let Some(s) = s {
+                        if src[s] > out[o] || src[s].is_nan() {
+                            out[o] = src[s];
+                        }
+                    }
+                });
+            }
+            PoolKind::Avg { .. } => {
+                w.for_each_tap(|o, _, s| {
+                    if let Some(s) = s {
+                        out[o] = out[o] + src[s];
+                    }
+                });
+                for (v, d) in out.iter_mut().zip(&div) {
+                    *v = *v / *d;
+                }
+            }
+        }
+    }
+    Ok((T::to_cpu_storage_owned(y), Shape::from(w.out_dims(w.c))))
+}
+
+fn pool_bwd<T: Elem>(
+    op: &Pool,
+    arg: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+) -> Result<Option<Tensor>> {
+    let x = arg.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    let y = res.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    let g = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    let w = &op.w;
+    let (plane, lo) = (w.in_len(), w.l());
+    let mut dx = vec![T::zero(); x.len()];
+    let div: Vec<T> = if op.kind == PoolKind::Max {
+        vec![]
+    } else {
+        op.divisors()
+            .into_iter()
+            .map(|d| T::from(d).expect("a float"))
+            .collect()
+    };
+    for p in 0..w.n * w.c {
+        let src = &x[p * plane..][..plane];
+        let dst = &mut dx[p * plane..][..plane];
+        let (yp, gp) = (&y[p * lo..][..lo], &g[p * lo..][..lo]);
+        match op.kind {
+            PoolKind::Max => {
+                // The gradient goes to the first tap that attains the max.
+                let mut taken = vec![false; lo];
+                w.for_each_tap(|o, _, s| {
+                    if let Some(s) = s {
+                        if !taken[o] && src[s] == yp[o] {
+                            dst[s] = dst[s] + gp[o];
+                            taken[o] = true;
+                        }
+                    }
+                });
+            }
+            PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
+                if let Some(s) = s {
+                    dst[s] = dst[s] + gp[o] / div[o];
+                }
+            }),
+        }
+    }
+    Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+}
+
 impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
         "ecc-pool"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let w = &self.w;
-        let (plane, lo) = (w.in_len(), w.l());
-        let mut y = vec![0f32; w.n * w.c * lo];
-        let div = if self.kind == PoolKind::Max {
-            vec![]
-        } else {
-            self.divisors()
-        };
-        for (p, out) in y.chunks_mut(lo).enumerate() {
-            let src = &x[p * plane..][..plane];
-            match self.kind {
-                PoolKind::Max => {
-                    out.fill(f32::NEG_INFINITY);
-                    w.for_each_tap(|o, _, s| {
-                        if let Some(s) = s {
-                            if src[s] > out[o] || src[s].is_nan() {
-                                out[o] = src[s];
-                            }
-                        }
-                    });
-                }
-                PoolKind::Avg { .. } => {
-                    w.for_each_tap(|o, _, s| {
-                        if let Some(s) = s {
-                            out[o] += src[s];
-                        }
-                    });
-                    for (v, d) in out.iter_mut().zip(&div) {
-                        *v /= d;
-                    }
-                }
-            }
-        }
-        Ok((CpuStorage::F32(y), Shape::from(w.out_dims(w.c))))
+        by_dtype!(s.dtype(), pool_fwd, self, s, l)
     }
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let y = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let w = &self.w;
-        let (plane, lo) = (w.in_len(), w.l());
-        let mut dx = vec![0f32; x.len()];
-        let div = if self.kind == PoolKind::Max {
-            vec![]
-        } else {
-            self.divisors()
-        };
-        for p in 0..w.n * w.c {
-            let src = &x[p * plane..][..plane];
-            let dst = &mut dx[p * plane..][..plane];
-            let (yp, gp) = (&y[p * lo..][..lo], &g[p * lo..][..lo]);
-            match self.kind {
-                PoolKind::Max => {
-                    // The gradient goes to the first tap that attains the max.
-                    let mut taken = vec![false; lo];
-                    w.for_each_tap(|o, _, s| {
-                        if let Some(s) = s {
-                            if !taken[o] && src[s] == yp[o] {
-                                dst[s] += gp[o];
-                                taken[o] = true;
-                            }
-                        }
-                    });
-                }
-                PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
-                    if let Some(s) = s {
-                        dst[s] += gp[o] / div[o];
-                    }
-                }),
-            }
-        }
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        by_dtype!(arg.dtype(), pool_bwd, self, arg, res, grad)
     }
 }
 

@@ -19,6 +19,7 @@ pub struct Executor {
     frees: Vec<Vec<String>>,
     labels: Vec<crate::error::NodeRef>,
     device: Device,
+    dtype: DType,
 }
 
 /// A constant as a candle tensor (f32).
@@ -37,14 +38,24 @@ pub fn tensor_constant(t: &Tensor) -> Result<Constant> {
 }
 
 impl Executor {
-    /// Prepare a graph for execution on the CPU.
+    /// Prepare a graph for execution on the CPU, in f32.
     pub fn new(graph: &Graph) -> Result<Self> {
+        Self::with_dtype(graph, DType::F32)
+    }
+
+    /// The same in another float type (f64 for numerical checks).
+    pub fn with_dtype(graph: &Graph, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(Error::unsupported(format!(
+                "executing in {dtype:?} (f32 or f64)"
+            )));
+        }
         let device = Device::Cpu;
         let mut params = BTreeMap::new();
         for (name, c) in &graph.params {
             params.insert(
                 name.clone(),
-                Var::from_tensor(&constant_tensor(c, &device)?)?,
+                Var::from_tensor(&constant_tensor(c, &device)?.to_dtype(dtype)?)?,
             );
         }
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
@@ -69,6 +80,7 @@ impl Executor {
             frees,
             labels: (0..graph.nodes.len()).map(|i| graph.node_ref(i)).collect(),
             device,
+            dtype,
         })
     }
 
@@ -136,7 +148,7 @@ impl Executor {
                     _ => batch = Some(b),
                 }
             }
-            env.insert(name, t.to_dtype(DType::F32)?);
+            env.insert(name, t.to_dtype(self.dtype)?);
         }
         for (name, v) in &self.params {
             env.insert(name, v.as_tensor().clone());
