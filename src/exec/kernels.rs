@@ -123,7 +123,7 @@ impl Window {
 }
 
 /// The element types the kernels run in: f32 (training) and f64 (numerical checks).
-trait Elem: candle_core::WithDType + num_traits::Float {}
+trait Elem: candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign {}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
@@ -189,7 +189,7 @@ fn im2col_bwd<T: Elem>(op: &Im2Col, arg: &Tensor, grad: &Tensor) -> Result<Optio
             w.for_each_tap(|o, tap, s| {
                 if let Some(s) = s {
                     let row = gi * cg * k + ci * k + tap;
-                    dst[s] = dst[s] + g[(row * w.n + n) * l + o];
+                    dst[s] += g[(row * w.n + n) * l + o];
                 }
             });
         }
@@ -316,11 +316,11 @@ fn pool_fwd<T: Elem>(op: &Pool, s: &CpuStorage, l: &Layout) -> Result<(CpuStorag
             PoolKind::Avg { .. } => {
                 w.for_each_tap(|o, _, s| {
                     if let Some(s) = s {
-                        out[o] = out[o] + src[s];
+                        out[o] += src[s];
                     }
                 });
                 for (v, d) in out.iter_mut().zip(&div) {
-                    *v = *v / *d;
+                    *v /= *d;
                 }
             }
         }
@@ -359,7 +359,7 @@ fn pool_bwd<T: Elem>(
                 w.for_each_tap(|o, _, s| {
                     if let Some(s) = s {
                         if !taken[o] && src[s] == yp[o] {
-                            dst[s] = dst[s] + gp[o];
+                            dst[s] += gp[o];
                             taken[o] = true;
                         }
                     }
@@ -367,7 +367,7 @@ fn pool_bwd<T: Elem>(
             }
             PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
                 if let Some(s) = s {
-                    dst[s] = dst[s] + gp[o] / div[o];
+                    dst[s] += gp[o] / div[o];
                 }
             }),
         }
