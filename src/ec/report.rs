@@ -25,6 +25,10 @@ pub struct BlockPlan {
     /// h_0 (inputs of the first layer), hidden widths, outputs of the last layer.
     pub widths: Vec<usize>,
     pub free_layer: String,
+    /// Flat indices (in the free layer's weight) of the free skeleton weights V, one per chain.
+    pub free_skeleton_indices: Vec<usize>,
+    /// Rotation of the "mod" skeleton of each layer.
+    pub rotations: Vec<usize>,
     pub hidden: Vec<HiddenLayer>,
     pub params: usize,
     pub hidden_units: usize,
@@ -78,6 +82,8 @@ impl PlanReport {
                 layers: b.layers.iter().map(|&n| g.node_label(n)).collect(),
                 widths,
                 free_layer: g.node_label(b.layers[b.free]),
+                free_skeleton_indices: super::skeleton::skeleton(g, a, b).v,
+                rotations: b.rotations.clone(),
                 hidden: b
                     .designated
                     .iter()

@@ -123,7 +123,10 @@ impl Window {
 }
 
 /// The element types the kernels run in: f32 (training) and f64 (numerical checks).
-trait Elem: candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign {}
+trait Elem:
+    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign
+{
+}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
