@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test suite, exactly as CI runs it (.ci/run calls this). On a fresh machine it fetches
-# what it needs: the package-provided test models (pinned sha256) and the onnxruntime venv,
-# both into a cache outside the source tree (~/.cache/ecc).
+# what it needs: the package-provided test models and data sets (pinned sha256) and the
+# onnxruntime venv, all into a cache outside the source tree (~/.cache/ecc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-fixtures.sh
+scripts/fetch-data.sh
 scripts/setup-onnxruntime.sh
 
 cargo fmt --check

@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod data;
 pub mod ec;
 pub mod error;
 pub mod exec;
@@ -31,4 +32,11 @@ pub fn fixture_dir() -> std::path::PathBuf {
     std::env::var_os("ECC_FIXTURES")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("fixtures"))
+}
+
+/// The data cache of `scripts/fetch-data.sh` (`$ECC_DATA` overrides).
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::var_os("ECC_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("data"))
 }
