@@ -11,6 +11,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod ir;
+pub mod train;
 pub mod zoo;
 
 pub use error::{Error, ErrorKind, Result};

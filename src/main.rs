@@ -102,6 +102,52 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "plan")]
         emit: Emit,
     },
+    /// Train a model on real data with SGD and/or EC-SGD. With no arguments: the committed
+    /// digits MLP on the embedded 8x8 digits, SGD and EC-SGD side by side, and a comparison.
+    Train {
+        /// The model (default: the embedded models/mlp-digits.onnx).
+        model: Option<PathBuf>,
+        /// digits, mnist:DIR or fashion-mnist:DIR (scripts/fetch-data.sh fetches the latter two).
+        #[arg(long, default_value = "digits")]
+        data: String,
+        /// sgd, ec-sgd, or both (side by side).
+        #[arg(long, default_value = "both")]
+        optimizer: String,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 0.05)]
+        lr: f64,
+        /// constant, step:EVERY:GAMMA, exp:K (lr * exp(-K * epoch)) or cosine.
+        #[arg(long, default_value = "constant")]
+        schedule: String,
+        #[arg(long, default_value_t = 0.9)]
+        momentum: f64,
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f64,
+        /// Seed of the shuffle (same seed, same weights).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// EC-SGD: keep the imported model's function at the start (the canonical form)
+        /// instead of setting the free skeleton values to ±1 as the reference does for a
+        /// fresh model. See the README on the scale of V.
+        #[arg(long)]
+        keep_function: bool,
+        /// Write metrics as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
+        /// Write the trained model (one optimizer only).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Loss and accuracy of a model on the test split of a data set.
+    Eval {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, default_value = "digits")]
+        data: String,
+    },
     /// List the ONNX op types ecc imports.
     Ops,
     /// Benchmarks, measured in this process (medians after a warm-up).
@@ -149,6 +195,9 @@ enum BenchWhat {
         json: bool,
     },
 }
+
+/// The default model of `ecc train`: models/mlp-digits.onnx, embedded.
+const DEFAULT_MODEL: &[u8] = include_bytes!("../models/mlp-digits.onnx");
 
 fn options(m: &ModelArgs) -> Result<ImportOptions> {
     let mut input_shapes = HashMap::new();
@@ -356,6 +405,116 @@ fn main_inner(cli: Cli) -> Result<()> {
                 }
             }
             println!("wrote        {} and {}", onnx.display(), json.display());
+        }
+        Cmd::Train {
+            model,
+            data,
+            optimizer,
+            epochs,
+            batch,
+            lr,
+            schedule,
+            momentum,
+            weight_decay,
+            seed,
+            keep_function,
+            metrics,
+            output,
+        } => {
+            use ecc::train::{train, OptimizerKind, Schedule, TrainConfig};
+            let g = match &model {
+                Some(p) => import::load_file(p, &ImportOptions::default())?,
+                None => import::load_bytes(DEFAULT_MODEL, &ImportOptions::default())?,
+            };
+            let split = ecc::data::load(&data)?;
+            let kinds = match optimizer.as_str() {
+                "sgd" => vec![OptimizerKind::Sgd],
+                "ec-sgd" => vec![OptimizerKind::EcSgd],
+                "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
+                other => {
+                    return Err(ecc::Error::usage(format!(
+                        "--optimizer '{other}': sgd, ec-sgd or both"
+                    ))
+                    .into())
+                }
+            };
+            if output.is_some() && kinds.len() > 1 {
+                return Err(ecc::Error::usage(
+                    "-o writes one model: choose --optimizer sgd or ec-sgd",
+                )
+                .into());
+            }
+            let schedule = Schedule::parse(&schedule)?;
+            let name = model
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "models/mlp-digits.onnx (embedded)".into());
+            println!("model {name}, data {} ({} train / {} test), {epochs} epochs, batch {batch}, lr {lr}", split.name, split.train.len(), split.test.len());
+            let mut sink = match &metrics {
+                Some(p) => Some(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let mut rows = vec![];
+            for kind in kinds {
+                let cfg = TrainConfig {
+                    optimizer: kind,
+                    epochs,
+                    batch,
+                    lr,
+                    schedule,
+                    momentum,
+                    weight_decay,
+                    seed,
+                    skeleton_init: !keep_function,
+                };
+                let (trained, hist) = train(&g, &split, &cfg, |m| {
+                    println!(
+                        "  {:<7} epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:.4}  {:.2}s",
+                        serde_json::to_value(m.optimizer).unwrap().as_str().unwrap_or("?"),
+                        m.epoch, m.train_loss, m.test_loss, m.test_accuracy, m.seconds
+                    );
+                    if let Some(f) = sink.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(f, "{}", serde_json::to_string(m).unwrap_or_default());
+                    }
+                })?;
+                if let Some(o) = &output {
+                    ecc::export::write_file(&trained, o)?;
+                    println!("wrote {}", o.display());
+                }
+                rows.push(hist);
+            }
+            println!(
+                "\n{:<8} {:>9} {:>9} {:>9} {:>10} {:>8}",
+                "optimizer", "test acc", "best acc", "test loss", "s/epoch", "guarded"
+            );
+            for h in &rows {
+                let last = h.last().expect("epochs >= 1");
+                let best = h.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
+                let secs = h.iter().map(|m| m.seconds).sum::<f64>() / h.len() as f64;
+                let name = serde_json::to_value(last.optimizer)?
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
+                println!(
+                    "{name:<8} {:>9.4} {best:>9.4} {:>9.4} {secs:>10.3} {:>8}",
+                    last.test_accuracy, last.test_loss, last.guarded_steps
+                );
+            }
+        }
+        Cmd::Eval { m, data } => {
+            let g = ecc::train::logits_graph(&load(&m)?);
+            let split = ecc::data::load(&data)?;
+            let ex = Executor::new(&g)?;
+            let (loss, acc) = ecc::train::evaluate(&ex, &g, &split.test, 512)?;
+            println!(
+                "{}: {} test samples, loss {loss:.4}, accuracy {acc:.4}",
+                split.name,
+                split.test.len()
+            );
         }
         Cmd::Ops => {
             for op in ecc::ir::OP_NAMES {

@@ -1,0 +1,328 @@
+//! Training: cross-entropy on logits, learning-rate schedules, and the loop (seeded shuffle,
+//! evaluation each epoch, metrics). EC-SGD trains the canonical model of the EC pass.
+
+pub mod optim;
+
+use crate::analysis::{analyze, RuleSet};
+use crate::data::{Dataset, Split};
+use crate::ec::program::{programs, ProgramRunner};
+use crate::ec::step::StepConfig;
+use crate::ec::{normalize, plan};
+use crate::error::{Error, Result};
+use crate::exec::Executor;
+use crate::ir::{Graph, Op};
+use candle_core::{DType, Device, Tensor, D};
+use optim::{EcSgd, Optimizer, Sgd};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// Learning rate as a function of the epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        every: usize,
+        gamma: f64,
+    },
+    /// lr0 * exp(-k * epoch).
+    Exp {
+        k: f64,
+    },
+    /// Cosine from lr0 to 0 over the run.
+    Cosine,
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::usage(format!(
+                "--schedule '{s}': expected constant, step:EVERY:GAMMA, exp:K or cosine"
+            ))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        Ok(match parts.as_slice() {
+            ["constant"] => Schedule::Constant,
+            ["cosine"] => Schedule::Cosine,
+            ["exp", k] => Schedule::Exp {
+                k: k.parse().map_err(|_| bad())?,
+            },
+            ["step", e, g] => Schedule::Step {
+                every: e.parse().ok().filter(|&e| e > 0).ok_or_else(bad)?,
+                gamma: g.parse().map_err(|_| bad())?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+    pub fn lr(&self, lr0: f64, epoch: usize, epochs: usize) -> f64 {
+        match *self {
+            Schedule::Constant => lr0,
+            Schedule::Step { every, gamma } => lr0 * gamma.powi((epoch / every) as i32),
+            Schedule::Exp { k } => lr0 * (-k * epoch as f64).exp(),
+            Schedule::Cosine => {
+                0.5 * lr0
+                    * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Sgd,
+    EcSgd,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerKind,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// EC-SGD: set the free skeleton values V to ±1 before training (the reference's
+    /// initialization; it changes the function, so only for models that start training).
+    pub skeleton_init: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochMetrics {
+    pub optimizer: OptimizerKind,
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub seconds: f64,
+    /// EC-SGD steps in which the R guard engaged.
+    pub guarded_steps: usize,
+}
+
+/// The graph to train: a trailing Softmax or LogSoftmax is dropped so the output is logits.
+pub fn logits_graph(g: &Graph) -> Graph {
+    let mut t = g.clone();
+    if t.outputs.len() == 1 {
+        if let Some(last) = t.nodes.last() {
+            if matches!(last.op, Op::Softmax { .. } | Op::LogSoftmax { .. })
+                && last.outputs[0] == t.outputs[0].name
+            {
+                let logits = last.inputs[0].clone();
+                t.nodes.pop();
+                t.outputs[0].name = logits;
+            }
+        }
+    }
+    t
+}
+
+/// Mean cross-entropy of logits (N, C) against labels (N).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
+    Ok((picked.mean_all()? * -1.0)?)
+}
+
+fn batch_tensors(
+    ds: &Dataset,
+    idx: &[usize],
+    input_dims: &[usize],
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let f = ds.features();
+    let mut x = Vec::with_capacity(idx.len() * f);
+    for &i in idx {
+        x.extend_from_slice(&ds.x[i * f..(i + 1) * f]);
+    }
+    let mut dims = vec![idx.len()];
+    dims.extend_from_slice(input_dims);
+    let y: Vec<u32> = idx.iter().map(|&i| ds.y[i]).collect();
+    Ok((
+        Tensor::from_vec(x, dims, dev)?,
+        Tensor::from_vec(y, idx.len(), dev)?,
+    ))
+}
+
+/// The model's per-sample input dims, checked against the data.
+fn input_dims(g: &Graph, ds: &Dataset) -> Result<Vec<usize>> {
+    if g.inputs.len() != 1 || g.outputs.len() != 1 {
+        return Err(Error::unsupported(
+            "training needs a model with one input and one output",
+        ));
+    }
+    let s = &g.shapes[&g.inputs[0].name];
+    if s.batch != Some(0) {
+        return Err(Error::unsupported(format!(
+            "input shape {s} has no leading batch axis"
+        )));
+    }
+    let dims = s.dims[1..].to_vec();
+    if dims.iter().product::<usize>() != ds.features() {
+        return Err(Error::usage(format!(
+            "the model's input {s} takes {} features per sample, the data has {} ({:?})",
+            dims.iter().product::<usize>(),
+            ds.features(),
+            ds.dims
+        )));
+    }
+    Ok(dims)
+}
+
+/// Loss and accuracy of a (logits) model on a data set.
+pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
+    let dims = input_dims(g, ds)?;
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, y) = batch_tensors(ds, chunk, &dims, ex.device())?;
+        let out = &ex.forward(&[x])?[0];
+        let logits = out.flatten_from(1)?;
+        loss += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let pred = logits.argmax(1)?.to_vec1::<u32>()?;
+        correct += pred
+            .iter()
+            .zip(y.to_vec1::<u32>()?)
+            .filter(|(a, b)| **a == *b)
+            .count();
+    }
+    Ok((
+        loss / ds.len().max(1) as f64,
+        correct as f64 / ds.len().max(1) as f64,
+    ))
+}
+
+/// Train `graph` on `split`. Returns the trained model (with its original output, a
+/// trailing Softmax kept) and the metrics of every epoch. `on_epoch` sees each epoch.
+pub fn train(
+    graph: &Graph,
+    split: &Split,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<(Graph, Vec<EpochMetrics>)> {
+    let tg = logits_graph(graph);
+    let dims = input_dims(&tg, &split.train)?;
+    let stats: HashSet<&String> = tg
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .flat_map(|n| n.inputs[3..5].iter())
+        .collect();
+    let trainable: HashSet<String> = tg
+        .params
+        .keys()
+        .filter(|k| !stats.contains(k))
+        .cloned()
+        .collect();
+    // EC-SGD trains the canonical model; its blocks' parameters move by update programs.
+    let (start, mut opt): (Graph, Box<dyn Optimizer>) = match cfg.optimizer {
+        OptimizerKind::Sgd => (
+            tg.clone(),
+            Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)),
+        ),
+        OptimizerKind::EcSgd => {
+            let a = analyze(&tg, &RuleSet::default_rules());
+            let mut p = plan(&tg, &a);
+            let (canon, _) = normalize(&tg, &a, &mut p);
+            let progs = programs(&canon, &a, &p);
+            // The reference's initialization: every skeleton weight of the fresh model set to
+            // ±1 (fixed ones and V alike), the other weights as initialized. Otherwise the
+            // canonical model, which keeps the function.
+            let start = if cfg.skeleton_init {
+                let mut fresh = tg.clone();
+                for prog in &progs {
+                    for l in &prog.layers {
+                        let w = fresh.params.get_mut(&l.weight).expect("block weight");
+                        if let crate::ir::TensorData::F32(v) = &mut w.data {
+                            for &i in &l.fixed {
+                                v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
+                            }
+                        }
+                    }
+                }
+                fresh
+            } else {
+                canon
+            };
+            let block: HashSet<String> = progs
+                .iter()
+                .flat_map(|p| {
+                    p.layers
+                        .iter()
+                        .flat_map(|l| std::iter::once(l.weight.clone()).chain(l.bias.clone()))
+                })
+                .collect();
+            let rest = Sgd::new(
+                trainable.difference(&block).cloned().collect(),
+                cfg.momentum,
+                cfg.weight_decay,
+            );
+            let runner = ProgramRunner::new(progs, &Device::Cpu)?;
+            let step = StepConfig {
+                lr: cfg.lr,
+                momentum: cfg.momentum,
+                weight_decay: cfg.weight_decay,
+                r_floor: 0.1,
+            };
+            (start, Box::new(EcSgd::new(runner, rest, step)))
+        }
+    };
+    let ex = Executor::new(&start)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..split.train.len()).collect();
+    let mut history = vec![];
+    let mut guarded_steps = 0;
+    for epoch in 0..cfg.epochs {
+        let t0 = Instant::now();
+        let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
+        order.shuffle(&mut rng);
+        let mut total = 0f64;
+        for chunk in order.chunks(cfg.batch.max(1)) {
+            let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device())?;
+            let logits = ex.forward(&[x])?[0].flatten_from(1)?;
+            let loss = cross_entropy(&logits, &y)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::exec(format!("the loss became {l} in epoch {epoch} (learning rate {lr} too large?): training stopped")));
+            }
+            total += l * chunk.len() as f64;
+            let grads = loss.backward()?;
+            let g: HashMap<String, Tensor> = ex
+                .params()
+                .iter()
+                .filter_map(|(k, v)| {
+                    grads
+                        .get(v.as_tensor())
+                        .map(|t| (k.clone(), t.to_dtype(DType::F32).expect("f32")))
+                })
+                .collect();
+            if opt.step(ex.params(), &g, lr)? > 0 {
+                guarded_steps += 1;
+            }
+        }
+        let (test_loss, test_accuracy) = evaluate(&ex, &tg, &split.test, 512)?;
+        let m = EpochMetrics {
+            optimizer: cfg.optimizer,
+            epoch: epoch + 1,
+            lr,
+            train_loss: total / split.train.len() as f64,
+            test_loss,
+            test_accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+            guarded_steps,
+        };
+        on_epoch(&m);
+        history.push(m);
+    }
+    let mut out = graph.clone();
+    ex.write_back(&mut out)?;
+    Ok((out, history))
+}

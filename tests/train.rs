@@ -1,0 +1,122 @@
+//! Training on real data: each optimizer learns the digits, runs are deterministic, a
+//! diverging run stops with a clear message, and an imported MLP trains on MNIST.
+
+use ecc::data::{digits, load};
+use ecc::import::{load_file, ImportOptions};
+use ecc::train::{evaluate, logits_graph, train, OptimizerKind, Schedule, TrainConfig};
+
+fn mlp() -> ecc::ir::Graph {
+    load_file(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/mlp-digits.onnx"
+        )),
+        &ImportOptions::default(),
+    )
+    .unwrap()
+}
+
+fn cfg(kind: OptimizerKind, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        optimizer: kind,
+        epochs,
+        batch: 32,
+        lr: 0.05,
+        schedule: Schedule::Constant,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        seed: 0,
+        skeleton_init: true,
+    }
+}
+
+#[test]
+fn each_optimizer_learns_the_digits() {
+    let split = digits().unwrap();
+    for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+        let (trained, hist) = train(&mlp(), &split, &cfg(kind, 6), |_| {}).unwrap();
+        let (first, last) = (&hist[0], hist.last().unwrap());
+        println!(
+            "{kind:?}: train loss {:.3} -> {:.3}, test accuracy {:.3}",
+            first.train_loss, last.train_loss, last.test_accuracy
+        );
+        assert!(
+            last.train_loss < 0.5 * first.train_loss,
+            "{kind:?}: the loss did not fall"
+        );
+        assert!(
+            last.test_accuracy > 0.85,
+            "{kind:?}: test accuracy {}",
+            last.test_accuracy
+        );
+        // The returned model computes what the last evaluation saw.
+        let g = logits_graph(&trained);
+        let (loss, acc) =
+            evaluate(&ecc::exec::Executor::new(&g).unwrap(), &g, &split.test, 100).unwrap();
+        assert!(
+            (acc - last.test_accuracy).abs() < 1e-9 && (loss - last.test_loss).abs() < 1e-4,
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let split = digits().unwrap();
+    for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+        let (a, _) = train(&mlp(), &split, &cfg(kind, 2), |_| {}).unwrap();
+        let (b, _) = train(&mlp(), &split, &cfg(kind, 2), |_| {}).unwrap();
+        assert_eq!(
+            a.params, b.params,
+            "{kind:?}: two runs with one seed differ"
+        );
+        let mut c = cfg(kind, 2);
+        c.seed = 1;
+        let (d, _) = train(&mlp(), &split, &c, |_| {}).unwrap();
+        assert_ne!(a.params, d.params, "{kind:?}: the seed changed nothing");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message() {
+    let split = digits().unwrap();
+    let mut c = cfg(OptimizerKind::Sgd, 3);
+    c.lr = 1e12;
+    let e = train(&mlp(), &split, &c, |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("the loss became") && e.contains("training stopped"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_imported_mlp_trains_on_mnist_with_ec_sgd() {
+    let dir = ecc::data_dir().join("mnist");
+    if !dir.is_dir() {
+        assert!(
+            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+            "MNIST missing under CI"
+        );
+        eprintln!("SKIPPED: MNIST not fetched (scripts/fetch-data.sh)");
+        return;
+    }
+    let split = load(&format!("mnist:{}", dir.display())).unwrap();
+    let g = load_file(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/mlp-mnist.onnx"
+        )),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let mut c = cfg(OptimizerKind::EcSgd, 1);
+    c.batch = 64;
+    c.lr = 0.1;
+    c.momentum = 0.0;
+    let (_, hist) = train(&g, &split, &c, |_| {}).unwrap();
+    println!(
+        "mnist, 784-64-64-64-64-10, EC-SGD, 1 epoch: test accuracy {:.4}, {:.1}s",
+        hist[0].test_accuracy, hist[0].seconds
+    );
+    assert!(hist[0].test_accuracy > 0.9);
+}
