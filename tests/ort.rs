@@ -92,6 +92,37 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("{name}.ec"), &path, &no, 3, &work, 1));
     }
+    // Models trained by ecc, written back as ONNX: same predictions in onnxruntime.
+    std::fs::create_dir_all(&work).unwrap();
+    let digits = ecc::data::digits().unwrap();
+    let mlp = load_file(
+        &common::committed_models()
+            .into_iter()
+            .find(|p| p.ends_with("mlp-digits.onnx"))
+            .unwrap(),
+        &no,
+    )
+    .unwrap();
+    for kind in [
+        ecc::train::OptimizerKind::Sgd,
+        ecc::train::OptimizerKind::EcSgd,
+    ] {
+        let cfg = ecc::train::TrainConfig {
+            optimizer: kind,
+            epochs: 2,
+            batch: 32,
+            lr: 0.05,
+            schedule: ecc::train::Schedule::Constant,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            skeleton_init: true,
+        };
+        let (trained, _) = ecc::train::train(&mlp, &digits, &cfg, |_| {}).unwrap();
+        let path = work.join(format!("trained-{kind:?}.onnx"));
+        ecc::export::write_file(&trained, &path).unwrap();
+        jobs.push(job(&format!("trained-{kind:?}"), &path, &no, 16, &work, 7));
+    }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         // pnet is fully convolutional; any size from 12x12 up works.
