@@ -483,25 +483,7 @@ fn the_guard_engages_on_a_huge_step_and_nothing_blows_up() {
 /// for arbitrary gradients (the identity holds for any g).
 #[test]
 fn conv_blocks_invert_and_allocate_exactly() {
-    let mut models: Vec<(String, Graph)> = vec![];
-    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
-    models.push((
-        "cnn-mnist".into(),
-        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
-    ));
-    let fx = ecc::fixture_dir();
-    if fx.join(".complete").is_file() {
-        let mut o = ecc::import::ImportOptions::default();
-        o.input_shapes.insert("input_1".into(), vec![1, 24, 30, 3]);
-        models.push((
-            "pnet".into(),
-            ecc::import::load_file(&fx.join("mtcnn/pnet.onnx"), &o).unwrap(),
-        ));
-        models.push((
-            "onet".into(),
-            ecc::import::load_file(&fx.join("mtcnn/onet.onnx"), &Default::default()).unwrap(),
-        ));
-    }
+    let models = conv_models(&["pnet", "onet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
         let mut p = plan(&g, &a);
@@ -592,19 +574,7 @@ fn conv_blocks_invert_and_allocate_exactly() {
 /// flattened feature against the real symmetry.
 #[test]
 fn conv_coordinates_do_not_change_under_rescaling() {
-    let mut models: Vec<(String, Graph)> = vec![];
-    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
-    models.push((
-        "cnn-mnist".into(),
-        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
-    ));
-    let fx = ecc::fixture_dir();
-    if fx.join(".complete").is_file() {
-        models.push((
-            "rnet".into(),
-            ecc::import::load_file(&fx.join("mtcnn/rnet.onnx"), &Default::default()).unwrap(),
-        ));
-    }
+    let models = conv_models(&["rnet", "pnet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
         let mut p = plan(&g, &a);
@@ -639,21 +609,7 @@ fn conv_coordinates_do_not_change_under_rescaling() {
 #[test]
 fn icr_on_conv_models_in_f64() {
     use candle_core::{DType, Tensor};
-    let mut models: Vec<(String, Graph)> = vec![];
-    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
-    models.push((
-        "cnn-mnist".into(),
-        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
-    ));
-    let fx = ecc::fixture_dir();
-    if fx.join(".complete").is_file() {
-        let mut o = ecc::import::ImportOptions::default();
-        o.input_shapes.insert("input_1".into(), vec![1, 14, 14, 3]);
-        models.push((
-            "pnet".into(),
-            ecc::import::load_file(&fx.join("mtcnn/pnet.onnx"), &o).unwrap(),
-        ));
-    }
+    let models = conv_models(&["pnet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
         let mut p = plan(&g, &a);
@@ -810,4 +766,28 @@ fn gradient_balance_on_unequal_widths_and_the_residual_branch() {
             a.groups.len()
         );
     }
+}
+
+/// The CNN of models/ and the named mtcnn models (when the fixtures are fetched); pnet at
+/// 14x14.
+fn conv_models(mtcnn: &[&str]) -> Vec<(String, Graph)> {
+    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
+    let mut models = vec![(
+        "cnn-mnist".to_string(),
+        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
+    )];
+    let fx = ecc::fixture_dir();
+    if fx.join(".complete").is_file() {
+        for &name in mtcnn {
+            let mut o = ecc::import::ImportOptions::default();
+            if name == "pnet" {
+                o.input_shapes.insert("input_1".into(), vec![1, 14, 14, 3]);
+            }
+            models.push((
+                name.to_string(),
+                ecc::import::load_file(&fx.join(format!("mtcnn/{name}.onnx")), &o).unwrap(),
+            ));
+        }
+    }
+    models
 }
