@@ -137,6 +137,12 @@ enum Cmd {
         /// Write metrics as JSON lines.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
+        /// Write a safetensors checkpoint here after every epoch (one optimizer only).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Continue from --checkpoint if it exists.
+        #[arg(long, requires = "checkpoint")]
+        resume: bool,
         /// Write the trained model (one optimizer only).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -419,6 +425,8 @@ fn main_inner(cli: Cli) -> Result<()> {
             seed,
             keep_function,
             metrics,
+            checkpoint,
+            resume,
             output,
         } => {
             use ecc::train::{train, OptimizerKind, Schedule, TrainConfig};
@@ -438,9 +446,9 @@ fn main_inner(cli: Cli) -> Result<()> {
                     .into())
                 }
             };
-            if output.is_some() && kinds.len() > 1 {
+            if (output.is_some() || checkpoint.is_some()) && kinds.len() > 1 {
                 return Err(ecc::Error::usage(
-                    "-o writes one model: choose --optimizer sgd or ec-sgd",
+                    "-o and --checkpoint are for one optimizer: choose --optimizer sgd or ec-sgd",
                 )
                 .into());
             }
@@ -469,6 +477,8 @@ fn main_inner(cli: Cli) -> Result<()> {
                     weight_decay,
                     seed,
                     skeleton_init: !keep_function,
+                    checkpoint: checkpoint.clone(),
+                    resume,
                 };
                 let (trained, hist) = train(&g, &split, &cfg, |m| {
                     println!(

@@ -117,6 +117,8 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
             weight_decay: 0.0,
             seed: 0,
             skeleton_init: true,
+            checkpoint: None,
+            resume: false,
         };
         let (trained, _) = ecc::train::train(&mlp, &digits, &cfg, |_| {}).unwrap();
         let path = work.join(format!("trained-{kind:?}.onnx"));

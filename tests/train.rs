@@ -27,6 +27,8 @@ fn cfg(kind: OptimizerKind, epochs: usize) -> TrainConfig {
         weight_decay: 0.0,
         seed: 0,
         skeleton_init: true,
+        checkpoint: None,
+        resume: false,
     }
 }
 
@@ -119,4 +121,54 @@ fn an_imported_mlp_trains_on_mnist_with_ec_sgd() {
         hist[0].test_accuracy, hist[0].seconds
     );
     assert!(hist[0].test_accuracy > 0.9);
+}
+
+#[test]
+fn resuming_from_a_checkpoint_equals_an_uninterrupted_run() {
+    let split = digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+        let (straight, _) = train(&mlp(), &split, &cfg(kind, 2), |_| {}).unwrap();
+        let ckpt = dir.join(format!("{kind:?}.safetensors"));
+        let _ = std::fs::remove_file(&ckpt);
+        let mut c = cfg(kind, 1);
+        c.checkpoint = Some(ckpt.clone());
+        c.resume = true;
+        let (_, h1) = train(&mlp(), &split, &c, |_| {}).unwrap();
+        assert!(ckpt.is_file());
+        c.epochs = 2;
+        let (resumed, h2) = train(&mlp(), &split, &c, |_| {}).unwrap();
+        assert_eq!(
+            (h1.len(), h2.len(), h2[0].epoch),
+            (1, 1, 2),
+            "{kind:?}: the resumed run did epoch 2 only"
+        );
+        assert_eq!(
+            straight.params, resumed.params,
+            "{kind:?}: 1 + 1 epochs differ from 2"
+        );
+    }
+}
+
+#[test]
+fn a_diverging_run_leaves_the_last_checkpoint_intact() {
+    let split = digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("c.safetensors");
+    let mut c = cfg(OptimizerKind::Sgd, 1);
+    c.checkpoint = Some(ckpt.clone());
+    train(&mlp(), &split, &c, |_| {}).unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+    c.resume = true;
+    c.epochs = 3;
+    c.lr = 1e12;
+    assert!(train(&mlp(), &split, &c, |_| {}).is_err());
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the checkpoint changed"
+    );
+    assert!(!dir.join("c.safetensors.tmp").exists());
 }

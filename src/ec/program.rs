@@ -281,6 +281,39 @@ impl ProgramRunner {
         &self.programs
     }
 
+    /// Momentum state for a checkpoint: `ec/m/<param>` and `ec/mv/<block>`, and the count of
+    /// guarded steps as `ec/guarded`.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut s: HashMap<String, Tensor> = self
+            .momentum
+            .iter()
+            .map(|(k, v)| (format!("ec/m/{k}"), v.clone()))
+            .collect();
+        for (i, v) in self.mv.iter().enumerate() {
+            s.insert(format!("ec/mv/{i}"), v.clone());
+        }
+        if let Ok(t) = Tensor::new(&[self.guarded_steps as u32], &Device::Cpu) {
+            s.insert("ec/guarded".into(), t);
+        }
+        s
+    }
+
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.momentum = state
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("ec/m/").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        for (i, mv) in self.mv.iter_mut().enumerate() {
+            if let Some(t) = state.get(&format!("ec/mv/{i}")) {
+                *mv = t.clone();
+            }
+        }
+        if let Some(t) = state.get("ec/guarded") {
+            self.guarded_steps = t.to_vec1::<u32>()?[0] as usize;
+        }
+        Ok(())
+    }
+
     /// One EC-SGD step of every block. `grads` by parameter name. Returns the number of
     /// chains whose R the guard replaced.
     pub fn step(

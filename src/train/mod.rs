@@ -90,6 +90,72 @@ pub struct TrainConfig {
     /// EC-SGD: set the free skeleton values V to ±1 before training (the reference's
     /// initialization; it changes the function, so only for models that start training).
     pub skeleton_init: bool,
+    /// Write a checkpoint (parameters, optimizer state, epoch) here after every epoch.
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Continue from `checkpoint` if it exists.
+    pub resume: bool,
+}
+
+/// The order of epoch `epoch`: a function of the seed and the epoch alone, so a resumed run
+/// shuffles exactly as an uninterrupted one.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mixed = seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mixed));
+    order
+}
+
+/// Write parameters, optimizer state and the epoch count, atomically (temporary file, then
+/// rename): a failure leaves the previous checkpoint as it was.
+fn save_checkpoint(
+    path: &std::path::Path,
+    ex: &Executor,
+    opt: &dyn Optimizer,
+    epoch: usize,
+) -> Result<()> {
+    let mut t: HashMap<String, Tensor> = ex
+        .params()
+        .iter()
+        .map(|(k, v)| (format!("param/{k}"), v.as_tensor().clone()))
+        .collect();
+    t.extend(opt.state());
+    t.insert(
+        "meta/epoch".into(),
+        Tensor::new(&[epoch as u32], ex.device())?,
+    );
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&t, &tmp)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+}
+
+/// Load a checkpoint into the executor and optimizer; returns the epochs it had done.
+fn load_checkpoint(
+    path: &std::path::Path,
+    ex: &Executor,
+    opt: &mut dyn Optimizer,
+) -> Result<usize> {
+    let t = candle_core::safetensors::load(path, ex.device())
+        .map_err(|e| Error::invalid(format!("checkpoint: {e}")).in_file(path))?;
+    for (k, v) in ex.params() {
+        let saved = t.get(&format!("param/{k}")).ok_or_else(|| {
+            Error::invalid(format!("checkpoint lacks parameter '{k}'")).in_file(path)
+        })?;
+        if saved.dims() != v.dims() {
+            return Err(Error::invalid(format!(
+                "checkpoint parameter '{k}' is {:?}, the model's {:?}",
+                saved.dims(),
+                v.dims()
+            ))
+            .in_file(path));
+        }
+        v.set(saved)?;
+    }
+    opt.load_state(&t)?;
+    let epoch = t
+        .get("meta/epoch")
+        .ok_or_else(|| Error::invalid("checkpoint lacks its epoch").in_file(path))?;
+    Ok(epoch.to_vec1::<u32>()?[0] as usize)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -276,14 +342,18 @@ pub fn train(
         }
     };
     let ex = Executor::new(&start)?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..split.train.len()).collect();
+    let mut first = 0;
+    if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
+        if path.is_file() {
+            first = load_checkpoint(path, &ex, opt.as_mut())?;
+        }
+    }
     let mut history = vec![];
     let mut guarded_steps = 0;
-    for epoch in 0..cfg.epochs {
+    for epoch in first..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
-        order.shuffle(&mut rng);
+        let order = epoch_order(split.train.len(), cfg.seed, epoch);
         let mut total = 0f64;
         for chunk in order.chunks(cfg.batch.max(1)) {
             let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device())?;
@@ -319,6 +389,9 @@ pub fn train(
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
         };
+        if let Some(path) = &cfg.checkpoint {
+            save_checkpoint(path, &ex, opt.as_ref(), epoch + 1)?;
+        }
         on_epoch(&m);
         history.push(m);
     }

@@ -16,6 +16,10 @@ pub trait Optimizer {
         grads: &HashMap<String, Tensor>,
         lr: f64,
     ) -> Result<usize>;
+    /// The state to checkpoint (momentum buffers), by key.
+    fn state(&self) -> HashMap<String, Tensor>;
+    /// Restore what `state` returned.
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
 /// SGD with momentum and weight decay on the parameters in `trainable`.
@@ -72,6 +76,19 @@ impl Optimizer for Sgd {
         }
         Ok(0)
     }
+    fn state(&self) -> HashMap<String, Tensor> {
+        self.buf
+            .iter()
+            .map(|(k, v)| (format!("sgd/{k}"), v.clone()))
+            .collect()
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.buf = state
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("sgd/").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        Ok(())
+    }
 }
 
 /// EC-SGD: update programs for block parameters, SGD for every other trainable one.
@@ -104,5 +121,14 @@ impl Optimizer for EcSgd {
         let guarded = self.runner.step(params, grads, &cfg)?;
         self.rest.step(params, grads, lr)?;
         Ok(guarded)
+    }
+    fn state(&self) -> HashMap<String, Tensor> {
+        let mut s = self.rest.state();
+        s.extend(self.runner.state());
+        s
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.rest.load_state(state)?;
+        self.runner.load_state(state)
     }
 }
