@@ -87,3 +87,123 @@ pub fn analysis(
     }
     Ok(out)
 }
+
+#[derive(Debug, Serialize)]
+pub struct StepCase {
+    pub name: String,
+    pub optimizer: String,
+    pub batch: usize,
+    pub params: usize,
+    /// Median wall time of one training step (forward, loss, backward, optimizer step).
+    pub ms_per_step: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepRatio {
+    pub name: String,
+    /// EC-SGD step time over SGD step time, medians measured interleaved.
+    pub ec_sgd_over_sgd: f64,
+}
+
+/// Training-step times of SGD and EC-SGD, interleaved step by step in one process, on the
+/// cases of issue 5: MLP 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a
+/// plain CNN on 28x28 (batch 64).
+pub fn train_steps(
+    runs: usize,
+    mut progress: impl FnMut(&StepCase),
+) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
+    use crate::train::{cross_entropy, optimizer_for, OptimizerKind, Schedule, TrainConfig};
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+    let cases = [
+        ("mlp-784-64x4-10", "mlp:784-64-64-64-64-10", false, 64),
+        ("mlp-784-512-512-10", "mlp:784-512-512-10", true, 128),
+        ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
+    ];
+    let (mut out, mut ratios) = (vec![], vec![]);
+    for (name, spec, bias, batch) in cases {
+        let g = build(&Spec::parse(spec)?, 0, bias)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let dims = g.shapes[&g.inputs[0].name].with_batch(batch);
+        let n: usize = dims.iter().product();
+        let x = Tensor::from_vec(
+            (0..n).map(|_| rng.gen_range(0f32..1.0)).collect::<Vec<_>>(),
+            dims,
+            &Device::Cpu,
+        )?;
+        let y = Tensor::from_vec(
+            (0..batch)
+                .map(|_| rng.gen_range(0u32..10))
+                .collect::<Vec<_>>(),
+            batch,
+            &Device::Cpu,
+        )?;
+        let mut runners = vec![];
+        for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+            let cfg = TrainConfig {
+                optimizer: kind,
+                epochs: 1,
+                batch,
+                lr: 1e-3,
+                schedule: Schedule::Constant,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                seed: 0,
+                skeleton_init: true,
+                checkpoint: None,
+                resume: false,
+            };
+            let (start, opt) = optimizer_for(&g, &cfg)?;
+            runners.push((kind, crate::exec::Executor::new(&start)?, opt, vec![]));
+        }
+        let step = |ex: &crate::exec::Executor,
+                    opt: &mut Box<dyn crate::train::optim::Optimizer>|
+         -> Result<f64> {
+            let t = Instant::now();
+            let logits = ex.forward(std::slice::from_ref(&x))?[0].flatten_from(1)?;
+            let grads = cross_entropy(&logits, &y)?.backward()?;
+            let gmap = ex
+                .params()
+                .iter()
+                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
+                .collect();
+            opt.step(ex.params(), &gmap, 1e-3)?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        for (_, ex, opt, _) in runners.iter_mut() {
+            for _ in 0..3 {
+                step(ex, opt)?;
+            }
+        }
+        for _ in 0..runs.max(1) {
+            for (_, ex, opt, times) in runners.iter_mut() {
+                times.push(step(ex, opt)?);
+            }
+        }
+        let mut medians = vec![];
+        for (kind, _, _, times) in runners.iter_mut() {
+            times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            let m = times[times.len() / 2];
+            medians.push(m);
+            let c = StepCase {
+                name: name.into(),
+                optimizer: if *kind == OptimizerKind::Sgd {
+                    "sgd"
+                } else {
+                    "ec-sgd"
+                }
+                .into(),
+                batch,
+                params: g.param_count(),
+                ms_per_step: m,
+            };
+            progress(&c);
+            out.push(c);
+        }
+        ratios.push(StepRatio {
+            name: name.into(),
+            ec_sgd_over_sgd: medians[1] / medians[0],
+        });
+    }
+    Ok((out, ratios))
+}

@@ -186,6 +186,15 @@ enum Emit {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Training-step time (forward, loss, backward, optimizer step) of SGD and EC-SGD,
+    /// interleaved, median of --runs after a warm-up: MLP 784-64-64-64-64-10 (batch 64),
+    /// MLP 784-512-512-10 (batch 128), a plain CNN on 28x28 (batch 64).
+    Train {
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time of the symmetry analysis (import excluded) on the zoo models of the fixture cache
     /// and on generated plain MLPs and CNNs of 10, 100 and 1000 layers.
     Analysis {
@@ -525,6 +534,39 @@ fn main_inner(cli: Cli) -> Result<()> {
                 split.name,
                 split.test.len()
             );
+        }
+        Cmd::Bench {
+            what: BenchWhat::Train { runs, json },
+        } => {
+            if !json {
+                println!(
+                    "{:<20} {:<8} {:>6} {:>10} {:>12}",
+                    "case", "optimizer", "batch", "params", "ms/step"
+                );
+            }
+            let (cases, ratios) = ecc::bench::train_steps(runs, |c| {
+                if !json {
+                    println!(
+                        "{:<20} {:<8} {:>6} {:>10} {:>12.3}",
+                        c.name, c.optimizer, c.batch, c.params, c.ms_per_step
+                    );
+                }
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "cases": cases, "ratios": ratios })
+                    )?
+                );
+            } else {
+                for r in &ratios {
+                    println!(
+                        "{:<20} EC-SGD / SGD step time {:.3}",
+                        r.name, r.ec_sgd_over_sgd
+                    );
+                }
+            }
         }
         Cmd::Ops => {
             for op in ecc::ir::OP_NAMES {

@@ -266,16 +266,10 @@ pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<
     ))
 }
 
-/// Train `graph` on `split`. Returns the trained model (with its original output, a
-/// trailing Softmax kept) and the metrics of every epoch. `on_epoch` sees each epoch.
-pub fn train(
-    graph: &Graph,
-    split: &Split,
-    cfg: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochMetrics),
-) -> Result<(Graph, Vec<EpochMetrics>)> {
-    let tg = logits_graph(graph);
-    let dims = input_dims(&tg, &split.train)?;
+/// The model to start from and the optimizer, for a (logits) training graph. EC-SGD trains
+/// the canonical model (or the fresh model with skeleton weights at ±1); its blocks'
+/// parameters move by update programs, the others by SGD.
+pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Optimizer>)> {
     let stats: HashSet<&String> = tg
         .nodes
         .iter()
@@ -288,16 +282,15 @@ pub fn train(
         .filter(|k| !stats.contains(k))
         .cloned()
         .collect();
-    // EC-SGD trains the canonical model; its blocks' parameters move by update programs.
-    let (start, mut opt): (Graph, Box<dyn Optimizer>) = match cfg.optimizer {
+    Ok(match cfg.optimizer {
         OptimizerKind::Sgd => (
             tg.clone(),
             Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)),
         ),
         OptimizerKind::EcSgd => {
-            let a = analyze(&tg, &RuleSet::default_rules());
-            let mut p = plan(&tg, &a);
-            let (canon, _) = normalize(&tg, &a, &mut p);
+            let a = analyze(tg, &RuleSet::default_rules());
+            let mut p = plan(tg, &a);
+            let (canon, _) = normalize(tg, &a, &mut p);
             let progs = programs(&canon, &a, &p);
             // The reference's initialization: every skeleton weight of the fresh model set to
             // ±1 (fixed ones and V alike), the other weights as initialized. Otherwise the
@@ -340,7 +333,20 @@ pub fn train(
             };
             (start, Box::new(EcSgd::new(runner, rest, step)))
         }
-    };
+    })
+}
+
+/// Train `graph` on `split`. Returns the trained model (with its original output, a
+/// trailing Softmax kept) and the metrics of every epoch. `on_epoch` sees each epoch.
+pub fn train(
+    graph: &Graph,
+    split: &Split,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<(Graph, Vec<EpochMetrics>)> {
+    let tg = logits_graph(graph);
+    let dims = input_dims(&tg, &split.train)?;
+    let (start, mut opt) = optimizer_for(&tg, cfg)?;
     let ex = Executor::new(&start)?;
     let mut first = 0;
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
