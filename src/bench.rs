@@ -103,9 +103,10 @@ pub struct StepRatio {
     pub name: String,
     /// EC-SGD step time over SGD step time, medians measured interleaved.
     pub ec_sgd_over_sgd: f64,
+    pub path_sgd_over_sgd: f64,
 }
 
-/// Training-step times of SGD and EC-SGD, interleaved step by step in one process, on the
+/// Training-step times of SGD, EC-SGD and Path-SGD, interleaved step by step in one process, on the
 /// cases of issue 5: MLP 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a
 /// plain CNN on 28x28 (batch 64).
 pub fn train_steps(
@@ -139,7 +140,11 @@ pub fn train_steps(
             &Device::Cpu,
         )?;
         let mut runners = vec![];
-        for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::EcSgd,
+            OptimizerKind::PathSgd,
+        ] {
             let cfg = TrainConfig {
                 optimizer: kind,
                 epochs: 1,
@@ -187,10 +192,10 @@ pub fn train_steps(
             medians.push(m);
             let c = StepCase {
                 name: name.into(),
-                optimizer: if *kind == OptimizerKind::Sgd {
-                    "sgd"
-                } else {
-                    "ec-sgd"
+                optimizer: match kind {
+                    OptimizerKind::Sgd => "sgd",
+                    OptimizerKind::EcSgd => "ec-sgd",
+                    OptimizerKind::PathSgd => "path-sgd",
                 }
                 .into(),
                 batch,
@@ -203,6 +208,7 @@ pub fn train_steps(
         ratios.push(StepRatio {
             name: name.into(),
             ec_sgd_over_sgd: medians[1] / medians[0],
+            path_sgd_over_sgd: medians[2] / medians[0],
         });
     }
     Ok((out, ratios))

@@ -110,7 +110,7 @@ enum Cmd {
         /// digits, mnist:DIR or fashion-mnist:DIR (scripts/fetch-data.sh fetches the latter two).
         #[arg(long, default_value = "digits")]
         data: String,
-        /// sgd, ec-sgd, or both (side by side).
+        /// sgd, ec-sgd, path-sgd, both (sgd and ec-sgd side by side) or all three.
         #[arg(long, default_value = "both")]
         optimizer: String,
         #[arg(long, default_value_t = 10)]
@@ -186,7 +186,7 @@ enum Emit {
 
 #[derive(Subcommand)]
 enum BenchWhat {
-    /// Training-step time (forward, loss, backward, optimizer step) of SGD and EC-SGD,
+    /// Training-step time (forward, loss, backward, optimizer step) of SGD, EC-SGD, Path-SGD,
     /// interleaved, median of --runs after a warm-up: MLP 784-64-64-64-64-10 (batch 64),
     /// MLP 784-512-512-10 (batch 128), a plain CNN on 28x28 (batch 64).
     Train {
@@ -447,10 +447,16 @@ fn main_inner(cli: Cli) -> Result<()> {
             let kinds = match optimizer.as_str() {
                 "sgd" => vec![OptimizerKind::Sgd],
                 "ec-sgd" => vec![OptimizerKind::EcSgd],
+                "path-sgd" => vec![OptimizerKind::PathSgd],
                 "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
+                "all" => vec![
+                    OptimizerKind::Sgd,
+                    OptimizerKind::EcSgd,
+                    OptimizerKind::PathSgd,
+                ],
                 other => {
                     return Err(ecc::Error::usage(format!(
-                        "--optimizer '{other}': sgd, ec-sgd or both"
+                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, both (sgd and ec-sgd) or all"
                     ))
                     .into())
                 }
@@ -562,8 +568,8 @@ fn main_inner(cli: Cli) -> Result<()> {
             } else {
                 for r in &ratios {
                     println!(
-                        "{:<20} EC-SGD / SGD step time {:.3}",
-                        r.name, r.ec_sgd_over_sgd
+                        "{:<20} step time over SGD: EC-SGD {:.3}, Path-SGD {:.3}",
+                        r.name, r.ec_sgd_over_sgd, r.path_sgd_over_sgd
                     );
                 }
             }

@@ -35,7 +35,11 @@ fn cfg(kind: OptimizerKind, epochs: usize) -> TrainConfig {
 #[test]
 fn each_optimizer_learns_the_digits() {
     let split = digits().unwrap();
-    for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+    for kind in [
+        OptimizerKind::Sgd,
+        OptimizerKind::EcSgd,
+        OptimizerKind::PathSgd,
+    ] {
         let (trained, hist) = train(&mlp(), &split, &cfg(kind, 6), |_| {}).unwrap();
         let (first, last) = (&hist[0], hist.last().unwrap());
         println!(

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::ir::{Graph, Op};
 use candle_core::{DType, Device, Tensor, D};
-use optim::{EcSgd, Optimizer, Sgd};
+use optim::{EcSgd, Optimizer, PathSgd, Sgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -75,6 +75,7 @@ impl Schedule {
 pub enum OptimizerKind {
     Sgd,
     EcSgd,
+    PathSgd,
 }
 
 #[derive(Debug, Clone)]
@@ -283,9 +284,16 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
         .cloned()
         .collect();
     Ok(match cfg.optimizer {
+        OptimizerKind::PathSgd => (
+            tg.clone(),
+            Box::new(PathSgd::new(
+                tg,
+                Sgd::new(trainable, cfg.momentum, cfg.weight_decay),
+            )?) as Box<dyn Optimizer>,
+        ),
         OptimizerKind::Sgd => (
             tg.clone(),
-            Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)),
+            Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)) as Box<dyn Optimizer>,
         ),
         OptimizerKind::EcSgd => {
             let a = analyze(tg, &RuleSet::default_rules());

@@ -132,3 +132,95 @@ impl Optimizer for EcSgd {
         self.runner.load_state(state)
     }
 }
+
+/// Path-SGD (spec §7): w_e <- w_e - lr * g_e / gamma_e, with gamma_e the sum over the
+/// paths through e of the product of the squares of the other weights. gamma is computed
+/// by autograd: the model with every activation replaced by the identity (max pooling by
+/// average pooling, an approximation), run on an all-ones input with the squared weights
+/// u = w^2; the sum of its outputs is the path regularizer psi(u), and gamma = dpsi/du.
+pub struct PathSgd {
+    sgd: Sgd,
+    squared: crate::exec::Executor,
+    ones: Tensor,
+}
+
+impl PathSgd {
+    /// `tg` is the training (logits) graph.
+    pub fn new(tg: &crate::ir::Graph, sgd: Sgd) -> Result<Self> {
+        use crate::ir::Op;
+        let mut sq = tg.clone();
+        for n in &mut sq.nodes {
+            n.op = match &n.op {
+                Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Dropout | Op::Identity => {
+                    Op::Identity
+                }
+                Op::PRelu => {
+                    n.inputs.truncate(1);
+                    Op::Identity
+                }
+                Op::MaxPool(p) => Op::AveragePool {
+                    pool: p.clone(),
+                    count_include_pad: false,
+                },
+                Op::GlobalMaxPool => Op::GlobalAveragePool,
+                Op::Sigmoid
+                | Op::Tanh
+                | Op::Softmax { .. }
+                | Op::LogSoftmax { .. }
+                | Op::Lrn { .. }
+                | Op::BatchNorm { .. } => {
+                    return Err(crate::Error::unsupported(format!(
+                        "Path-SGD through {} (ecc computes it for ReLU-type networks)",
+                        n.op.onnx_name()
+                    )))
+                }
+                other => other.clone(),
+            };
+        }
+        let squared = crate::exec::Executor::new(&sq)?;
+        let dims = sq.shapes[&sq.inputs[0].name].with_batch(1);
+        let ones = Tensor::ones(dims, candle_core::DType::F32, squared.device())?;
+        Ok(PathSgd { sgd, squared, ones })
+    }
+}
+
+impl Optimizer for PathSgd {
+    fn name(&self) -> &'static str {
+        "path-sgd"
+    }
+    fn step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<usize> {
+        for (k, u) in self.squared.params() {
+            u.set(&params[k].as_tensor().sqr()?)?;
+        }
+        let mut psi = Tensor::zeros((), candle_core::DType::F32, self.ones.device())?;
+        for y in self.squared.forward(std::slice::from_ref(&self.ones))? {
+            psi = (psi + y.sum_all()?)?;
+        }
+        let gamma = psi.backward()?;
+        let mut pre = HashMap::new();
+        for (k, g) in grads {
+            let Some(gm) = self
+                .squared
+                .params()
+                .get(k)
+                .and_then(|u| gamma.get(u.as_tensor()))
+            else {
+                continue;
+            };
+            // A tiny floor keeps parameters on no path (gamma = 0) from dividing by zero.
+            pre.insert(k.clone(), (g / (gm.abs()? + 1e-12)?)?);
+        }
+        self.sgd.step(params, &pre, lr)
+    }
+    fn state(&self) -> HashMap<String, Tensor> {
+        self.sgd.state()
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.sgd.load_state(state)
+    }
+}
