@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Exec(String),
     #[error("{0}")]
     Usage(String),
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// A located error: file and node are filled in as the error travels outwards.

@@ -211,6 +211,9 @@ enum BenchWhat {
     },
 }
 
+/// Set by Ctrl-C during training.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The default model of `ecc train`: models/mlp-digits.onnx, embedded.
 const DEFAULT_MODEL: &[u8] = include_bytes!("../models/mlp-digits.onnx");
 
@@ -438,7 +441,9 @@ fn main_inner(cli: Cli) -> Result<()> {
             resume,
             output,
         } => {
-            use ecc::train::{train, OptimizerKind, Schedule, TrainConfig};
+            use ecc::train::{train_with, Hooks, OptimizerKind, Schedule, TrainConfig};
+            // Ctrl-C: finish the current step, write the checkpoint, stop.
+            let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
             let g = match &model {
                 Some(p) => import::load_file(p, &ImportOptions::default())?,
                 None => import::load_bytes(DEFAULT_MODEL, &ImportOptions::default())?,
@@ -495,17 +500,45 @@ fn main_inner(cli: Cli) -> Result<()> {
                     checkpoint: checkpoint.clone(),
                     resume,
                 };
-                let (trained, hist) = train(&g, &split, &cfg, |m| {
-                    println!(
-                        "  {:<7} epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:.4}  {:.2}s",
-                        serde_json::to_value(m.optimizer).unwrap().as_str().unwrap_or("?"),
-                        m.epoch, m.train_loss, m.test_loss, m.test_accuracy, m.seconds
-                    );
-                    if let Some(f) = sink.as_mut() {
-                        use std::io::Write;
-                        let _ = writeln!(f, "{}", serde_json::to_string(m).unwrap_or_default());
-                    }
-                })?;
+                let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+                let label = serde_json::to_value(kind)?
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string();
+                let hooks = Hooks {
+                    on_step: Box::new(|epoch, done, total, loss| {
+                        let mut b = bar.borrow_mut();
+                        let pb = b.get_or_insert_with(|| {
+                            let pb = indicatif::ProgressBar::new(total as u64);
+                            pb.set_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "  {prefix} [{bar:30}] {pos}/{len} {msg} {per_sec}",
+                                )
+                                .expect("a valid template")
+                                .progress_chars("=> "),
+                            );
+                            pb.set_prefix(format!("{label:<7} epoch {epoch:>3}"));
+                            pb
+                        });
+                        pb.set_position(done as u64);
+                        pb.set_message(format!("loss {loss:.4}"));
+                    }),
+                    on_epoch: Box::new(|m| {
+                        if let Some(pb) = bar.borrow_mut().take() {
+                            pb.finish_and_clear();
+                        }
+                        println!(
+                            "  {:<7} epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:.4}  {:.2}s",
+                            label, m.epoch, m.train_loss, m.test_loss, m.test_accuracy, m.seconds
+                        );
+                        if let Some(f) = sink.as_mut() {
+                            use std::io::Write;
+                            let _ = writeln!(f, "{}", serde_json::to_string(m).unwrap_or_default());
+                        }
+                    }),
+                    stop: Some(&STOP),
+                };
+                let (trained, hist) = train_with(&g, &split, &cfg, hooks)?;
                 if let Some(o) = &output {
                     ecc::export::write_file(&trained, o)?;
                     println!("wrote {}", o.display());
@@ -602,10 +635,13 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = main_inner(cli) {
         eprintln!("error: {e:#}");
-        let code = if e.downcast_ref::<ecc::Error>().is_some() {
-            2
-        } else {
-            1
+        let code = match e.downcast_ref::<ecc::Error>() {
+            Some(ecc::Error {
+                kind: ecc::ErrorKind::Interrupted(_),
+                ..
+            }) => 130,
+            Some(_) => 2,
+            None => 1,
         };
         std::process::exit(code);
     }

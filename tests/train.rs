@@ -178,3 +178,41 @@ fn a_diverging_run_leaves_the_last_checkpoint_intact() {
     );
     assert!(!dir.join("c.safetensors.tmp").exists());
 }
+
+/// Ctrl-C's path: a stop request after step 7 of epoch 2 writes a checkpoint mid-epoch;
+/// resuming from it ends exactly where an uninterrupted run ends.
+#[test]
+fn an_interrupted_run_resumes_exactly() {
+    use ecc::train::{train_with, Hooks};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let split = digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
+        let (straight, _) = train(&mlp(), &split, &cfg(kind, 3), |_| {}).unwrap();
+        let ckpt = dir.join(format!("{kind:?}.safetensors"));
+        let _ = std::fs::remove_file(&ckpt);
+        let mut c = cfg(kind, 3);
+        c.checkpoint = Some(ckpt.clone());
+        c.resume = true;
+        let stop = AtomicBool::new(false);
+        let hooks = Hooks {
+            on_epoch: Box::new(|_| {}),
+            on_step: Box::new(|epoch, step, _, _| {
+                if epoch == 2 && step == 7 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }),
+            stop: Some(&stop),
+        };
+        let e = train_with(&mlp(), &split, &c, hooks).unwrap_err();
+        assert!(matches!(e.kind, ecc::ErrorKind::Interrupted(_)), "{e}");
+        assert!(e.to_string().contains("step 7 of epoch 2"), "{e}");
+        let (resumed, h) = train(&mlp(), &split, &c, |_| {}).unwrap();
+        assert_eq!(h.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            straight.params, resumed.params,
+            "{kind:?}: the interrupted run ends elsewhere"
+        );
+    }
+}

@@ -106,13 +106,15 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Write parameters, optimizer state and the epoch count, atomically (temporary file, then
-/// rename): a failure leaves the previous checkpoint as it was.
+/// Write parameters, optimizer state, the epochs done and the steps done in the next one,
+/// atomically (temporary file, then rename): a failure leaves the previous checkpoint as it
+/// was.
 fn save_checkpoint(
     path: &std::path::Path,
     ex: &Executor,
     opt: &dyn Optimizer,
     epoch: usize,
+    step: usize,
 ) -> Result<()> {
     let mut t: HashMap<String, Tensor> = ex
         .params()
@@ -124,18 +126,23 @@ fn save_checkpoint(
         "meta/epoch".into(),
         Tensor::new(&[epoch as u32], ex.device())?,
     );
+    t.insert(
+        "meta/step".into(),
+        Tensor::new(&[step as u32], ex.device())?,
+    );
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&t, &tmp)?;
     std::fs::rename(&tmp, path)
         .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
 }
 
-/// Load a checkpoint into the executor and optimizer; returns the epochs it had done.
+/// Load a checkpoint into the executor and optimizer; returns (epochs done, steps done in
+/// the next epoch).
 fn load_checkpoint(
     path: &std::path::Path,
     ex: &Executor,
     opt: &mut dyn Optimizer,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let t = candle_core::safetensors::load(path, ex.device())
         .map_err(|e| Error::invalid(format!("checkpoint: {e}")).in_file(path))?;
     for (k, v) in ex.params() {
@@ -156,7 +163,12 @@ fn load_checkpoint(
     let epoch = t
         .get("meta/epoch")
         .ok_or_else(|| Error::invalid("checkpoint lacks its epoch").in_file(path))?;
-    Ok(epoch.to_vec1::<u32>()?[0] as usize)
+    let step = t
+        .get("meta/step")
+        .map(|s| s.to_vec1::<u32>())
+        .transpose()?
+        .map_or(0, |v| v[0] as usize);
+    Ok((epoch.to_vec1::<u32>()?[0] as usize, step))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -350,16 +362,45 @@ pub fn train(
     graph: &Graph,
     split: &Split,
     cfg: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochMetrics),
+    on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<(Graph, Vec<EpochMetrics>)> {
+    train_with(
+        graph,
+        split,
+        cfg,
+        Hooks {
+            on_epoch: Box::new(on_epoch),
+            on_step: Box::new(|_, _, _, _| {}),
+            stop: None,
+        },
+    )
+}
+
+/// What a caller can see and do during training.
+pub struct Hooks<'a> {
+    pub on_epoch: Box<dyn FnMut(&EpochMetrics) + 'a>,
+    /// (epoch, steps done in it, steps in it, loss of the step).
+    pub on_step: Box<dyn FnMut(usize, usize, usize, f64) + 'a>,
+    /// When set (by a Ctrl-C handler, say), training stops after the current step, writes
+    /// the checkpoint (if one is configured) and returns `ErrorKind::Interrupted`.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+/// [`train`] with hooks for progress and interruption.
+pub fn train_with(
+    graph: &Graph,
+    split: &Split,
+    cfg: &TrainConfig,
+    mut hooks: Hooks,
 ) -> Result<(Graph, Vec<EpochMetrics>)> {
     let tg = logits_graph(graph);
     let dims = input_dims(&tg, &split.train)?;
     let (start, mut opt) = optimizer_for(&tg, cfg)?;
     let ex = Executor::new(&start)?;
-    let mut first = 0;
+    let (mut first, mut skip) = (0, 0);
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
         if path.is_file() {
-            first = load_checkpoint(path, &ex, opt.as_mut())?;
+            (first, skip) = load_checkpoint(path, &ex, opt.as_mut())?;
         }
     }
     let mut history = vec![];
@@ -368,16 +409,21 @@ pub fn train(
         let t0 = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
         let order = epoch_order(split.train.len(), cfg.seed, epoch);
-        let mut total = 0f64;
-        for chunk in order.chunks(cfg.batch.max(1)) {
+        let (mut total, mut seen) = (0f64, 0usize);
+        let chunks: Vec<&[usize]> = order.chunks(cfg.batch.max(1)).collect();
+        for (s, chunk) in chunks.iter().enumerate() {
+            if epoch == first && s < skip {
+                continue;
+            }
             let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device())?;
             let logits = ex.forward(&[x])?[0].flatten_from(1)?;
             let loss = cross_entropy(&logits, &y)?;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
-                return Err(Error::exec(format!("the loss became {l} in epoch {epoch} (learning rate {lr} too large?): training stopped")));
+                return Err(Error::exec(format!("the loss became {l} in epoch {} (learning rate {lr} too large?): training stopped", epoch + 1)));
             }
             total += l * chunk.len() as f64;
+            seen += chunk.len();
             let grads = loss.backward()?;
             let g: HashMap<String, Tensor> = ex
                 .params()
@@ -391,22 +437,40 @@ pub fn train(
             if opt.step(ex.params(), &g, lr)? > 0 {
                 guarded_steps += 1;
             }
+            (hooks.on_step)(epoch + 1, s + 1, chunks.len(), l);
+            if hooks
+                .stop
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                let msg = match &cfg.checkpoint {
+                    Some(path) => {
+                        save_checkpoint(path, &ex, opt.as_ref(), epoch, s + 1)?;
+                        format!("stopped after step {} of epoch {}; checkpoint in {} (--resume continues)", s + 1, epoch + 1, path.display())
+                    }
+                    None => format!(
+                        "stopped after step {} of epoch {} (no --checkpoint, nothing saved)",
+                        s + 1,
+                        epoch + 1
+                    ),
+                };
+                return Err(Error::new(crate::error::ErrorKind::Interrupted(msg)));
+            }
         }
         let (test_loss, test_accuracy) = evaluate(&ex, &tg, &split.test, 512)?;
         let m = EpochMetrics {
             optimizer: cfg.optimizer,
             epoch: epoch + 1,
             lr,
-            train_loss: total / split.train.len() as f64,
+            train_loss: total / seen.max(1) as f64,
             test_loss,
             test_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
         };
         if let Some(path) = &cfg.checkpoint {
-            save_checkpoint(path, &ex, opt.as_ref(), epoch + 1)?;
+            save_checkpoint(path, &ex, opt.as_ref(), epoch + 1, 0)?;
         }
-        on_epoch(&m);
+        (hooks.on_epoch)(&m);
         history.push(m);
     }
     let mut out = graph.clone();
