@@ -13,7 +13,7 @@ use super::EcPlan;
 use crate::analysis::Analysis;
 use crate::error::Result;
 use crate::ir::Graph;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a layer sits relative to the free layer.
@@ -208,69 +208,145 @@ impl UpdateProgram {
     }
 }
 
-/// Tensors a program needs, built once.
-struct Prepared {
-    v: Tensor,
-    layers: Vec<PreparedLayer>,
+/// One tensor to update in place: a layer weight or bias, with its chains.
+struct Target {
+    name: String,
+    /// Chain of each position along the chain axis, and the stride that finds it:
+    /// chain = chain[(i / inner) % len]. Empty: no chain (the free layer, biases at or
+    /// after it).
+    chain: Vec<u32>,
+    inner: usize,
+    /// Scalars that do not move (designated weights, V).
+    fixed: Vec<bool>,
+    /// V scalars of the free layer (flat index per chain), multiplied by R.
+    v: Vec<usize>,
 }
 
-struct PreparedLayer {
-    chain: Option<Tensor>,
-    /// Shape with 1s except along the chain axis.
-    bshape: Vec<usize>,
-    /// 1 on scalars that move, 0 on constant ones.
-    mask: Tensor,
-    bias_chain: Option<Tensor>,
-}
-
-/// Runs update programs on the executor's parameters.
+/// Runs update programs on the executor's parameters: one fused, multi-threaded pass over
+/// each parameter tensor, in place.
 pub struct ProgramRunner {
     programs: Vec<UpdateProgram>,
-    prepared: Vec<Prepared>,
-    momentum: HashMap<String, Tensor>,
-    mv: Vec<Tensor>,
+    targets: Vec<Vec<Target>>,
+    momentum: HashMap<String, Vec<f32>>,
+    mv: Vec<Vec<f32>>,
     /// Steps in which the guard replaced some R.
     pub guarded_steps: usize,
 }
 
-fn idx(v: &[u32], dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(v.to_vec(), v.len(), dev)?)
+/// Read access to a contiguous f32 tensor.
+fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(crate::Error::unsupported("update programs run on the CPU"));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| crate::Error::exec("a parameter is not contiguous"))?;
+    Ok(f(&data[a..b]))
+}
+
+/// The fused update of one tensor (spec §5 steps 2 to 4 for its scalars).
+struct Fused<'a> {
+    t: &'a Target,
+    g: &'a [f32],
+    m: std::sync::Mutex<&'a mut Vec<f32>>,
+    v: &'a [f32],
+    r: &'a [f32],
+    lr: f32,
+    mu: f32,
+    wd: f32,
+}
+
+impl candle_core::InplaceOp1 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "ecc-ec-sgd-update"
+    }
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("update programs run in f32")
+        };
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+        let w = &mut data[a..b];
+        let mut guard = self.m.lock().expect("momentum lock");
+        let m: &mut Vec<f32> = &mut guard;
+        let t = self.t;
+        let (lr, mu, wd) = (self.lr, self.mu, self.wd);
+        const CHUNK: usize = 4096;
+        w.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, (wc, mc))| {
+                let base = k * CHUNK;
+                for (j, (wi, mi)) in wc.iter_mut().zip(mc.iter_mut()).enumerate() {
+                    let i = base + j;
+                    if t.fixed.get(i).copied().unwrap_or(false) {
+                        continue;
+                    }
+                    let g = self.g[i];
+                    if t.chain.is_empty() {
+                        *mi = mu * *mi + g + wd * *wi;
+                        *wi -= lr * *mi;
+                    } else {
+                        let c = t.chain[(i / t.inner) % t.chain.len()] as usize;
+                        let (v, r) = (self.v[c], self.r[c]);
+                        *mi = mu * *mi + g / v + wd * *wi * v;
+                        *wi = (*wi - lr * *mi / v) / r;
+                    }
+                }
+            });
+        for (c, &i) in t.v.iter().enumerate() {
+            w[i] *= self.r[c];
+        }
+        Ok(())
+    }
 }
 
 impl ProgramRunner {
-    pub fn new(programs: Vec<UpdateProgram>, dev: &Device) -> Result<Self> {
-        let mut prepared = vec![];
+    pub fn new(programs: Vec<UpdateProgram>, _dev: &Device) -> Result<Self> {
+        let mut targets = vec![];
         for p in &programs {
-            let v = idx(&p.v.iter().map(|&i| i as u32).collect::<Vec<_>>(), dev)?;
-            let mut layers = vec![];
+            let mut ts = vec![];
             for l in &p.layers {
                 let n: usize = l.dims.iter().product();
-                let mut m = vec![1f32; n];
+                let mut fixed = vec![false; n];
                 for &i in &l.fixed {
-                    m[i] = 0.0;
+                    fixed[i] = true;
                 }
-                let mut bshape = vec![1; l.dims.len()];
-                bshape[l.chain_axis] = l.dims[l.chain_axis];
-                layers.push(PreparedLayer {
-                    chain: if l.chain.is_empty() {
-                        None
+                ts.push(Target {
+                    name: l.weight.clone(),
+                    chain: l.chain.clone(),
+                    inner: l.dims[l.chain_axis + 1..].iter().product(),
+                    fixed,
+                    v: if l.region == Region::Free {
+                        p.v.clone()
                     } else {
-                        Some(idx(&l.chain, dev)?)
+                        vec![]
                     },
-                    bshape,
-                    mask: Tensor::from_vec(m, l.dims.as_slice(), dev)?,
-                    bias_chain: l.bias_chain.as_ref().map(|c| idx(c, dev)).transpose()?,
                 });
+                if let Some(b) = &l.bias {
+                    ts.push(Target {
+                        name: b.clone(),
+                        chain: l.bias_chain.clone().unwrap_or_default(),
+                        inner: 1,
+                        fixed: vec![],
+                        v: vec![],
+                    });
+                }
             }
-            prepared.push(Prepared { v, layers });
+            targets.push(ts);
         }
-        let mv = programs
-            .iter()
-            .map(|p| Tensor::zeros(p.chains, DType::F32, dev))
-            .collect::<candle_core::Result<_>>()?;
+        let mv = programs.iter().map(|p| vec![0f32; p.chains]).collect();
         Ok(ProgramRunner {
             programs,
-            prepared,
+            targets,
             momentum: HashMap::new(),
             mv,
             guarded_steps: 0,
@@ -284,13 +360,16 @@ impl ProgramRunner {
     /// Momentum state for a checkpoint: `ec/m/<param>` and `ec/mv/<block>`, and the count of
     /// guarded steps as `ec/guarded`.
     pub fn state(&self) -> HashMap<String, Tensor> {
-        let mut s: HashMap<String, Tensor> = self
-            .momentum
-            .iter()
-            .map(|(k, v)| (format!("ec/m/{k}"), v.clone()))
-            .collect();
+        let mut s = HashMap::new();
+        for (k, v) in &self.momentum {
+            if let Ok(t) = Tensor::new(v.as_slice(), &Device::Cpu) {
+                s.insert(format!("ec/m/{k}"), t);
+            }
+        }
         for (i, v) in self.mv.iter().enumerate() {
-            s.insert(format!("ec/mv/{i}"), v.clone());
+            if let Ok(t) = Tensor::new(v.as_slice(), &Device::Cpu) {
+                s.insert(format!("ec/mv/{i}"), t);
+            }
         }
         if let Ok(t) = Tensor::new(&[self.guarded_steps as u32], &Device::Cpu) {
             s.insert("ec/guarded".into(), t);
@@ -299,13 +378,16 @@ impl ProgramRunner {
     }
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        self.momentum = state
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("ec/m/").map(|k| (k.to_string(), v.clone())))
-            .collect();
+        self.momentum.clear();
+        for (k, v) in state {
+            if let Some(name) = k.strip_prefix("ec/m/") {
+                self.momentum
+                    .insert(name.to_string(), v.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
         for (i, mv) in self.mv.iter_mut().enumerate() {
             if let Some(t) = state.get(&format!("ec/mv/{i}")) {
-                *mv = t.clone();
+                *mv = t.to_vec1::<f32>()?;
             }
         }
         if let Some(t) = state.get("ec/guarded") {
@@ -322,105 +404,82 @@ impl ProgramRunner {
         grads: &HashMap<String, Tensor>,
         cfg: &super::step::StepConfig,
     ) -> Result<usize> {
-        let (lr, mu, wd) = (cfg.lr, cfg.momentum, cfg.weight_decay);
+        let (lr, mu, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32);
         let mut guarded = 0usize;
-        for (bi, (p, prep)) in self.programs.iter().zip(&self.prepared).enumerate() {
-            let wf = params[&p.free_weight].as_tensor().flatten_all()?;
-            let v = wf.index_select(&prep.v, 0)?;
-            let gv = grads[&p.free_weight]
-                .flatten_all()?
-                .index_select(&prep.v, 0)?;
-            let mut sigma = Tensor::zeros(p.chains, DType::F32, v.device())?;
-            // ICR.
-            let mut dps = vec![];
-            for (l, pl) in p.layers.iter().zip(&prep.layers) {
-                let w = params[&l.weight].as_tensor();
-                let g = (&grads[&l.weight] * &pl.mask)?;
-                let dp = match &pl.chain {
-                    Some(c) => {
-                        let vb = v.index_select(c, 0)?.reshape(pl.bshape.as_slice())?;
-                        let others: Vec<usize> =
-                            (0..l.dims.len()).filter(|&d| d != l.chain_axis).collect();
-                        let wg = (w * &g)?.sum(others)?;
-                        sigma = sigma.index_add(c, &wg, 0)?;
-                        g.broadcast_div(&vb)?
-                    }
-                    None => g,
-                };
-                let dpb = match (&l.bias, &pl.bias_chain) {
-                    (Some(b), Some(c)) => {
-                        let (bw, bg) = (params[b].as_tensor(), &grads[b]);
-                        sigma = sigma.index_add(c, &(bw * bg)?, 0)?;
-                        Some((bg / v.index_select(c, 0)?)?)
-                    }
-                    (Some(b), None) => Some(grads[b].clone()),
-                    _ => None,
-                };
-                dps.push((dp, dpb));
+        for (bi, (p, ts)) in self.programs.iter().zip(&self.targets).enumerate() {
+            let v: Vec<f32> = with_slice(params[&p.free_weight].as_tensor(), |w| {
+                p.v.iter().map(|&i| w[i]).collect()
+            })?;
+            let gv: Vec<f32> = with_slice(&grads[&p.free_weight], |g| {
+                p.v.iter().map(|&i| g[i]).collect()
+            })?;
+            // ICR: sigma per chain over the chained scalars that move.
+            let mut sigma = vec![0f64; p.chains];
+            for t in ts.iter().filter(|t| !t.chain.is_empty()) {
+                let part = with_slice(params[&t.name].as_tensor(), |w| {
+                    with_slice(&grads[&t.name], |g| {
+                        use rayon::prelude::*;
+                        const CHUNK: usize = 16384;
+                        w.par_chunks(CHUNK)
+                            .zip(g.par_chunks(CHUNK))
+                            .enumerate()
+                            .map(|(k, (wc, gc))| {
+                                let mut local = vec![0f64; p.chains];
+                                for (j, (wi, gi)) in wc.iter().zip(gc).enumerate() {
+                                    let i = k * CHUNK + j;
+                                    if !t.fixed.get(i).copied().unwrap_or(false) {
+                                        local[t.chain[(i / t.inner) % t.chain.len()] as usize] +=
+                                            *wi as f64 * *gi as f64;
+                                    }
+                                }
+                                local
+                            })
+                            // Partial sums in chunk order, added in that order: the result
+                            // does not depend on how the threads split the work.
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .fold(vec![0f64; p.chains], |mut a, b| {
+                                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                                a
+                            })
+                    })
+                })??;
+                sigma.iter_mut().zip(part).for_each(|(x, y)| *x += y);
             }
-            let dv = ((&v * &gv)? - &sigma)?.div(&v)?;
-            let mv = ((&self.mv[bi] * mu)? + dv)?;
-            let raw = (1.0 - ((&mv / &v)? * lr)?)?;
-            let ok = raw.ge(cfg.r_floor)?;
-            guarded += p.chains - ok.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
-            let r = ok.where_cond(&raw, &raw.ones_like()?.affine(cfg.r_floor, 0.0)?)?;
-            self.mv[bi] = mv;
-            // Momentum, decay and weight allocation.
-            for ((l, pl), (dp, dpb)) in p.layers.iter().zip(&prep.layers).zip(dps) {
-                let w = params[&l.weight].as_tensor();
-                let (vb, rb) = match &pl.chain {
-                    Some(c) => (
-                        Some(v.index_select(c, 0)?.reshape(pl.bshape.as_slice())?),
-                        Some(r.index_select(c, 0)?.reshape(pl.bshape.as_slice())?),
-                    ),
-                    None => (None, None),
+            let mut r = vec![0f32; p.chains];
+            for c in 0..p.chains {
+                let dv = ((v[c] as f64 * gv[c] as f64 - sigma[c]) / v[c] as f64) as f32;
+                let m = &mut self.mv[bi][c];
+                *m = mu * *m + dv;
+                let raw = 1.0 - lr * *m / v[c];
+                r[c] = if raw >= cfg.r_floor as f32 {
+                    raw
+                } else {
+                    guarded += 1;
+                    cfg.r_floor as f32
                 };
-                let pv = match &vb {
-                    Some(vb) => w.broadcast_mul(vb)?,
-                    None => w.clone(),
-                };
-                let m0 = self
+            }
+            // Momentum, decay and weight allocation: one pass per tensor, in place.
+            for t in ts {
+                let g = grads[&t.name].contiguous()?;
+                let n = g.elem_count();
+                let m = self
                     .momentum
-                    .entry(l.weight.clone())
-                    .or_insert(w.zeros_like()?);
-                let m = (((&*m0 * mu)? + dp)? + ((pv * wd)? * &pl.mask)?)?;
-                let step = (&m * lr)?;
-                let moved = match (&vb, &rb) {
-                    (Some(vb), Some(rb)) => (w - step.broadcast_div(vb)?)?.broadcast_div(rb)?,
-                    _ => (w - step)?,
-                };
-                let keep = (1.0 - &pl.mask)?;
-                let mut new = ((moved * &pl.mask)? + (w * keep)?)?;
-                if l.region == Region::Free {
-                    let flat = new.flatten_all()?;
-                    let delta = (&v * (&r - 1.0)?)?;
-                    new = flat
-                        .index_add(&prep.v, &delta, 0)?
-                        .reshape(l.dims.as_slice())?;
-                }
-                *m0 = m;
-                params[&l.weight].set(&new)?;
-                if let (Some(b), Some(dpb)) = (&l.bias, dpb) {
-                    let bw = params[b].as_tensor();
-                    let chain = pl.bias_chain.as_ref();
-                    let (bv, br) = match chain {
-                        Some(c) => (Some(v.index_select(c, 0)?), Some(r.index_select(c, 0)?)),
-                        None => (None, None),
+                    .entry(t.name.clone())
+                    .or_insert_with(|| vec![0.0; n]);
+                with_slice(&g, |gs| {
+                    let op = Fused {
+                        t,
+                        g: gs,
+                        m: std::sync::Mutex::new(m),
+                        v: &v,
+                        r: &r,
+                        lr,
+                        mu,
+                        wd,
                     };
-                    let pb = match &bv {
-                        Some(bv) => (bw * bv)?,
-                        None => bw.clone(),
-                    };
-                    let mb0 = self.momentum.entry(b.clone()).or_insert(bw.zeros_like()?);
-                    let mb = (((&*mb0 * mu)? + dpb)? + (pb * wd)?)?;
-                    let sb = (&mb * lr)?;
-                    let nb = match (&bv, &br) {
-                        (Some(bv), Some(br)) => ((bw - sb.div(bv)?)?).div(br)?,
-                        _ => (bw - sb)?,
-                    };
-                    *mb0 = mb;
-                    params[b].set(&nb)?;
-                }
+                    params[&t.name].as_tensor().inplace_op1(&op)
+                })??;
             }
         }
         if guarded > 0 {
