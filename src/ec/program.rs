@@ -216,8 +216,9 @@ struct Target {
     /// after it).
     chain: Vec<u32>,
     inner: usize,
-    /// Scalars that do not move (designated weights, V).
-    fixed: Vec<bool>,
+    /// Scalars that do not move (designated weights, V), sorted flat indices. They are few:
+    /// the fused pass updates everything, then puts these back.
+    fixed: Vec<usize>,
     /// V scalars of the free layer (flat index per chain), multiplied by R.
     v: Vec<usize>,
 }
@@ -245,6 +246,10 @@ fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
         .ok_or_else(|| crate::Error::exec("a parameter is not contiguous"))?;
     Ok(f(&data[a..b]))
 }
+
+/// Scalars per parallel chunk, and the size below which a tensor is done on one thread.
+const RUN: usize = 8192;
+const PARALLEL_FROM: usize = 32768;
 
 /// The fused update of one tensor (spec §5 steps 2 to 4 for its scalars).
 struct Fused<'a> {
@@ -279,29 +284,60 @@ impl candle_core::InplaceOp1 for Fused<'_> {
         let m: &mut Vec<f32> = &mut guard;
         let t = self.t;
         let (lr, mu, wd) = (self.lr, self.mu, self.wd);
-        const CHUNK: usize = 4096;
-        w.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(k, (wc, mc))| {
-                let base = k * CHUNK;
-                for (j, (wi, mi)) in wc.iter_mut().zip(mc.iter_mut()).enumerate() {
-                    let i = base + j;
-                    if t.fixed.get(i).copied().unwrap_or(false) {
-                        continue;
+        let saved: Vec<(usize, f32, f32)> = t.fixed.iter().map(|&i| (i, w[i], m[i])).collect();
+        let g = self.g;
+        if t.chain.is_empty() {
+            let body = |(wc, (mc, gc)): (&mut [f32], (&mut [f32], &[f32]))| {
+                for ((wi, mi), gi) in wc.iter_mut().zip(mc.iter_mut()).zip(gc) {
+                    *mi = mu * *mi + gi + wd * *wi;
+                    *wi -= lr * *mi;
+                }
+            };
+            if w.len() < PARALLEL_FROM {
+                body((w, (m.as_mut_slice(), g)));
+            } else {
+                w.par_chunks_mut(RUN)
+                    .zip(m.par_chunks_mut(RUN).zip(g.par_chunks(RUN)))
+                    .for_each(body);
+            }
+        } else {
+            // Runs of `inner` consecutive scalars share one chain.
+            let (inner, len) = (t.inner, t.chain.len());
+            let runs_per_chunk = (RUN / inner).max(1);
+            let chunk = runs_per_chunk * inner;
+            let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
+                let mut pos = (k * runs_per_chunk) % len;
+                for ((wr, mr), gr) in wc
+                    .chunks_mut(inner)
+                    .zip(mc.chunks_mut(inner))
+                    .zip(gc.chunks(inner))
+                {
+                    let c = t.chain[pos] as usize;
+                    let (v, r) = (self.v[c], self.r[c]);
+                    let (inv_v, inv_r) = (1.0 / v, 1.0 / r);
+                    for ((wi, mi), gi) in wr.iter_mut().zip(mr.iter_mut()).zip(gr) {
+                        *mi = mu * *mi + gi * inv_v + wd * *wi * v;
+                        *wi = (*wi - lr * *mi * inv_v) * inv_r;
                     }
-                    let g = self.g[i];
-                    if t.chain.is_empty() {
-                        *mi = mu * *mi + g + wd * *wi;
-                        *wi -= lr * *mi;
-                    } else {
-                        let c = t.chain[(i / t.inner) % t.chain.len()] as usize;
-                        let (v, r) = (self.v[c], self.r[c]);
-                        *mi = mu * *mi + g / v + wd * *wi * v;
-                        *wi = (*wi - lr * *mi / v) / r;
+                    pos += 1;
+                    if pos == len {
+                        pos = 0;
                     }
                 }
-            });
+            };
+            if w.len() < PARALLEL_FROM {
+                body(0, w, m, g);
+            } else {
+                w.par_chunks_mut(chunk)
+                    .zip(m.par_chunks_mut(chunk).zip(g.par_chunks(chunk)))
+                    .enumerate()
+                    .for_each(|(k, (wc, (mc, gc)))| body(k, wc, mc, gc));
+            }
+        }
+        for (i, wv, mv) in saved {
+            w[i] = wv;
+            m[i] = mv;
+        }
         for (c, &i) in t.v.iter().enumerate() {
             w[i] *= self.r[c];
         }
@@ -315,11 +351,7 @@ impl ProgramRunner {
         for p in &programs {
             let mut ts = vec![];
             for l in &p.layers {
-                let n: usize = l.dims.iter().product();
-                let mut fixed = vec![false; n];
-                for &i in &l.fixed {
-                    fixed[i] = true;
-                }
+                let fixed = l.fixed.clone();
                 ts.push(Target {
                     name: l.weight.clone(),
                     chain: l.chain.clone(),
@@ -419,29 +451,42 @@ impl ProgramRunner {
                 let part = with_slice(params[&t.name].as_tensor(), |w| {
                     with_slice(&grads[&t.name], |g| {
                         use rayon::prelude::*;
-                        const CHUNK: usize = 16384;
-                        w.par_chunks(CHUNK)
-                            .zip(g.par_chunks(CHUNK))
-                            .enumerate()
-                            .map(|(k, (wc, gc))| {
-                                let mut local = vec![0f64; p.chains];
-                                for (j, (wi, gi)) in wc.iter().zip(gc).enumerate() {
-                                    let i = k * CHUNK + j;
-                                    if !t.fixed.get(i).copied().unwrap_or(false) {
-                                        local[t.chain[(i / t.inner) % t.chain.len()] as usize] +=
-                                            *wi as f64 * *gi as f64;
-                                    }
+                        let (inner, len) = (t.inner, t.chain.len());
+                        let runs_per_chunk = (RUN / inner).max(1);
+                        let chunk = runs_per_chunk * inner;
+                        let partial = |k: usize, wc: &[f32], gc: &[f32]| {
+                            let mut local = vec![0f64; p.chains];
+                            let mut pos = (k * runs_per_chunk) % len;
+                            for (wr, gr) in wc.chunks(inner).zip(gc.chunks(inner)) {
+                                let s: f32 = wr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                                local[t.chain[pos] as usize] += s as f64;
+                                pos += 1;
+                                if pos == len {
+                                    pos = 0;
                                 }
-                                local
-                            })
-                            // Partial sums in chunk order, added in that order: the result
-                            // does not depend on how the threads split the work.
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .fold(vec![0f64; p.chains], |mut a, b| {
-                                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                                a
-                            })
+                            }
+                            local
+                        };
+                        // Partial sums in chunk order, added in that order: the result does
+                        // not depend on how the threads split the work.
+                        let parts: Vec<Vec<f64>> = if w.len() < PARALLEL_FROM {
+                            vec![partial(0, w, g)]
+                        } else {
+                            w.par_chunks(chunk)
+                                .zip(g.par_chunks(chunk))
+                                .enumerate()
+                                .map(|(k, (wc, gc))| partial(k, wc, gc))
+                                .collect()
+                        };
+                        let mut total = parts.into_iter().fold(vec![0f64; p.chains], |mut a, b| {
+                            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                            a
+                        });
+                        // The constant scalars do not count.
+                        for &i in &t.fixed {
+                            total[t.chain[(i / inner) % len] as usize] -= w[i] as f64 * g[i] as f64;
+                        }
+                        total
                     })
                 })??;
                 sigma.iter_mut().zip(part).for_each(|(x, y)| *x += y);
