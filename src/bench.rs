@@ -113,7 +113,7 @@ pub fn train_steps(
     runs: usize,
     mut progress: impl FnMut(&StepCase),
 ) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
-    use crate::train::{cross_entropy, optimizer_for, OptimizerKind, Schedule, TrainConfig};
+    use crate::train::{cross_entropy, optimizer_for, OptimizerKind, TrainConfig};
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
     let cases = [
@@ -150,13 +150,7 @@ pub fn train_steps(
                 epochs: 1,
                 batch,
                 lr: 1e-3,
-                schedule: Schedule::Constant,
-                momentum: 0.9,
-                weight_decay: 0.0,
-                seed: 0,
-                skeleton_init: true,
-                checkpoint: None,
-                resume: false,
+                ..Default::default()
             };
             let (start, opt) = optimizer_for(&g, &cfg)?;
             runners.push((kind, crate::exec::Executor::new(&start)?, opt, vec![]));

@@ -110,15 +110,7 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         let cfg = ecc::train::TrainConfig {
             optimizer: kind,
             epochs: 2,
-            batch: 32,
-            lr: 0.05,
-            schedule: ecc::train::Schedule::Constant,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            seed: 0,
-            skeleton_init: true,
-            checkpoint: None,
-            resume: false,
+            ..Default::default()
         };
         let (trained, _) = ecc::train::train(&mlp, &digits, &cfg, |_| {}).unwrap();
         let path = work.join(format!("trained-{kind:?}.onnx"));

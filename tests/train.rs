@@ -3,7 +3,7 @@
 
 use ecc::data::{digits, load};
 use ecc::import::{load_file, ImportOptions};
-use ecc::train::{evaluate, logits_graph, train, OptimizerKind, Schedule, TrainConfig};
+use ecc::train::{evaluate, logits_graph, train, OptimizerKind, TrainConfig};
 
 fn mlp() -> ecc::ir::Graph {
     load_file(
@@ -20,15 +20,7 @@ fn cfg(kind: OptimizerKind, epochs: usize) -> TrainConfig {
     TrainConfig {
         optimizer: kind,
         epochs,
-        batch: 32,
-        lr: 0.05,
-        schedule: Schedule::Constant,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        seed: 0,
-        skeleton_init: true,
-        checkpoint: None,
-        resume: false,
+        ..Default::default()
     }
 }
 

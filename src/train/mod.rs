@@ -97,6 +97,25 @@ pub struct TrainConfig {
     pub resume: bool,
 }
 
+impl Default for TrainConfig {
+    /// The defaults of `ecc train`: SGD, 10 epochs, batch 32, lr 0.05 constant, momentum 0.9.
+    fn default() -> Self {
+        TrainConfig {
+            optimizer: OptimizerKind::Sgd,
+            epochs: 10,
+            batch: 32,
+            lr: 0.05,
+            schedule: Schedule::Constant,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            skeleton_init: true,
+            checkpoint: None,
+            resume: false,
+        }
+    }
+}
+
 /// The order of epoch `epoch`: a function of the seed and the epoch alone, so a resumed run
 /// shuffles exactly as an uninterrupted one.
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
