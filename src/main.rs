@@ -500,31 +500,35 @@ fn main_inner(cli: Cli) -> Result<()> {
                     checkpoint: checkpoint.clone(),
                     resume,
                 };
-                let bar = std::cell::RefCell::new(None::<indicatif::ProgressBar>);
+                let bar =
+                    std::cell::RefCell::new(None::<(indicatif::ProgressBar, std::time::Instant)>);
                 let label = serde_json::to_value(kind)?
                     .as_str()
                     .unwrap_or("?")
                     .to_string();
                 let hooks = Hooks {
-                    on_step: Box::new(|epoch, done, total, loss| {
+                    on_step: Box::new(|i| {
                         let mut b = bar.borrow_mut();
-                        let pb = b.get_or_insert_with(|| {
-                            let pb = indicatif::ProgressBar::new(total as u64);
-                            pb.set_style(
-                                indicatif::ProgressStyle::with_template(
-                                    "  {prefix} [{bar:30}] {pos}/{len} {msg} {per_sec}",
-                                )
-                                .expect("a valid template")
-                                .progress_chars("=> "),
-                            );
-                            pb.set_prefix(format!("{label:<7} epoch {epoch:>3}"));
-                            pb
+                        let (pb, t0) = b.get_or_insert_with(|| {
+                            let pb = indicatif::ProgressBar::new(i.samples_total as u64);
+                            let style = indicatif::ProgressStyle::with_template(
+                                "  {prefix} [{bar:30}] {pos}/{len} {msg}",
+                            )
+                            .expect("a valid template")
+                            .progress_chars("=> ");
+                            pb.set_style(style);
+                            pb.set_prefix(format!("{label:<7} epoch {:>3}", i.epoch));
+                            (pb, std::time::Instant::now())
                         });
-                        pb.set_position(done as u64);
-                        pb.set_message(format!("loss {loss:.4}"));
+                        pb.set_position(i.samples as u64);
+                        let rate = i.samples as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                        pb.set_message(format!(
+                            "loss {:.4} acc {:.4} {rate:.0} samples/s",
+                            i.loss, i.accuracy
+                        ));
                     }),
                     on_epoch: Box::new(|m| {
-                        if let Some(pb) = bar.borrow_mut().take() {
+                        if let Some((pb, _)) = bar.borrow_mut().take() {
                             pb.finish_and_clear();
                         }
                         println!(

@@ -190,8 +190,8 @@ fn an_interrupted_run_resumes_exactly() {
         let stop = AtomicBool::new(false);
         let hooks = Hooks {
             on_epoch: Box::new(|_| {}),
-            on_step: Box::new(|epoch, step, _, _| {
-                if epoch == 2 && step == 7 {
+            on_step: Box::new(|i| {
+                if i.epoch == 2 && i.step == 7 {
                     stop.store(true, Ordering::SeqCst);
                 }
             }),

@@ -389,17 +389,30 @@ pub fn train(
         cfg,
         Hooks {
             on_epoch: Box::new(on_epoch),
-            on_step: Box::new(|_, _, _, _| {}),
+            on_step: Box::new(|_| {}),
             stop: None,
         },
     )
 }
 
+/// One training step, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub samples: usize,
+    pub samples_total: usize,
+    /// Loss of this step's batch.
+    pub loss: f64,
+    /// Accuracy on the training samples of this epoch so far.
+    pub accuracy: f64,
+}
+
 /// What a caller can see and do during training.
 pub struct Hooks<'a> {
     pub on_epoch: Box<dyn FnMut(&EpochMetrics) + 'a>,
-    /// (epoch, steps done in it, steps in it, loss of the step).
-    pub on_step: Box<dyn FnMut(usize, usize, usize, f64) + 'a>,
+    pub on_step: Box<dyn FnMut(&StepInfo) + 'a>,
     /// When set (by a Ctrl-C handler, say), training stops after the current step, writes
     /// the checkpoint (if one is configured) and returns `ErrorKind::Interrupted`.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
@@ -428,7 +441,7 @@ pub fn train_with(
         let t0 = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
         let order = epoch_order(split.train.len(), cfg.seed, epoch);
-        let (mut total, mut seen) = (0f64, 0usize);
+        let (mut total, mut seen, mut hits) = (0f64, 0usize, 0usize);
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch.max(1)).collect();
         for (s, chunk) in chunks.iter().enumerate() {
             if epoch == first && s < skip {
@@ -438,6 +451,12 @@ pub fn train_with(
             let logits = ex.forward(&[x])?[0].flatten_from(1)?;
             let loss = cross_entropy(&logits, &y)?;
             let l = loss.to_scalar::<f32>()? as f64;
+            let pred = logits.argmax(1)?.to_vec1::<u32>()?;
+            hits += pred
+                .iter()
+                .zip(chunk.iter())
+                .filter(|(p, &i)| **p == split.train.y[i])
+                .count();
             if !l.is_finite() {
                 return Err(Error::exec(format!("the loss became {l} in epoch {} (learning rate {lr} too large?): training stopped", epoch + 1)));
             }
@@ -456,7 +475,15 @@ pub fn train_with(
             if opt.step(ex.params(), &g, lr)? > 0 {
                 guarded_steps += 1;
             }
-            (hooks.on_step)(epoch + 1, s + 1, chunks.len(), l);
+            (hooks.on_step)(&StepInfo {
+                epoch: epoch + 1,
+                step: s + 1,
+                steps: chunks.len(),
+                samples: (s * cfg.batch.max(1) + chunk.len()).min(order.len()),
+                samples_total: order.len(),
+                loss: l,
+                accuracy: hits as f64 / seen.max(1) as f64,
+            });
             if hooks
                 .stop
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
