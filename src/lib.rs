@@ -7,6 +7,7 @@ pub mod data;
 pub mod ec;
 pub mod error;
 pub mod exec;
+pub mod experiment;
 pub mod export;
 pub mod import;
 pub mod inspect;

@@ -147,6 +147,16 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Run every (optimizer, seed) of an experiment description (JSON; see
+    /// experiments/*.json), writing metrics as JSON lines and checkpoints under
+    /// OUT/<name>/. Finished runs are skipped and interrupted ones resume, so it can run in
+    /// the background (nohup) and be started again.
+    Experiment {
+        file: PathBuf,
+        /// Results folder.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
     /// Loss and accuracy of a model on the test split of a data set.
     Eval {
         #[command(flatten)]
@@ -566,6 +576,28 @@ fn main_inner(cli: Cli) -> Result<()> {
                     last.test_accuracy, last.test_loss, last.guarded_steps
                 );
             }
+        }
+        Cmd::Experiment { file, out } => {
+            let exp = ecc::experiment::Experiment::load(&file)?;
+            println!(
+                "experiment {}: {} optimizers x {} seeds x {} epochs",
+                exp.name,
+                exp.optimizers.len(),
+                exp.seeds.len(),
+                exp.epochs
+            );
+            let runs = ecc::experiment::run(&exp, &out, |run, m| {
+                println!(
+                    "  {run:<18} epoch {:>4}  test loss {:.4}  test acc {:.4}  {:.2}s",
+                    m.epoch, m.test_loss, m.test_accuracy, m.seconds
+                );
+            })?;
+            let fresh = runs.iter().filter(|r| r.trained > 0).count();
+            println!(
+                "{} runs complete ({fresh} trained now) in {}",
+                runs.len(),
+                out.join(&exp.name).display()
+            );
         }
         Cmd::Eval { m, data } => {
             let g = ecc::train::logits_graph(&load(&m)?);

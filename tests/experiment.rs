@@ -1,0 +1,74 @@
+//! `ecc experiment`: every run writes its metrics, finished runs are skipped, a run cut
+//! short resumes from its checkpoint and ends as an uninterrupted one would.
+
+mod common;
+
+use common::ecc;
+
+#[test]
+fn runs_are_written_skipped_and_resumed() {
+    let dir = std::env::temp_dir().join(format!("ecc-exp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "tiny", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0, 1], "epochs": 3, "batch": 32, "lr": 0.05, "momentum": 0.9}"#,
+    )
+    .unwrap();
+    let out = dir.join("results");
+    let (code, text, err) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("4 runs complete (4 trained now)"), "{text}");
+    let run = out.join("tiny/ec-sgd-seed1.jsonl");
+    let full = std::fs::read_to_string(&run).unwrap();
+    assert_eq!(full.lines().count(), 3);
+    // Again: nothing to do.
+    let (_, text, _) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("4 runs complete (0 trained now)"), "{text}");
+    // Cut one run back to its first epoch, as an interruption after epoch 1 would leave it:
+    // redo that run for 1 epoch only (metrics and checkpoint of epoch 1).
+    std::fs::remove_file(&run).unwrap();
+    std::fs::remove_file(out.join("tiny/ec-sgd-seed1.safetensors")).unwrap();
+    let mut one = ecc::experiment::Experiment::load(&file).unwrap();
+    one.epochs = 1;
+    one.optimizers = vec![ecc::train::OptimizerKind::EcSgd];
+    one.seeds = vec![1];
+    ecc::experiment::run(&one, &out, |_, _| {}).unwrap();
+    assert_eq!(std::fs::read_to_string(&run).unwrap().lines().count(), 1);
+    let (code, text, err) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("(1 trained now)"), "{text}");
+    let resumed = std::fs::read_to_string(&run).unwrap();
+    let epochs: Vec<u64> = resumed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3]);
+    // Same final test loss as the uninterrupted run (identical weights give identical metrics).
+    let last = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s.lines().last().unwrap()).unwrap()["test_loss"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(last(&resumed), last(&full));
+}
