@@ -190,3 +190,69 @@ pub fn run(
     }
     Ok(outcomes)
 }
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// The results table of an experiment, as Markdown, from the metrics files under
+/// `out/<name>/`: per optimizer, mean ± standard deviation over seeds of the final and best
+/// test accuracy and the final test loss, the mean time per epoch, and the runs that had a
+/// guard activation.
+pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
+    let dir = out.join(&exp.name);
+    let mut s = String::from("| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard |\n|---|---|---|---|---|---|---|---|\n");
+    for &optimizer in &exp.optimizers {
+        let (mut fin, mut best, mut loss, mut secs, mut guarded, mut epochs) =
+            (vec![], vec![], vec![], vec![], 0, vec![]);
+        for &seed in &exp.seeds {
+            let path = dir.join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
+            let ms: Vec<EpochMetricsRow> = std::fs::read_to_string(&path)
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::invalid(format!("metrics: {e}")).in_file(&path))?;
+            let Some(last) = ms.last() else { continue };
+            fin.push(last.test_accuracy);
+            best.push(ms.iter().map(|m| m.test_accuracy).fold(0.0, f64::max));
+            loss.push(last.test_loss);
+            secs.extend(ms.iter().map(|m| m.seconds));
+            guarded += (last.guarded_steps > 0) as usize;
+            epochs.push(ms.len());
+        }
+        let f = |v: &[f64], d: usize| {
+            let (m, sd) = mean_std(v);
+            format!("{m:.d$} ± {sd:.d$}")
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            optimizer_name(optimizer),
+            fin.len(),
+            epochs.iter().min().copied().unwrap_or(0),
+            f(&fin, 4),
+            f(&best, 4),
+            f(&loss, 4),
+            mean_std(&secs).0,
+            guarded
+        );
+    }
+    Ok(s)
+}
+
+/// The fields of a metrics line the summary reads.
+#[derive(Deserialize)]
+struct EpochMetricsRow {
+    test_accuracy: f64,
+    test_loss: f64,
+    seconds: f64,
+    guarded_steps: usize,
+}

@@ -156,6 +156,9 @@ enum Cmd {
         /// Results folder.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Print the results table (Markdown) from the metrics already there; train nothing.
+        #[arg(long)]
+        summary: bool,
     },
     /// Loss and accuracy of a model on the test split of a data set.
     Eval {
@@ -577,8 +580,12 @@ fn main_inner(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Experiment { file, out } => {
+        Cmd::Experiment { file, out, summary } => {
             let exp = ecc::experiment::Experiment::load(&file)?;
+            if summary {
+                print!("{}", ecc::experiment::summary(&exp, &out)?);
+                return Ok(());
+            }
             println!(
                 "experiment {}: {} optimizers x {} seeds x {} epochs",
                 exp.name,

@@ -71,4 +71,15 @@ fn runs_are_written_skipped_and_resumed() {
             .unwrap()
     };
     assert_eq!(last(&resumed), last(&full));
+    // The summary reads the same files.
+    let (code, table, err) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--summary",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
 }
