@@ -13,8 +13,8 @@ pub mod report;
 pub mod rules;
 pub mod units;
 
-use crate::ir::{Graph, Op, TensorData};
-use std::collections::{BTreeMap, HashSet};
+use crate::ir::{Graph, TensorData};
+use std::collections::BTreeMap;
 
 pub use query::Oracle;
 pub use rules::RuleSet;
@@ -102,12 +102,7 @@ pub fn apply_edits(graph: &mut Graph, edits: &[Edit], c: f32) {
 
 /// The number of trainable scalars: all parameters but BN running mean and variance.
 pub fn trainable_params(g: &Graph) -> usize {
-    let stats: HashSet<&String> = g
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
-        .flat_map(|n| n.inputs[3..5].iter())
-        .collect();
+    let stats = g.bn_statistics();
     g.params
         .iter()
         .filter(|(k, _)| !stats.contains(k))

@@ -108,12 +108,7 @@ impl PlanReport {
                 basis_paths: b.basis_paths(),
             });
         }
-        let stats_of_bn: std::collections::HashSet<&String> = g
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
-            .flat_map(|n| n.inputs[3..5].iter())
-            .collect();
+        let stats_of_bn = g.bn_statistics();
         for (i, n) in g.nodes.iter().enumerate() {
             for p in n.data_inputs().iter().filter(|p| g.params.contains_key(*p)) {
                 if roles.contains_key(p) {

@@ -180,6 +180,16 @@ impl Graph {
         }
     }
 
+    /// The running mean and variance of every BatchNormalization: parameters that are not
+    /// trained.
+    pub fn bn_statistics(&self) -> std::collections::HashSet<&String> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .flat_map(|n| n.inputs[3..5].iter())
+            .collect()
+    }
+
     /// Histogram of ONNX op types, sorted by name.
     pub fn op_histogram(&self) -> BTreeMap<&'static str, usize> {
         let mut h = BTreeMap::new();

@@ -302,12 +302,7 @@ pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<
 /// the canonical model (or the fresh model with skeleton weights at ±1); its blocks'
 /// parameters move by update programs, the others by SGD.
 pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Optimizer>)> {
-    let stats: HashSet<&String> = tg
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
-        .flat_map(|n| n.inputs[3..5].iter())
-        .collect();
+    let stats = tg.bn_statistics();
     let trainable: HashSet<String> = tg
         .params
         .keys()
