@@ -42,7 +42,7 @@ fn programs_match_the_reference_step() {
         let mut p = plan(&g, &a);
         let (canon, _) = normalize(&g, &a, &mut p);
         let reference = EcStep::new(&canon, &a, &p);
-        let mut runner = ProgramRunner::new(programs(&canon, &a, &p), &Device::Cpu).unwrap();
+        let mut runner = ProgramRunner::new(programs(&canon, &a, &p)).unwrap();
         let ex = Executor::new(&canon).unwrap();
         let mut w: Tensors = canon
             .params
@@ -143,7 +143,7 @@ fn the_guard_engages_through_the_program_without_inf_or_nan() {
     let mut pl = plan(&g, &a);
     let (canon, _) = normalize(&g, &a, &mut pl);
     let ex = Executor::new(&canon).unwrap();
-    let mut runner = ProgramRunner::new(programs(&canon, &a, &pl), &Device::Cpu).unwrap();
+    let mut runner = ProgramRunner::new(programs(&canon, &a, &pl)).unwrap();
     let x = common::random_inputs(&canon, 8, 3);
     let y = ex.forward(&x).unwrap();
     let loss = y[0].sqr().unwrap().sum_all().unwrap();

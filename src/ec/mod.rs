@@ -179,7 +179,6 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
         next.insert(layer, b);
     }
     let has_prev: std::collections::HashSet<usize> = next.values().copied().collect();
-    // Layers that join blocks but end up between them keep a reason.
     let mut blocks = vec![];
     let mut starts: Vec<usize> = next
         .keys()

@@ -346,7 +346,7 @@ impl candle_core::InplaceOp1 for Fused<'_> {
 }
 
 impl ProgramRunner {
-    pub fn new(programs: Vec<UpdateProgram>, _dev: &Device) -> Result<Self> {
+    pub fn new(programs: Vec<UpdateProgram>) -> Result<Self> {
         let mut targets = vec![];
         for p in &programs {
             let mut ts = vec![];

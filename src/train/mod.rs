@@ -11,7 +11,7 @@ use crate::ec::{normalize, plan};
 use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::ir::{Graph, Op};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use optim::{EcSgd, Optimizer, PathSgd, Sgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -358,7 +358,7 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
                 cfg.momentum,
                 cfg.weight_decay,
             );
-            let runner = ProgramRunner::new(progs, &Device::Cpu)?;
+            let runner = ProgramRunner::new(progs)?;
             let step = StepConfig {
                 lr: cfg.lr,
                 momentum: cfg.momentum,
@@ -461,11 +461,7 @@ pub fn train_with(
             let g: HashMap<String, Tensor> = ex
                 .params()
                 .iter()
-                .filter_map(|(k, v)| {
-                    grads
-                        .get(v.as_tensor())
-                        .map(|t| (k.clone(), t.to_dtype(DType::F32).expect("f32")))
-                })
+                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
                 .collect();
             if opt.step(ex.params(), &g, lr)? > 0 {
                 guarded_steps += 1;

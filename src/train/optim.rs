@@ -102,9 +102,6 @@ impl EcSgd {
     pub fn new(runner: ProgramRunner, rest: Sgd, cfg: StepConfig) -> Self {
         EcSgd { runner, rest, cfg }
     }
-    pub fn guarded_steps(&self) -> usize {
-        self.runner.guarded_steps
-    }
 }
 
 impl Optimizer for EcSgd {
