@@ -31,6 +31,9 @@ pub struct GroupRange {
     pub path: Vec<String>,
     /// Where the channels land in the concatenations they go through: `tensor[start..end]`.
     pub placed: Vec<String>,
+    /// (concat output, first channel) behind `placed`, filled in once `count` is known.
+    #[serde(skip)]
+    placed_at: Vec<(String, usize)>,
     pub consumers: Vec<String>,
 }
 
@@ -153,10 +156,11 @@ impl Report {
                 producer_params: up.into_iter().collect(),
                 consumer_params: down.into_iter().collect(),
                 path,
-                placed: units[members[0]]
+                placed: vec![],
+                placed_at: units[members[0]]
                     .placed
                     .iter()
-                    .map(|&(n, pos)| format!("{}[{}..", g.nodes[n].outputs[0], pos))
+                    .map(|&(n, pos)| (g.nodes[n].outputs[0].clone(), pos))
                     .collect(),
                 consumers: names(
                     g,
@@ -168,15 +172,11 @@ impl Report {
             last = Some((sig, base));
         }
         for r in &mut groups {
-            let count = r.count;
-            for p in &mut r.placed {
-                let start: usize = p
-                    .rsplit('[')
-                    .next()
-                    .and_then(|x| x.trim_end_matches("..").parse().ok())
-                    .unwrap_or(0);
-                *p = format!("{p}{}]", start + count);
-            }
+            r.placed = r
+                .placed_at
+                .iter()
+                .map(|(t, start)| format!("{t}[{start}..{}]", start + r.count))
+                .collect();
         }
         // Blocked units, by producer and channel, merged when they block alike.
         let mut blocked: Vec<BlockedRange> = vec![];
