@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct Experiment {
     pub name: String,
-    pub model: String,
+    /// One model, or a list of models (a sweep: each gets its own folder and table row).
+    pub model: Models,
     #[serde(default = "yes")]
     pub bias: bool,
     pub data: String,
@@ -37,6 +38,23 @@ pub struct Experiment {
     pub weight_decay: f64,
 }
 
+/// `"model": "mlp:..."` or `"model": ["mlp:...", "mlp:..."]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Models {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Models {
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Models::One(m) => vec![m.as_str()],
+            Models::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -48,6 +66,7 @@ fn constant() -> String {
 /// One finished or resumed run.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
+    pub model: String,
     pub optimizer: OptimizerKind,
     pub seed: u64,
     /// Epochs trained now (0 when the run was already complete).
@@ -74,16 +93,56 @@ impl Experiment {
         }
     }
 
-    fn model(&self, seed: u64) -> Result<crate::ir::Graph> {
-        if self.model.starts_with("mlp:") || self.model.starts_with("cnn:") {
-            crate::zoo::build(&crate::zoo::Spec::parse(&self.model)?, seed, self.bias)
+    fn model(&self, model: &str, seed: u64) -> Result<crate::ir::Graph> {
+        if model.starts_with("mlp:") || model.starts_with("cnn:") {
+            crate::zoo::build(&crate::zoo::Spec::parse(model)?, seed, self.bias)
         } else {
-            crate::import::load_file(Path::new(&self.model), &Default::default())
+            crate::import::load_file(Path::new(model), &Default::default())
         }
+    }
+
+    /// The folder of one model's runs: `out/<name>/` for a single model, and
+    /// `out/<name>/<model label>/` in a sweep.
+    pub fn run_dir(&self, out: &Path, model: &str) -> PathBuf {
+        let dir = out.join(&self.name);
+        match &self.model {
+            Models::One(_) => dir,
+            Models::Many(_) => dir.join(label(model)),
+        }
+    }
+
+    /// Every (model, optimizer, seed) run, in the order they are trained.
+    pub fn runs(&self) -> Vec<(&str, OptimizerKind, u64)> {
+        let mut v = vec![];
+        for m in self.model.list() {
+            for &o in &self.optimizers {
+                for &s in &self.seeds {
+                    v.push((m, o, s));
+                }
+            }
+        }
+        v
     }
 }
 
-fn optimizer_name(k: OptimizerKind) -> String {
+/// A file-name-safe label of a model spec or path: `mlp:784-32-32-10` -> `mlp-784-32-32-10`.
+pub fn label(model: &str) -> String {
+    let base = Path::new(model)
+        .file_stem()
+        .filter(|_| model.ends_with(".onnx"))
+        .map_or(model.to_string(), |s| s.to_string_lossy().into_owned());
+    base.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+pub fn optimizer_name(k: OptimizerKind) -> String {
     serde_json::to_value(k)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
@@ -113,19 +172,25 @@ pub fn run(
     mut on_epoch: impl FnMut(&str, &EpochMetrics),
 ) -> Result<Vec<RunOutcome>> {
     let split = crate::data::load(&exp.data_spec())?;
-    let dir = out.join(&exp.name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
     let schedule = Schedule::parse(&exp.schedule)?;
     let mut outcomes = vec![];
-    for &optimizer in &exp.optimizers {
-        for &seed in &exp.seeds {
-            let run = format!("{}-seed{seed}", optimizer_name(optimizer));
-            let metrics = dir.join(format!("{run}.jsonl"));
-            let checkpoint = dir.join(format!("{run}.safetensors"));
+    for (model, optimizer, seed) in exp.runs() {
+        {
+            let dir = exp.run_dir(out, model);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
+            let mut run = format!("{}-seed{seed}", optimizer_name(optimizer));
+            if let Models::Many(_) = exp.model {
+                run = format!("{}/{run}", label(model));
+            }
+            let file =
+                |ext: &str| dir.join(format!("{}-seed{seed}.{ext}", optimizer_name(optimizer)));
+            let metrics = file("jsonl");
+            let checkpoint = file("safetensors");
             let done = kept_lines(&metrics, exp.epochs).len();
             if done >= exp.epochs {
                 outcomes.push(RunOutcome {
+                    model: model.to_string(),
                     optimizer,
                     seed,
                     trained: 0,
@@ -169,7 +234,7 @@ pub fn run(
             write(&lines)?;
             let mut trained = 0;
             let mut failure = None;
-            train(&exp.model(seed)?, &split, &cfg, |m| {
+            train(&exp.model(model, seed)?, &split, &cfg, |m| {
                 lines.push(serde_json::to_string(m).unwrap_or_default());
                 if let Err(e) = write(&lines) {
                     failure.get_or_insert(e);
@@ -181,6 +246,7 @@ pub fn run(
                 return Err(e);
             }
             outcomes.push(RunOutcome {
+                model: model.to_string(),
                 optimizer,
                 seed,
                 trained,
@@ -192,7 +258,7 @@ pub fn run(
 }
 
 /// Mean and sample standard deviation.
-fn mean_std(v: &[f64]) -> (f64, f64) {
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n.max(1.0);
     let var = if v.len() > 1 {
@@ -203,56 +269,320 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// The results table of an experiment, as Markdown, from the metrics files under
-/// `out/<name>/`: per optimizer, mean ± standard deviation over seeds of the final and best
-/// test accuracy and the final test loss, the mean time per epoch, and the runs that had a
-/// guard activation.
-pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
-    let dir = out.join(&exp.name);
-    let mut s = String::from("| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard |\n|---|---|---|---|---|---|---|---|\n");
-    for &optimizer in &exp.optimizers {
-        let (mut fin, mut best, mut loss, mut secs, mut guarded, mut epochs) =
-            (vec![], vec![], vec![], vec![], 0, vec![]);
-        for &seed in &exp.seeds {
-            let path = dir.join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
-            let ms: Vec<EpochMetricsRow> = std::fs::read_to_string(&path)
+/// The fields of a metrics line that the summary and the plots read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Row {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub seconds: f64,
+    pub guarded_steps: usize,
+}
+
+/// The metrics of one run, as written by [`run`].
+#[derive(Debug, Clone)]
+pub struct RunMetrics {
+    pub model: String,
+    pub optimizer: OptimizerKind,
+    pub seed: u64,
+    pub rows: Vec<Row>,
+}
+
+/// Read the metrics of every run of `exp` under `out`; a run with no metrics file is an error
+/// (the summary must not quietly average over fewer seeds).
+pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
+    exp.runs()
+        .into_iter()
+        .map(|(model, optimizer, seed)| {
+            let path = exp
+                .run_dir(out, model)
+                .join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
+            let rows: Vec<Row> = std::fs::read_to_string(&path)
                 .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?
                 .lines()
                 .map(serde_json::from_str)
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| Error::invalid(format!("metrics: {e}")).in_file(&path))?;
-            let Some(last) = ms.last() else { continue };
-            fin.push(last.test_accuracy);
-            best.push(ms.iter().map(|m| m.test_accuracy).fold(0.0, f64::max));
-            loss.push(last.test_loss);
-            secs.extend(ms.iter().map(|m| m.seconds));
-            guarded += (last.guarded_steps > 0) as usize;
-            epochs.push(ms.len());
+            Ok(RunMetrics {
+                model: model.to_string(),
+                optimizer,
+                seed,
+                rows,
+            })
+        })
+        .collect()
+}
+
+/// `mean ± sd` with `d` decimals.
+fn pm(v: &[f64], d: usize) -> String {
+    let (m, sd) = mean_std(v);
+    format!("{m:.d$} ± {sd:.d$}")
+}
+
+/// The results table of an experiment, as Markdown, from the metrics files under
+/// `out/<name>/`: per model and optimizer, mean ± standard deviation over seeds of the final
+/// and best test accuracy and the final test loss, the mean time per epoch, and the runs that
+/// had a guard activation. When the experiment has both SGD and EC-SGD, a second table gives
+/// the gap EC-SGD − SGD per model, paired by seed.
+pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
+    let runs = load_metrics(exp, out)?;
+    let sweep = matches!(exp.model, Models::Many(_));
+    let mut s = String::new();
+    if sweep {
+        s += "| model ";
+    }
+    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard |\n";
+    if sweep {
+        s += "|---";
+    }
+    s += "|---|---|---|---|---|---|---|---|\n";
+    for model in exp.model.list() {
+        for &optimizer in &exp.optimizers {
+            let mine: Vec<&RunMetrics> = runs
+                .iter()
+                .filter(|r| r.model == model && r.optimizer == optimizer && !r.rows.is_empty())
+                .collect();
+            let last = |f: fn(&Row) -> f64| -> Vec<f64> {
+                mine.iter().map(|r| f(r.rows.last().unwrap())).collect()
+            };
+            let best: Vec<f64> = mine
+                .iter()
+                .map(|r| r.rows.iter().map(|m| m.test_accuracy).fold(0.0, f64::max))
+                .collect();
+            let secs: Vec<f64> = mine
+                .iter()
+                .flat_map(|r| r.rows.iter().map(|m| m.seconds))
+                .collect();
+            if sweep {
+                s += &format!("| {model} ");
+            }
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                optimizer_name(optimizer),
+                mine.len(),
+                mine.iter().map(|r| r.rows.len()).min().unwrap_or(0),
+                pm(&last(|m| m.test_accuracy), 4),
+                pm(&best, 4),
+                pm(&last(|m| m.test_loss), 4),
+                mean_std(&secs).0,
+                mine.iter()
+                    .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
+                    .count()
+            );
         }
-        let f = |v: &[f64], d: usize| {
-            let (m, sd) = mean_std(v);
-            format!("{m:.d$} ± {sd:.d$}")
-        };
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
-            optimizer_name(optimizer),
-            fin.len(),
-            epochs.iter().min().copied().unwrap_or(0),
-            f(&fin, 4),
-            f(&best, 4),
-            f(&loss, 4),
-            mean_std(&secs).0,
-            guarded
-        );
+    }
+    let (sgd, ec) = (OptimizerKind::Sgd, OptimizerKind::EcSgd);
+    if exp.optimizers.contains(&sgd) && exp.optimizers.contains(&ec) {
+        s += "\nGap EC-SGD − SGD, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
+        s += "| model | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|\n";
+        for model in exp.model.list() {
+            let pick = |o: OptimizerKind, seed: u64| {
+                runs.iter()
+                    .find(|r| r.model == model && r.optimizer == o && r.seed == seed)
+                    .filter(|r| !r.rows.is_empty())
+            };
+            let (mut acc, mut best, mut loss) = (vec![], vec![], vec![]);
+            for &seed in &exp.seeds {
+                if let (Some(a), Some(b)) = (pick(sgd, seed), pick(ec, seed)) {
+                    let (la, lb) = (a.rows.last().unwrap(), b.rows.last().unwrap());
+                    acc.push(lb.test_accuracy - la.test_accuracy);
+                    let bst =
+                        |r: &RunMetrics| r.rows.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
+                    best.push(bst(b) - bst(a));
+                    loss.push(lb.test_loss - la.test_loss);
+                }
+            }
+            s += &format!(
+                "| {model} | {} | {} | {} | {} | {} |\n",
+                acc.len(),
+                pm(&acc, 4),
+                pm(&best, 4),
+                pm(&loss, 4),
+                acc.iter().filter(|&&d| d > 0.0).count()
+            );
+        }
     }
     Ok(s)
 }
 
-/// The fields of a metrics line the summary reads.
-#[derive(Deserialize)]
-struct EpochMetricsRow {
-    test_accuracy: f64,
-    test_loss: f64,
-    seconds: f64,
-    guarded_steps: usize,
+/// A y range that shows the competitive series in detail: series whose final mean is far
+/// behind the best one (a diverged run, say) are drawn clipped and marked "off scale" in the
+/// legend rather than flattening every other curve.
+fn focus(series: &mut [crate::plot::Series], higher_is_better: bool) -> Option<(f64, f64)> {
+    let finals: Vec<f64> = series
+        .iter()
+        .map(|s| s.mean.last().copied().unwrap_or(f64::NAN))
+        .collect();
+    let best = finals
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .reduce(|a, b| if higher_is_better == (a > b) { a } else { b })?;
+    let near = |v: f64| {
+        if higher_is_better {
+            v >= best - 0.1
+        } else {
+            v <= 2.0 * best
+        }
+    };
+    // The 10th / 90th percentile of each competitive series' band (skips the first epochs).
+    let q = |v: &[f64], p: f64| {
+        let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len().saturating_sub(1)) as f64 * p) as usize)
+            .copied()
+    };
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (s, f) in series.iter_mut().zip(&finals) {
+        if !near(*f) {
+            s.name += " (off scale)";
+            continue;
+        }
+        let (a, b) = if higher_is_better {
+            (q(&s.lo, 0.1), q(&s.hi, 1.0))
+        } else {
+            (q(&s.lo, 0.0), q(&s.hi, 0.9))
+        };
+        lo = lo.min(a.unwrap_or(lo));
+        hi = hi.max(b.unwrap_or(hi));
+    }
+    if !(lo < hi) {
+        return None;
+    }
+    let pad = 0.05 * (hi - lo);
+    Some((lo - pad, hi + pad))
+}
+
+/// The test-accuracy and test-loss charts of one model of an experiment: per optimizer the
+/// mean over seeds per epoch, with the range (min to max) over seeds as the band.
+pub fn charts(exp: &Experiment, out: &Path, model: &str) -> Result<[crate::plot::Chart; 2]> {
+    use crate::plot::{Chart, Series};
+    let runs = load_metrics(exp, out)?;
+    let series = |f: fn(&Row) -> f64| -> Vec<Series> {
+        exp.optimizers
+            .iter()
+            .map(|&o| {
+                let mine: Vec<&RunMetrics> = runs
+                    .iter()
+                    .filter(|r| r.model == model && r.optimizer == o)
+                    .collect();
+                let n = mine.iter().map(|r| r.rows.len()).min().unwrap_or(0);
+                let mut s = Series {
+                    name: optimizer_name(o),
+                    x: vec![],
+                    mean: vec![],
+                    lo: vec![],
+                    hi: vec![],
+                };
+                for e in 0..n {
+                    let v: Vec<f64> = mine.iter().map(|r| f(&r.rows[e])).collect();
+                    s.x.push(mine[0].rows[e].epoch as f64);
+                    s.mean.push(mean_std(&v).0);
+                    s.lo.push(v.iter().copied().fold(f64::INFINITY, f64::min));
+                    s.hi.push(v.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                }
+                s
+            })
+            .collect()
+    };
+    let what = format!("{} ({}, {} seeds)", model, exp.data, exp.seeds.len());
+    let mut acc = series(|r| r.test_accuracy);
+    let mut loss = series(|r| r.test_loss);
+    let acc_range = focus(&mut acc, true);
+    let loss_range = focus(&mut loss, false);
+    Ok([
+        Chart {
+            title: format!("Test accuracy: {what}"),
+            x_label: "epoch".into(),
+            y_label: "test accuracy (mean; band: min to max over seeds)".into(),
+            series: acc,
+            y_range: acc_range,
+            legend_bottom: true,
+        },
+        Chart {
+            title: format!("Test loss: {what}"),
+            x_label: "epoch".into(),
+            y_label: "test loss (mean; band: min to max over seeds)".into(),
+            series: loss,
+            y_range: loss_range,
+            legend_bottom: false,
+        },
+    ])
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::new(ErrorKind::Io(e.to_string())).in_file(path)
+}
+
+/// Write the charts of every model of `exp` as SVG under `dir`; returns the file names
+/// (relative to `dir`), accuracy then loss per model.
+pub fn write_plots(exp: &Experiment, out: &Path, dir: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut names = vec![];
+    for model in exp.model.list() {
+        let stem = match exp.model {
+            Models::One(_) => exp.name.clone(),
+            Models::Many(_) => format!("{}-{}", exp.name, label(model)),
+        };
+        for (chart, what) in charts(exp, out, model)?.iter().zip(["accuracy", "loss"]) {
+            let name = format!("{stem}-test-{what}.svg");
+            let path = dir.join(&name);
+            std::fs::write(&path, chart.to_svg()).map_err(io_err(&path))?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Regenerate the generated blocks of a results document. A block starts with a line
+/// `<!-- ecc experiment FILE.json -->` (FILE relative to the current folder) and ends with
+/// `<!-- end -->`; its content becomes the command, the summary table and the plots (written
+/// to `plots/` beside the document). Text outside the blocks is kept as written. Returns the
+/// experiments regenerated.
+pub fn update_doc(doc: &Path, out: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(doc).map_err(io_err(doc))?;
+    let plot_dir = doc.parent().unwrap_or(Path::new(".")).join("plots");
+    let mut res = String::new();
+    let mut done = vec![];
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        res += line;
+        res.push('\n');
+        let Some(file) = line
+            .trim()
+            .strip_prefix("<!-- ecc experiment ")
+            .and_then(|r| r.strip_suffix("-->"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        // Skip the old content up to the end marker.
+        if !lines.by_ref().any(|l| l.trim() == "<!-- end -->") {
+            return Err(
+                Error::invalid(format!("block '{file}' has no '<!-- end -->' line")).in_file(doc),
+            );
+        }
+        let exp = Experiment::load(Path::new(file))?;
+        res += &format!(
+            "\nCommand: `ecc experiment {file}` (metrics in `{}/{}/`).\n\n",
+            out.display(),
+            exp.name
+        );
+        res += &summary(&exp, out)?;
+        res.push('\n');
+        for pair in write_plots(&exp, out, &plot_dir)?.chunks(2) {
+            for name in pair {
+                res += &format!("![{name}](plots/{name}) ");
+            }
+            res.push('\n');
+        }
+        res += "\n<!-- end -->\n";
+        done.push(file.to_string());
+    }
+    let tmp = doc.with_extension("md.tmp");
+    std::fs::write(&tmp, res)
+        .and_then(|_| std::fs::rename(&tmp, doc))
+        .map_err(io_err(doc))?;
+    Ok(done)
 }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod ir;
+pub mod plot;
 pub mod train;
 pub mod zoo;
 

@@ -151,14 +151,25 @@ enum Cmd {
     /// experiments/*.json), writing metrics as JSON lines and checkpoints under
     /// OUT/<name>/. Finished runs are skipped and interrupted ones resume, so it can run in
     /// the background (nohup) and be started again.
+    ///
+    /// `ecc experiment --doc docs/results.md` regenerates the tables and plots of that
+    /// document from the committed metrics (the blocks between `<!-- ecc experiment FILE -->`
+    /// and `<!-- end -->`), training nothing.
     Experiment {
-        file: PathBuf,
+        #[arg(required_unless_present = "doc")]
+        file: Option<PathBuf>,
         /// Results folder.
         #[arg(long, default_value = "results")]
         out: PathBuf,
         /// Print the results table (Markdown) from the metrics already there; train nothing.
         #[arg(long)]
         summary: bool,
+        /// Write the test accuracy and loss plots (SVG) into this folder; train nothing.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// Regenerate the generated blocks of this results document; train nothing.
+        #[arg(long, value_name = "DOC", conflicts_with_all = ["file", "summary", "plots"])]
+        doc: Option<PathBuf>,
     },
     /// Loss and accuracy of a model on the test split of a data set.
     Eval {
@@ -580,10 +591,30 @@ fn main_inner(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Experiment { file, out, summary } => {
+        Cmd::Experiment {
+            file,
+            out,
+            summary,
+            plots,
+            doc,
+        } => {
+            if let Some(doc) = doc {
+                for f in ecc::experiment::update_doc(&doc, &out)? {
+                    println!("{}: regenerated the block of {f}", doc.display());
+                }
+                return Ok(());
+            }
+            let file = file.expect("clap requires FILE without --doc");
             let exp = ecc::experiment::Experiment::load(&file)?;
-            if summary {
-                print!("{}", ecc::experiment::summary(&exp, &out)?);
+            if summary || plots.is_some() {
+                if summary {
+                    print!("{}", ecc::experiment::summary(&exp, &out)?);
+                }
+                if let Some(dir) = plots {
+                    for name in ecc::experiment::write_plots(&exp, &out, &dir)? {
+                        println!("wrote {}", dir.join(name).display());
+                    }
+                }
                 return Ok(());
             }
             println!(

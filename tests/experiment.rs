@@ -80,6 +80,88 @@ fn runs_are_written_skipped_and_resumed() {
         "--summary",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
+    // The per-seed gap table pairs the two optimizers' runs.
+    assert!(table.contains("| mlp:64-16-10 | 2 | "), "{table}");
+    // Plots: one accuracy and one loss chart, one line per optimizer.
+    let plots = dir.join("plots");
+    let (code, _, err) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let svg = std::fs::read_to_string(plots.join("tiny-test-accuracy.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert!(plots.join("tiny-test-loss.svg").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A sweep over models: one folder and one table row per model, and a results document whose
+/// generated blocks are rebuilt from the metrics while the prose around them is kept.
+#[test]
+fn sweeps_and_results_documents() {
+    let dir = std::env::temp_dir().join(format!("ecc-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sweep.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "sweep", "model": ["mlp:64-8-10", "mlp:64-16-10"], "data": "digits",
+            "optimizers": ["sgd", "ec-sgd"], "seeds": [0, 1], "epochs": 2, "batch": 32, "lr": 0.05}"#,
+    )
+    .unwrap();
+    let out = dir.join("results");
+    let args = [
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, text, err) = ecc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("8 runs complete (8 trained now)"), "{text}");
+    assert!(out.join("sweep/mlp-64-8-10/ec-sgd-seed1.jsonl").is_file());
+    assert!(out.join("sweep/mlp-64-16-10/sgd-seed0.jsonl").is_file());
+    let doc = dir.join("results.md");
+    std::fs::write(
+        &doc,
+        format!(
+            "# Results\n\nProse before.\n\n<!-- ecc experiment {} -->\nstale\n<!-- end -->\n\nProse after.\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = ecc(&[
+        "experiment",
+        "--doc",
+        doc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(!text.contains("stale"), "{text}");
+    assert!(text.starts_with("# Results\n\nProse before.") && text.ends_with("Prose after.\n"));
+    assert!(text.contains("| mlp:64-8-10 | ec-sgd | 2 | 2 |"), "{text}");
+    assert!(text.contains("| mlp:64-16-10 | sgd | 2 | 2 |"), "{text}");
+    assert!(
+        text.contains("(plots/sweep-mlp-64-16-10-test-loss.svg)"),
+        "{text}"
+    );
+    assert!(dir
+        .join("plots/sweep-mlp-64-8-10-test-accuracy.svg")
+        .is_file());
+    // Regenerating again gives the same document.
+    ecc(&[
+        "experiment",
+        "--doc",
+        doc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&doc).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,7 @@
 
 use crate::ir::{conv_out_len, ConvAttrs, PoolAttrs};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Window geometry, with the spatial axes padded to 3 (leading axes of size 1).
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Window {
 
 /// The element types the kernels run in: f32 (training) and f64 (numerical checks).
 trait Elem:
-    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign
+    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign + 'static
 {
 }
 impl Elem for f32 {}
@@ -149,71 +149,633 @@ macro_rules! by_dtype {
     };
 }
 
-/// im2col into the layout (group, C/group * K, N * L) so that the convolution is one
-/// batched matmul of the (group, M/group, C/group * K) weight with it.
-struct Im2Col {
+/// im2col of one sample: `x` is (C, plane), `cols` becomes (C * K, L), row `c * K + tap`
+/// holding the input value each output position reads through that tap (0 in the padding).
+/// With groups, the rows of group `gi` are the contiguous block `gi * C/g * K ..`.
+fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T]) {
+    let (lo, k, plane) = (w.l(), w.k(), w.in_len());
+    for c in 0..w.c {
+        let src = &x[c * plane..][..plane];
+        let dst = &mut cols[c * k * lo..][..k * lo];
+        w.for_each_tap(|o, tap, s| dst[tap * lo + o] = s.map_or(T::zero(), |s| src[s]));
+    }
+}
+
+/// The adjoint of [`im2col_one`]: add each column entry back onto the input it was read from.
+fn col2im_one<T: Elem>(w: &Window, cols: &[T], dx: &mut [T]) {
+    let (lo, k, plane) = (w.l(), w.k(), w.in_len());
+    for c in 0..w.c {
+        let src = &cols[c * k * lo..][..k * lo];
+        let dst = &mut dx[c * plane..][..plane];
+        w.for_each_tap(|o, tap, s| {
+            if let Some(s) = s {
+                dst[s] += src[tap * lo + o];
+            }
+        });
+    }
+}
+
+/// A row-major matrix view for [`gemm`]: pointer, rows, columns, and whether to read it
+/// transposed.
+#[derive(Clone, Copy)]
+struct Mat<T> {
+    ptr: *const T,
+    rows: usize,
+    cols: usize,
+    t: bool,
+}
+
+impl<T> Mat<T> {
+    fn of(s: &[T], rows: usize, cols: usize) -> Self {
+        assert!(s.len() >= rows * cols);
+        Mat {
+            ptr: s.as_ptr(),
+            rows,
+            cols,
+            t: false,
+        }
+    }
+    fn t(self) -> Self {
+        Mat { t: !self.t, ..self }
+    }
+    /// (rows, cols, row stride, column stride) as read.
+    fn view(&self) -> (usize, usize, isize, isize) {
+        let (r, c) = (self.rows, self.cols);
+        if self.t {
+            (c, r, 1, c as isize)
+        } else {
+            (r, c, c as isize, 1)
+        }
+    }
+}
+
+/// `dst = a * b` (or `dst += a * b` with `accumulate`), dst row-major and contiguous.
+fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, threads: bool) {
+    let (m, k, a_rs, a_cs) = a.view();
+    let (k2, n, b_rs, b_cs) = b.view();
+    assert!(k == k2 && dst.len() >= m * n, "gemm shapes");
+    let par = if threads {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access of gemm inside the three slices, whose
+    // strides describe row-major storage; dst does not alias a or b (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a_cs,
+            a_rs,
+            b.ptr,
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Run `f(sample index, per-sample output)` over the samples, in parallel over samples when
+/// the batch can keep every thread busy, otherwise one sample at a time with multi-threaded
+/// matmuls inside (`f`'s bool argument).
+fn per_sample<T: Elem>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T], bool) + Sync) {
+    use rayon::prelude::*;
+    let n = out.len() / len.max(1);
+    if n >= rayon::current_num_threads() && n > 1 {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, false));
+    } else {
+        for (i, o) in out.chunks_mut(len.max(1)).enumerate() {
+            f(i, o, true);
+        }
+    }
+}
+
+/// N-d convolution without bias, (x, w) -> y in NC(D)(H)W, computed per sample as im2col and
+/// one matmul per group, straight into the output layout; the backward pass computes the
+/// input gradient (transposed matmul, col2im) and the weight gradient (matmul with the
+/// recomputed im2col, summed over fixed chunks of samples in order, so results do not depend
+/// on the number of threads).
+#[derive(Clone)]
+struct Conv {
     w: Window,
     group: usize,
+    m: usize,
+    /// A ReLU fused after the bias.
+    relu: bool,
 }
 
-fn im2col_fwd<T: Elem>(op: &Im2Col, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-    let x = contiguous::<T>(s, l)?;
-    let (w, lo, k) = (&op.w, op.w.l(), op.w.k());
-    let rows = w.c / op.group * k;
-    let mut cols = vec![T::zero(); op.group * rows * w.n * lo];
-    let cg = w.c / op.group;
-    let plane = w.in_len();
-    for n in 0..w.n {
-        for c in 0..w.c {
-            let src = &x[(n * w.c + c) * plane..][..plane];
-            let (gi, ci) = (c / cg, c % cg);
-            w.for_each_tap(|o, tap, s| {
-                let row = gi * cg * k + ci * k + tap;
-                cols[(row * w.n + n) * lo + o] = s.map_or(T::zero(), |s| src[s]);
-            });
+impl Conv {
+    /// (rows of one group's im2col, output channels per group).
+    fn dims(&self) -> (usize, usize) {
+        (self.w.c / self.group * self.w.k(), self.m / self.group)
+    }
+}
+
+fn conv_fwd<T: Elem>(
+    op: &Conv,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (x, wt) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
+    let bias = bias.map(|(s, l)| contiguous::<T>(s, l)).transpose()?;
+    let (w, lo) = (&op.w, op.w.l());
+    let (rows, mg) = op.dims();
+    let plane = w.c * w.in_len();
+    let mut y = vec![T::zero(); w.n * op.m * lo];
+    per_sample(&mut y, op.m * lo, |n, yn, threads| {
+        let mut cols = vec![T::zero(); w.c * w.k() * lo];
+        im2col_one(w, &x[n * plane..][..plane], &mut cols);
+        for g in 0..op.group {
+            gemm(
+                &mut yn[g * mg * lo..][..mg * lo],
+                Mat::of(&wt[g * mg * rows..], mg, rows),
+                Mat::of(&cols[g * rows * lo..], rows, lo),
+                false,
+                threads,
+            );
+        }
+        if let Some(b) = bias {
+            for (row, &b) in yn.chunks_mut(lo).zip(b) {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        }
+        if op.relu {
+            relu_in_place(yn);
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), Shape::from(op.w.out_dims(op.m))))
+}
+
+/// Input gradient: (grad, w) -> dx.
+struct ConvDx(Conv);
+/// Weight gradient: (grad, x) -> dw.
+struct ConvDw(Conv);
+
+fn conv_dx<T: Elem>(
+    op: &Conv,
+    gs: &CpuStorage,
+    gl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (gy, wt) = (contiguous::<T>(gs, gl)?, contiguous::<T>(ws, wl)?);
+    let (w, lo) = (&op.w, op.w.l());
+    let (rows, mg) = op.dims();
+    let plane = w.c * w.in_len();
+    let mut dx = vec![T::zero(); w.n * plane];
+    per_sample(&mut dx, plane, |n, dxn, threads| {
+        let gn = &gy[n * op.m * lo..][..op.m * lo];
+        let mut cols = vec![T::zero(); w.c * w.k() * lo];
+        for g in 0..op.group {
+            gemm(
+                &mut cols[g * rows * lo..][..rows * lo],
+                Mat::of(&wt[g * mg * rows..], mg, rows).t(),
+                Mat::of(&gn[g * mg * lo..], mg, lo),
+                false,
+                threads,
+            );
+        }
+        col2im_one(w, &cols, dxn);
+    });
+    let mut shape = vec![w.n, w.c];
+    shape.extend_from_slice(&w.input[3 - w.ns..]);
+    Ok((T::to_cpu_storage_owned(dx), Shape::from(shape)))
+}
+
+/// Samples per partial sum of the weight gradient.
+const DW_CHUNK: usize = 8;
+
+fn conv_dw<T: Elem>(
+    op: &Conv,
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (gy, x) = (contiguous::<T>(gs, gl)?, contiguous::<T>(xs, xl)?);
+    let (w, lo) = (&op.w, op.w.l());
+    let (rows, mg) = op.dims();
+    let plane = w.c * w.in_len();
+    let size = op.m * rows;
+    let chunks = w.n.div_ceil(DW_CHUNK).max(1);
+    let mut parts = vec![T::zero(); chunks * size];
+    let threads = chunks < rayon::current_num_threads();
+    parts.par_chunks_mut(size).enumerate().for_each(|(c, dw)| {
+        let mut cols = vec![T::zero(); w.c * w.k() * lo];
+        for n in c * DW_CHUNK..((c + 1) * DW_CHUNK).min(w.n) {
+            im2col_one(w, &x[n * plane..][..plane], &mut cols);
+            let gn = &gy[n * op.m * lo..][..op.m * lo];
+            for g in 0..op.group {
+                gemm(
+                    &mut dw[g * mg * rows..][..mg * rows],
+                    Mat::of(&gn[g * mg * lo..], mg, lo),
+                    Mat::of(&cols[g * rows * lo..], rows, lo).t(),
+                    true,
+                    threads,
+                );
+            }
+        }
+    });
+    let (first, rest) = parts.split_at_mut(size);
+    for part in rest.chunks(size) {
+        for (a, b) in first.iter_mut().zip(part) {
+            *a += *b;
         }
     }
-    Ok((
-        T::to_cpu_storage_owned(cols),
-        Shape::from((op.group, rows, w.n * lo)),
-    ))
+    parts.truncate(size);
+    let mut shape = vec![op.m, w.c / op.group];
+    shape.extend_from_slice(&w.kernel[3 - w.ns..]);
+    Ok((T::to_cpu_storage_owned(parts), Shape::from(shape)))
 }
 
-fn im2col_bwd<T: Elem>(op: &Im2Col, arg: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-    let g = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-    let (w, l, k) = (&op.w, op.w.l(), op.w.k());
-    let cg = w.c / op.group;
-    let plane = w.in_len();
-    let mut dx = vec![T::zero(); w.n * w.c * plane];
-    for n in 0..w.n {
-        for c in 0..w.c {
-            let dst = &mut dx[(n * w.c + c) * plane..][..plane];
-            let (gi, ci) = (c / cg, c % cg);
-            w.for_each_tap(|o, tap, s| {
-                if let Some(s) = s {
-                    let row = gi * cg * k + ci * k + tap;
-                    dst[s] += g[(row * w.n + n) * l + o];
-                }
-            });
+macro_rules! op2 {
+    ($ty:ty, $name:literal, $f:ident) => {
+        impl CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                by_dtype!(s1.dtype(), $f, &self.0, s1, l1, s2, l2)
+            }
         }
-    }
-    Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    };
 }
 
-impl CustomOp1 for Im2Col {
+struct ConvFwd(Conv);
+op2!(ConvDx, "ecc-conv-dx", conv_dx);
+op2!(ConvDw, "ecc-conv-dw", conv_dw);
+
+impl ConvFwd {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let grad = relu_grad(grad, res, self.0.relu)?;
+        let dx = grad.apply_op2_no_bwd(&w.contiguous()?, &ConvDx(self.0.clone()))?;
+        let dw = grad.apply_op2_no_bwd(&x.contiguous()?, &ConvDw(self.0.clone()))?;
+        Ok((dx, dw, grad))
+    }
+}
+
+impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
-        "ecc-im2col"
+        "ecc-conv"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s.dtype(), im2col_fwd, self, s, l)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), conv_fwd, &self.0, s1, l1, s2, l2, None)
     }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        by_dtype!(arg.dtype(), im2col_bwd, self, arg, grad)
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, w, res, grad)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
-/// N-d convolution: im2col, one batched matmul, bias.
-pub fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> crate::Result<Tensor> {
+/// Convolution with the bias added in the same pass; the bias gradient is the sum of the
+/// output gradient over samples and positions.
+impl candle_core::CustomOp3 for ConvFwd {
+    fn name(&self) -> &'static str {
+        "ecc-conv-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(
+            s1.dtype(),
+            conv_fwd,
+            &self.0,
+            s1,
+            l1,
+            s2,
+            l2,
+            Some((s3, l3))
+        )
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, grad) = self.grads(x, w, res, grad)?;
+        let (n, m) = (grad.dims()[0], grad.dims()[1]);
+        let db = grad.reshape((n, m, ()))?.sum(2)?.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+fn relu_in_place<T: Elem>(v: &mut [T]) {
+    let zero = T::zero();
+    v.iter_mut().for_each(|x| {
+        if *x < zero {
+            *x = zero
+        }
+    });
+}
+
+/// The output gradient of a fused ReLU: `grad` where the output `y` is positive, 0 elsewhere
+/// (the derivative at 0 is taken as 0, as candle's relu does). Without `relu`, `grad` itself.
+fn relu_grad(grad: &Tensor, y: &Tensor, relu: bool) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    if !relu {
+        return Ok(grad);
+    }
+    grad.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)
+}
+
+struct ReluMask;
+
+fn relu_mask<T: Elem>(
+    gs: &CpuStorage,
+    gl: &Layout,
+    ys: &CpuStorage,
+    yl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (g, y) = (contiguous::<T>(gs, gl)?, contiguous::<T>(ys, yl)?);
+    let mut out = vec![T::zero(); g.len()];
+    let zero = T::zero();
+    out.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+        .for_each(|(o, (g, y))| {
+            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                if y > zero {
+                    *o = g;
+                }
+            }
+        });
+    Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "ecc-relu-mask"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), relu_mask, s1, l1, s2, l2)
+    }
+}
+
+/// A dense layer `y = x w^T + b` (`w` is (out, in), as Gemm with transB=1 and PyTorch's
+/// Linear store it) or `y = x w + b` (`w` is (in, out)), with an optional fused ReLU. One
+/// matmul forward, two backward, written straight into contiguous results, the bias and the
+/// ReLU applied in the same pass as the matmul's output.
+#[derive(Clone, Copy)]
+struct Dense {
+    trans_b: bool,
+    relu: bool,
+}
+
+impl Dense {
+    /// (batch, in, out) from the shapes of x and w.
+    fn dims(&self, x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+        let ((b, k), (r, c)) = (x.shape().dims2()?, w.shape().dims2()?);
+        let (k2, n) = if self.trans_b { (c, r) } else { (r, c) };
+        if k != k2 {
+            candle_core::bail!("ecc dense: x is {b}x{k}, weight is {r}x{c}");
+        }
+        Ok((b, k, n))
+    }
+    fn weight<T>(&self, w: &[T], k: usize, n: usize) -> Mat<T> {
+        if self.trans_b {
+            Mat::of(w, n, k).t()
+        } else {
+            Mat::of(w, k, n)
+        }
+    }
+}
+
+fn dense_fwd<T: Elem>(
+    op: &Dense,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (b, k, n) = op.dims(xl, wl)?;
+    let (x, w) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
+    let mut y = vec![T::zero(); b * n];
+    if let Some((s, l)) = bias {
+        let bias = contiguous::<T>(s, l)?;
+        if bias.len() != n {
+            candle_core::bail!("ecc dense: bias of {} for {n} outputs", bias.len());
+        }
+        y.chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
+    }
+    gemm(
+        &mut y,
+        Mat::of(x, b, k),
+        op.weight(w, k, n),
+        bias.is_some(),
+        true,
+    );
+    if op.relu {
+        y.par_chunks_mut(1 << 14).for_each(relu_in_place);
+    }
+    Ok((T::to_cpu_storage_owned(y), Shape::from((b, n))))
+}
+
+/// (grad, w) -> dx.
+struct DenseDx(Dense);
+/// (grad, x) -> dw.
+struct DenseDw(Dense);
+
+fn dense_dx<T: Elem>(
+    op: &Dense,
+    gs: &CpuStorage,
+    gl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let ((b, n), w) = (gl.shape().dims2()?, contiguous::<T>(ws, wl)?);
+    let k = w.len() / n.max(1);
+    let g = contiguous::<T>(gs, gl)?;
+    let mut dx = vec![T::zero(); b * k];
+    gemm(
+        &mut dx,
+        Mat::of(g, b, n),
+        op.weight(w, k, n).t(),
+        false,
+        true,
+    );
+    Ok((T::to_cpu_storage_owned(dx), Shape::from((b, k))))
+}
+
+fn dense_dw<T: Elem>(
+    op: &Dense,
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let ((b, n), (_, k)) = (gl.shape().dims2()?, xl.shape().dims2()?);
+    let (g, x) = (contiguous::<T>(gs, gl)?, contiguous::<T>(xs, xl)?);
+    let mut dw = vec![T::zero(); k * n];
+    if op.trans_b {
+        gemm(&mut dw, Mat::of(g, b, n).t(), Mat::of(x, b, k), false, true);
+        Ok((T::to_cpu_storage_owned(dw), Shape::from((n, k))))
+    } else {
+        gemm(&mut dw, Mat::of(x, b, k).t(), Mat::of(g, b, n), false, true);
+        Ok((T::to_cpu_storage_owned(dw), Shape::from((k, n))))
+    }
+}
+
+op2!(DenseDx, "ecc-dense-dx", dense_dx);
+op2!(DenseDw, "ecc-dense-dw", dense_dw);
+
+struct DenseFwd(Dense);
+
+impl DenseFwd {
+    fn grads(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
+        let g = relu_grad(grad, res, self.0.relu)?;
+        let dx = g.apply_op2_no_bwd(&w.contiguous()?, &DenseDx(self.0))?;
+        let dw = g.apply_op2_no_bwd(&x.contiguous()?, &DenseDw(self.0))?;
+        Ok([dx, dw, g])
+    }
+}
+
+impl CustomOp2 for DenseFwd {
+    fn name(&self) -> &'static str {
+        "ecc-dense"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), dense_fwd, &self.0, s1, l1, s2, l2, None)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.grads(x, w, res, grad)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl candle_core::CustomOp3 for DenseFwd {
+    fn name(&self) -> &'static str {
+        "ecc-dense-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(
+            s1.dtype(),
+            dense_fwd,
+            &self.0,
+            s1,
+            l1,
+            s2,
+            l2,
+            Some((s3, l3))
+        )
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, g] = self.grads(x, w, res, grad)?;
+        let db = g.sum(0)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// A dense layer on a 2-D input: `x w^T + b` with `trans_b` (w is (out, in)), else `x w + b`;
+/// `b` has one value per output; with `relu` a ReLU is fused after it.
+pub fn dense(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    trans_b: bool,
+    relu: bool,
+) -> crate::Result<Tensor> {
+    let op = DenseFwd(Dense { trans_b, relu });
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        None => x.apply_op2(&w, op)?,
+    })
+}
+
+/// N-d convolution with optional bias (added per output channel), and with `relu` a ReLU
+/// fused after it.
+pub fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &ConvAttrs,
+    relu: bool,
+) -> crate::Result<Tensor> {
     let win = Window::new(
         x.dims(),
         &a.kernel,
@@ -222,27 +784,18 @@ pub fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> crate:
         &a.dilations,
         false,
     )?;
-    let (m, g) = (w.dims()[0], a.group);
-    let rows = win.c / g * win.k();
-    let (n, l) = (win.n, win.l());
-    let cols = x.contiguous()?.apply_op1(Im2Col {
-        w: win.clone(),
-        group: g,
-    })?;
-    let wg = w.reshape((g, m / g, rows))?;
-    let y = wg.matmul(&cols)?; // (g, M/g, N*L)
-    let y = if n == 1 {
-        y.reshape((1, m, l))?
-    } else {
-        y.reshape((g, m / g, n, l))?
-            .permute((2, 0, 1, 3))?
-            .reshape((n, m, l))?
-    };
-    let y = match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, m, 1))?)?,
-        None => y,
-    };
-    Ok(y.reshape(win.out_dims(m))?)
+    let m = w.dims()[0];
+    let op = ConvFwd(Conv {
+        w: win,
+        group: a.group,
+        m,
+        relu,
+    });
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        None => x.apply_op2(&w, op)?,
+    })
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -290,92 +843,121 @@ impl Pool {
     }
 }
 
+impl Pool {
+    fn divisors_as<T: Elem>(&self) -> Vec<T> {
+        if self.kind == PoolKind::Max {
+            return vec![];
+        }
+        self.divisors()
+            .into_iter()
+            .map(|d| T::from(d).expect("a float"))
+            .collect()
+    }
+}
+
+/// Pooling forward, in parallel over the (sample, channel) planes.
 fn pool_fwd<T: Elem>(op: &Pool, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
     let x = contiguous::<T>(s, l)?;
     let w = &op.w;
     let (plane, lo) = (w.in_len(), w.l());
     let mut y = vec![T::zero(); w.n * w.c * lo];
-    let div: Vec<T> = if op.kind == PoolKind::Max {
-        vec![]
-    } else {
-        op.divisors()
-            .into_iter()
-            .map(|d| T::from(d).expect("a float"))
-            .collect()
-    };
-    for (p, out) in y.chunks_mut(lo).enumerate() {
-        let src = &x[p * plane..][..plane];
-        match op.kind {
-            PoolKind::Max => {
-                out.fill(T::neg_infinity());
-                w.for_each_tap(|o, _, s| {
-                    if let Some(s) = s {
-                        if src[s] > out[o] || src[s].is_nan() {
-                            out[o] = src[s];
+    let div = op.divisors_as::<T>();
+    y.par_chunks_mut(lo.max(1))
+        .enumerate()
+        .for_each(|(p, out)| {
+            let src = &x[p * plane..][..plane];
+            match op.kind {
+                PoolKind::Max => {
+                    out.fill(T::neg_infinity());
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            if src[s] > out[o] || src[s].is_nan() {
+                                out[o] = src[s];
+                            }
                         }
+                    });
+                }
+                PoolKind::Avg { .. } => {
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            out[o] += src[s];
+                        }
+                    });
+                    for (v, d) in out.iter_mut().zip(&div) {
+                        *v /= *d;
                     }
-                });
-            }
-            PoolKind::Avg { .. } => {
-                w.for_each_tap(|o, _, s| {
-                    if let Some(s) = s {
-                        out[o] += src[s];
-                    }
-                });
-                for (v, d) in out.iter_mut().zip(&div) {
-                    *v /= *d;
                 }
             }
-        }
-    }
+        });
     Ok((T::to_cpu_storage_owned(y), Shape::from(w.out_dims(w.c))))
 }
 
+/// Pooling backward, (grad, x, y) -> dx, in parallel over planes. Max pooling sends each
+/// output's gradient to the first tap that attains the max.
+struct PoolBwd<'a>(&'a Pool);
+
 fn pool_bwd<T: Elem>(
     op: &Pool,
-    arg: &Tensor,
-    res: &Tensor,
-    grad: &Tensor,
-) -> Result<Option<Tensor>> {
-    let x = arg.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-    let y = res.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-    let g = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ys: &CpuStorage,
+    yl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (g, x, y) = (
+        contiguous::<T>(gs, gl)?,
+        contiguous::<T>(xs, xl)?,
+        contiguous::<T>(ys, yl)?,
+    );
     let w = &op.w;
     let (plane, lo) = (w.in_len(), w.l());
     let mut dx = vec![T::zero(); x.len()];
-    let div: Vec<T> = if op.kind == PoolKind::Max {
-        vec![]
-    } else {
-        op.divisors()
-            .into_iter()
-            .map(|d| T::from(d).expect("a float"))
-            .collect()
-    };
-    for p in 0..w.n * w.c {
-        let src = &x[p * plane..][..plane];
-        let dst = &mut dx[p * plane..][..plane];
-        let (yp, gp) = (&y[p * lo..][..lo], &g[p * lo..][..lo]);
-        match op.kind {
-            PoolKind::Max => {
-                // The gradient goes to the first tap that attains the max.
-                let mut taken = vec![false; lo];
-                w.for_each_tap(|o, _, s| {
-                    if let Some(s) = s {
-                        if !taken[o] && src[s] == yp[o] {
-                            dst[s] += gp[o];
-                            taken[o] = true;
+    let div = op.divisors_as::<T>();
+    dx.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(p, dst)| {
+            let src = &x[p * plane..][..plane];
+            let (yp, gp) = (&y[p * lo..][..lo], &g[p * lo..][..lo]);
+            match op.kind {
+                PoolKind::Max => {
+                    let mut taken = vec![false; lo];
+                    w.for_each_tap(|o, _, s| {
+                        if let Some(s) = s {
+                            if !taken[o] && src[s] == yp[o] {
+                                dst[s] += gp[o];
+                                taken[o] = true;
+                            }
                         }
-                    }
-                });
-            }
-            PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
-                if let Some(s) = s {
-                    dst[s] += gp[o] / div[o];
+                    });
                 }
-            }),
-        }
+                PoolKind::Avg { .. } => w.for_each_tap(|o, _, s| {
+                    if let Some(s) = s {
+                        dst[s] += gp[o] / div[o];
+                    }
+                }),
+            }
+        });
+    Ok((T::to_cpu_storage_owned(dx), xl.shape().clone()))
+}
+
+impl candle_core::CustomOp3 for PoolBwd<'_> {
+    fn name(&self) -> &'static str {
+        "ecc-pool-bwd"
     }
-    Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), pool_bwd, self.0, s1, l1, s2, l2, s3, l3)
+    }
 }
 
 impl CustomOp1 for Pool {
@@ -386,7 +968,12 @@ impl CustomOp1 for Pool {
         by_dtype!(s.dtype(), pool_fwd, self, s, l)
     }
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        by_dtype!(arg.dtype(), pool_bwd, self, arg, res, grad)
+        let dx = grad.contiguous()?.apply_op3_no_bwd(
+            &arg.contiguous()?,
+            &res.contiguous()?,
+            &PoolBwd(self),
+        )?;
+        Ok(Some(dx))
     }
 }
 
@@ -491,7 +1078,9 @@ mod tests {
             dilations: vec![1, 2],
             group: 1,
         };
-        grad_check(|x| conv(x, &w, None, &a).unwrap(), &[2, 3, 7, 6]);
+        grad_check(|x| conv(x, &w, None, &a, false).unwrap(), &[2, 3, 7, 6]);
+        let b = Tensor::new(&[0.5f32, -1.0, 0.25, 2.0], &dev).unwrap();
+        grad_check(|x| conv(x, &w, Some(&b), &a, false).unwrap(), &[2, 3, 7, 6]);
         let wg = Tensor::from_vec(
             (0..12)
                 .map(|i| ((i * 5 % 7) as f32 - 3.0) / 3.0)
@@ -507,7 +1096,147 @@ mod tests {
             dilations: vec![1],
             group: 2,
         };
-        grad_check(|x| conv(x, &wg, None, &ag).unwrap(), &[2, 2, 9]);
+        grad_check(|x| conv(x, &wg, None, &ag, false).unwrap(), &[2, 2, 9]);
+        // One sample (matmuls threaded inside) and more samples than a weight-gradient
+        // chunk (partial sums added in order).
+        grad_check(|x| conv(x, &wg, None, &ag, false).unwrap(), &[1, 2, 9]);
+        grad_check(
+            |x| conv(x, &wg, None, &ag, false).unwrap(),
+            &[DW_CHUNK + 3, 2, 5],
+        );
+        // Weight gradients, through the same batch sizes.
+        for n in [1, 2, DW_CHUNK + 3] {
+            let x = Tensor::from_vec(
+                (0..n * 3 * 5 * 4)
+                    .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+                    .collect::<Vec<_>>(),
+                (n, 3, 5, 4),
+                &dev,
+            )
+            .unwrap();
+            grad_check(|w| conv(&x, w, None, &a, false).unwrap(), &[4, 3, 3, 2]);
+            let w0 = w.clone();
+            grad_check(|b| conv(&x, &w0, Some(b), &a, false).unwrap(), &[4]);
+            let xg = x.narrow(1, 0, 2).unwrap().flatten_from(2).unwrap();
+            grad_check(|w| conv(&xg, w, None, &ag, false).unwrap(), &[4, 1, 3]);
+        }
+    }
+
+    /// The gradients of `sum(f(v) * r)` with respect to every input agree between a fused
+    /// kernel and its unfused reference (exactly where ReLU's kink is involved, up to
+    /// rounding elsewhere).
+    fn same_grads(
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        plain: impl Fn(&[Tensor]) -> Tensor,
+        inputs: &[&Tensor],
+    ) {
+        let grads = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+            let vars: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&ts);
+            let r = Tensor::from_vec(
+                (0..y.elem_count())
+                    .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+                    .collect::<Vec<_>>(),
+                y.dims(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+            ts.iter()
+                .map(|t| {
+                    g.get(t)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (grads(&fused), grads(&plain));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "input {i}: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_relu_and_dense_kernels_match_references() {
+        let dev = Device::Cpu;
+        let vals = |n: usize, k: usize| {
+            (0..n)
+                .map(|i| ((i * k % 23) as f32 - 11.0) / 9.0)
+                .collect::<Vec<_>>()
+        };
+        let w = Tensor::from_vec(vals(72, 13), (4, 3, 3, 2), &dev).unwrap();
+        let b = Tensor::new(&[0.5f32, -1.0, 0.25, 2.0], &dev).unwrap();
+        let a = ConvAttrs {
+            kernel: vec![3, 2],
+            strides: vec![1, 1],
+            pads: vec![1, 0, 1, 1],
+            dilations: vec![1, 1],
+            group: 1,
+        };
+        // The fused ReLU equals conv then relu, and its gradients check out.
+        let x = Tensor::from_vec(vals(2 * 3 * 5 * 4, 7), (2, 3, 5, 4), &dev).unwrap();
+        let fused = conv(&x, &w, Some(&b), &a, true).unwrap();
+        let plain = conv(&x, &w, Some(&b), &a, false).unwrap().relu().unwrap();
+        let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        same_grads(
+            |v| conv(&v[0], &v[1], Some(&v[2]), &a, true).unwrap(),
+            |v| {
+                conv(&v[0], &v[1], Some(&v[2]), &a, false)
+                    .unwrap()
+                    .relu()
+                    .unwrap()
+            },
+            &[&x, &w, &b],
+        );
+        // Dense: weight as (out, in) and as (in, out), with and without bias and ReLU.
+        let xd = Tensor::from_vec(vals(5 * 6, 5), (5, 6), &dev).unwrap();
+        let bd = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &dev).unwrap();
+        for trans_b in [true, false] {
+            let wshape: &[usize] = if trans_b { &[4, 6] } else { &[6, 4] };
+            let wd = Tensor::from_vec(vals(24, 11), wshape, &dev).unwrap();
+            let reference = if trans_b {
+                xd.matmul(&wd.t().unwrap())
+            } else {
+                xd.matmul(&wd)
+            }
+            .unwrap()
+            .broadcast_add(&bd)
+            .unwrap()
+            .relu()
+            .unwrap();
+            let got = dense(&xd, &wd, Some(&bd), trans_b, true).unwrap();
+            let diff = (got - reference).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+            grad_check(
+                |x| dense(x, &wd, Some(&bd), trans_b, false).unwrap(),
+                &[5, 6],
+            );
+            grad_check(|w| dense(&xd, w, None, trans_b, false).unwrap(), wshape);
+            grad_check(|b| dense(&xd, &wd, Some(b), trans_b, false).unwrap(), &[4]);
+            same_grads(
+                |v| dense(&v[0], &v[1], Some(&v[2]), trans_b, true).unwrap(),
+                |v| {
+                    dense(&v[0], &v[1], Some(&v[2]), trans_b, false)
+                        .unwrap()
+                        .relu()
+                        .unwrap()
+                },
+                &[&xd, &wd, &bd],
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct Executor {
     /// For each node, the values whose last reader it is (freed after it runs).
     frees: Vec<Vec<String>>,
     labels: Vec<crate::error::NodeRef>,
+    /// `fused[i]`: node i is a Gemm or Conv whose only reader is the Relu right after it, and
+    /// the ReLU runs inside node i's kernel (the Relu node then passes the value on).
+    fused: Vec<bool>,
     device: Device,
     dtype: DType,
 }
@@ -71,7 +74,26 @@ impl Executor {
                 frees[i].push(v.to_string());
             }
         }
+        let readers = |v: &str| {
+            graph
+                .nodes
+                .iter()
+                .filter(|n| n.data_inputs().iter().any(|i| *i == v))
+                .count()
+        };
+        let fused = (0..graph.nodes.len())
+            .map(|i| {
+                let (n, next) = (&graph.nodes[i], graph.nodes.get(i + 1));
+                matches!(n.op, Op::Gemm { .. } | Op::Conv(_))
+                    && next.is_some_and(|r| {
+                        matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
+                    })
+                    && readers(&n.outputs[0]) == 1
+                    && !outputs.contains(&n.outputs[0])
+            })
+            .collect();
         Ok(Executor {
+            fused,
             nodes: graph.nodes.clone(),
             shapes: graph.shapes.clone(),
             inputs: graph.inputs.iter().map(|v| v.name.clone()).collect(),
@@ -161,8 +183,14 @@ impl Executor {
                 .map(|n| &env[n.as_str()])
                 .collect();
             let expect = self.shapes[&node.outputs[0]].with_batch(batch);
-            let y = self
-                .run_node(node, &args, &expect)
+            let relu = self.fused[i];
+            let fused_in = i > 0 && self.fused[i - 1];
+            let y = if fused_in {
+                Ok(args[0].clone())
+            } else {
+                self.run_node(node, &args, &expect, relu)
+            };
+            let y = y
                 .and_then(|y| {
                     if y.dims() == expect.as_slice() {
                         Ok(y)
@@ -186,8 +214,36 @@ impl Executor {
             .collect()
     }
 
-    fn run_node(&self, node: &Node, x: &[&Tensor], out_dims: &[usize]) -> Result<Tensor> {
+    /// Run one node; with `relu` (see `fused`) a ReLU is applied to its result.
+    fn run_node(
+        &self,
+        node: &Node,
+        x: &[&Tensor],
+        out_dims: &[usize],
+        relu: bool,
+    ) -> Result<Tensor> {
+        let n_out = out_dims.last().copied().unwrap_or(0);
         Ok(match &node.op {
+            // The common dense layer: one fused kernel (matmul, bias, ReLU).
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a: false,
+                trans_b,
+            } if *alpha == 1.0
+                && x[0].rank() == 2
+                && x.get(2).is_none_or(|c| {
+                    *beta == 1.0
+                        && c.elem_count() == n_out
+                        && c.dims().iter().rev().skip(1).all(|&d| d == 1)
+                }) =>
+            {
+                let b = x.get(2).map(|c| c.flatten_all()).transpose()?;
+                kernels::dense(x[0], x[1], b.as_ref(), *trans_b, relu)?
+            }
+            op if relu && !matches!(op, Op::Conv(_)) => {
+                self.run_node(node, x, out_dims, false)?.relu()?
+            }
             Op::Gemm {
                 alpha,
                 beta,
@@ -234,7 +290,7 @@ impl Executor {
                 }
                 y
             }
-            Op::Conv(a) => kernels::conv(x[0], x[1], x.get(2).copied(), a)?,
+            Op::Conv(a) => kernels::conv(x[0], x[1], x.get(2).copied(), a, relu)?,
             Op::MaxPool(p) => kernels::max_pool(x[0], p)?,
             Op::AveragePool {
                 pool,
