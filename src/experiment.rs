@@ -29,13 +29,38 @@ pub struct Experiment {
     pub seeds: Vec<u64>,
     pub epochs: usize,
     pub batch: usize,
-    pub lr: f64,
+    /// One learning rate, or one per optimizer: `{"sgd": 0.01, "ec-sgd": 1e-15}`.
+    pub lr: Lr,
     #[serde(default = "constant")]
     pub schedule: String,
     #[serde(default)]
     pub momentum: f64,
     #[serde(default)]
     pub weight_decay: f64,
+    /// Start from the model's function: EC-SGD from its canonical form (spec §4) instead of
+    /// the skeleton-±1 initialization. For fine-tuning a trained model. Each run then also
+    /// records an epoch-0 row: the starting model's loss and accuracy before any step (train
+    /// loss over the whole training set).
+    #[serde(default)]
+    pub keep_function: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Lr {
+    One(f64),
+    PerOptimizer(std::collections::BTreeMap<OptimizerKind, f64>),
+}
+
+impl Lr {
+    pub fn of(&self, o: OptimizerKind) -> Result<f64> {
+        match self {
+            Lr::One(v) => Ok(*v),
+            Lr::PerOptimizer(m) => m.get(&o).copied().ok_or_else(|| {
+                Error::usage(format!("experiment: no learning rate for {}", optimizer_name(o)))
+            }),
+        }
+    }
 }
 
 /// `"model": "mlp:..."` or `"model": ["mlp:...", "mlp:..."]`.
@@ -187,7 +212,10 @@ pub fn run(
                 |ext: &str| dir.join(format!("{}-seed{seed}.{ext}", optimizer_name(optimizer)));
             let metrics = file("jsonl");
             let checkpoint = file("safetensors");
-            let done = kept_lines(&metrics, exp.epochs).len();
+            let done = kept_lines(&metrics, exp.epochs)
+                .iter()
+                .filter(|l| !is_start_row(l))
+                .count();
             if done >= exp.epochs {
                 outcomes.push(RunOutcome {
                     model: model.to_string(),
@@ -213,15 +241,19 @@ pub fn run(
                 optimizer,
                 epochs: exp.epochs,
                 batch: exp.batch,
-                lr: exp.lr,
+                lr: exp.lr.of(optimizer)?,
                 schedule,
                 momentum: exp.momentum,
                 weight_decay: exp.weight_decay,
                 seed,
-                skeleton_init: true,
+                skeleton_init: !exp.keep_function,
                 checkpoint: Some(checkpoint.clone()),
                 resume: true,
             };
+            let graph = exp.model(model, seed)?;
+            if exp.keep_function && !lines.iter().any(|l| is_start_row(l)) {
+                lines.insert(0, start_row(&graph, &split, &cfg)?);
+            }
             let write = |lines: &[String]| -> Result<()> {
                 let tmp = metrics.with_extension("jsonl.tmp");
                 std::fs::write(
@@ -234,7 +266,7 @@ pub fn run(
             write(&lines)?;
             let mut trained = 0;
             let mut failure = None;
-            train(&exp.model(model, seed)?, &split, &cfg, |m| {
+            train(&graph, &split, &cfg, |m| {
                 lines.push(serde_json::to_string(m).unwrap_or_default());
                 if let Err(e) = write(&lines) {
                     failure.get_or_insert(e);
@@ -255,6 +287,34 @@ pub fn run(
         }
     }
     Ok(outcomes)
+}
+
+fn is_start_row(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["epoch"].as_u64())
+        == Some(0)
+}
+
+/// The epoch-0 metrics line: the model as the optimizer starts from it (for EC-SGD with
+/// `keep_function`, the canonical form), before any step.
+fn start_row(graph: &crate::ir::Graph, split: &crate::data::Split, cfg: &TrainConfig) -> Result<String> {
+    let g = crate::train::logits_graph(graph);
+    let (start, _) = crate::train::optimizer_for(&g, cfg)?;
+    let ex = crate::exec::Executor::new(&start)?;
+    let (train_loss, _) = crate::train::evaluate(&ex, &start, &split.train, 512)?;
+    let (test_loss, test_accuracy) = crate::train::evaluate(&ex, &start, &split.test, 512)?;
+    let m = EpochMetrics {
+        optimizer: cfg.optimizer,
+        epoch: 0,
+        lr: cfg.lr,
+        train_loss,
+        test_loss,
+        test_accuracy,
+        seconds: 0.0,
+        guarded_steps: 0,
+    };
+    Ok(serde_json::to_string(&m).unwrap_or_default())
 }
 
 /// Mean and sample standard deviation.
@@ -352,7 +412,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 .collect();
             let secs: Vec<f64> = mine
                 .iter()
-                .flat_map(|r| r.rows.iter().map(|m| m.seconds))
+                .flat_map(|r| r.rows.iter().filter(|m| m.epoch > 0).map(|m| m.seconds))
                 .collect();
             if sweep {
                 s += &format!("| {model} ");
@@ -361,7 +421,10 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
                 optimizer_name(optimizer),
                 mine.len(),
-                mine.iter().map(|r| r.rows.len()).min().unwrap_or(0),
+                mine.iter()
+                    .map(|r| r.rows.iter().filter(|m| m.epoch > 0).count())
+                    .min()
+                    .unwrap_or(0),
                 pm(&last(|m| m.test_accuracy), 4),
                 pm(&best, 4),
                 pm(&last(|m| m.test_loss), 4),
@@ -369,6 +432,34 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 mine.iter()
                     .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
                     .count()
+            );
+        }
+    }
+    let starts: Vec<(&RunMetrics, &Row)> = runs
+        .iter()
+        .filter_map(|r| r.rows.iter().find(|m| m.epoch == 0).map(|m| (r, m)))
+        .collect();
+    if !starts.is_empty() {
+        s += "\nBefore the first step (epoch 0: the model each optimizer starts from):\n\n";
+        if sweep {
+            s += "| model ";
+        }
+        s += "| optimizer | seed | test acc | test loss | train loss |\n";
+        if sweep {
+            s += "|---";
+        }
+        s += "|---|---|---|---|---|\n";
+        for (r, m) in starts {
+            if sweep {
+                s += &format!("| {} ", r.model);
+            }
+            s += &format!(
+                "| {} | {} | {:.4} | {:.6} | {:.6} |\n",
+                optimizer_name(r.optimizer),
+                r.seed,
+                m.test_accuracy,
+                m.test_loss,
+                m.train_loss
             );
         }
     }
