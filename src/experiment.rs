@@ -57,7 +57,10 @@ impl Lr {
         match self {
             Lr::One(v) => Ok(*v),
             Lr::PerOptimizer(m) => m.get(&o).copied().ok_or_else(|| {
-                Error::usage(format!("experiment: no learning rate for {}", optimizer_name(o)))
+                Error::usage(format!(
+                    "experiment: no learning rate for {}",
+                    optimizer_name(o)
+                ))
             }),
         }
     }
@@ -298,7 +301,11 @@ fn is_start_row(line: &str) -> bool {
 
 /// The epoch-0 metrics line: the model as the optimizer starts from it (for EC-SGD with
 /// `keep_function`, the canonical form), before any step.
-fn start_row(graph: &crate::ir::Graph, split: &crate::data::Split, cfg: &TrainConfig) -> Result<String> {
+fn start_row(
+    graph: &crate::ir::Graph,
+    split: &crate::data::Split,
+    cfg: &TrainConfig,
+) -> Result<String> {
     let g = crate::train::logits_graph(graph);
     let (start, _) = crate::train::optimizer_for(&g, cfg)?;
     let ex = crate::exec::Executor::new(&start)?;
@@ -538,7 +545,7 @@ fn focus(series: &mut [crate::plot::Series], higher_is_better: bool) -> Option<(
         lo = lo.min(a.unwrap_or(lo));
         hi = hi.max(b.unwrap_or(hi));
     }
-    if !(lo < hi) {
+    if lo >= hi || lo.is_nan() || hi.is_nan() {
         return None;
     }
     let pad = 0.05 * (hi - lo);
@@ -663,9 +670,11 @@ pub fn update_doc(doc: &Path, out: &Path) -> Result<Vec<String>> {
         res += &summary(&exp, out)?;
         res.push('\n');
         for pair in write_plots(&exp, out, &plot_dir)?.chunks(2) {
-            for name in pair {
-                res += &format!("![{name}](plots/{name}) ");
-            }
+            let imgs: Vec<String> = pair
+                .iter()
+                .map(|name| format!("![{name}](plots/{name})"))
+                .collect();
+            res += &imgs.join(" ");
             res.push('\n');
         }
         res += "\n<!-- end -->\n";

@@ -430,6 +430,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             let r = ecc::ec::report::PlanReport::new(
                 &m.model.display().to_string(),
                 &g,
+                &canon,
                 &a,
                 &plan,
                 &stats,

@@ -305,8 +305,40 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             let (inner, len) = (t.inner, t.chain.len());
             let runs_per_chunk = (RUN / inner).max(1);
             let chunk = runs_per_chunk * inner;
+            // With chains along the fastest axis, the per-position factors 1/V, 1/R and V,
+            // computed once, so the loop over a row is straight-line arithmetic.
+            let by_pos: Vec<[f32; 3]> = if inner == 1 {
+                t.chain
+                    .iter()
+                    .map(|&c| {
+                        let (v, r) = (self.v[c as usize], self.r[c as usize]);
+                        [1.0 / v, 1.0 / r, v]
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
             let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
                 let mut pos = (k * runs_per_chunk) % len;
+                if inner == 1 {
+                    let mut i = 0;
+                    while i < wc.len() {
+                        let n = (len - pos).min(wc.len() - i);
+                        for (((wi, mi), gi), f) in wc[i..i + n]
+                            .iter_mut()
+                            .zip(&mut mc[i..i + n])
+                            .zip(&gc[i..i + n])
+                            .zip(&by_pos[pos..pos + n])
+                        {
+                            let [inv_v, inv_r, v] = *f;
+                            *mi = mu * *mi + gi * inv_v + wd * *wi * v;
+                            *wi = (*wi - lr * *mi * inv_v) * inv_r;
+                        }
+                        i += n;
+                        pos = (pos + n) % len;
+                    }
+                    return;
+                }
                 for ((wr, mr), gr) in wc
                     .chunks_mut(inner)
                     .zip(mc.chunks_mut(inner))
@@ -457,6 +489,29 @@ impl ProgramRunner {
                         let partial = |k: usize, wc: &[f32], gc: &[f32]| {
                             let mut local = vec![0f64; p.chains];
                             let mut pos = (k * runs_per_chunk) % len;
+                            if inner == 1 {
+                                // Chains along the fastest axis (columns of a row-major
+                                // weight): sum per position over whole rows with a
+                                // vectorizable loop, then map positions to chains.
+                                let mut acc = vec![0f64; len];
+                                let mut i = 0;
+                                while i < wc.len() {
+                                    let n = (len - pos).min(wc.len() - i);
+                                    for ((a, w), g) in acc[pos..pos + n]
+                                        .iter_mut()
+                                        .zip(&wc[i..i + n])
+                                        .zip(&gc[i..i + n])
+                                    {
+                                        *a += (w * g) as f64;
+                                    }
+                                    i += n;
+                                    pos = (pos + n) % len;
+                                }
+                                for (a, &c) in acc.iter().zip(&t.chain) {
+                                    local[c as usize] += a;
+                                }
+                                return local;
+                            }
                             for (wr, gr) in wc.chunks(inner).zip(gc.chunks(inner)) {
                                 let s: f32 = wr.iter().zip(gr).map(|(a, b)| a * b).sum();
                                 local[t.chain[pos] as usize] += s as f64;

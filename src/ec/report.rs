@@ -33,6 +33,10 @@ pub struct BlockPlan {
     pub params: usize,
     pub hidden_units: usize,
     pub basis_paths: usize,
+    /// |V| of the free skeleton values in the canonical form: [min, median, max]. V is a
+    /// class invariant (the product of a chain's skeleton weights); EC-SGD's step on the
+    /// weights scales as lr / V² (spec §5), so this says which learning rates are sane.
+    pub v_abs: [f64; 3],
 }
 
 #[derive(Debug, Serialize)]
@@ -54,7 +58,15 @@ pub struct PlanReport {
 }
 
 impl PlanReport {
-    pub fn new(model: &str, g: &Graph, a: &Analysis, plan: &EcPlan, stats: &GaugeStats) -> Self {
+    /// `g` is the imported model, `canon` its canonical form (from [`super::normalize`]).
+    pub fn new(
+        model: &str,
+        g: &Graph,
+        canon: &Graph,
+        a: &Analysis,
+        plan: &EcPlan,
+        stats: &GaugeStats,
+    ) -> Self {
         let mut roles: BTreeMap<String, String> = BTreeMap::new();
         let mut blocks = vec![];
         for (bi, b) in plan.blocks.iter().enumerate() {
@@ -78,11 +90,23 @@ impl PlanReport {
             let last = &g.nodes[*b.layers.last().expect("layers")];
             let wl = &g.params[&last.data_inputs()[1]].dims;
             widths.push(wl[super::out_axis(&last.op)]);
+            let v = super::skeleton::skeleton(g, a, b).v;
+            let free_w = &canon.params[&g.nodes[b.layers[b.free]].data_inputs()[1]];
+            let mut mags: Vec<f64> = match &free_w.data {
+                crate::ir::TensorData::F32(w) => v.iter().map(|&i| w[i].abs() as f64).collect(),
+                crate::ir::TensorData::I64(_) => vec![],
+            };
+            mags.sort_by(f64::total_cmp);
+            let v_abs = match (mags.first(), mags.last()) {
+                (Some(&lo), Some(&hi)) => [lo, mags[mags.len() / 2], hi],
+                _ => [f64::NAN; 3],
+            };
             blocks.push(BlockPlan {
+                v_abs,
                 layers: b.layers.iter().map(|&n| g.node_label(n)).collect(),
                 widths,
                 free_layer: g.node_label(b.layers[b.free]),
-                free_skeleton_indices: super::skeleton::skeleton(g, a, b).v,
+                free_skeleton_indices: v,
                 rotations: b.rotations.clone(),
                 hidden: b
                     .designated
@@ -178,6 +202,16 @@ impl PlanReport {
                 group_digits(b.basis_paths)
             );
             s += &format!("           {}\n", b.layers.join(" → "));
+            let [lo, med, hi] = b.v_abs;
+            s += &format!(
+                "           |V| (free skeleton values) min {lo:.2e}, median {med:.2e}, max {hi:.2e}\n"
+            );
+            if med < 1e-2 {
+                s += &format!(
+                    "           EC-SGD steps scale as lr/V²: from this form use lr ≈ {:.0e} × the usual\n",
+                    med * med
+                );
+            }
         }
         if !self.outside.is_empty() {
             s += &format!("outside      {} layers with units:\n", self.outside.len());
