@@ -247,6 +247,44 @@ fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     Ok(f(&data[a..b]))
 }
 
+/// One SGD step on a parameter, in place, in one (multi-threaded) pass: with
+/// d = g + wd * w, m <- mu * m + d, w <- w - lr * m (PyTorch's SGD; `m` starts at 0, so the
+/// first step is w - lr * d). The same kernel as the update programs' unchained tensors.
+pub fn sgd_in_place(
+    w: &Tensor,
+    g: &Tensor,
+    m: &mut Vec<f32>,
+    lr: f32,
+    mu: f32,
+    wd: f32,
+) -> Result<()> {
+    let g = g.contiguous()?;
+    if m.len() != g.elem_count() {
+        *m = vec![0.0; g.elem_count()];
+    }
+    let t = Target {
+        name: String::new(),
+        chain: vec![],
+        inner: 1,
+        fixed: vec![],
+        v: vec![],
+    };
+    with_slice(&g, |gs| {
+        let op = Fused {
+            t: &t,
+            g: gs,
+            m: std::sync::Mutex::new(m),
+            v: &[],
+            r: &[],
+            lr,
+            mu,
+            wd,
+        };
+        w.inplace_op1(&op)
+    })??;
+    Ok(())
+}
+
 /// Scalars per parallel chunk, and the size below which a tensor is done on one thread.
 const RUN: usize = 8192;
 const PARALLEL_FROM: usize = 32768;
@@ -563,10 +601,10 @@ impl ProgramRunner {
             for t in ts {
                 let g = grads[&t.name].contiguous()?;
                 let n = g.elem_count();
-                let m = self
-                    .momentum
-                    .entry(t.name.clone())
-                    .or_insert_with(|| vec![0.0; n]);
+                if !self.momentum.contains_key(&t.name) {
+                    self.momentum.insert(t.name.clone(), vec![0.0; n]);
+                }
+                let m = self.momentum.get_mut(&t.name).expect("inserted above");
                 with_slice(&g, |gs| {
                     let op = Fused {
                         t,

@@ -22,12 +22,13 @@ pub trait Optimizer {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
 }
 
-/// SGD with momentum and weight decay on the parameters in `trainable`.
+/// SGD with momentum and weight decay on the parameters in `trainable`: one fused in-place
+/// pass per tensor (`sgd_in_place`).
 pub struct Sgd {
     pub momentum: f64,
     pub weight_decay: f64,
     trainable: HashSet<String>,
-    buf: HashMap<String, Tensor>,
+    buf: HashMap<String, Vec<f32>>,
 }
 
 impl Sgd {
@@ -56,37 +57,39 @@ impl Optimizer for Sgd {
                 continue;
             }
             let Some(g) = grads.get(name) else { continue };
-            let w = var.as_tensor();
-            let d = if self.weight_decay != 0.0 {
-                (g + (w * self.weight_decay)?)?
-            } else {
-                g.clone()
-            };
-            let d = if self.momentum != 0.0 {
-                let m = match self.buf.get(name) {
-                    Some(m) => ((m * self.momentum)? + d)?,
-                    None => d,
-                };
-                self.buf.insert(name.clone(), m.clone());
-                m
-            } else {
-                d
-            };
-            var.set(&(w - (d * lr)?)?)?;
+            if !self.buf.contains_key(name) {
+                self.buf.insert(name.clone(), vec![]);
+            }
+            let m = self.buf.get_mut(name).expect("inserted above");
+            crate::ec::program::sgd_in_place(
+                var.as_tensor(),
+                g,
+                m,
+                lr as f32,
+                self.momentum as f32,
+                self.weight_decay as f32,
+            )?;
         }
         Ok(0)
     }
     fn state(&self) -> HashMap<String, Tensor> {
         self.buf
             .iter()
-            .map(|(k, v)| (format!("sgd/{k}"), v.clone()))
+            .filter_map(|(k, v)| {
+                Tensor::new(v.as_slice(), &candle_core::Device::Cpu)
+                    .ok()
+                    .map(|t| (format!("sgd/{k}"), t))
+            })
             .collect()
     }
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        self.buf = state
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("sgd/").map(|k| (k.to_string(), v.clone())))
-            .collect();
+        self.buf.clear();
+        for (k, v) in state {
+            if let Some(name) = k.strip_prefix("sgd/") {
+                self.buf
+                    .insert(name.to_string(), v.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
         Ok(())
     }
 }
