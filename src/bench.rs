@@ -96,6 +96,45 @@ pub struct StepCase {
     pub params: usize,
     /// Median wall time of one training step (forward, loss, backward, optimizer step).
     pub ms_per_step: f64,
+    /// Matmul work of one step in GFLOP: forward 2·B·Σ(in·out) per dense or conv layer,
+    /// backward twice that, less the input gradient of the first layer (never computed).
+    pub gflop: f64,
+    /// Peak resident memory of this process so far (MiB, VmHWM), after this case ran. Run
+    /// one case per process (`--case`) to read it per case.
+    pub max_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process in MiB (Linux: VmHWM in /proc/self/status).
+pub fn max_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Multiply-adds per sample of the dense and conv layers of a graph, the first layer's
+/// separately (its input gradient is not computed).
+fn macs_per_sample(g: &Graph) -> (f64, f64) {
+    use crate::ir::Op;
+    let mut layers = vec![];
+    for n in &g.nodes {
+        let (w, out) = match (&n.op, n.data_inputs().get(1)) {
+            (Op::Gemm { .. } | Op::Conv(_), Some(w)) => (w, &n.outputs[0]),
+            _ => continue,
+        };
+        let Some(wt) = g.params.get(w.as_str()) else {
+            continue;
+        };
+        let weights: usize = wt.dims.iter().product();
+        // Dense: one MAC per weight; conv: per weight and output position.
+        let positions: usize = match n.op {
+            Op::Conv(_) => g.shapes[out.as_str()].dims[2..].iter().product(),
+            _ => 1,
+        };
+        layers.push((weights * positions) as f64);
+    }
+    let first = layers.first().copied().unwrap_or(0.0);
+    (layers.iter().sum(), first)
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +150,7 @@ pub struct StepRatio {
 /// plain CNN on 28x28 (batch 64).
 pub fn train_steps(
     runs: usize,
+    only: Option<&str>,
     mut progress: impl FnMut(&StepCase),
 ) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
     use crate::train::{cross_entropy, optimizer_for, OptimizerKind, TrainConfig};
@@ -122,8 +162,22 @@ pub fn train_steps(
         ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
     ];
     let (mut out, mut ratios) = (vec![], vec![]);
+    if let Some(o) = only {
+        if !cases.iter().any(|c| c.0 == o) {
+            let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+            return Err(crate::Error::usage(format!(
+                "no bench case '{o}' (cases: {})",
+                names.join(", ")
+            )));
+        }
+    }
     for (name, spec, bias, batch) in cases {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
         let g = build(&Spec::parse(spec)?, 0, bias)?;
+        let (macs, first) = macs_per_sample(&g);
+        let gflop = 2.0 * batch as f64 * (3.0 * macs - first) / 1e9;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let dims = g.shapes[&g.inputs[0].name].with_batch(batch);
         let n: usize = dims.iter().product();
@@ -195,6 +249,8 @@ pub fn train_steps(
                 batch,
                 params: g.param_count(),
                 ms_per_step: m,
+                gflop,
+                max_rss_mib: max_rss_mib(),
             };
             progress(&c);
             out.push(c);

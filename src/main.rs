@@ -213,9 +213,16 @@ enum BenchWhat {
     /// Training-step time (forward, loss, backward, optimizer step) of SGD, EC-SGD, Path-SGD,
     /// interleaved, median of --runs after a warm-up: MLP 784-64-64-64-64-10 (batch 64),
     /// MLP 784-512-512-10 (batch 128), a plain CNN on 28x28 (batch 64).
+    ///
+    /// Also reported: the matmul work of a step (GFLOP) and the peak memory (max RSS) of the
+    /// process after each case; run one case per process with --case for per-case memory.
+    /// scripts/peer-bench.sh runs the same cases in PyTorch, interleaved, for ratios.
     Train {
         #[arg(long, default_value_t = 30)]
         runs: usize,
+        /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10 or cnn-28x28).
+        #[arg(long)]
+        case: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -650,19 +657,26 @@ fn main_inner(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Bench {
-            what: BenchWhat::Train { runs, json },
+            what: BenchWhat::Train { runs, case, json },
         } => {
             if !json {
                 println!(
-                    "{:<20} {:<8} {:>6} {:>10} {:>12}",
-                    "case", "optimizer", "batch", "params", "ms/step"
+                    "{:<20} {:<8} {:>6} {:>10} {:>10} {:>8} {:>9} {:>9}",
+                    "case", "optimizer", "batch", "params", "ms/step", "GFLOP", "GFLOP/s", "maxRSS"
                 );
             }
-            let (cases, ratios) = ecc::bench::train_steps(runs, |c| {
+            let (cases, ratios) = ecc::bench::train_steps(runs, case.as_deref(), |c| {
                 if !json {
                     println!(
-                        "{:<20} {:<8} {:>6} {:>10} {:>12.3}",
-                        c.name, c.optimizer, c.batch, c.params, c.ms_per_step
+                        "{:<20} {:<8} {:>6} {:>10} {:>10.3} {:>8.3} {:>9.1} {:>8.0}M",
+                        c.name,
+                        c.optimizer,
+                        c.batch,
+                        c.params,
+                        c.ms_per_step,
+                        c.gflop,
+                        c.gflop / c.ms_per_step * 1e3,
+                        c.max_rss_mib.unwrap_or(f64::NAN)
                     );
                 }
             })?;

@@ -1,0 +1,96 @@
+"""PyTorch side of scripts/peer-bench.sh: the cases of `ecc bench train`, same models, batch
+sizes, optimizer (SGD, lr 1e-3, momentum 0.9) and step (forward, cross-entropy, backward,
+optimizer step), on the CPU with 2 threads. Prints JSON: per case the median step time and
+the peak memory of this process, plus the machine's f32 matmul rate (1024x1024)."""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def mlp(sizes, bias):
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+CASES = {
+    "mlp-784-64x4-10": (lambda: mlp([784, 64, 64, 64, 64, 10], False), (784,), 64),
+    "mlp-784-512-512-10": (lambda: mlp([784, 512, 512, 10], True), (784,), 128),
+    "cnn-28x28": (cnn, (1, 28, 28), 64),
+}
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
+def step_ms(name, runs):
+    make, shape, batch = CASES[name]
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.rand(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return (time.perf_counter() - t) * 1e3
+
+    for _ in range(3):
+        step()
+    return median([step() for _ in range(runs)])
+
+
+def matmul_gflops():
+    a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * 1024**3 / median(times) / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=sorted(CASES))
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--matmul", action="store_true", help="only the matmul rate")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.matmul:
+        out["matmul_gflops"] = matmul_gflops()
+    else:
+        names = [args.case] if args.case else sorted(CASES)
+        out["cases"] = [{"name": n, "ms_per_step": step_ms(n, args.runs),
+                         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                        for n in names]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
