@@ -721,6 +721,12 @@ fn main_inner(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    // Exit quietly when the reader of stdout goes away (`ecc analyze m.onnx | head`), as
+    // command-line tools do, instead of panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Err(e) = main_inner(cli) {
         eprintln!("error: {e:#}");
