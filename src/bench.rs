@@ -240,12 +240,7 @@ pub fn train_steps(
             medians.push(m);
             let c = StepCase {
                 name: name.into(),
-                optimizer: match kind {
-                    OptimizerKind::Sgd => "sgd",
-                    OptimizerKind::EcSgd => "ec-sgd",
-                    OptimizerKind::PathSgd => "path-sgd",
-                }
-                .into(),
+                optimizer: kind.name().into(),
                 batch,
                 params: g.param_count(),
                 ms_per_step: m,

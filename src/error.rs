@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Usage(String),
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// Training produced a non-finite loss (the message says where).
+    #[error("training diverged: {0}")]
+    Diverged(String),
 }
 
 /// A located error: file and node are filled in as the error travels outwards.

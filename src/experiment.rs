@@ -100,6 +100,8 @@ pub struct RunOutcome {
     /// Epochs trained now (0 when the run was already complete).
     pub trained: usize,
     pub metrics: PathBuf,
+    /// Why the run stopped early, when its loss became non-finite.
+    pub diverged: Option<String>,
 }
 
 impl Experiment {
@@ -171,10 +173,7 @@ pub fn label(model: &str) -> String {
 }
 
 pub fn optimizer_name(k: OptimizerKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    k.name().to_string()
 }
 
 /// Metrics lines already written for epochs up to `upto` (later lines, written after the
@@ -215,17 +214,17 @@ pub fn run(
                 |ext: &str| dir.join(format!("{}-seed{seed}.{ext}", optimizer_name(optimizer)));
             let metrics = file("jsonl");
             let checkpoint = file("safetensors");
-            let done = kept_lines(&metrics, exp.epochs)
-                .iter()
-                .filter(|l| !is_start_row(l))
-                .count();
-            if done >= exp.epochs {
+            let kept = kept_lines(&metrics, exp.epochs);
+            let done = kept.iter().filter(|l| !is_start_row(l)).count();
+            let diverged = kept.iter().find_map(|l| diverged_message(l));
+            if done >= exp.epochs || diverged.is_some() {
                 outcomes.push(RunOutcome {
                     model: model.to_string(),
                     optimizer,
                     seed,
                     trained: 0,
                     metrics,
+                    diverged,
                 });
                 continue;
             }
@@ -269,16 +268,32 @@ pub fn run(
             write(&lines)?;
             let mut trained = 0;
             let mut failure = None;
-            train(&graph, &split, &cfg, |m| {
+            let result = train(&graph, &split, &cfg, |m| {
                 lines.push(serde_json::to_string(m).unwrap_or_default());
                 if let Err(e) = write(&lines) {
                     failure.get_or_insert(e);
                 }
                 trained += 1;
                 on_epoch(&run, m);
-            })?;
+            });
             if let Some(e) = failure {
                 return Err(e);
+            }
+            // A run that diverges is a result, not a failure of the experiment: record where
+            // and why, and go on with the next run.
+            let mut diverged = None;
+            match result {
+                Ok(_) => {}
+                Err(Error {
+                    kind: ErrorKind::Diverged(msg),
+                    ..
+                }) => {
+                    let epoch = resumed + trained + 1;
+                    lines.push(serde_json::json!({ "epoch": epoch, "diverged": msg }).to_string());
+                    write(&lines)?;
+                    diverged = Some(msg);
+                }
+                Err(e) => return Err(e),
             }
             outcomes.push(RunOutcome {
                 model: model.to_string(),
@@ -286,10 +301,18 @@ pub fn run(
                 seed,
                 trained,
                 metrics,
+                diverged,
             });
         }
     }
     Ok(outcomes)
+}
+
+/// The message of a metrics line that records a divergence.
+fn diverged_message(line: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["diverged"].as_str().map(String::from))
 }
 
 fn is_start_row(line: &str) -> bool {
@@ -354,6 +377,8 @@ pub struct RunMetrics {
     pub optimizer: OptimizerKind,
     pub seed: u64,
     pub rows: Vec<Row>,
+    /// (epoch, message) when the run stopped on a non-finite loss.
+    pub diverged: Option<(usize, String)>,
 }
 
 /// Read the metrics of every run of `exp` under `out`; a run with no metrics file is an error
@@ -365,17 +390,28 @@ pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
             let path = exp
                 .run_dir(out, model)
                 .join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
-            let rows: Vec<Row> = std::fs::read_to_string(&path)
-                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?
-                .lines()
-                .map(serde_json::from_str)
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| Error::invalid(format!("metrics: {e}")).in_file(&path))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?;
+            let (mut rows, mut diverged) = (vec![], None);
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| Error::invalid(format!("metrics: {e}")).in_file(&path))?;
+                if let Some(msg) = v["diverged"].as_str() {
+                    let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
+                    diverged = Some((epoch, msg.to_string()));
+                } else {
+                    rows.push(
+                        serde_json::from_value::<Row>(v)
+                            .map_err(|e| Error::invalid(format!("metrics: {e}")).in_file(&path))?,
+                    );
+                }
+            }
             Ok(RunMetrics {
                 model: model.to_string(),
                 optimizer,
                 seed,
                 rows,
+                diverged,
             })
         })
         .collect()
@@ -399,16 +435,29 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     if sweep {
         s += "| model ";
     }
-    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard |\n";
+    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard | diverged |\n";
     if sweep {
         s += "|---";
     }
-    s += "|---|---|---|---|---|---|---|---|\n";
+    s += "|---|---|---|---|---|---|---|---|---|\n";
     for model in exp.model.list() {
         for &optimizer in &exp.optimizers {
-            let mine: Vec<&RunMetrics> = runs
+            let all: Vec<&RunMetrics> = runs
                 .iter()
-                .filter(|r| r.model == model && r.optimizer == optimizer && !r.rows.is_empty())
+                .filter(|r| r.model == model && r.optimizer == optimizer)
+                .collect();
+            let diverged: Vec<String> = all
+                .iter()
+                .filter_map(|r| {
+                    r.diverged
+                        .as_ref()
+                        .map(|(e, _)| format!("seed {} (epoch {e})", r.seed))
+                })
+                .collect();
+            let mine: Vec<&RunMetrics> = all
+                .iter()
+                .copied()
+                .filter(|r| r.diverged.is_none() && !r.rows.is_empty())
                 .collect();
             let last = |f: fn(&Row) -> f64| -> Vec<f64> {
                 mine.iter().map(|r| f(r.rows.last().unwrap())).collect()
@@ -425,7 +474,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 s += &format!("| {model} ");
             }
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
                 optimizer_name(optimizer),
                 mine.len(),
                 mine.iter()
@@ -438,7 +487,12 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 mean_std(&secs).0,
                 mine.iter()
                     .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
-                    .count()
+                    .count(),
+                if diverged.is_empty() {
+                    "0".to_string()
+                } else {
+                    format!("{}: {}", diverged.len(), diverged.join(", "))
+                }
             );
         }
     }
@@ -470,35 +524,44 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
             );
         }
     }
-    let (sgd, ec) = (OptimizerKind::Sgd, OptimizerKind::EcSgd);
-    if exp.optimizers.contains(&sgd) && exp.optimizers.contains(&ec) {
-        s += "\nGap EC-SGD − SGD, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
-        s += "| model | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|\n";
+    let ec = OptimizerKind::EcSgd;
+    let baselines = [OptimizerKind::Sgd, OptimizerKind::SgdEcInit];
+    let present: Vec<OptimizerKind> = baselines
+        .into_iter()
+        .filter(|b| exp.optimizers.contains(b))
+        .collect();
+    if exp.optimizers.contains(&ec) && !present.is_empty() {
+        s += "\nGap EC-SGD − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
+        s += "| model | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|---|\n";
         for model in exp.model.list() {
-            let pick = |o: OptimizerKind, seed: u64| {
-                runs.iter()
-                    .find(|r| r.model == model && r.optimizer == o && r.seed == seed)
-                    .filter(|r| !r.rows.is_empty())
-            };
-            let (mut acc, mut best, mut loss) = (vec![], vec![], vec![]);
-            for &seed in &exp.seeds {
-                if let (Some(a), Some(b)) = (pick(sgd, seed), pick(ec, seed)) {
-                    let (la, lb) = (a.rows.last().unwrap(), b.rows.last().unwrap());
-                    acc.push(lb.test_accuracy - la.test_accuracy);
-                    let bst =
-                        |r: &RunMetrics| r.rows.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
-                    best.push(bst(b) - bst(a));
-                    loss.push(lb.test_loss - la.test_loss);
+            for &base in &present {
+                let pick = |o: OptimizerKind, seed: u64| {
+                    runs.iter()
+                        .find(|r| r.model == model && r.optimizer == o && r.seed == seed)
+                        .filter(|r| !r.rows.is_empty() && r.diverged.is_none())
+                };
+                let (mut acc, mut best, mut loss) = (vec![], vec![], vec![]);
+                for &seed in &exp.seeds {
+                    if let (Some(a), Some(b)) = (pick(base, seed), pick(ec, seed)) {
+                        let (la, lb) = (a.rows.last().unwrap(), b.rows.last().unwrap());
+                        acc.push(lb.test_accuracy - la.test_accuracy);
+                        let bst = |r: &RunMetrics| {
+                            r.rows.iter().map(|m| m.test_accuracy).fold(0.0, f64::max)
+                        };
+                        best.push(bst(b) - bst(a));
+                        loss.push(lb.test_loss - la.test_loss);
+                    }
                 }
+                s += &format!(
+                    "| {model} | {} | {} | {} | {} | {} | {} |\n",
+                    base.name(),
+                    acc.len(),
+                    pm(&acc, 4),
+                    pm(&best, 4),
+                    pm(&loss, 4),
+                    acc.iter().filter(|&&d| d > 0.0).count()
+                );
             }
-            s += &format!(
-                "| {model} | {} | {} | {} | {} | {} |\n",
-                acc.len(),
-                pm(&acc, 4),
-                pm(&best, 4),
-                pm(&loss, 4),
-                acc.iter().filter(|&&d| d > 0.0).count()
-            );
         }
     }
     Ok(s)
@@ -561,13 +624,22 @@ pub fn charts(exp: &Experiment, out: &Path, model: &str) -> Result<[crate::plot:
         exp.optimizers
             .iter()
             .map(|&o| {
-                let mine: Vec<&RunMetrics> = runs
+                let all: Vec<&RunMetrics> = runs
                     .iter()
                     .filter(|r| r.model == model && r.optimizer == o)
                     .collect();
+                let mine: Vec<&RunMetrics> = all
+                    .iter()
+                    .copied()
+                    .filter(|r| r.diverged.is_none())
+                    .collect();
                 let n = mine.iter().map(|r| r.rows.len()).min().unwrap_or(0);
+                let mut name = optimizer_name(o);
+                if mine.len() < all.len() {
+                    name += &format!(" ({} of {} diverged)", all.len() - mine.len(), all.len());
+                }
                 let mut s = Series {
-                    name: optimizer_name(o),
+                    name,
                     x: vec![],
                     mean: vec![],
                     lo: vec![],

@@ -110,7 +110,9 @@ enum Cmd {
         /// digits, mnist:DIR or fashion-mnist:DIR (scripts/fetch-data.sh fetches the latter two).
         #[arg(long, default_value = "digits")]
         data: String,
-        /// sgd, ec-sgd, path-sgd, both (sgd and ec-sgd side by side) or all three.
+        /// sgd, ec-sgd, path-sgd, both (sgd and ec-sgd side by side) or all three; also
+        /// sgd-ec-init, a control: SGD from the model EC-SGD starts from (skeleton weights at
+        /// ±1), which separates the effect of the optimizer from that of its initialization.
         #[arg(long, default_value = "both")]
         optimizer: String,
         #[arg(long, default_value_t = 10)]
@@ -485,6 +487,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                 "sgd" => vec![OptimizerKind::Sgd],
                 "ec-sgd" => vec![OptimizerKind::EcSgd],
                 "path-sgd" => vec![OptimizerKind::PathSgd],
+                "sgd-ec-init" => vec![OptimizerKind::SgdEcInit],
                 "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
                 "all" => vec![
                     OptimizerKind::Sgd,
@@ -493,14 +496,14 @@ fn main_inner(cli: Cli) -> Result<()> {
                 ],
                 other => {
                     return Err(ecc::Error::usage(format!(
-                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, both (sgd and ec-sgd) or all"
+                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, sgd-ec-init, both (sgd and ec-sgd) or all"
                     ))
                     .into())
                 }
             };
             if (output.is_some() || checkpoint.is_some()) && kinds.len() > 1 {
                 return Err(ecc::Error::usage(
-                    "-o and --checkpoint are for one optimizer: choose --optimizer sgd or ec-sgd",
+                    "-o and --checkpoint are for one optimizer: choose --optimizer sgd, ec-sgd, path-sgd or sgd-ec-init",
                 )
                 .into());
             }
@@ -534,10 +537,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                 };
                 let bar =
                     std::cell::RefCell::new(None::<(indicatif::ProgressBar, std::time::Instant)>);
-                let label = serde_json::to_value(kind)?
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string();
+                let label = kind.name().to_string();
                 let hooks = Hooks {
                     on_step: Box::new(|i| {
                         let mut b = bar.borrow_mut();
@@ -582,19 +582,16 @@ fn main_inner(cli: Cli) -> Result<()> {
                 rows.push(hist);
             }
             println!(
-                "\n{:<8} {:>9} {:>9} {:>9} {:>10} {:>8}",
+                "\n{:<11} {:>9} {:>9} {:>9} {:>10} {:>8}",
                 "optimizer", "test acc", "best acc", "test loss", "s/epoch", "guarded"
             );
             for h in &rows {
                 let last = h.last().expect("epochs >= 1");
                 let best = h.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
                 let secs = h.iter().map(|m| m.seconds).sum::<f64>() / h.len() as f64;
-                let name = serde_json::to_value(last.optimizer)?
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string();
+                let name = last.optimizer.name();
                 println!(
-                    "{name:<8} {:>9.4} {best:>9.4} {:>9.4} {secs:>10.3} {:>8}",
+                    "{name:<11} {:>9.4} {best:>9.4} {:>9.4} {secs:>10.3} {:>8}",
                     last.test_accuracy, last.test_loss, last.guarded_steps
                 );
             }
@@ -638,6 +635,15 @@ fn main_inner(cli: Cli) -> Result<()> {
                     m.epoch, m.test_loss, m.test_accuracy, m.seconds
                 );
             })?;
+            for r in runs.iter().filter(|r| r.diverged.is_some()) {
+                println!(
+                    "  {} {} seed {}: diverged: {}",
+                    r.model,
+                    r.optimizer.name(),
+                    r.seed,
+                    r.diverged.as_deref().unwrap_or("")
+                );
+            }
             let fresh = runs.iter().filter(|r| r.trained > 0).count();
             println!(
                 "{} runs complete ({fresh} trained now) in {}",

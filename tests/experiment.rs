@@ -82,7 +82,7 @@ fn runs_are_written_skipped_and_resumed() {
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
     // The per-seed gap table pairs the two optimizers' runs.
-    assert!(table.contains("| mlp:64-16-10 | 2 | "), "{table}");
+    assert!(table.contains("| mlp:64-16-10 | sgd | 2 | "), "{table}");
     // Plots: one accuracy and one loss chart, one line per optimizer.
     let plots = dir.join("plots");
     let (code, _, err) = ecc(&[
@@ -163,5 +163,51 @@ fn sweeps_and_results_documents() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(std::fs::read_to_string(&doc).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run whose loss becomes non-finite is recorded as diverged (epoch and message), the other
+/// runs go on, the experiment succeeds, and the summary counts it apart from the means.
+#[test]
+fn diverged_runs_are_recorded_not_fatal() {
+    let dir = std::env::temp_dir().join(format!("ecc-diverge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "d", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0], "epochs": 2, "batch": 32, "lr": {"sgd": 1e12, "ec-sgd": 0.05}}"#,
+    )
+    .unwrap();
+    let out = dir.join("results");
+    let args = [
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, text, err) = ecc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("sgd seed 0: diverged: the loss became"),
+        "{text}"
+    );
+    assert!(text.contains("2 runs complete (1 trained now)"), "{text}");
+    let metrics = std::fs::read_to_string(out.join("d/sgd-seed0.jsonl")).unwrap();
+    assert!(metrics.contains(r#""diverged""#), "{metrics}");
+    // Not retried: a second call trains nothing.
+    let (_, text, _) = ecc(&args);
+    assert!(text.contains("(0 trained now)"), "{text}");
+    let (code, table, err) = ecc(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--summary",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("| sgd | 0 | 0 |"), "{table}");
+    assert!(table.contains("| 1: seed 0 (epoch 1) |"), "{table}");
+    assert!(table.contains("| ec-sgd | 1 | 2 |"), "{table}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

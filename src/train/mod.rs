@@ -76,6 +76,22 @@ pub enum OptimizerKind {
     Sgd,
     EcSgd,
     PathSgd,
+    /// A control: plain SGD started from EC-SGD's starting model (skeleton weights at ±1,
+    /// or the canonical form with `keep_function`), to tell the optimizer's effect from
+    /// that of its initialization.
+    SgdEcInit,
+}
+
+impl OptimizerKind {
+    /// The name used on the command line, in metrics and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::EcSgd => "ec-sgd",
+            OptimizerKind::PathSgd => "path-sgd",
+            OptimizerKind::SgdEcInit => "sgd-ec-init",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +337,17 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             tg.clone(),
             Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)) as Box<dyn Optimizer>,
         ),
+        OptimizerKind::SgdEcInit => {
+            let ec = TrainConfig {
+                optimizer: OptimizerKind::EcSgd,
+                ..cfg.clone()
+            };
+            let (start, _) = optimizer_for(tg, &ec)?;
+            (
+                start,
+                Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)) as Box<dyn Optimizer>,
+            )
+        }
         OptimizerKind::EcSgd => {
             let a = analyze(tg, &RuleSet::default_rules());
             let mut p = plan(tg, &a);
@@ -453,7 +480,7 @@ pub fn train_with(
                 .filter(|(p, &i)| **p == split.train.y[i])
                 .count();
             if !l.is_finite() {
-                return Err(Error::exec(format!("the loss became {l} in epoch {} (learning rate {lr} too large?): training stopped", epoch + 1)));
+                return Err(Error::new(crate::error::ErrorKind::Diverged(format!("the loss became {l} in epoch {} (learning rate {lr} too large?): training stopped", epoch + 1))));
             }
             total += l * chunk.len() as f64;
             seen += chunk.len();
