@@ -1,0 +1,356 @@
+//! `ecc experiment`: run every (optimizer, seed) of an experiment description, writing each
+//! run's metrics as JSON lines and a checkpoint, so that an interrupted experiment resumes
+//! where it stopped and finished runs are skipped.
+//!
+//! The description is JSON:
+//! `{"name": "reference-mlp", "model": "mlp:784-64-64-64-64-10", "bias": false,
+//!   "data": "mnist", "optimizers": ["sgd", "ec-sgd", "path-sgd"], "seeds": [0, 1, 2],
+//!   "epochs": 50, "batch": 64, "lr": 0.1, "schedule": "exp:0.01", "momentum": 0.0,
+//!   "weight_decay": 0.0}`.
+//! `model` is a spec of `ecc new` (initialized with the run's seed) or an .onnx path, or a
+//! list of them (a sweep); `data` is digits, mnist, fashion-mnist (from the cache of
+//! scripts/fetch-data.sh) or `mnist:DIR` / `fashion-mnist:DIR`; `lr` is one number or one per
+//! optimizer (`{"sgd": 0.01, "ec-sgd": 1e-15}`); `"keep_function": true` starts EC-SGD from
+//! the canonical form. `report` turns the metrics into tables, plots and document blocks.
+
+mod report;
+
+pub use report::{
+    charts, load_metrics, mean_std, summary, update_doc, write_plots, Row, RunMetrics,
+};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::train::{train, EpochMetrics, OptimizerKind, Schedule, TrainConfig};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    /// One model, or a list of models (a sweep: each gets its own folder and table row).
+    pub model: Models,
+    #[serde(default = "yes")]
+    pub bias: bool,
+    pub data: String,
+    pub optimizers: Vec<OptimizerKind>,
+    pub seeds: Vec<u64>,
+    pub epochs: usize,
+    pub batch: usize,
+    /// One learning rate, or one per optimizer: `{"sgd": 0.01, "ec-sgd": 1e-15}`.
+    pub lr: Lr,
+    #[serde(default = "constant")]
+    pub schedule: String,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Start from the model's function: EC-SGD from its canonical form (spec §4) instead of
+    /// the skeleton-±1 initialization. For fine-tuning a trained model. Each run then also
+    /// records an epoch-0 row: the starting model's loss and accuracy before any step (train
+    /// loss over the whole training set).
+    #[serde(default)]
+    pub keep_function: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Lr {
+    One(f64),
+    PerOptimizer(std::collections::BTreeMap<OptimizerKind, f64>),
+}
+
+impl Lr {
+    pub fn of(&self, o: OptimizerKind) -> Result<f64> {
+        match self {
+            Lr::One(v) => Ok(*v),
+            Lr::PerOptimizer(m) => m.get(&o).copied().ok_or_else(|| {
+                Error::usage(format!(
+                    "experiment: no learning rate for {}",
+                    optimizer_name(o)
+                ))
+            }),
+        }
+    }
+}
+
+/// `"model": "mlp:..."` or `"model": ["mlp:...", "mlp:..."]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Models {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Models {
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Models::One(m) => vec![m.as_str()],
+            Models::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn constant() -> String {
+    "constant".into()
+}
+
+/// One finished or resumed run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub model: String,
+    pub optimizer: OptimizerKind,
+    pub seed: u64,
+    /// Epochs trained now (0 when the run was already complete).
+    pub trained: usize,
+    pub metrics: PathBuf,
+    /// Why the run stopped early, when its loss became non-finite.
+    pub diverged: Option<String>,
+}
+
+impl Experiment {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(path))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::usage(format!("experiment description: {e}")).in_file(path))
+    }
+
+    fn data_spec(&self) -> String {
+        match self.data.as_str() {
+            "mnist" | "fashion-mnist" => format!(
+                "{}:{}",
+                self.data,
+                crate::data_dir().join(&self.data).display()
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    fn model(&self, model: &str, seed: u64) -> Result<crate::ir::Graph> {
+        if model.starts_with("mlp:") || model.starts_with("cnn:") {
+            crate::zoo::build(&crate::zoo::Spec::parse(model)?, seed, self.bias)
+        } else {
+            crate::import::load_file(Path::new(model), &Default::default())
+        }
+    }
+
+    /// The folder of one model's runs: `out/<name>/` for a single model, and
+    /// `out/<name>/<model label>/` in a sweep.
+    pub fn run_dir(&self, out: &Path, model: &str) -> PathBuf {
+        let dir = out.join(&self.name);
+        match &self.model {
+            Models::One(_) => dir,
+            Models::Many(_) => dir.join(label(model)),
+        }
+    }
+
+    /// Every (model, optimizer, seed) run, in the order they are trained.
+    pub fn runs(&self) -> Vec<(&str, OptimizerKind, u64)> {
+        let mut v = vec![];
+        for m in self.model.list() {
+            for &o in &self.optimizers {
+                for &s in &self.seeds {
+                    v.push((m, o, s));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A file-name-safe label of a model spec or path: `mlp:784-32-32-10` -> `mlp-784-32-32-10`.
+pub fn label(model: &str) -> String {
+    let base = Path::new(model)
+        .file_stem()
+        .filter(|_| model.ends_with(".onnx"))
+        .map_or(model.to_string(), |s| s.to_string_lossy().into_owned());
+    base.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+pub fn optimizer_name(k: OptimizerKind) -> String {
+    k.name().to_string()
+}
+
+/// Metrics lines already written for epochs up to `upto` (later lines, written after the
+/// last checkpoint, are dropped so that a resumed run does not repeat them).
+fn kept_lines(path: &Path, upto: usize) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .is_some_and(|e| e as usize <= upto)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// Run (or resume) every run of `exp` under `out/<name>/`.
+pub fn run(
+    exp: &Experiment,
+    out: &Path,
+    mut on_epoch: impl FnMut(&str, &EpochMetrics),
+) -> Result<Vec<RunOutcome>> {
+    let split = crate::data::load(&exp.data_spec())?;
+    let schedule = Schedule::parse(&exp.schedule)?;
+    let mut outcomes = vec![];
+    for (model, optimizer, seed) in exp.runs() {
+        {
+            let dir = exp.run_dir(out, model);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
+            let mut run = format!("{}-seed{seed}", optimizer_name(optimizer));
+            if let Models::Many(_) = exp.model {
+                run = format!("{}/{run}", label(model));
+            }
+            let file =
+                |ext: &str| dir.join(format!("{}-seed{seed}.{ext}", optimizer_name(optimizer)));
+            let metrics = file("jsonl");
+            let checkpoint = file("safetensors");
+            let kept = kept_lines(&metrics, exp.epochs);
+            let done = kept.iter().filter(|l| !is_start_row(l)).count();
+            let diverged = kept.iter().find_map(|l| diverged_message(l));
+            if done >= exp.epochs || diverged.is_some() {
+                outcomes.push(RunOutcome {
+                    model: model.to_string(),
+                    optimizer,
+                    seed,
+                    trained: 0,
+                    metrics,
+                    diverged,
+                });
+                continue;
+            }
+            // Resume from the checkpoint: keep the metrics of the epochs it holds.
+            let resumed = if checkpoint.is_file() {
+                let t = candle_core::safetensors::load(&checkpoint, &candle_core::Device::Cpu)?;
+                t.get("meta/epoch")
+                    .map(|e| e.to_vec1::<u32>())
+                    .transpose()?
+                    .map_or(0, |v| v[0] as usize)
+            } else {
+                0
+            };
+            let mut lines = kept_lines(&metrics, resumed);
+            let cfg = TrainConfig {
+                optimizer,
+                epochs: exp.epochs,
+                batch: exp.batch,
+                lr: exp.lr.of(optimizer)?,
+                schedule,
+                momentum: exp.momentum,
+                weight_decay: exp.weight_decay,
+                seed,
+                skeleton_init: !exp.keep_function,
+                checkpoint: Some(checkpoint.clone()),
+                resume: true,
+            };
+            let graph = exp.model(model, seed)?;
+            if exp.keep_function && !lines.iter().any(|l| is_start_row(l)) {
+                lines.insert(0, start_row(&graph, &split, &cfg)?);
+            }
+            let write = |lines: &[String]| -> Result<()> {
+                let tmp = metrics.with_extension("jsonl.tmp");
+                std::fs::write(
+                    &tmp,
+                    lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+                )
+                .and_then(|_| std::fs::rename(&tmp, &metrics))
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&metrics))
+            };
+            write(&lines)?;
+            let mut trained = 0;
+            let mut failure = None;
+            let result = train(&graph, &split, &cfg, |m| {
+                lines.push(serde_json::to_string(m).unwrap_or_default());
+                if let Err(e) = write(&lines) {
+                    failure.get_or_insert(e);
+                }
+                trained += 1;
+                on_epoch(&run, m);
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            // A run that diverges is a result, not a failure of the experiment: record where
+            // and why, and go on with the next run.
+            let mut diverged = None;
+            match result {
+                Ok(_) => {}
+                Err(Error {
+                    kind: ErrorKind::Diverged(msg),
+                    ..
+                }) => {
+                    let epoch = resumed + trained + 1;
+                    lines.push(serde_json::json!({ "epoch": epoch, "diverged": msg }).to_string());
+                    write(&lines)?;
+                    diverged = Some(msg);
+                }
+                Err(e) => return Err(e),
+            }
+            outcomes.push(RunOutcome {
+                model: model.to_string(),
+                optimizer,
+                seed,
+                trained,
+                metrics,
+                diverged,
+            });
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The message of a metrics line that records a divergence.
+fn diverged_message(line: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["diverged"].as_str().map(String::from))
+}
+
+fn is_start_row(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["epoch"].as_u64())
+        == Some(0)
+}
+
+/// The epoch-0 metrics line: the model as the optimizer starts from it (for EC-SGD with
+/// `keep_function`, the canonical form), before any step.
+fn start_row(
+    graph: &crate::ir::Graph,
+    split: &crate::data::Split,
+    cfg: &TrainConfig,
+) -> Result<String> {
+    let g = crate::train::logits_graph(graph);
+    let (start, _) = crate::train::optimizer_for(&g, cfg)?;
+    let ex = crate::exec::Executor::new(&start)?;
+    let (train_loss, _) = crate::train::evaluate(&ex, &start, &split.train, 512)?;
+    let (test_loss, test_accuracy) = crate::train::evaluate(&ex, &start, &split.test, 512)?;
+    let m = EpochMetrics {
+        optimizer: cfg.optimizer,
+        epoch: 0,
+        lr: cfg.lr,
+        train_loss,
+        test_loss,
+        test_accuracy,
+        seconds: 0.0,
+        guarded_steps: 0,
+    };
+    Ok(serde_json::to_string(&m).unwrap_or_default())
+}
