@@ -521,6 +521,25 @@ fn main_inner(cli: Cli) -> Result<()> {
                 None => None,
             };
             let mut rows = vec![];
+            if keep_function && kinds.contains(&OptimizerKind::EcSgd) {
+                // EC-SGD's step on a weight scales as lr / V² (spec §5), and V (a class
+                // invariant) is tiny in trained networks: say so before a long run diverges.
+                let tg = ecc::train::logits_graph(&g);
+                let a = ecc::analysis::analyze(&tg, &ecc::analysis::RuleSet::default_rules());
+                let mut plan = ecc::ec::plan(&tg, &a);
+                let (canon, stats) = ecc::ec::normalize(&tg, &a, &mut plan);
+                let r = ecc::ec::report::PlanReport::new("", &tg, &canon, &a, &plan, &stats);
+                if let Some(med) = r.blocks.iter().map(|b| b.v_abs[1]).reduce(f64::min) {
+                    if med < 1e-2 {
+                        println!(
+                            "note: from the canonical form, |V| has median {med:.1e}: EC-SGD's steps scale as lr/V², \
+                             so lr {lr} acts like {:.1e}; lr around {:.0e} times your usual one may be needed",
+                            lr / (med * med),
+                            med * med
+                        );
+                    }
+                }
+            }
             for kind in kinds {
                 let cfg = TrainConfig {
                     optimizer: kind,
