@@ -206,7 +206,10 @@ fn diverged_runs_are_recorded_not_fatal() {
         "--summary",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(table.contains("| sgd | 0 | 0 |"), "{table}");
+    assert!(
+        table.contains("| sgd | 0 | 0 | - | - | - | diverged |"),
+        "{table}"
+    );
     assert!(table.contains("| 1: seed 0 (epoch 1) |"), "{table}");
     assert!(table.contains("| ec-sgd | 1 | 2 |"), "{table}");
     std::fs::remove_dir_all(&dir).unwrap();

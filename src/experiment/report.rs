@@ -79,6 +79,9 @@ pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
 
 /// `mean ± sd` with `d` decimals.
 fn pm(v: &[f64], d: usize) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
     let (m, sd) = mean_std(v);
     format!("{m:.d$} ± {sd:.d$}")
 }
@@ -95,11 +98,11 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     if sweep {
         s += "| model ";
     }
-    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | s/epoch | runs with guard | diverged |\n";
+    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | final acc by seed | s/epoch | runs with guard | diverged |\n";
     if sweep {
         s += "|---";
     }
-    s += "|---|---|---|---|---|---|---|---|---|\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|\n";
     for model in exp.model.list() {
         for &optimizer in &exp.optimizers {
             let all: Vec<&RunMetrics> = runs
@@ -133,8 +136,18 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
             if sweep {
                 s += &format!("| {model} ");
             }
+            // Seed by seed, in the description's order: a bimodal outcome (one seed stuck)
+            // shows here while the mean ± sd alone would hide its shape.
+            let by_seed: Vec<String> = all
+                .iter()
+                .map(|r| match (&r.diverged, r.rows.last()) {
+                    (Some(_), _) => "diverged".to_string(),
+                    (None, Some(m)) => format!("{:.4}", m.test_accuracy),
+                    (None, None) => "-".to_string(),
+                })
+                .collect();
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
                 optimizer_name(optimizer),
                 mine.len(),
                 mine.iter()
@@ -144,6 +157,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 pm(&last(|m| m.test_accuracy), 4),
                 pm(&best, 4),
                 pm(&last(|m| m.test_loss), 4),
+                by_seed.join(" "),
                 mean_std(&secs).0,
                 mine.iter()
                     .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
