@@ -228,8 +228,12 @@ pub fn train_steps(
                 step(ex, opt)?;
             }
         }
-        for _ in 0..runs.max(1) {
-            for (_, ex, opt, times) in runners.iter_mut() {
+        // Interleaved, and the order rotated every round, so that no optimizer always runs
+        // right after the same other one (caches and idle threads would favour some).
+        let k = runners.len();
+        for round in 0..runs.max(1) {
+            for j in 0..k {
+                let (_, ex, opt, times) = &mut runners[(round + j) % k];
                 times.push(step(ex, opt)?);
             }
         }
