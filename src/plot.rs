@@ -218,10 +218,13 @@ impl Chart {
                 TOP + 16.0
             };
             let y = first + 18.0 * i as f64;
-            let x = LEFT + pw - 150.0;
+            // About 7 px per character at font size 12, plus the line sample.
+            let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+            let box_w = 34.0 + 7.0 * longest as f64;
+            let x = LEFT + pw - box_w - 6.0;
             let _ = writeln!(
                 s,
-                r#"<rect x="{:.1}" y="{:.1}" width="144" height="18" fill="white" fill-opacity="0.8"/><line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{c}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                r#"<rect x="{:.1}" y="{:.1}" width="{box_w:.1}" height="18" fill="white" fill-opacity="0.8"/><line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{c}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 x - 4.0,
                 y - 11.0,
                 x,

@@ -88,8 +88,9 @@ fn pm(v: &[f64], d: usize) -> String {
 
 /// The results table of an experiment, as Markdown, from the metrics files under
 /// `out/<name>/`: per model and optimizer, mean ± standard deviation over seeds of the final
-/// and best test accuracy and the final test loss, the mean time per epoch, and the runs that
-/// had a guard activation. When the experiment has both SGD and EC-SGD, a second table gives
+/// and best test accuracy and the final test loss, the final accuracy seed by seed, the
+/// accuracy's epoch-to-epoch jitter near the end, the mean time per epoch, the runs that had
+/// a guard activation and the runs that diverged. When the experiment has both SGD and EC-SGD, a second table gives
 /// the gap EC-SGD − SGD per model, paired by seed.
 pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     let runs = load_metrics(exp, out)?;
@@ -98,11 +99,11 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     if sweep {
         s += "| model ";
     }
-    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | final acc by seed | s/epoch | runs with guard | diverged |\n";
+    s += "| optimizer | runs | epochs | final test acc | best test acc | final test loss | final acc by seed | jitter | s/epoch | runs with guard | diverged |\n";
     if sweep {
         s += "|---";
     }
-    s += "|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for model in exp.model.list() {
         for &optimizer in &exp.optimizers {
             let all: Vec<&RunMetrics> = runs
@@ -146,8 +147,24 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                     (None, None) => "-".to_string(),
                 })
                 .collect();
+            // Epoch-to-epoch noise of the test accuracy near the end: the standard deviation
+            // over each run's last 10 epochs (or fewer), averaged over runs. A gap smaller
+            // than this is within what one more or one fewer epoch would change.
+            let jitter: Vec<f64> = mine
+                .iter()
+                .map(|r| {
+                    let tail: Vec<f64> = r
+                        .rows
+                        .iter()
+                        .rev()
+                        .take(10)
+                        .map(|m| m.test_accuracy)
+                        .collect();
+                    mean_std(&tail).1
+                })
+                .collect();
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
                 optimizer_name(optimizer),
                 mine.len(),
                 mine.iter()
@@ -158,6 +175,11 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 pm(&best, 4),
                 pm(&last(|m| m.test_loss), 4),
                 by_seed.join(" "),
+                if jitter.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.4}", mean_std(&jitter).0)
+                },
                 mean_std(&secs).0,
                 mine.iter()
                     .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
