@@ -220,7 +220,7 @@ enum BenchWhat {
     /// process after each case; run one case per process with --case for per-case memory.
     /// scripts/peer-bench.sh runs the same cases in PyTorch, interleaved, for ratios.
     Train {
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 100)]
         runs: usize,
         /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10 or cnn-28x28).
         #[arg(long)]

@@ -219,7 +219,12 @@ impl Chart {
             };
             let y = first + 18.0 * i as f64;
             // About 7 px per character at font size 12, plus the line sample.
-            let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+            let longest = self
+                .series
+                .iter()
+                .map(|s| s.name.chars().count())
+                .max()
+                .unwrap_or(0);
             let box_w = 34.0 + 7.0 * longest as f64;
             let x = LEFT + pw - box_w - 6.0;
             let _ = writeln!(
