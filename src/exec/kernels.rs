@@ -256,12 +256,16 @@ impl<T> Mat<T> {
     }
 }
 
+/// Matmuls with fewer multiply-adds than this run on one thread even when threads are
+/// allowed: below it, handing work to the other thread costs more than it saves.
+const PAR_GEMM: usize = 1 << 20;
+
 /// `dst = a * b` (or `dst += a * b` with `accumulate`), dst row-major and contiguous.
 fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, threads: bool) {
     let (m, k, a_rs, a_cs) = a.view();
     let (k2, n, b_rs, b_cs) = b.view();
     assert!(k == k2 && dst.len() >= m * n, "gemm shapes");
-    let par = if threads {
+    let par = if threads && m * n * k >= PAR_GEMM {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
