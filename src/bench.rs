@@ -145,6 +145,9 @@ pub struct StepRatio {
     pub path_sgd_over_sgd: f64,
 }
 
+/// The names of the cases of [`train_steps`].
+pub const TRAIN_CASES: [&str; 3] = ["mlp-784-64x4-10", "mlp-784-512-512-10", "cnn-28x28"];
+
 /// Training-step times of SGD, EC-SGD and Path-SGD, interleaved step by step in one process, on the
 /// cases of issue 5: MLP 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a
 /// plain CNN on 28x28 (batch 64).
@@ -162,12 +165,12 @@ pub fn train_steps(
         ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
     ];
     let (mut out, mut ratios) = (vec![], vec![]);
+    debug_assert!(cases.iter().map(|c| c.0).eq(TRAIN_CASES.iter().copied()));
     if let Some(o) = only {
-        if !cases.iter().any(|c| c.0 == o) {
-            let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        if !TRAIN_CASES.contains(&o) {
             return Err(crate::Error::usage(format!(
                 "no bench case '{o}' (cases: {})",
-                names.join(", ")
+                TRAIN_CASES.join(", ")
             )));
         }
     }

@@ -684,6 +684,15 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Train { runs, case, json },
         } => {
+            if let Some(c) = &case {
+                if !ecc::bench::TRAIN_CASES.contains(&c.as_str()) {
+                    return Err(ecc::Error::usage(format!(
+                        "no bench case '{c}' (cases: {})",
+                        ecc::bench::TRAIN_CASES.join(", ")
+                    ))
+                    .into());
+                }
+            }
             if !json {
                 println!(
                     "{:<20} {:<8} {:>6} {:>10} {:>10} {:>8} {:>9} {:>9}",

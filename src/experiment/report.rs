@@ -50,8 +50,12 @@ pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
             let path = exp
                 .run_dir(out, model)
                 .join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::new(ErrorKind::Io(format!(
+                    "{e} (no metrics for this run yet: run `ecc experiment` on the description first)"
+                )))
+                .in_file(&path)
+            })?;
             let (mut rows, mut diverged) = (vec![], None);
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line)
