@@ -480,7 +480,7 @@ pub fn train_with(
                 .filter(|(p, &i)| **p == split.train.y[i])
                 .count();
             if !l.is_finite() {
-                return Err(Error::new(crate::error::ErrorKind::Diverged(format!("the loss became {l} in epoch {} (learning rate {lr} too large?): training stopped", epoch + 1))));
+                return Err(Error::new(crate::error::ErrorKind::Diverged(format!("the loss became {l} in epoch {} (learning rate {} too large?): training stopped", epoch + 1, if lr != 0.0 && lr.abs() < 1e-3 { format!("{lr:e}") } else { lr.to_string() }))));
             }
             total += l * chunk.len() as f64;
             seen += chunk.len();
