@@ -4,37 +4,46 @@
 mod common;
 
 use common::ecc;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn runs_are_written_skipped_and_resumed() {
-    let dir = std::env::temp_dir().join(format!("ecc-exp-{}", std::process::id()));
+/// A fresh scratch folder holding the experiment description `json` as `<tag>.json`; returns
+/// (folder, description, results folder).
+fn setup(tag: &str, json: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ecc-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tiny.json");
-    std::fs::write(
-        &file,
-        r#"{"name": "tiny", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
-            "seeds": [0, 1], "epochs": 3, "batch": 32, "lr": 0.05, "momentum": 0.9}"#,
-    )
-    .unwrap();
+    let file = dir.join(format!("{tag}.json"));
+    std::fs::write(&file, json).unwrap();
     let out = dir.join("results");
-    let (code, text, err) = ecc(&[
+    (dir, file, out)
+}
+
+/// `ecc experiment FILE --out OUT EXTRA...`.
+fn exp(file: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
         "experiment",
         file.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ecc(&args)
+}
+
+#[test]
+fn runs_are_written_skipped_and_resumed() {
+    let (dir, file, out) = setup(
+        "tiny",
+        r#"{"name": "tiny", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0, 1], "epochs": 3, "batch": 32, "lr": 0.05, "momentum": 0.9}"#,
+    );
+    let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("4 runs complete (4 trained now)"), "{text}");
     let run = out.join("tiny/ec-sgd-seed1.jsonl");
     let full = std::fs::read_to_string(&run).unwrap();
     assert_eq!(full.lines().count(), 3);
     // Again: nothing to do.
-    let (_, text, _) = ecc(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (_, text, _) = exp(&file, &out, &[]);
     assert!(text.contains("4 runs complete (0 trained now)"), "{text}");
     // Cut one run back to its first epoch, as an interruption after epoch 1 would leave it:
     // redo that run for 1 epoch only (metrics and checkpoint of epoch 1).
@@ -46,12 +55,7 @@ fn runs_are_written_skipped_and_resumed() {
     one.seeds = vec![1];
     ecc::experiment::run(&one, &out, |_, _| {}).unwrap();
     assert_eq!(std::fs::read_to_string(&run).unwrap().lines().count(), 1);
-    let (code, text, err) = ecc(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("(1 trained now)"), "{text}");
     let resumed = std::fs::read_to_string(&run).unwrap();
@@ -72,27 +76,14 @@ fn runs_are_written_skipped_and_resumed() {
     };
     assert_eq!(last(&resumed), last(&full));
     // The summary reads the same files.
-    let (code, table, err) = ecc(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--summary",
-    ]);
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
     // The per-seed gap table pairs the two optimizers' runs.
     assert!(table.contains("| mlp:64-16-10 | sgd | 2 | "), "{table}");
     // Plots: one accuracy and one loss chart, one line per optimizer.
     let plots = dir.join("plots");
-    let (code, _, err) = ecc(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ]);
+    let (code, _, err) = exp(&file, &out, &["--plots", plots.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let svg = std::fs::read_to_string(plots.join("tiny-test-accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
@@ -104,23 +95,12 @@ fn runs_are_written_skipped_and_resumed() {
 /// generated blocks are rebuilt from the metrics while the prose around them is kept.
 #[test]
 fn sweeps_and_results_documents() {
-    let dir = std::env::temp_dir().join(format!("ecc-sweep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("sweep.json");
-    std::fs::write(
-        &file,
+    let (dir, file, out) = setup(
+        "sweep",
         r#"{"name": "sweep", "model": ["mlp:64-8-10", "mlp:64-16-10"], "data": "digits",
             "optimizers": ["sgd", "ec-sgd"], "seeds": [0, 1], "epochs": 2, "batch": 32, "lr": 0.05}"#,
-    )
-    .unwrap();
-    let out = dir.join("results");
-    let args = [
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let (code, text, err) = ecc(&args);
+    );
+    let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("8 runs complete (8 trained now)"), "{text}");
     assert!(out.join("sweep/mlp-64-8-10/ec-sgd-seed1.jsonl").is_file());
@@ -170,23 +150,12 @@ fn sweeps_and_results_documents() {
 /// runs go on, the experiment succeeds, and the summary counts it apart from the means.
 #[test]
 fn diverged_runs_are_recorded_not_fatal() {
-    let dir = std::env::temp_dir().join(format!("ecc-diverge-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.json");
-    std::fs::write(
-        &file,
+    let (dir, file, out) = setup(
+        "d",
         r#"{"name": "d", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
             "seeds": [0], "epochs": 2, "batch": 32, "lr": {"sgd": 1e12, "ec-sgd": 0.05}}"#,
-    )
-    .unwrap();
-    let out = dir.join("results");
-    let args = [
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let (code, text, err) = ecc(&args);
+    );
+    let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         text.contains("sgd seed 0: diverged: the loss became"),
@@ -196,15 +165,9 @@ fn diverged_runs_are_recorded_not_fatal() {
     let metrics = std::fs::read_to_string(out.join("d/sgd-seed0.jsonl")).unwrap();
     assert!(metrics.contains(r#""diverged""#), "{metrics}");
     // Not retried: a second call trains nothing.
-    let (_, text, _) = ecc(&args);
+    let (_, text, _) = exp(&file, &out, &[]);
     assert!(text.contains("(0 trained now)"), "{text}");
-    let (code, table, err) = ecc(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--summary",
-    ]);
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         table.contains("| sgd | 0 | 0 | - | - | - | diverged |"),

@@ -485,6 +485,68 @@ macro_rules! op2 {
     };
 }
 
+/// A layer op with a weight and an optional bias, as two candle ops: (x, w) and (x, w, b).
+/// `$fwd(op, x, w, bias)` computes the output; the type provides `grads(x, w, y, grad)` ->
+/// (input gradient if wanted, weight gradient, output gradient after the fused ReLU) and
+/// `bias_grad(output gradient, b)`.
+macro_rules! layer_op {
+    ($ty:ty, $name:literal, $name_bias:literal, $fwd:ident) => {
+        impl CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                by_dtype!(s1.dtype(), $fwd, &self.0, s1, l1, s2, l2, None)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw, _) = self.grads(x, w, res, grad)?;
+                Ok((dx, Some(dw)))
+            }
+        }
+
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name_bias
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let bias = Some((s3, l3));
+                by_dtype!(s1.dtype(), $fwd, &self.0, s1, l1, s2, l2, bias)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                b: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw, g) = self.grads(x, w, res, grad)?;
+                Ok((dx, Some(dw), Some(self.bias_grad(&g, b)?)))
+            }
+        }
+    };
+}
+
 struct ConvFwd(Conv);
 op2!(ConvDx, "ecc-conv-dx", conv_dx);
 op2!(ConvDw, "ecc-conv-dw", conv_dw);
@@ -508,69 +570,13 @@ impl ConvFwd {
     }
 }
 
-impl CustomOp2 for ConvFwd {
-    fn name(&self) -> &'static str {
-        "ecc-conv"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), conv_fwd, &self.0, s1, l1, s2, l2, None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, w, res, grad)?;
-        Ok((dx, Some(dw)))
-    }
-}
+layer_op!(ConvFwd, "ecc-conv", "ecc-conv-bias", conv_fwd);
 
-/// Convolution with the bias added in the same pass; the bias gradient is the sum of the
-/// output gradient over samples and positions.
-impl candle_core::CustomOp3 for ConvFwd {
-    fn name(&self) -> &'static str {
-        "ecc-conv-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(
-            s1.dtype(),
-            conv_fwd,
-            &self.0,
-            s1,
-            l1,
-            s2,
-            l2,
-            Some((s3, l3))
-        )
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, grad) = self.grads(x, w, res, grad)?;
-        let (n, m) = (grad.dims()[0], grad.dims()[1]);
-        let db = grad.reshape((n, m, ()))?.sum(2)?.sum(0)?;
-        Ok((dx, Some(dw), Some(db)))
+impl ConvFwd {
+    /// The bias gradient: the output gradient summed over samples and positions.
+    fn bias_grad(&self, g: &Tensor, _b: &Tensor) -> Result<Tensor> {
+        let (n, m) = (g.dims()[0], g.dims()[1]);
+        g.reshape((n, m, ()))?.sum(2)?.sum(0)
     }
 }
 
@@ -787,66 +793,12 @@ impl DenseFwd {
     }
 }
 
-impl CustomOp2 for DenseFwd {
-    fn name(&self) -> &'static str {
-        "ecc-dense"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), dense_fwd, &self.0, s1, l1, s2, l2, None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.grads(x, w, res, grad)?;
-        Ok((dx, Some(dw)))
-    }
-}
+layer_op!(DenseFwd, "ecc-dense", "ecc-dense-bias", dense_fwd);
 
-impl candle_core::CustomOp3 for DenseFwd {
-    fn name(&self) -> &'static str {
-        "ecc-dense-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(
-            s1.dtype(),
-            dense_fwd,
-            &self.0,
-            s1,
-            l1,
-            s2,
-            l2,
-            Some((s3, l3))
-        )
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, g) = self.grads(x, w, res, grad)?;
-        let db = g.apply_op1_no_bwd(&ColSum)?.reshape(b.shape())?;
-        Ok((dx, Some(dw), Some(db)))
+impl DenseFwd {
+    /// The bias gradient: the column sums of the output gradient.
+    fn bias_grad(&self, g: &Tensor, b: &Tensor) -> Result<Tensor> {
+        g.apply_op1_no_bwd(&ColSum)?.reshape(b.shape())
     }
 }
 
