@@ -110,10 +110,11 @@ enum Cmd {
         /// digits, mnist:DIR or fashion-mnist:DIR (scripts/fetch-data.sh fetches the latter two).
         #[arg(long, default_value = "digits")]
         data: String,
-        /// sgd, ec-sgd, path-sgd, both (sgd and ec-sgd side by side) or all three; also
-        /// sgd-ec-init, a control: SGD from the model EC-SGD starts from (skeleton weights at
-        /// ±1), which separates the effect of the optimizer from that of its initialization.
-        #[arg(long, default_value = "both")]
+        /// sgd, ec-sgd, path-sgd or sgd-ec-init (a control: SGD from the model EC-SGD starts
+        /// from, skeleton weights at ±1, which separates the effect of the update rule from
+        /// that of the initialization); or several side by side: both (sgd, ec-sgd), compare
+        /// (sgd, ec-sgd, sgd-ec-init) or all (sgd, ec-sgd, path-sgd, sgd-ec-init).
+        #[arg(long, default_value = "compare")]
         optimizer: String,
         #[arg(long, default_value_t = 10)]
         epochs: usize,
@@ -489,14 +490,20 @@ fn main_inner(cli: Cli) -> Result<()> {
                 "path-sgd" => vec![OptimizerKind::PathSgd],
                 "sgd-ec-init" => vec![OptimizerKind::SgdEcInit],
                 "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
+                "compare" => vec![
+                    OptimizerKind::Sgd,
+                    OptimizerKind::EcSgd,
+                    OptimizerKind::SgdEcInit,
+                ],
                 "all" => vec![
                     OptimizerKind::Sgd,
                     OptimizerKind::EcSgd,
                     OptimizerKind::PathSgd,
+                    OptimizerKind::SgdEcInit,
                 ],
                 other => {
                     return Err(ecc::Error::usage(format!(
-                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, sgd-ec-init, both (sgd and ec-sgd) or all"
+                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, sgd-ec-init, both, compare or all"
                     ))
                     .into())
                 }

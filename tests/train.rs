@@ -1,6 +1,8 @@
 //! Training on real data: each optimizer learns the digits, runs are deterministic, a
 //! diverging run stops with a clear message, and an imported MLP trains on MNIST.
 
+mod common;
+
 use ecc::data::{digits, load};
 use ecc::import::{load_file, ImportOptions};
 use ecc::train::{evaluate, logits_graph, train, OptimizerKind, TrainConfig};
@@ -206,5 +208,27 @@ fn an_interrupted_run_resumes_exactly() {
             straight.params, resumed.params,
             "{kind:?}: the interrupted run ends elsewhere"
         );
+    }
+}
+
+/// The README's first command: `ecc train` with no arguments trains the embedded model on the
+/// embedded digits with SGD, EC-SGD and the control, and prints the comparison table.
+#[test]
+fn the_default_command_compares_the_optimizers() {
+    let (code, text, err) = common::ecc(&["train"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("optimizer"))
+        .skip(1)
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["sgd", "ec-sgd", "sgd-ec-init"], "{text}");
+    for row in rows {
+        let acc: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(acc > 0.9, "{row}");
     }
 }
