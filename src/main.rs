@@ -424,9 +424,8 @@ fn main_inner(cli: Cli) -> Result<()> {
         }
         Cmd::Convert { m, output, emit } => {
             let g = load(&m)?;
-            let a = ecc::analysis::analyze(&g, &ecc::analysis::RuleSet::default_rules());
-            let mut plan = ecc::ec::plan(&g, &a);
-            let (canon, stats) = ecc::ec::normalize(&g, &a, &mut plan);
+            let conv = ecc::ec::convert(&g);
+            let canon = &conv.canon;
             let stem = m
                 .model
                 .file_stem()
@@ -436,15 +435,8 @@ fn main_inner(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot create {}", output.display()))?;
             let onnx = output.join(format!("{stem}.ec.onnx"));
             let json = output.join(format!("{stem}.ec.json"));
-            ecc::export::write_file(&canon, &onnx)?;
-            let r = ecc::ec::report::PlanReport::new(
-                &m.model.display().to_string(),
-                &g,
-                &canon,
-                &a,
-                &plan,
-                &stats,
-            );
+            ecc::export::write_file(canon, &onnx)?;
+            let r = conv.report(&m.model.display().to_string(), &g);
             let tmp = json.with_extension("json.tmp");
             std::fs::write(&tmp, serde_json::to_string_pretty(&r)?)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -452,7 +444,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             match emit {
                 Emit::Plan => print!("{}", r.summary()),
                 Emit::Program => {
-                    for p in ecc::ec::program::programs(&canon, &a, &plan) {
+                    for p in ecc::ec::program::programs(canon, &conv.analysis, &conv.plan) {
                         print!("{}", p.text());
                     }
                 }
@@ -532,10 +524,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                 // EC-SGD's step on a weight scales as lr / V² (spec §5), and V (a class
                 // invariant) is tiny in trained networks: say so before a long run diverges.
                 let tg = ecc::train::logits_graph(&g);
-                let a = ecc::analysis::analyze(&tg, &ecc::analysis::RuleSet::default_rules());
-                let mut plan = ecc::ec::plan(&tg, &a);
-                let (canon, stats) = ecc::ec::normalize(&tg, &a, &mut plan);
-                let r = ecc::ec::report::PlanReport::new("", &tg, &canon, &a, &plan, &stats);
+                let r = ecc::ec::convert(&tg).report("", &tg);
                 if let Some(med) = r.blocks.iter().map(|b| b.v_abs[1]).reduce(f64::min) {
                     if med < 1e-2 {
                         println!(

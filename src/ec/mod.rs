@@ -140,6 +140,42 @@ fn grouped(g: &Graph, node: usize) -> bool {
     matches!(&g.nodes[node].op, Op::Conv(c) if c.group > 1)
 }
 
+/// The whole EC pass on a model: the symmetry analysis (default rules), the plan and the
+/// canonical, gauge-normalized model.
+pub struct Conversion {
+    pub analysis: Analysis,
+    pub plan: EcPlan,
+    pub canon: Graph,
+    pub stats: GaugeStats,
+}
+
+/// Analyse `g`, plan its blocks and normalize it (spec §3, §4).
+pub fn convert(g: &Graph) -> Conversion {
+    let analysis = crate::analysis::analyze(g, &crate::analysis::RuleSet::default_rules());
+    let mut plan = plan(g, &analysis);
+    let (canon, stats) = normalize(g, &analysis, &mut plan);
+    Conversion {
+        analysis,
+        plan,
+        canon,
+        stats,
+    }
+}
+
+impl Conversion {
+    /// The plan report of this conversion of `g` (named `model` in the report).
+    pub fn report(&self, model: &str, g: &Graph) -> report::PlanReport {
+        report::PlanReport::new(
+            model,
+            g,
+            &self.canon,
+            &self.analysis,
+            &self.plan,
+            &self.stats,
+        )
+    }
+}
+
 /// Build the plan: blocks, free layers and designated weights.
 pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
     let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();

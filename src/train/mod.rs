@@ -3,11 +3,9 @@
 
 pub mod optim;
 
-use crate::analysis::{analyze, RuleSet};
 use crate::data::{Dataset, Split};
 use crate::ec::program::{programs, ProgramRunner};
 use crate::ec::step::StepConfig;
-use crate::ec::{normalize, plan};
 use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::ir::{Graph, Op};
@@ -349,9 +347,12 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             )
         }
         OptimizerKind::EcSgd => {
-            let a = analyze(tg, &RuleSet::default_rules());
-            let mut p = plan(tg, &a);
-            let (canon, _) = normalize(tg, &a, &mut p);
+            let crate::ec::Conversion {
+                analysis: a,
+                plan: p,
+                canon,
+                ..
+            } = crate::ec::convert(tg);
             let progs = programs(&canon, &a, &p);
             // The reference's initialization: every skeleton weight of the fresh model set to
             // ±1 (fixed ones and V alike), the other weights as initialized. Otherwise the
