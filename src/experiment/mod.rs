@@ -65,10 +65,7 @@ impl Lr {
         match self {
             Lr::One(v) => Ok(*v),
             Lr::PerOptimizer(m) => m.get(&o).copied().ok_or_else(|| {
-                Error::usage(format!(
-                    "experiment: no learning rate for {}",
-                    optimizer_name(o)
-                ))
+                Error::usage(format!("experiment: no learning rate for {}", o.name()))
             }),
         }
     }
@@ -149,6 +146,20 @@ impl Experiment {
         }
     }
 
+    /// A file of one run: `<run_dir>/<optimizer>-seed<k>.<ext>` (metrics: jsonl, checkpoint:
+    /// safetensors).
+    pub fn run_file(
+        &self,
+        out: &Path,
+        model: &str,
+        optimizer: OptimizerKind,
+        seed: u64,
+        ext: &str,
+    ) -> PathBuf {
+        self.run_dir(out, model)
+            .join(format!("{}-seed{seed}.{ext}", optimizer.name()))
+    }
+
     /// Every (model, optimizer, seed) run, in the order they are trained.
     pub fn runs(&self) -> Vec<(&str, OptimizerKind, u64)> {
         let mut v = vec![];
@@ -180,10 +191,6 @@ pub fn label(model: &str) -> String {
         .collect()
 }
 
-pub fn optimizer_name(k: OptimizerKind) -> String {
-    k.name().to_string()
-}
-
 /// Metrics lines already written for epochs up to `upto` (later lines, written after the
 /// last checkpoint, are dropped so that a resumed run does not repeat them).
 fn kept_lines(path: &Path, upto: usize) -> Vec<String> {
@@ -210,108 +217,104 @@ pub fn run(
     let schedule = Schedule::parse(&exp.schedule)?;
     let mut outcomes = vec![];
     for (model, optimizer, seed) in exp.runs() {
-        {
-            let dir = exp.run_dir(out, model);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
-            let mut run = format!("{}-seed{seed}", optimizer_name(optimizer));
-            if let Models::Many(_) = exp.model {
-                run = format!("{}/{run}", label(model));
-            }
-            let file =
-                |ext: &str| dir.join(format!("{}-seed{seed}.{ext}", optimizer_name(optimizer)));
-            let metrics = file("jsonl");
-            let checkpoint = file("safetensors");
-            let kept = kept_lines(&metrics, exp.epochs);
-            let done = kept.iter().filter(|l| !is_start_row(l)).count();
-            let diverged = kept.iter().find_map(|l| diverged_message(l));
-            if done >= exp.epochs || diverged.is_some() {
-                outcomes.push(RunOutcome {
-                    model: model.to_string(),
-                    optimizer,
-                    seed,
-                    trained: 0,
-                    metrics,
-                    diverged,
-                });
-                continue;
-            }
-            // Resume from the checkpoint: keep the metrics of the epochs it holds.
-            let resumed = if checkpoint.is_file() {
-                let t = candle_core::safetensors::load(&checkpoint, &candle_core::Device::Cpu)?;
-                t.get("meta/epoch")
-                    .map(|e| e.to_vec1::<u32>())
-                    .transpose()?
-                    .map_or(0, |v| v[0] as usize)
-            } else {
-                0
-            };
-            let mut lines = kept_lines(&metrics, resumed);
-            let cfg = TrainConfig {
-                optimizer,
-                epochs: exp.epochs,
-                batch: exp.batch,
-                lr: exp.lr.of(optimizer)?,
-                schedule,
-                momentum: exp.momentum,
-                weight_decay: exp.weight_decay,
-                seed,
-                skeleton_init: !exp.keep_function,
-                checkpoint: Some(checkpoint.clone()),
-                resume: true,
-            };
-            let graph = exp.model(model, seed)?;
-            if exp.keep_function && !lines.iter().any(|l| is_start_row(l)) {
-                lines.insert(0, start_row(&graph, &split, &cfg)?);
-            }
-            let write = |lines: &[String]| -> Result<()> {
-                let tmp = metrics.with_extension("jsonl.tmp");
-                std::fs::write(
-                    &tmp,
-                    lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-                )
-                .and_then(|_| std::fs::rename(&tmp, &metrics))
-                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&metrics))
-            };
-            write(&lines)?;
-            let mut trained = 0;
-            let mut failure = None;
-            let result = train(&graph, &split, &cfg, |m| {
-                lines.push(serde_json::to_string(m).unwrap_or_default());
-                if let Err(e) = write(&lines) {
-                    failure.get_or_insert(e);
-                }
-                trained += 1;
-                on_epoch(&run, m);
-            });
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            // A run that diverges is a result, not a failure of the experiment: record where
-            // and why, and go on with the next run.
-            let mut diverged = None;
-            match result {
-                Ok(_) => {}
-                Err(Error {
-                    kind: ErrorKind::Diverged(msg),
-                    ..
-                }) => {
-                    let epoch = resumed + trained + 1;
-                    lines.push(serde_json::json!({ "epoch": epoch, "diverged": msg }).to_string());
-                    write(&lines)?;
-                    diverged = Some(msg);
-                }
-                Err(e) => return Err(e),
-            }
+        let dir = exp.run_dir(out, model);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
+        let mut run = format!("{}-seed{seed}", optimizer.name());
+        if let Models::Many(_) = exp.model {
+            run = format!("{}/{run}", label(model));
+        }
+        let metrics = exp.run_file(out, model, optimizer, seed, "jsonl");
+        let checkpoint = exp.run_file(out, model, optimizer, seed, "safetensors");
+        let kept = kept_lines(&metrics, exp.epochs);
+        let done = kept.iter().filter(|l| !is_start_row(l)).count();
+        let diverged = kept.iter().find_map(|l| diverged_message(l));
+        if done >= exp.epochs || diverged.is_some() {
             outcomes.push(RunOutcome {
                 model: model.to_string(),
                 optimizer,
                 seed,
-                trained,
+                trained: 0,
                 metrics,
                 diverged,
             });
+            continue;
         }
+        // Resume from the checkpoint: keep the metrics of the epochs it holds.
+        let resumed = if checkpoint.is_file() {
+            let t = candle_core::safetensors::load(&checkpoint, &candle_core::Device::Cpu)?;
+            t.get("meta/epoch")
+                .map(|e| e.to_vec1::<u32>())
+                .transpose()?
+                .map_or(0, |v| v[0] as usize)
+        } else {
+            0
+        };
+        let mut lines = kept_lines(&metrics, resumed);
+        let cfg = TrainConfig {
+            optimizer,
+            epochs: exp.epochs,
+            batch: exp.batch,
+            lr: exp.lr.of(optimizer)?,
+            schedule,
+            momentum: exp.momentum,
+            weight_decay: exp.weight_decay,
+            seed,
+            skeleton_init: !exp.keep_function,
+            checkpoint: Some(checkpoint.clone()),
+            resume: true,
+        };
+        let graph = exp.model(model, seed)?;
+        if exp.keep_function && !lines.iter().any(|l| is_start_row(l)) {
+            lines.insert(0, start_row(&graph, &split, &cfg)?);
+        }
+        let write = |lines: &[String]| -> Result<()> {
+            let tmp = metrics.with_extension("jsonl.tmp");
+            std::fs::write(
+                &tmp,
+                lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            )
+            .and_then(|_| std::fs::rename(&tmp, &metrics))
+            .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&metrics))
+        };
+        write(&lines)?;
+        let mut trained = 0;
+        let mut failure = None;
+        let result = train(&graph, &split, &cfg, |m| {
+            lines.push(serde_json::to_string(m).unwrap_or_default());
+            if let Err(e) = write(&lines) {
+                failure.get_or_insert(e);
+            }
+            trained += 1;
+            on_epoch(&run, m);
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        // A run that diverges is a result, not a failure of the experiment: record where
+        // and why, and go on with the next run.
+        let mut diverged = None;
+        match result {
+            Ok(_) => {}
+            Err(Error {
+                kind: ErrorKind::Diverged(msg),
+                ..
+            }) => {
+                let epoch = resumed + trained + 1;
+                lines.push(serde_json::json!({ "epoch": epoch, "diverged": msg }).to_string());
+                write(&lines)?;
+                diverged = Some(msg);
+            }
+            Err(e) => return Err(e),
+        }
+        outcomes.push(RunOutcome {
+            model: model.to_string(),
+            optimizer,
+            seed,
+            trained,
+            metrics,
+            diverged,
+        });
     }
     Ok(outcomes)
 }

@@ -1,7 +1,7 @@
 //! Reading an experiment's metrics back: the summary tables, the plots and the generated
 //! blocks of a results document. Everything here reads the metrics files only.
 
-use super::{label, optimizer_name, Experiment, Models};
+use super::{label, Experiment, Models};
 use crate::error::{Error, ErrorKind, Result};
 use crate::train::OptimizerKind;
 use serde::Deserialize;
@@ -41,15 +41,34 @@ pub struct RunMetrics {
     pub diverged: Option<(usize, String)>,
 }
 
+impl RunMetrics {
+    /// Trained without diverging, with at least one metrics row: the runs the statistics use.
+    pub fn completed(&self) -> bool {
+        self.diverged.is_none() && !self.rows.is_empty()
+    }
+}
+
+/// The runs of one (model, optimizer), and those of them that completed.
+fn group<'a>(
+    runs: &'a [RunMetrics],
+    model: &str,
+    optimizer: OptimizerKind,
+) -> (Vec<&'a RunMetrics>, Vec<&'a RunMetrics>) {
+    let all: Vec<&RunMetrics> = runs
+        .iter()
+        .filter(|r| r.model == model && r.optimizer == optimizer)
+        .collect();
+    let completed = all.iter().copied().filter(|r| r.completed()).collect();
+    (all, completed)
+}
+
 /// Read the metrics of every run of `exp` under `out`; a run with no metrics file is an error
 /// (the summary must not quietly average over fewer seeds).
 pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
     exp.runs()
         .into_iter()
         .map(|(model, optimizer, seed)| {
-            let path = exp
-                .run_dir(out, model)
-                .join(format!("{}-seed{seed}.jsonl", optimizer_name(optimizer)));
+            let path = exp.run_file(out, model, optimizer, seed, "jsonl");
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 Error::new(ErrorKind::Io(format!(
                     "{e} (no metrics for this run yet: run `ecc experiment` on the description first)"
@@ -110,10 +129,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for model in exp.model.list() {
         for &optimizer in &exp.optimizers {
-            let all: Vec<&RunMetrics> = runs
-                .iter()
-                .filter(|r| r.model == model && r.optimizer == optimizer)
-                .collect();
+            let (all, mine) = group(&runs, model, optimizer);
             let diverged: Vec<String> = all
                 .iter()
                 .filter_map(|r| {
@@ -121,11 +137,6 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                         .as_ref()
                         .map(|(e, _)| format!("seed {} (epoch {e})", r.seed))
                 })
-                .collect();
-            let mine: Vec<&RunMetrics> = all
-                .iter()
-                .copied()
-                .filter(|r| r.diverged.is_none() && !r.rows.is_empty())
                 .collect();
             let last = |f: fn(&Row) -> f64| -> Vec<f64> {
                 mine.iter().map(|r| f(r.rows.last().unwrap())).collect()
@@ -169,7 +180,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 .collect();
             s += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
-                optimizer_name(optimizer),
+                optimizer.name(),
                 mine.len(),
                 mine.iter()
                     .map(|r| r.rows.iter().filter(|m| m.epoch > 0).count())
@@ -216,7 +227,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
             }
             s += &format!(
                 "| {} | {} | {:.4} | {:.6} | {:.6} |\n",
-                optimizer_name(r.optimizer),
+                r.optimizer.name(),
                 r.seed,
                 m.test_accuracy,
                 m.test_loss,
@@ -238,7 +249,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 let pick = |o: OptimizerKind, seed: u64| {
                     runs.iter()
                         .find(|r| r.model == model && r.optimizer == o && r.seed == seed)
-                        .filter(|r| !r.rows.is_empty() && r.diverged.is_none())
+                        .filter(|r| r.completed())
                 };
                 let (mut acc, mut best, mut loss) = (vec![], vec![], vec![]);
                 for &seed in &exp.seeds {
@@ -324,17 +335,9 @@ pub fn charts(exp: &Experiment, out: &Path, model: &str) -> Result<[crate::plot:
         exp.optimizers
             .iter()
             .map(|&o| {
-                let all: Vec<&RunMetrics> = runs
-                    .iter()
-                    .filter(|r| r.model == model && r.optimizer == o)
-                    .collect();
-                let mine: Vec<&RunMetrics> = all
-                    .iter()
-                    .copied()
-                    .filter(|r| r.diverged.is_none())
-                    .collect();
+                let (all, mine) = group(&runs, model, o);
                 let n = mine.iter().map(|r| r.rows.len()).min().unwrap_or(0);
-                let mut name = optimizer_name(o);
+                let mut name = o.name().to_string();
                 if mine.len() < all.len() {
                     name += &format!(" ({} of {} diverged)", all.len() - mine.len(), all.len());
                 }
