@@ -438,22 +438,25 @@ fn conv_dw<T: Elem>(
     let chunks = w.n.div_ceil(DW_CHUNK).max(1);
     let mut parts = vec![T::zero(); chunks * size];
     let threads = chunks < rayon::current_num_threads();
-    parts.par_chunks_mut(size).enumerate().for_each(|(c, dw)| {
-        let mut cols = vec![T::zero(); w.c * w.k() * lo];
-        for n in c * DW_CHUNK..((c + 1) * DW_CHUNK).min(w.n) {
-            im2col_one(w, &x[n * plane..][..plane], &mut cols);
-            let gn = &gy[n * op.m * lo..][..op.m * lo];
-            for g in 0..op.group {
-                gemm(
-                    &mut dw[g * mg * rows..][..mg * rows],
-                    Mat::of(&gn[g * mg * lo..], mg, lo),
-                    Mat::of(&cols[g * rows * lo..], rows, lo).t(),
-                    true,
-                    threads,
-                );
+    let scratch = || vec![T::zero(); w.c * w.k() * lo];
+    parts
+        .par_chunks_mut(size)
+        .enumerate()
+        .for_each_init(scratch, |cols, (c, dw)| {
+            for n in c * DW_CHUNK..((c + 1) * DW_CHUNK).min(w.n) {
+                im2col_one(w, &x[n * plane..][..plane], cols);
+                let gn = &gy[n * op.m * lo..][..op.m * lo];
+                for g in 0..op.group {
+                    gemm(
+                        &mut dw[g * mg * rows..][..mg * rows],
+                        Mat::of(&gn[g * mg * lo..], mg, lo),
+                        Mat::of(&cols[g * rows * lo..], rows, lo).t(),
+                        true,
+                        threads,
+                    );
+                }
             }
-        }
-    });
+        });
     let (first, rest) = parts.split_at_mut(size);
     for part in rest.chunks(size) {
         for (a, b) in first.iter_mut().zip(part) {
@@ -889,9 +892,8 @@ impl Pool {
         }
         inside.iter().map(|&c| c.max(1.0)).collect()
     }
-}
 
-impl Pool {
+    /// [`Pool::divisors`] in the kernel's element type (none for max pooling).
     fn divisors_as<T: Elem>(&self) -> Vec<T> {
         if self.kind == PoolKind::Max {
             return vec![];
@@ -901,9 +903,7 @@ impl Pool {
             .map(|d| T::from(d).expect("a float"))
             .collect()
     }
-}
 
-impl Pool {
     /// The common 2x2 max pooling with stride 2, no padding or dilation, 2-D, even
     /// height and width: plain loops instead of the general window walk.
     fn is_max_2x2(&self) -> bool {

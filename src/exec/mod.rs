@@ -62,25 +62,22 @@ impl Executor {
             );
         }
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+        // The last reader of every value, and how many nodes read it.
         let mut last: HashMap<&str, usize> = HashMap::new();
+        let mut readers: HashMap<&str, usize> = HashMap::new();
         for (i, n) in graph.nodes.iter().enumerate() {
             for v in n.data_inputs() {
-                last.insert(v, i);
+                if last.insert(v, i) != Some(i) {
+                    *readers.entry(v).or_default() += 1;
+                }
             }
         }
         let mut frees = vec![vec![]; graph.nodes.len()];
-        for (v, i) in last {
+        for (&v, &i) in &last {
             if !outputs.iter().any(|o| o == v) && !params.contains_key(v) {
                 frees[i].push(v.to_string());
             }
         }
-        let readers = |v: &str| {
-            graph
-                .nodes
-                .iter()
-                .filter(|n| n.data_inputs().iter().any(|i| *i == v))
-                .count()
-        };
         let fused = (0..graph.nodes.len())
             .map(|i| {
                 let (n, next) = (&graph.nodes[i], graph.nodes.get(i + 1));
@@ -88,7 +85,7 @@ impl Executor {
                     && next.is_some_and(|r| {
                         matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
                     })
-                    && readers(&n.outputs[0]) == 1
+                    && readers.get(n.outputs[0].as_str()) == Some(&1)
                     && !outputs.contains(&n.outputs[0])
             })
             .collect();
