@@ -140,12 +140,11 @@ fn macs_per_sample(g: &Graph) -> (f64, f64) {
 #[derive(Debug, Serialize)]
 pub struct StepRatio {
     pub name: String,
-    /// EC-SGD step time over SGD step time, medians measured interleaved.
-    pub ec_sgd_over_sgd: f64,
-    pub path_sgd_over_sgd: f64,
+    pub optimizer: String,
+    /// This optimizer's step time over SGD's, medians measured interleaved.
+    pub over_sgd: f64,
 }
 
-/// The names of the cases of [`train_steps`].
 /// The cases of [`train_steps`]: (name, model spec, biases, batch).
 pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
     ("mlp-784-64x4-10", "mlp:784-64-64-64-64-10", false, 64),
@@ -153,18 +152,22 @@ pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
     ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
 ];
 
-/// Training-step times of SGD, EC-SGD and Path-SGD, interleaved step by step in one process, on the
-/// cases of issue 5: MLP 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a
-/// plain CNN on 28x28 (batch 64).
+/// Training-step times of `optimizers`, interleaved step by step in one process, on the cases
+/// of [`TRAIN_CASES`] (or the one named `only`). With SGD among them, every other optimizer's
+/// time over SGD's is reported too.
 pub fn train_steps(
     runs: usize,
     only: Option<&str>,
+    optimizers: &[crate::train::OptimizerKind],
     mut progress: impl FnMut(&StepCase),
 ) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
     use crate::train::{cross_entropy, optimizer_for, OptimizerKind, TrainConfig};
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
     let (mut out, mut ratios) = (vec![], vec![]);
+    if optimizers.is_empty() {
+        return Err(crate::Error::usage("no optimizer to time"));
+    }
     if let Some(o) = only {
         if !TRAIN_CASES.iter().any(|c| c.0 == o) {
             let names: Vec<&str> = TRAIN_CASES.iter().map(|c| c.0).collect();
@@ -197,11 +200,7 @@ pub fn train_steps(
             &Device::Cpu,
         )?;
         let mut runners = vec![];
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::EcSgd,
-            OptimizerKind::PathSgd,
-        ] {
+        for &kind in optimizers {
             let cfg = TrainConfig {
                 optimizer: kind,
                 epochs: 1,
@@ -257,11 +256,16 @@ pub fn train_steps(
             progress(&c);
             out.push(c);
         }
-        ratios.push(StepRatio {
-            name: name.into(),
-            ec_sgd_over_sgd: medians[1] / medians[0],
-            path_sgd_over_sgd: medians[2] / medians[0],
-        });
+        let sgd = optimizers.iter().position(|&k| k == OptimizerKind::Sgd);
+        for (i, kind) in optimizers.iter().enumerate() {
+            if let Some(s) = sgd.filter(|&s| s != i) {
+                ratios.push(StepRatio {
+                    name: name.into(),
+                    optimizer: kind.name().into(),
+                    over_sgd: medians[i] / medians[s],
+                });
+            }
+        }
     }
     Ok((out, ratios))
 }

@@ -219,13 +219,19 @@ enum BenchWhat {
     ///
     /// Also reported: the matmul work of a step (GFLOP) and the peak memory (max RSS) of the
     /// process after each case; run one case per process with --case for per-case memory.
-    /// scripts/peer-bench.sh runs the same cases in PyTorch, interleaved, for ratios.
+    /// scripts/peer-bench.sh runs the same cases in PyTorch, alternating, for ratios (ecc with
+    /// --optimizers sgd there: one model stepping, as in PyTorch).
     Train {
         #[arg(long, default_value_t = 100)]
         runs: usize,
         /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10 or cnn-28x28).
         #[arg(long)]
         case: Option<String>,
+        /// The optimizers to time, interleaved step by step (comma-separated: sgd, ec-sgd,
+        /// path-sgd, sgd-ec-init). Several models in turn share the caches, so a time
+        /// measured alone (one optimizer) is lower than the same time interleaved.
+        #[arg(long, value_delimiter = ',', default_value = "sgd,ec-sgd,path-sgd")]
+        optimizers: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -477,28 +483,22 @@ fn main_inner(cli: Cli) -> Result<()> {
             };
             let split = ecc::data::load(&data)?;
             let kinds = match optimizer.as_str() {
-                "sgd" => vec![OptimizerKind::Sgd],
-                "ec-sgd" => vec![OptimizerKind::EcSgd],
-                "path-sgd" => vec![OptimizerKind::PathSgd],
-                "sgd-ec-init" => vec![OptimizerKind::SgdEcInit],
                 "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
                 "compare" => vec![
                     OptimizerKind::Sgd,
                     OptimizerKind::EcSgd,
                     OptimizerKind::SgdEcInit,
                 ],
-                "all" => vec![
-                    OptimizerKind::Sgd,
-                    OptimizerKind::EcSgd,
-                    OptimizerKind::PathSgd,
-                    OptimizerKind::SgdEcInit,
-                ],
-                other => {
-                    return Err(ecc::Error::usage(format!(
-                        "--optimizer '{other}': sgd, ec-sgd, path-sgd, sgd-ec-init, both, compare or all"
+                "all" => OptimizerKind::ALL.to_vec(),
+                one => match OptimizerKind::from_name(one) {
+                    Some(k) => vec![k],
+                    None => {
+                        return Err(ecc::Error::usage(format!(
+                        "--optimizer '{one}': sgd, ec-sgd, path-sgd, sgd-ec-init, both, compare or all"
                     ))
-                    .into())
-                }
+                        .into())
+                    }
+                },
             };
             if (output.is_some() || checkpoint.is_some()) && kinds.len() > 1 {
                 return Err(ecc::Error::usage(
@@ -678,11 +678,27 @@ fn main_inner(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Bench {
-            what: BenchWhat::Train { runs, case, json },
+            what:
+                BenchWhat::Train {
+                    runs,
+                    case,
+                    optimizers,
+                    json,
+                },
         } => {
+            let kinds = optimizers
+                .iter()
+                .map(|o| {
+                    ecc::train::OptimizerKind::from_name(o).ok_or_else(|| {
+                        ecc::Error::usage(format!(
+                            "--optimizers '{o}': sgd, ec-sgd, path-sgd or sgd-ec-init"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             // The header goes out with the first result, after train_steps checked --case.
             let mut header = !json;
-            let (cases, ratios) = ecc::bench::train_steps(runs, case.as_deref(), |c| {
+            let (cases, ratios) = ecc::bench::train_steps(runs, case.as_deref(), &kinds, |c| {
                 if std::mem::take(&mut header) {
                     println!(
                         "{:<20} {:<8} {:>6} {:>10} {:>10} {:>8} {:>9} {:>9}",
@@ -718,11 +734,15 @@ fn main_inner(cli: Cli) -> Result<()> {
                     )?
                 );
             } else {
-                for r in &ratios {
-                    println!(
-                        "{:<20} step time over SGD: EC-SGD {:.3}, Path-SGD {:.3}",
-                        r.name, r.ec_sgd_over_sgd, r.path_sgd_over_sgd
-                    );
+                let mut names: Vec<&str> = ratios.iter().map(|r| r.name.as_str()).collect();
+                names.dedup();
+                for name in names {
+                    let parts: Vec<String> = ratios
+                        .iter()
+                        .filter(|r| r.name == name)
+                        .map(|r| format!("{} {:.3}", r.optimizer, r.over_sgd))
+                        .collect();
+                    println!("{name:<20} step time over SGD: {}", parts.join(", "));
                 }
             }
         }
@@ -766,6 +786,7 @@ fn main() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
+    ecc::exec::join_thread_pool();
     let cli = Cli::parse();
     if let Err(e) = main_inner(cli) {
         eprintln!("error: {e:#}");

@@ -583,13 +583,12 @@ impl ConvFwd {
     }
 }
 
+/// Written as a select, not a branch: a branch on the sign of (random) data mispredicts
+/// half the time, and a select vectorizes. NaN stays NaN.
 fn relu_in_place<T: Elem>(v: &mut [T]) {
     let zero = T::zero();
-    v.iter_mut().for_each(|x| {
-        if *x < zero {
-            *x = zero
-        }
-    });
+    v.iter_mut()
+        .for_each(|x| *x = if *x < zero { zero } else { *x });
 }
 
 /// The output gradient of a fused ReLU: `grad` where the output `y` is positive, 0 elsewhere
@@ -618,9 +617,7 @@ fn relu_mask<T: Elem>(
         .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
         .for_each(|(o, (g, y))| {
             for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                if y > zero {
-                    *o = g;
-                }
+                *o = if y > zero { g } else { zero };
             }
         });
     Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
@@ -921,7 +918,7 @@ impl Pool {
 }
 
 /// 2x2 max pooling of one plane (see [`Pool::is_max_2x2`]); the same NaN rule as the
-/// general path (a NaN tap wins).
+/// general path (a NaN tap wins). Selects, not branches (which tap is largest is data).
 fn max_2x2_plane<T: Elem>(iw: usize, src: &[T], out: &mut [T]) {
     let ow = iw / 2;
     for (oy, orow) in out.chunks_mut(ow.max(1)).enumerate() {
@@ -933,9 +930,7 @@ fn max_2x2_plane<T: Elem>(iw: usize, src: &[T], out: &mut [T]) {
         {
             let mut m = a[0];
             for v in [a[1], b[0], b[1]] {
-                if v > m || v.is_nan() {
-                    m = v;
-                }
+                m = if v > m || v.is_nan() { v } else { m };
             }
             *o = m;
         }
@@ -943,20 +938,32 @@ fn max_2x2_plane<T: Elem>(iw: usize, src: &[T], out: &mut [T]) {
 }
 
 /// Its backward: each output's gradient goes to the first of the four taps (row-major)
-/// equal to the output.
+/// equal to the output. The windows do not overlap, so every input is written once; the
+/// choice is made with selects, without branches.
 fn max_2x2_plane_bwd<T: Elem>(iw: usize, src: &[T], y: &[T], g: &[T], dst: &mut [T]) {
     let ow = iw / 2;
+    let zero = T::zero();
     for (oy, (yrow, grow)) in y.chunks(ow.max(1)).zip(g.chunks(ow.max(1))).enumerate() {
-        for (ox, (&m, &gv)) in yrow.iter().zip(grow).enumerate() {
-            let taps = [
-                2 * oy * iw + 2 * ox,
-                2 * oy * iw + 2 * ox + 1,
-                (2 * oy + 1) * iw + 2 * ox,
-                (2 * oy + 1) * iw + 2 * ox + 1,
+        let (r0, r1) = (&src[2 * oy * iw..][..iw], &src[(2 * oy + 1) * iw..][..iw]);
+        let (d0, d1) = dst[2 * oy * iw..][..2 * iw].split_at_mut(iw);
+        for ((((&m, &gv), (a, b)), da), db) in yrow
+            .iter()
+            .zip(grow)
+            .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)))
+            .zip(d0.chunks_exact_mut(2))
+            .zip(d1.chunks_exact_mut(2))
+        {
+            let e = [a[0] == m, a[1] == m, b[0] == m, b[1] == m];
+            let t = [
+                e[0],
+                e[1] & !e[0],
+                e[2] & !(e[0] | e[1]),
+                e[3] & !(e[0] | e[1] | e[2]),
             ];
-            if let Some(&i) = taps.iter().find(|&&i| src[i] == m) {
-                dst[i] += gv;
-            }
+            da[0] = if t[0] { gv } else { zero };
+            da[1] = if t[1] { gv } else { zero };
+            db[0] = if t[2] { gv } else { zero };
+            db[1] = if t[3] { gv } else { zero };
         }
     }
 }
@@ -1363,6 +1370,45 @@ mod tests {
         // candle's own max_pool2d backward scales the gradient by 1/4 (it averages a mask),
         // so the gradient is checked against finite differences instead.
         grad_check(|x| max_pool(x, &p).unwrap(), &[2, 3, 6, 8]);
+    }
+    #[test]
+    fn max_pool_2x2_ties_send_the_gradient_to_the_first_tap() {
+        // Values from {0, 0.5, 1}: most windows have ties (as ReLU outputs at 0 do).
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (n, c, h, w) = (2, 3, 4, 6);
+        let v: Vec<f32> = (0..n * c * h * w)
+            .map(|_| rng.gen_range(0..3) as f32 * 0.5)
+            .collect();
+        let x = Var::from_vec(v.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let p = PoolAttrs {
+            kernel: vec![2, 2],
+            strides: vec![2, 2],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+        };
+        let y = max_pool(x.as_tensor(), &p).unwrap();
+        let (oh, ow) = (h / 2, w / 2);
+        let g: Vec<f32> = (0..n * c * oh * ow).map(|i| 1.0 + i as f32).collect();
+        let gt = Tensor::from_vec(g.clone(), y.dims(), &Device::Cpu).unwrap();
+        let dx = (y * gt).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = dx.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let dx = dx.to_vec1::<f32>().unwrap();
+        let mut want = vec![0f32; v.len()];
+        let mut ties = 0;
+        for p in 0..n * c {
+            for (oy, ox) in (0..oh).flat_map(|a| (0..ow).map(move |b| (a, b))) {
+                let taps = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                    .map(|(dy, dx)| p * h * w + (2 * oy + dy) * w + 2 * ox + dx);
+                let m = taps.iter().map(|&t| v[t]).fold(f32::MIN, f32::max);
+                let first = *taps.iter().find(|&&t| v[t] == m).unwrap();
+                ties += (taps.iter().filter(|&&t| v[t] == m).count() > 1) as usize;
+                want[first] = g[p * oh * ow + oy * ow + ox];
+            }
+        }
+        assert!(ties > 10, "the input has ties ({ties})");
+        assert_eq!(dx, want);
     }
 
     #[test]

@@ -25,6 +25,19 @@ pub struct Executor {
     dtype: DType,
 }
 
+/// Make the calling thread (the CLI's main thread) one of the threads of rayon's global pool,
+/// which the kernels and matmuls run on. Otherwise every parallel kernel called from it hands
+/// its work to the pool's threads and sleeps until they finish: two thread hand-offs per
+/// kernel, and the pool has a thread more than there are cores. Measured with a training
+/// step (MLP 784-64x4-10, batch 64): 0.38 ms without, 0.22 ms with (MLP 784-512-512-10,
+/// batch 128: 2.83 vs 2.64 ms). Call it first thing in `main`, before anything uses rayon;
+/// later calls (and a pool already built) leave the pool as it is.
+pub fn join_thread_pool() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
+}
+
 /// A constant as a candle tensor (f32).
 pub fn constant_tensor(c: &Constant, device: &Device) -> Result<Tensor> {
     let v = match &c.data {

@@ -81,6 +81,18 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    pub const ALL: [OptimizerKind; 4] = [
+        OptimizerKind::Sgd,
+        OptimizerKind::EcSgd,
+        OptimizerKind::PathSgd,
+        OptimizerKind::SgdEcInit,
+    ];
+
+    /// The optimizer of a [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
     /// The name used on the command line, in metrics and in file names.
     pub fn name(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@ use crate::error::Result;
 use candle_core::{Tensor, Var};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub trait Optimizer {
+pub trait Optimizer: Send {
     fn name(&self) -> &'static str;
     /// One step with learning rate `lr`; returns how many R the guard replaced (EC-SGD).
     fn step(
