@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peer benchmark (issue 7): the cases of `ecc bench train` in ecc and in PyTorch, one case per
 # process (so max RSS is per case), alternating ecc and PyTorch for ROUNDS rounds; prints the
-# median over rounds of each step time and the ratios. PyTorch comes from PyPI into a virtual
+# median over rounds of each step time and the ratios. Both step one model at a time: PyTorch
+# SGD alone, ecc SGD and EC-SGD in alternating blocks of 10 steps (ecc bench's protocol). PyTorch comes from PyPI into a virtual
 # environment outside the source tree (~/.cache/ecc/torch-venv, several GB with its CUDA
 # wheels; the CPU is all it uses here). Optional: never a test dependency.
 #   scripts/peer-bench.sh [ROUNDS] [RUNS]
@@ -20,7 +21,8 @@ cases="mlp-784-64x4-10 mlp-784-512-512-10 cnn-28x28"
 "$venv/bin/python" scripts/peer_bench.py --matmul > "$out/matmul.json"
 for r in $(seq "$rounds"); do
   for c in $cases; do
-    ./target/release/ecc bench train --case "$c" --runs "$runs" --json > "$out/ecc-$c-$r.json"
+    ./target/release/ecc bench train --case "$c" --runs "$runs" --optimizers sgd,ec-sgd --json \
+      > "$out/ecc-$c-$r.json"
     "$venv/bin/python" scripts/peer_bench.py --case "$c" --runs "$runs" > "$out/torch-$c-$r.json"
   done
 done

@@ -145,6 +145,9 @@ pub struct StepRatio {
     pub over_sgd: f64,
 }
 
+/// Steps an optimizer makes in a row in [`train_steps`] before the next one's turn.
+pub const BLOCK: usize = 10;
+
 /// The cases of [`train_steps`]: (name, model spec, biases, batch).
 pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
     ("mlp-784-64x4-10", "mlp:784-64-64-64-64-10", false, 64),
@@ -152,7 +155,8 @@ pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
     ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
 ];
 
-/// Training-step times of `optimizers`, interleaved step by step in one process, on the cases
+/// Training-step times of `optimizers`, interleaved in blocks of [`BLOCK`] steps in one
+/// process, on the cases
 /// of [`TRAIN_CASES`] (or the one named `only`). With SGD among them, every other optimizer's
 /// time over SGD's is reported too.
 pub fn train_steps(
@@ -230,13 +234,19 @@ pub fn train_steps(
                 step(ex, opt)?;
             }
         }
-        // Interleaved, and the order rotated every round, so that no optimizer always runs
-        // right after the same other one (caches and idle threads would favour some).
+        // Interleaved in blocks of BLOCK steps, the order rotated every round, so that no
+        // optimizer always runs right after the same other one; drifts of the machine's
+        // speed reach all of them alike. Within a block a model steps on warm caches, as in
+        // training (one model per run); interleaving single steps instead would time every
+        // step right after another model's, with the caches full of that model's buffers.
         let k = runners.len();
-        for round in 0..runs.max(1) {
+        let rounds = runs.max(1).div_ceil(BLOCK);
+        for round in 0..rounds {
             for j in 0..k {
                 let (_, ex, opt, times) = &mut runners[(round + j) % k];
-                times.push(step(ex, opt)?);
+                for _ in 0..BLOCK.min(runs.max(1) - round * BLOCK) {
+                    times.push(step(ex, opt)?);
+                }
             }
         }
         let mut medians = vec![];

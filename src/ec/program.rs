@@ -285,6 +285,27 @@ pub fn sgd_in_place(
     Ok(())
 }
 
+/// The dot product of two slices, in f64. Sixteen f32 partial sums over the slices in a
+/// fixed order (so it vectorizes: a single running sum is one dependent add per element),
+/// added in f64 at the end.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..L {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().map(|&v| v as f64).sum::<f64>() + tail
+}
+
 /// Scalars per parallel chunk, and the size below which a tensor is done on one thread.
 const RUN: usize = 8192;
 const PARALLEL_FROM: usize = 32768;
@@ -345,32 +366,37 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             let chunk = runs_per_chunk * inner;
             // With chains along the fastest axis, the per-position factors 1/V, 1/R and V,
             // computed once, so the loop over a row is straight-line arithmetic.
-            let by_pos: Vec<[f32; 3]> = if inner == 1 {
+            // Three separate arrays (not one of triples), so that the loop reads each with
+            // plain vector loads.
+            let factor = |f: fn(f32, f32) -> f32| -> Vec<f32> {
+                if inner != 1 {
+                    return vec![];
+                }
+                let (v, r) = (self.v, self.r);
                 t.chain
                     .iter()
-                    .map(|&c| {
-                        let (v, r) = (self.v[c as usize], self.r[c as usize]);
-                        [1.0 / v, 1.0 / r, v]
-                    })
+                    .map(|&c| f(v[c as usize], r[c as usize]))
                     .collect()
-            } else {
-                vec![]
             };
+            let inv_v = factor(|v, _| 1.0 / v);
+            let inv_r = factor(|_, r| 1.0 / r);
+            let v_at = factor(|v, _| v);
             let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
                 let mut pos = (k * runs_per_chunk) % len;
                 if inner == 1 {
                     let mut i = 0;
                     while i < wc.len() {
                         let n = (len - pos).min(wc.len() - i);
-                        for (((wi, mi), gi), f) in wc[i..i + n]
+                        for (((((wi, mi), gi), iv), ir), v) in wc[i..i + n]
                             .iter_mut()
                             .zip(&mut mc[i..i + n])
                             .zip(&gc[i..i + n])
-                            .zip(&by_pos[pos..pos + n])
+                            .zip(&inv_v[pos..pos + n])
+                            .zip(&inv_r[pos..pos + n])
+                            .zip(&v_at[pos..pos + n])
                         {
-                            let [inv_v, inv_r, v] = *f;
-                            *mi = mu * *mi + gi * inv_v + wd * *wi * v;
-                            *wi = (*wi - lr * *mi * inv_v) * inv_r;
+                            *mi = mu * *mi + gi * iv + wd * *wi * v;
+                            *wi = (*wi - lr * *mi * iv) * ir;
                         }
                         i += n;
                         pos = (pos + n) % len;
@@ -531,19 +557,29 @@ impl ProgramRunner {
                                 // Chains along the fastest axis (columns of a row-major
                                 // weight): sum per position over whole rows with a
                                 // vectorizable loop, then map positions to chains.
+                                // f32 sums of up to ROWS rows at a time, added into f64.
+                                const ROWS: usize = 32;
                                 let mut acc = vec![0f64; len];
-                                let mut i = 0;
+                                let mut part = vec![0f32; len];
+                                let (mut i, mut rows) = (0, 0);
                                 while i < wc.len() {
                                     let n = (len - pos).min(wc.len() - i);
-                                    for ((a, w), g) in acc[pos..pos + n]
+                                    for ((a, w), g) in part[pos..pos + n]
                                         .iter_mut()
                                         .zip(&wc[i..i + n])
                                         .zip(&gc[i..i + n])
                                     {
-                                        *a += (w * g) as f64;
+                                        *a += w * g;
                                     }
                                     i += n;
                                     pos = (pos + n) % len;
+                                    rows += 1;
+                                    if rows % ROWS == 0 || i == wc.len() {
+                                        for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+                                            *a += *p as f64;
+                                            *p = 0.0;
+                                        }
+                                    }
                                 }
                                 for (a, &c) in acc.iter().zip(&t.chain) {
                                     local[c as usize] += a;
@@ -551,8 +587,7 @@ impl ProgramRunner {
                                 return local;
                             }
                             for (wr, gr) in wc.chunks(inner).zip(gc.chunks(inner)) {
-                                let s: f32 = wr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                                local[t.chain[pos] as usize] += s as f64;
+                                local[t.chain[pos] as usize] += dot(wr, gr);
                                 pos += 1;
                                 if pos == len {
                                     pos = 0;
