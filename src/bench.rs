@@ -96,6 +96,11 @@ pub struct StepCase {
     pub params: usize,
     /// Median wall time of one training step (forward, loss, backward, optimizer step).
     pub ms_per_step: f64,
+    /// Medians of its phases: forward with the loss, backward (the gradients), and the
+    /// optimizer's update. Each is a median on its own, so they need not add up exactly.
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub update_ms: f64,
     /// Matmul work of one step in GFLOP: forward 2·B·Σ(in·out) per dense or conv layer,
     /// backward twice that, less the input gradient of the first layer (never computed).
     pub gflop: f64,
@@ -213,21 +218,27 @@ pub fn train_steps(
                 ..Default::default()
             };
             let (start, opt) = optimizer_for(&g, &cfg)?;
-            runners.push((kind, crate::exec::Executor::new(&start)?, opt, vec![]));
+            let times: Vec<[f64; 4]> = vec![];
+            runners.push((kind, crate::exec::Executor::new(&start)?, opt, times));
         }
         let step = |ex: &crate::exec::Executor,
                     opt: &mut Box<dyn crate::train::optim::Optimizer>|
-         -> Result<f64> {
-            let t = Instant::now();
+         -> Result<[f64; 4]> {
+            let t0 = Instant::now();
             let logits = ex.forward(std::slice::from_ref(&x))?[0].flatten_from(1)?;
-            let grads = cross_entropy(&logits, &y)?.backward()?;
+            let loss = cross_entropy(&logits, &y)?;
+            let t1 = Instant::now();
+            let grads = loss.backward()?;
             let gmap = ex
                 .params()
                 .iter()
                 .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
                 .collect();
+            let t2 = Instant::now();
             opt.step(ex.params(), &gmap, 1e-3)?;
-            Ok(t.elapsed().as_secs_f64() * 1e3)
+            let t3 = Instant::now();
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            Ok([ms(t0, t3), ms(t0, t1), ms(t1, t2), ms(t2, t3)])
         };
         for (_, ex, opt, _) in runners.iter_mut() {
             for _ in 0..3 {
@@ -251,8 +262,12 @@ pub fn train_steps(
         }
         let mut medians = vec![];
         for (kind, _, _, times) in runners.iter_mut() {
-            times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-            let m = times[times.len() / 2];
+            let median = |i: usize| {
+                let mut t: Vec<f64> = times.iter().map(|t| t[i]).collect();
+                t.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+                t[t.len() / 2]
+            };
+            let m = median(0);
             medians.push(m);
             let c = StepCase {
                 name: name.into(),
@@ -260,6 +275,9 @@ pub fn train_steps(
                 batch,
                 params: g.param_count(),
                 ms_per_step: m,
+                forward_ms: median(1),
+                backward_ms: median(2),
+                update_ms: median(3),
                 gflop,
                 max_rss_mib: max_rss_mib(),
             };

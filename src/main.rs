@@ -217,8 +217,9 @@ enum BenchWhat {
     /// interleaved, median of --runs after a warm-up: MLP 784-64-64-64-64-10 (batch 64),
     /// MLP 784-512-512-10 (batch 128), a plain CNN on 28x28 (batch 64).
     ///
-    /// Also reported: the matmul work of a step (GFLOP) and the peak memory (max RSS) of the
-    /// process after each case; run one case per process with --case for per-case memory.
+    /// Also reported: the medians of the step's phases in ms (forward with the loss, backward,
+    /// the optimizer's update), the matmul work of a step (GFLOP) and the peak memory (max RSS)
+    /// of the process after each case; run one case per process with --case for per-case memory.
     /// scripts/peer-bench.sh runs the same cases in PyTorch, alternating, for ratios (ecc with
     /// --optimizers sgd there: one model stepping, as in PyTorch).
     Train {
@@ -701,12 +702,15 @@ fn main_inner(cli: Cli) -> Result<()> {
             let (cases, ratios) = ecc::bench::train_steps(runs, case.as_deref(), &kinds, |c| {
                 if std::mem::take(&mut header) {
                     println!(
-                        "{:<20} {:<8} {:>6} {:>10} {:>10} {:>8} {:>9} {:>9}",
+                        "{:<20} {:<8} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7}",
                         "case",
                         "optimizer",
                         "batch",
                         "params",
                         "ms/step",
+                        "fwd",
+                        "bwd",
+                        "update",
                         "GFLOP",
                         "GFLOP/s",
                         "maxRSS"
@@ -714,12 +718,15 @@ fn main_inner(cli: Cli) -> Result<()> {
                 }
                 if !json {
                     println!(
-                        "{:<20} {:<8} {:>6} {:>10} {:>10.3} {:>8.3} {:>9.1} {:>8.0}M",
+                        "{:<20} {:<8} {:>6} {:>9} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>8.1} {:>6.0}M",
                         c.name,
                         c.optimizer,
                         c.batch,
                         c.params,
                         c.ms_per_step,
+                        c.forward_ms,
+                        c.backward_ms,
+                        c.update_ms,
                         c.gflop,
                         c.gflop / c.ms_per_step * 1e3,
                         c.max_rss_mib.unwrap_or(f64::NAN)

@@ -35,9 +35,22 @@ fn models() -> Vec<(String, Graph)> {
     v
 }
 
+/// Generated models whose chained tensors are large enough for the multi-threaded update
+/// paths, with chunks that start inside a row: chains along columns (a 48x1000 dense weight)
+/// and along rows (a 64x64x3x3 conv weight chained by input channel, runs of 9).
+fn large_models() -> Vec<(String, Graph)> {
+    ["mlp:64-1000-48-10", "cnn:3x8x8-c64-c64-p-10"]
+        .iter()
+        .map(|s| {
+            let spec = ecc::zoo::Spec::parse(s).unwrap();
+            (s.to_string(), ecc::zoo::build(&spec, 0, true).unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn programs_match_the_reference_step() {
-    for (name, g) in models() {
+    for (name, g) in models().into_iter().chain(large_models()) {
         let a = analyze(&g, &RuleSet::default_rules());
         let mut p = plan(&g, &a);
         let (canon, _) = normalize(&g, &a, &mut p);

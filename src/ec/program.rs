@@ -285,25 +285,149 @@ pub fn sgd_in_place(
     Ok(())
 }
 
-/// The dot product of two slices, in f64. Sixteen f32 partial sums over the slices in a
-/// fixed order (so it vectorizes: a single running sum is one dependent add per element),
-/// added in f64 at the end.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, &y)| x as f64 * y as f64)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            acc[j] += x[j] * y[j];
+// The element loops of the update (spec §5 steps 2-4) and of the sum σ (step 1), each
+// compiled for the CPU's widest vectors (`exec::cpu::wide_fn`).
+use crate::exec::cpu::wide_fn;
+
+wide_fn! {
+    /// Unchained scalars: m <- mu m + g + wd w; w <- w - lr m.
+    fn plain_update(w: &mut [f32], m: &mut [f32], g: &[f32], lr: f32, mu: f32, wd: f32) {
+        for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
+            *mi = mu * *mi + gi + wd * *wi;
+            *wi -= lr * *mi;
         }
     }
-    acc.iter().map(|&v| v as f64).sum::<f64>() + tail
+}
+
+wide_fn! {
+    /// Scalars chained along the fastest axis (the columns of a row-major tensor), from
+    /// position `pos` of a row on, with the factors 1/V, 1/R and V of every position:
+    /// m <- mu m + g/V + wd w V; w <- (w - lr m / V) / R.
+    #[allow(clippy::too_many_arguments)]
+    fn chained_update_cols(
+        w: &mut [f32],
+        m: &mut [f32],
+        g: &[f32],
+        pos: usize,
+        inv_v: &[f32],
+        inv_r: &[f32],
+        v: &[f32],
+        lr: f32,
+        mu: f32,
+        wd: f32,
+    ) {
+        let (len, mut pos, mut i) = (inv_v.len(), pos, 0);
+        while i < w.len() {
+            // The rest of this row (only the first may start inside a row).
+            let n = (len - pos).min(w.len() - i);
+            let f = pos..pos + n;
+            for (((((wi, mi), gi), iv), ir), v) in w[i..i + n]
+                .iter_mut()
+                .zip(&mut m[i..i + n])
+                .zip(&g[i..i + n])
+                .zip(&inv_v[f.clone()])
+                .zip(&inv_r[f.clone()])
+                .zip(&v[f])
+            {
+                *mi = mu * *mi + gi * iv + wd * *wi * v;
+                *wi = (*wi - lr * *mi * iv) * ir;
+            }
+            i += n;
+            pos = 0;
+        }
+    }
+}
+
+wide_fn! {
+    /// Runs of `inner` scalars, run j on chain `chain[(pos + j) % chain.len()]`: the same
+    /// update with that chain's V and R (`v`, `r` indexed by chain).
+    #[allow(clippy::too_many_arguments)]
+    fn chained_update_rows(
+        w: &mut [f32],
+        m: &mut [f32],
+        g: &[f32],
+        pos: usize,
+        inner: usize,
+        chain: &[u32],
+        v: &[f32],
+        r: &[f32],
+        lr: f32,
+        mu: f32,
+        wd: f32,
+    ) {
+        let mut pos = pos;
+        for ((wr, mr), gr) in w
+            .chunks_mut(inner)
+            .zip(m.chunks_mut(inner))
+            .zip(g.chunks(inner))
+        {
+            let c = chain[pos] as usize;
+            let (v, inv_v, inv_r) = (v[c], 1.0 / v[c], 1.0 / r[c]);
+            for ((wi, mi), gi) in wr.iter_mut().zip(mr.iter_mut()).zip(gr) {
+                *mi = mu * *mi + gi * inv_v + wd * *wi * v;
+                *wi = (*wi - lr * *mi * inv_v) * inv_r;
+            }
+            pos += 1;
+            if pos == chain.len() {
+                pos = 0;
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// Column sums of w ⊙ g for a row-major tensor with rows of `acc.len()` positions,
+    /// starting at position `pos` of a row: acc[p] += Σ w ⊙ g over position p. Summed in f32
+    /// over up to 32 rows, then added into f64.
+    fn column_products(acc: &mut [f64], w: &[f32], g: &[f32], pos: usize) {
+        const ROWS: usize = 32;
+        let len = acc.len();
+        let mut part = vec![0f32; len];
+        let (mut pos, mut i, mut rows) = (pos, 0, 0);
+        while i < w.len() {
+            // The rest of this row (only the first may start inside a row).
+            let n = (len - pos).min(w.len() - i);
+            for ((a, w), g) in part[pos..pos + n]
+                .iter_mut()
+                .zip(&w[i..i + n])
+                .zip(&g[i..i + n])
+            {
+                *a += w * g;
+            }
+            i += n;
+            pos = 0;
+            rows += 1;
+            if rows % ROWS == 0 || i == w.len() {
+                for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+                    *a += *p as f64;
+                    *p = 0.0;
+                }
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// The dot product of two slices, in f64: sixteen f32 partial sums over the slices in a
+    /// fixed order (a single running sum would be one dependent add per element), added in
+    /// f64 at the end.
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        const L: usize = 16;
+        let mut acc = [0f32; L];
+        let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+        let tail: f64 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(&x, &y)| x as f64 * y as f64)
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for j in 0..L {
+                acc[j] += x[j] * y[j];
+            }
+        }
+        acc.iter().map(|&v| v as f64).sum::<f64>() + tail
+    }
 }
 
 /// Scalars per parallel chunk, and the size below which a tensor is done on one thread.
@@ -347,10 +471,7 @@ impl candle_core::InplaceOp1 for Fused<'_> {
         let g = self.g;
         if t.chain.is_empty() {
             let body = |(wc, (mc, gc)): (&mut [f32], (&mut [f32], &[f32]))| {
-                for ((wi, mi), gi) in wc.iter_mut().zip(mc.iter_mut()).zip(gc) {
-                    *mi = mu * *mi + gi + wd * *wi;
-                    *wi -= lr * *mi;
-                }
+                plain_update(wc, mc, gc, lr, mu, wd)
             };
             if w.len() < PARALLEL_FROM {
                 body((w, (m.as_mut_slice(), g)));
@@ -365,9 +486,8 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             let runs_per_chunk = (RUN / inner).max(1);
             let chunk = runs_per_chunk * inner;
             // With chains along the fastest axis, the per-position factors 1/V, 1/R and V,
-            // computed once, so the loop over a row is straight-line arithmetic.
-            // Three separate arrays (not one of triples), so that the loop reads each with
-            // plain vector loads.
+            // computed once, so the loop over a row is straight-line arithmetic; three
+            // separate arrays (not one of triples), read with plain vector loads.
             let factor = |f: fn(f32, f32) -> f32| -> Vec<f32> {
                 if inner != 1 {
                     return vec![];
@@ -381,44 +501,14 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             let inv_v = factor(|v, _| 1.0 / v);
             let inv_r = factor(|_, r| 1.0 / r);
             let v_at = factor(|v, _| v);
+            let (v, r) = (self.v, self.r);
             let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
-                let mut pos = (k * runs_per_chunk) % len;
                 if inner == 1 {
-                    let mut i = 0;
-                    while i < wc.len() {
-                        let n = (len - pos).min(wc.len() - i);
-                        for (((((wi, mi), gi), iv), ir), v) in wc[i..i + n]
-                            .iter_mut()
-                            .zip(&mut mc[i..i + n])
-                            .zip(&gc[i..i + n])
-                            .zip(&inv_v[pos..pos + n])
-                            .zip(&inv_r[pos..pos + n])
-                            .zip(&v_at[pos..pos + n])
-                        {
-                            *mi = mu * *mi + gi * iv + wd * *wi * v;
-                            *wi = (*wi - lr * *mi * iv) * ir;
-                        }
-                        i += n;
-                        pos = (pos + n) % len;
-                    }
-                    return;
-                }
-                for ((wr, mr), gr) in wc
-                    .chunks_mut(inner)
-                    .zip(mc.chunks_mut(inner))
-                    .zip(gc.chunks(inner))
-                {
-                    let c = t.chain[pos] as usize;
-                    let (v, r) = (self.v[c], self.r[c]);
-                    let (inv_v, inv_r) = (1.0 / v, 1.0 / r);
-                    for ((wi, mi), gi) in wr.iter_mut().zip(mr.iter_mut()).zip(gr) {
-                        *mi = mu * *mi + gi * inv_v + wd * *wi * v;
-                        *wi = (*wi - lr * *mi * inv_v) * inv_r;
-                    }
-                    pos += 1;
-                    if pos == len {
-                        pos = 0;
-                    }
+                    let pos = (k * runs_per_chunk) % len;
+                    chained_update_cols(wc, mc, gc, pos, &inv_v, &inv_r, &v_at, lr, mu, wd)
+                } else {
+                    let pos = (k * runs_per_chunk) % len;
+                    chained_update_rows(wc, mc, gc, pos, inner, &t.chain, v, r, lr, mu, wd)
                 }
             };
             if w.len() < PARALLEL_FROM {
@@ -552,40 +642,18 @@ impl ProgramRunner {
                         let chunk = runs_per_chunk * inner;
                         let partial = |k: usize, wc: &[f32], gc: &[f32]| {
                             let mut local = vec![0f64; p.chains];
-                            let mut pos = (k * runs_per_chunk) % len;
                             if inner == 1 {
                                 // Chains along the fastest axis (columns of a row-major
-                                // weight): sum per position over whole rows with a
-                                // vectorizable loop, then map positions to chains.
-                                // f32 sums of up to ROWS rows at a time, added into f64.
-                                const ROWS: usize = 32;
+                                // weight): sums per position over whole rows, then
+                                // positions mapped to chains.
                                 let mut acc = vec![0f64; len];
-                                let mut part = vec![0f32; len];
-                                let (mut i, mut rows) = (0, 0);
-                                while i < wc.len() {
-                                    let n = (len - pos).min(wc.len() - i);
-                                    for ((a, w), g) in part[pos..pos + n]
-                                        .iter_mut()
-                                        .zip(&wc[i..i + n])
-                                        .zip(&gc[i..i + n])
-                                    {
-                                        *a += w * g;
-                                    }
-                                    i += n;
-                                    pos = (pos + n) % len;
-                                    rows += 1;
-                                    if rows % ROWS == 0 || i == wc.len() {
-                                        for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
-                                            *a += *p as f64;
-                                            *p = 0.0;
-                                        }
-                                    }
-                                }
+                                column_products(&mut acc, wc, gc, (k * runs_per_chunk) % len);
                                 for (a, &c) in acc.iter().zip(&t.chain) {
                                     local[c as usize] += a;
                                 }
                                 return local;
                             }
+                            let mut pos = (k * runs_per_chunk) % len;
                             for (wr, gr) in wc.chunks(inner).zip(gc.chunks(inner)) {
                                 local[t.chain[pos] as usize] += dot(wr, gr);
                                 pos += 1;

@@ -2,6 +2,7 @@
 //! Parameters are candle [`Var`]s keyed by their ONNX names, so gradients can be taken
 //! with `backward()`; [`Executor::write_back`] copies their values into a graph for export.
 
+pub mod cpu;
 pub mod kernels;
 
 use crate::error::{Error, Result};
