@@ -30,3 +30,33 @@ macro_rules! wide_fn {
     };
 }
 pub(crate) use wide_fn;
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    wide_fn! {
+        fn axpby(y: &mut [f32], x: &[f32], a: f32, b: f32) {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = a * *y + x * b - *y * *x;
+            }
+        }
+    }
+
+    /// The premise of `wide_fn`: the AVX2 copy gives the same bits as the plain loop.
+    #[test]
+    fn the_wide_copy_computes_the_same_bits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let x: Vec<f32> = (0..1003).map(|_| rng.gen_range(-3.0..3.0)).collect();
+        let y0: Vec<f32> = (0..1003).map(|_| rng.gen_range(-3.0..3.0)).collect();
+        let (a, b) = (0.9f32, 1.0e-3f32);
+        let mut wide = y0.clone();
+        axpby(&mut wide, &x, a, b);
+        let mut plain = y0.clone();
+        for (y, x) in plain.iter_mut().zip(&x) {
+            *y = std::hint::black_box(a * *y + x * b - *y * *x);
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&wide), bits(&plain));
+    }
+}
