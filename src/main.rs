@@ -214,23 +214,23 @@ enum Emit {
 #[derive(Subcommand)]
 enum BenchWhat {
     /// Training-step time (forward, loss, backward, optimizer step) of SGD, EC-SGD, Path-SGD,
-    /// interleaved, median of --runs after a warm-up: MLP 784-64-64-64-64-10 (batch 64),
-    /// MLP 784-512-512-10 (batch 128), a plain CNN on 28x28 (batch 64).
+    /// interleaved in blocks of 10 steps, median of --runs steps after a warm-up: MLP
+    /// 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a plain CNN on 28x28
+    /// (batch 64).
     ///
     /// Also reported: the medians of the step's phases in ms (forward with the loss, backward,
     /// the optimizer's update), the matmul work of a step (GFLOP) and the peak memory (max RSS)
     /// of the process after each case; run one case per process with --case for per-case memory.
-    /// scripts/peer-bench.sh runs the same cases in PyTorch, alternating, for ratios (ecc with
-    /// --optimizers sgd there: one model stepping, as in PyTorch).
+    /// scripts/peer-bench.sh runs the same cases in PyTorch, alternating, for ratios.
     Train {
+        /// Timed steps per optimizer.
         #[arg(long, default_value_t = 100)]
         runs: usize,
         /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10 or cnn-28x28).
         #[arg(long)]
         case: Option<String>,
-        /// The optimizers to time, interleaved step by step (comma-separated: sgd, ec-sgd,
-        /// path-sgd, sgd-ec-init). Several models in turn share the caches, so a time
-        /// measured alone (one optimizer) is lower than the same time interleaved.
+        /// The optimizers to time, in turns of 10 steps each (comma-separated: sgd, ec-sgd,
+        /// path-sgd, sgd-ec-init). Every other optimizer's time is also given over SGD's.
         #[arg(long, value_delimiter = ',', default_value = "sgd,ec-sgd,path-sgd")]
         optimizers: Vec<String>,
         #[arg(long)]

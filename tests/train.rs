@@ -232,3 +232,45 @@ fn the_default_command_compares_the_optimizers() {
         assert!(acc > 0.9, "{row}");
     }
 }
+
+#[test]
+fn bench_train_times_the_chosen_optimizers_and_their_phases() {
+    let (code, text, err) = common::ecc(&[
+        "bench",
+        "train",
+        "--runs",
+        "3",
+        "--case",
+        "mlp-784-64x4-10",
+        "--optimizers",
+        "sgd,ec-sgd",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases
+        .iter()
+        .map(|c| c["optimizer"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sgd", "ec-sgd"]);
+    for c in cases {
+        let ms = |k: &str| c[k].as_f64().unwrap();
+        assert!(ms("ms_per_step") > 0.0);
+        for phase in ["forward_ms", "backward_ms", "update_ms"] {
+            assert!(
+                ms(phase) > 0.0 && ms(phase) <= 1.5 * ms("ms_per_step"),
+                "{phase}"
+            );
+        }
+    }
+    let ratios = v["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 1);
+    let over = ratios[0]["over_sgd"].as_f64().unwrap();
+    let want =
+        cases[1]["ms_per_step"].as_f64().unwrap() / cases[0]["ms_per_step"].as_f64().unwrap();
+    assert!((over - want).abs() < 1e-12);
+    let (code, _, err) = common::ecc(&["bench", "train", "--optimizers", "adam"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--optimizers 'adam'"), "{err}");
+}
