@@ -1348,6 +1348,17 @@ mod tests {
         }
     }
 
+    /// 2x2 pooling with stride 2, no padding: the fast path's case.
+    fn max_2x2() -> PoolAttrs {
+        PoolAttrs {
+            kernel: vec![2, 2],
+            strides: vec![2, 2],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+        }
+    }
+
     #[test]
     fn max_pool_2x2_fast_path_matches_candle_and_finite_differences() {
         use rand::seq::SliceRandom;
@@ -1356,13 +1367,7 @@ mod tests {
         let mut v: Vec<f32> = (0..2 * 3 * 6 * 8).map(|i| i as f32 * 0.01 - 1.0).collect();
         v.shuffle(&mut rng);
         let x = Tensor::from_vec(v, (2, 3, 6, 8), &Device::Cpu).unwrap();
-        let p = PoolAttrs {
-            kernel: vec![2, 2],
-            strides: vec![2, 2],
-            pads: vec![0; 4],
-            dilations: vec![1, 1],
-            ceil_mode: false,
-        };
+        let p = max_2x2();
         let ours = max_pool(&x, &p).unwrap();
         let theirs = x.max_pool2d(2).unwrap();
         let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
@@ -1371,6 +1376,7 @@ mod tests {
         // so the gradient is checked against finite differences instead.
         grad_check(|x| max_pool(x, &p).unwrap(), &[2, 3, 6, 8]);
     }
+
     #[test]
     fn max_pool_2x2_ties_send_the_gradient_to_the_first_tap() {
         // Values from {0, 0.5, 1}: most windows have ties (as ReLU outputs at 0 do).
@@ -1381,13 +1387,7 @@ mod tests {
             .map(|_| rng.gen_range(0..3) as f32 * 0.5)
             .collect();
         let x = Var::from_vec(v.clone(), (n, c, h, w), &Device::Cpu).unwrap();
-        let p = PoolAttrs {
-            kernel: vec![2, 2],
-            strides: vec![2, 2],
-            pads: vec![0; 4],
-            dilations: vec![1, 1],
-            ceil_mode: false,
-        };
+        let p = max_2x2();
         let y = max_pool(x.as_tensor(), &p).unwrap();
         let (oh, ow) = (h / 2, w / 2);
         let g: Vec<f32> = (0..n * c * oh * ow).map(|i| 1.0 + i as f32).collect();
