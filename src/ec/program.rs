@@ -250,9 +250,11 @@ fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
 /// One SGD step on a parameter, in place, in one (multi-threaded) pass: with
 /// d = g + wd * w, m <- mu * m + d, w <- w - lr * m (PyTorch's SGD; `m` starts at 0, so the
 /// first step is w - lr * d). The same kernel as the update programs' unchained tensors.
+/// With `gamma` (Path-SGD, spec §7), g is replaced by g / (|gamma| + 1e-12) in the same pass.
 pub fn sgd_in_place(
     w: &Tensor,
     g: &Tensor,
+    gamma: Option<&Tensor>,
     m: &mut Vec<f32>,
     lr: f32,
     mu: f32,
@@ -269,19 +271,35 @@ pub fn sgd_in_place(
         fixed: vec![],
         v: vec![],
     };
+    let gamma = gamma.map(|t| t.contiguous()).transpose()?;
+    if gamma
+        .as_ref()
+        .is_some_and(|y| y.elem_count() != g.elem_count())
+    {
+        return Err(crate::Error::exec(
+            "a gamma of another size than its gradient",
+        ));
+    }
     with_slice(&g, |gs| {
-        let op = Fused {
-            t: &t,
-            g: gs,
-            m: std::sync::Mutex::new(m),
-            v: &[],
-            r: &[],
-            lr,
-            mu,
-            wd,
+        let mut run = |ys: Option<&[f32]>| {
+            let op = Fused {
+                t: &t,
+                g: gs,
+                gamma: ys,
+                m: std::sync::Mutex::new(m),
+                v: &[],
+                r: &[],
+                lr,
+                mu,
+                wd,
+            };
+            w.inplace_op1(&op)
         };
-        w.inplace_op1(&op)
-    })??;
+        match &gamma {
+            Some(y) => with_slice(y, |ys| run(Some(ys))),
+            None => Ok(run(None)),
+        }
+    })???;
     Ok(())
 }
 
@@ -294,6 +312,24 @@ wide_fn! {
     fn plain_update(w: &mut [f32], m: &mut [f32], g: &[f32], lr: f32, mu: f32, wd: f32) {
         for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
             *mi = mu * *mi + gi + wd * *wi;
+            *wi -= lr * *mi;
+        }
+    }
+}
+
+wide_fn! {
+    /// Path-SGD's step (spec §7): the same with g / (|gamma| + 1e-12) for g.
+    fn path_update(
+        w: &mut [f32],
+        m: &mut [f32],
+        g: &[f32],
+        gamma: &[f32],
+        lr: f32,
+        mu: f32,
+        wd: f32,
+    ) {
+        for (((wi, mi), gi), yi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(gamma) {
+            *mi = mu * *mi + gi / (yi.abs() + 1e-12) + wd * *wi;
             *wi -= lr * *mi;
         }
     }
@@ -438,6 +474,8 @@ const PARALLEL_FROM: usize = 32768;
 struct Fused<'a> {
     t: &'a Target,
     g: &'a [f32],
+    /// Path-SGD's gamma, for unchained tensors.
+    gamma: Option<&'a [f32]>,
     m: std::sync::Mutex<&'a mut Vec<f32>>,
     v: &'a [f32],
     r: &'a [f32],
@@ -469,7 +507,20 @@ impl candle_core::InplaceOp1 for Fused<'_> {
         let (lr, mu, wd) = (self.lr, self.mu, self.wd);
         let saved: Vec<(usize, f32, f32)> = t.fixed.iter().map(|&i| (i, w[i], m[i])).collect();
         let g = self.g;
-        if t.chain.is_empty() {
+        if let (true, Some(y)) = (t.chain.is_empty(), self.gamma) {
+            type Parts<'b> = (&'b mut [f32], (&'b mut [f32], (&'b [f32], &'b [f32])));
+            let body = |(wc, (mc, (gc, yc))): Parts| path_update(wc, mc, gc, yc, lr, mu, wd);
+            if w.len() < PARALLEL_FROM {
+                body((w, (m.as_mut_slice(), (g, y))));
+            } else {
+                w.par_chunks_mut(RUN)
+                    .zip(
+                        m.par_chunks_mut(RUN)
+                            .zip(g.par_chunks(RUN).zip(y.par_chunks(RUN))),
+                    )
+                    .for_each(body);
+            }
+        } else if t.chain.is_empty() {
             let body = |(wc, (mc, gc)): (&mut [f32], (&mut [f32], &[f32]))| {
                 plain_update(wc, mc, gc, lr, mu, wd)
             };
@@ -712,6 +763,7 @@ impl ProgramRunner {
                     let op = Fused {
                         t,
                         g: gs,
+                        gamma: None,
                         m: std::sync::Mutex::new(m),
                         v: &v,
                         r: &r,

@@ -265,7 +265,9 @@ fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, threads:
     let (m, k, a_rs, a_cs) = a.view();
     let (k2, n, b_rs, b_cs) = b.view();
     assert!(k == k2 && dst.len() >= m * n, "gemm shapes");
-    let par = if threads && m * n * k >= PAR_GEMM {
+    // Large outputs of few multiply-adds each (an outer product) are memory-bound writes,
+    // which two threads still do faster.
+    let par = if threads && (m * n * k >= PAR_GEMM || m * n >= PAR_GEMM / 4) {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -697,6 +699,57 @@ fn dense_fwd<T: Elem>(
         y.par_chunks_mut(1 << 14).for_each(relu_in_place);
     }
     Ok((T::to_cpu_storage_owned(y), Shape::from((b, n))))
+}
+
+/// `dst = src * src` elementwise, written into dst's storage (Path-SGD's squared network,
+/// spec §7, takes its weights this way every step without allocating).
+struct SquareInto;
+
+fn square_into_slices<T: Elem>(d: &mut [T], s: &[T]) {
+    use rayon::prelude::*;
+    d.par_chunks_mut(1 << 14)
+        .zip(s.par_chunks(1 << 14))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = s * s));
+}
+
+impl candle_core::InplaceOp2 for SquareInto {
+    fn name(&self) -> &'static str {
+        "ecc-square-into"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let range = |l: &Layout| {
+            l.contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("ecc square: not contiguous".into()))
+        };
+        let ((a, b), (c, e)) = (range(l1)?, range(l2)?);
+        if b - a != e - c {
+            candle_core::bail!("ecc square: {} values into {}", e - c, b - a);
+        }
+        match (s1, s2) {
+            (CpuStorage::F32(d), CpuStorage::F32(s)) => square_into_slices(&mut d[a..b], &s[c..e]),
+            (CpuStorage::F64(d), CpuStorage::F64(s)) => square_into_slices(&mut d[a..b], &s[c..e]),
+            _ => candle_core::bail!("ecc square: f32 or f64, both the same"),
+        }
+        Ok(())
+    }
+}
+
+/// Overwrite `dst` with `src²` (same shape and float type, both contiguous).
+pub fn square_into(dst: &Tensor, src: &Tensor) -> crate::Result<()> {
+    if dst.dims() != src.dims() {
+        return Err(crate::Error::shape(format!(
+            "squaring {:?} into {:?}",
+            src.dims(),
+            dst.dims()
+        )));
+    }
+    Ok(dst.inplace_op2(&src.contiguous()?, &SquareInto)?)
 }
 
 /// Column sums of a (rows, n) matrix: the bias gradient of a dense layer. Rows are added in

@@ -42,6 +42,44 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// The step; with `gamma`, Path-SGD's: only the parameters with a gamma move, by
+    /// g / (|gamma| + 1e-12) instead of g.
+    fn update(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &HashMap<String, Tensor>,
+        gamma: Option<&HashMap<String, Tensor>>,
+        lr: f64,
+    ) -> Result<usize> {
+        for (name, var) in params {
+            if !self.trainable.contains(name) {
+                continue;
+            }
+            let Some(g) = grads.get(name) else { continue };
+            let y = match gamma.map(|m| m.get(name)) {
+                Some(None) => continue,
+                Some(y) => y,
+                None => None,
+            };
+            if !self.buf.contains_key(name) {
+                self.buf.insert(name.clone(), vec![]);
+            }
+            let m = self.buf.get_mut(name).expect("inserted above");
+            crate::ec::program::sgd_in_place(
+                var.as_tensor(),
+                g,
+                y,
+                m,
+                lr as f32,
+                self.momentum as f32,
+                self.weight_decay as f32,
+            )?;
+        }
+        Ok(0)
+    }
+}
+
 impl Optimizer for Sgd {
     fn name(&self) -> &'static str {
         "sgd"
@@ -52,25 +90,7 @@ impl Optimizer for Sgd {
         grads: &HashMap<String, Tensor>,
         lr: f64,
     ) -> Result<usize> {
-        for (name, var) in params {
-            if !self.trainable.contains(name) {
-                continue;
-            }
-            let Some(g) = grads.get(name) else { continue };
-            if !self.buf.contains_key(name) {
-                self.buf.insert(name.clone(), vec![]);
-            }
-            let m = self.buf.get_mut(name).expect("inserted above");
-            crate::ec::program::sgd_in_place(
-                var.as_tensor(),
-                g,
-                m,
-                lr as f32,
-                self.momentum as f32,
-                self.weight_decay as f32,
-            )?;
-        }
-        Ok(0)
+        self.update(params, grads, None, lr)
     }
     fn state(&self) -> HashMap<String, Tensor> {
         self.buf
@@ -195,27 +215,22 @@ impl Optimizer for PathSgd {
         lr: f64,
     ) -> Result<usize> {
         for (k, u) in self.squared.params() {
-            u.set(&params[k].as_tensor().sqr()?)?;
+            crate::exec::kernels::square_into(u.as_tensor(), params[k].as_tensor())?;
         }
         let mut psi = Tensor::zeros((), candle_core::DType::F32, self.ones.device())?;
         for y in self.squared.forward(std::slice::from_ref(&self.ones))? {
             psi = (psi + y.sum_all()?)?;
         }
-        let gamma = psi.backward()?;
-        let mut pre = HashMap::new();
-        for (k, g) in grads {
-            let Some(gm) = self
-                .squared
-                .params()
-                .get(k)
-                .and_then(|u| gamma.get(u.as_tensor()))
-            else {
-                continue;
-            };
-            // A tiny floor keeps parameters on no path (gamma = 0) from dividing by zero.
-            pre.insert(k.clone(), (g / (gm.abs()? + 1e-12)?)?);
-        }
-        self.sgd.step(params, &pre, lr)
+        let store = psi.backward()?;
+        let gamma: HashMap<String, Tensor> = self
+            .squared
+            .params()
+            .iter()
+            .filter_map(|(k, u)| store.get(u.as_tensor()).map(|y| (k.clone(), y.clone())))
+            .collect();
+        // g / (|gamma| + 1e-12) in SGD's pass: the tiny floor keeps parameters on no path
+        // (gamma = 0) from dividing by zero.
+        self.sgd.update(params, grads, Some(&gamma), lr)
     }
     fn state(&self) -> HashMap<String, Tensor> {
         self.sgd.state()
