@@ -161,9 +161,8 @@ pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
 ];
 
 /// Training-step times of `optimizers`, interleaved in blocks of [`BLOCK`] steps in one
-/// process, on the cases
-/// of [`TRAIN_CASES`] (or the one named `only`). With SGD among them, every other optimizer's
-/// time over SGD's is reported too.
+/// process, on the cases of [`TRAIN_CASES`] (or the one named `only`). With SGD among them,
+/// every other optimizer's time over SGD's is reported too.
 pub fn train_steps(
     runs: usize,
     only: Option<&str>,

@@ -507,29 +507,20 @@ impl candle_core::InplaceOp1 for Fused<'_> {
         let (lr, mu, wd) = (self.lr, self.mu, self.wd);
         let saved: Vec<(usize, f32, f32)> = t.fixed.iter().map(|&i| (i, w[i], m[i])).collect();
         let g = self.g;
-        if let (true, Some(y)) = (t.chain.is_empty(), self.gamma) {
-            type Parts<'b> = (&'b mut [f32], (&'b mut [f32], (&'b [f32], &'b [f32])));
-            let body = |(wc, (mc, (gc, yc))): Parts| path_update(wc, mc, gc, yc, lr, mu, wd);
-            if w.len() < PARALLEL_FROM {
-                body((w, (m.as_mut_slice(), (g, y))));
-            } else {
-                w.par_chunks_mut(RUN)
-                    .zip(
-                        m.par_chunks_mut(RUN)
-                            .zip(g.par_chunks(RUN).zip(y.par_chunks(RUN))),
-                    )
-                    .for_each(body);
-            }
-        } else if t.chain.is_empty() {
-            let body = |(wc, (mc, gc)): (&mut [f32], (&mut [f32], &[f32]))| {
-                plain_update(wc, mc, gc, lr, mu, wd)
+        if t.chain.is_empty() {
+            // Plain SGD, or Path-SGD's step with its gamma (chunk k covers RUN scalars from
+            // k * RUN on).
+            let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| match self.gamma {
+                Some(y) => path_update(wc, mc, gc, &y[k * RUN..][..wc.len()], lr, mu, wd),
+                None => plain_update(wc, mc, gc, lr, mu, wd),
             };
             if w.len() < PARALLEL_FROM {
-                body((w, (m.as_mut_slice(), g)));
+                body(0, w, m, g);
             } else {
                 w.par_chunks_mut(RUN)
                     .zip(m.par_chunks_mut(RUN).zip(g.par_chunks(RUN)))
-                    .for_each(body);
+                    .enumerate()
+                    .for_each(|(k, (wc, (mc, gc)))| body(k, wc, mc, gc));
             }
         } else {
             // Runs of `inner` consecutive scalars share one chain.
@@ -539,11 +530,11 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             // With chains along the fastest axis, the per-position factors 1/V, 1/R and V,
             // computed once, so the loop over a row is straight-line arithmetic; three
             // separate arrays (not one of triples), read with plain vector loads.
+            let (v, r) = (self.v, self.r);
             let factor = |f: fn(f32, f32) -> f32| -> Vec<f32> {
                 if inner != 1 {
                     return vec![];
                 }
-                let (v, r) = (self.v, self.r);
                 t.chain
                     .iter()
                     .map(|&c| f(v[c as usize], r[c as usize]))
@@ -552,13 +543,11 @@ impl candle_core::InplaceOp1 for Fused<'_> {
             let inv_v = factor(|v, _| 1.0 / v);
             let inv_r = factor(|_, r| 1.0 / r);
             let v_at = factor(|v, _| v);
-            let (v, r) = (self.v, self.r);
             let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
+                let pos = (k * runs_per_chunk) % len;
                 if inner == 1 {
-                    let pos = (k * runs_per_chunk) % len;
                     chained_update_cols(wc, mc, gc, pos, &inv_v, &inv_r, &v_at, lr, mu, wd)
                 } else {
-                    let pos = (k * runs_per_chunk) % len;
                     chained_update_rows(wc, mc, gc, pos, inner, &t.chain, v, r, lr, mu, wd)
                 }
             };
