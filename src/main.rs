@@ -691,9 +691,8 @@ fn main_inner(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|o| {
                     ecc::train::OptimizerKind::from_name(o).ok_or_else(|| {
-                        ecc::Error::usage(format!(
-                            "--optimizers '{o}': sgd, ec-sgd, path-sgd or sgd-ec-init"
-                        ))
+                        let names = ecc::train::OptimizerKind::ALL.map(|k| k.name());
+                        ecc::Error::usage(format!("--optimizers '{o}': {}", names.join(", ")))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

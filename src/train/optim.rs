@@ -40,9 +40,7 @@ impl Sgd {
             buf: HashMap::new(),
         }
     }
-}
 
-impl Sgd {
     /// The step; with `gamma`, Path-SGD's: only the parameters with a gamma move, by
     /// g / (|gamma| + 1e-12) instead of g.
     fn update(
@@ -57,10 +55,12 @@ impl Sgd {
                 continue;
             }
             let Some(g) = grads.get(name) else { continue };
-            let y = match gamma.map(|m| m.get(name)) {
-                Some(None) => continue,
-                Some(y) => y,
+            let y = match gamma {
                 None => None,
+                Some(gamma) => match gamma.get(name) {
+                    Some(y) => Some(y),
+                    None => continue,
+                },
             };
             if !self.buf.contains_key(name) {
                 self.buf.insert(name.clone(), vec![]);
