@@ -4,8 +4,21 @@
 //! - `mlp:784-64-64-10`: dense layers (Gemm, transB=1, as PyTorch exports Linear) with
 //!   ReLU between them; the output is logits.
 //! - `cnn:1x28x28-c8-p-c16-p-64-10`: input C x H x W, then `cK` (3x3 conv, pad 1, K
-//!   channels, ReLU), `p` (2x2 max pool, stride 2), and numbers (dense layers; a Flatten is
-//!   put before the first; ReLU after every dense layer but the last).
+//!   channels, ReLU), `b` right after a `cK` (BatchNormalization between the conv and its
+//!   ReLU; the conv then has no bias, which BN would make redundant, spec §11), `p` (2x2 max
+//!   pool, stride 2), and numbers (dense layers; a Flatten is put before the first; ReLU
+//!   after every dense layer but the last).
+//! - `resnet:3x32x32-n3` (ResNet-20; n = 5, 9 give ResNet-32, -56): the CIFAR ResNet of He
+//!   et al. 2016: a 3x3 conv with BN and ReLU, three stages of n basic blocks (two 3x3
+//!   convs with BN; the first block of stages 2 and 3 halves the resolution with stride 2),
+//!   the block's input added to its output before the ReLU, then global average pooling and
+//!   a dense layer. Shortcuts are identities where the shapes agree and projections (1x1
+//!   conv, stride 2, with BN: He et al.'s option B) where they change. Options after n:
+//!   `wA.B.C` stage widths (default 16.32.64), `kK` classes (default 10).
+//! - `plain:3x32x32-n3`: the matching PlainNet, the same without shortcuts.
+//!
+//! Every conv's depth is 6n + 2 for the residual kinds. BatchNormalization starts at
+//! scale 1, bias 0, running mean 0 and variance 1, momentum 0.9 (PyTorch's 0.1), eps 1e-5.
 
 use crate::error::{Error, Result};
 use crate::ir::{Constant, ConvAttrs, DimDecl, Graph, ModelMeta, Node, Op, PoolAttrs, ValueInfo};
@@ -15,15 +28,44 @@ use rand::{Rng, SeedableRng};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Layer {
     Conv(usize),
+    /// BatchNormalization after the conv before it.
+    BatchNorm,
     Pool,
     Dense(usize),
 }
 
-/// A parsed spec: the input dims (without batch) and the layers.
+/// A parsed spec: the input dims (without batch) and the layers, or a residual network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub input: Vec<usize>,
     pub layers: Vec<Layer>,
+    /// `resnet:` and `plain:` specs.
+    pub residual: Option<Residual>,
+}
+
+/// The CIFAR-style ResNet / PlainNet of a `resnet:` or `plain:` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Residual {
+    /// Basic blocks per stage.
+    pub n: usize,
+    pub widths: [usize; 3],
+    pub classes: usize,
+    /// ResNet (true) or PlainNet (false).
+    pub shortcuts: bool,
+}
+
+/// `CxHxW` of a spec.
+fn chw(tok: &str, s: &str) -> Result<Vec<usize>> {
+    let input = tok
+        .split('x')
+        .map(|t| num(t, s))
+        .collect::<Result<Vec<_>>>()?;
+    if input.len() != 3 {
+        return Err(Error::usage(format!(
+            "model spec '{s}': an image input is CxHxW, got '{tok}'"
+        )));
+    }
+    Ok(input)
 }
 
 fn num(tok: &str, spec: &str) -> Result<usize> {
@@ -39,7 +81,7 @@ impl Spec {
     pub fn parse(s: &str) -> Result<Spec> {
         let (kind, body) = s.split_once(':').ok_or_else(|| {
             Error::usage(format!(
-                "model spec '{s}': expected mlp:SIZES or cnn:CxHxW-LAYERS"
+                "model spec '{s}': expected mlp:SIZES, cnn:CxHxW-LAYERS, resnet:CxHxW-nN or plain:CxHxW-nN"
             ))
         })?;
         let toks: Vec<&str> = body.split('-').collect();
@@ -56,23 +98,66 @@ impl Spec {
                         .iter()
                         .map(|t| num(t, s).map(Layer::Dense))
                         .collect::<Result<_>>()?,
+                    residual: None,
                 }
             }
-            "cnn" => {
-                let input = toks[0]
-                    .split('x')
-                    .map(|t| num(t, s))
-                    .collect::<Result<Vec<_>>>()?;
-                if input.len() != 3 {
+            "resnet" | "plain" => {
+                let input = chw(toks[0], s)?;
+                let mut r = Residual {
+                    n: 0,
+                    widths: [16, 32, 64],
+                    classes: 10,
+                    shortcuts: kind == "resnet",
+                };
+                for t in &toks[1..] {
+                    if let Some(n) = t.strip_prefix('n') {
+                        r.n = num(n, s)?;
+                    } else if let Some(k) = t.strip_prefix('k') {
+                        r.classes = num(k, s)?;
+                    } else if let Some(w) = t.strip_prefix('w') {
+                        let w: Vec<usize> =
+                            w.split('.').map(|v| num(v, s)).collect::<Result<_>>()?;
+                        r.widths = w.try_into().map_err(|_| {
+                            Error::usage(format!(
+                                "model spec '{s}': widths are wA.B.C (three stages)"
+                            ))
+                        })?;
+                    } else {
+                        return Err(Error::usage(format!(
+                            "model spec '{s}': unknown token '{t}' (nN blocks per stage, wA.B.C widths, kK classes)"
+                        )));
+                    }
+                }
+                if r.n == 0 {
                     return Err(Error::usage(format!(
-                        "model spec '{s}': a CNN input is CxHxW, got '{}'",
-                        toks[0]
+                        "model spec '{s}': give the blocks per stage, e.g. {kind}:3x32x32-n3 (depth 6n+2)"
                     )));
                 }
+                if input[1] < 4 || input[2] < 4 {
+                    return Err(Error::usage(format!(
+                        "model spec '{s}': the input is halved twice, {}x{} is too small",
+                        input[1], input[2]
+                    )));
+                }
+                return Ok(Spec {
+                    input,
+                    layers: vec![],
+                    residual: Some(r),
+                });
+            }
+            "cnn" => {
+                let input = chw(toks[0], s)?;
                 let mut layers = vec![];
                 for t in &toks[1..] {
                     layers.push(if *t == "p" {
                         Layer::Pool
+                    } else if *t == "b" {
+                        if !matches!(layers.last(), Some(Layer::Conv(_))) {
+                            return Err(Error::usage(format!(
+                                "model spec '{s}': 'b' (BatchNormalization) comes right after a conv"
+                            )));
+                        }
+                        Layer::BatchNorm
                     } else if let Some(k) = t.strip_prefix('c') {
                         Layer::Conv(num(k, s)?)
                     } else {
@@ -93,15 +178,19 @@ impl Spec {
                     }
                     _ => {}
                 }
-                Spec { input, layers }
+                Spec {
+                    input,
+                    layers,
+                    residual: None,
+                }
             }
             other => {
                 return Err(Error::usage(format!(
-                    "model spec '{s}': unknown kind '{other}' (mlp or cnn)"
+                    "model spec '{s}': unknown kind '{other}' (mlp, cnn, resnet or plain)"
                 )))
             }
         };
-        if !matches!(spec.layers.last(), Some(Layer::Dense(_))) {
+        if spec.residual.is_none() && !matches!(spec.layers.last(), Some(Layer::Dense(_))) {
             return Err(Error::usage(format!(
                 "model spec '{s}': the last layer must be dense"
             )));
@@ -137,15 +226,105 @@ impl Builder {
         self.cur = out;
     }
     fn layer(&mut self, name: &str, op: Op, w_dims: Vec<usize>, fan_in: usize) {
+        let bias = self.bias;
+        self.layer_with(name, op, w_dims, fan_in, bias)
+    }
+    fn layer_with(&mut self, name: &str, op: Op, w_dims: Vec<usize>, fan_in: usize, bias: bool) {
         let w = self.uniform(w_dims.clone(), fan_in);
         let mut extra = vec![format!("{name}.weight")];
         self.params.push((extra[0].clone(), w));
-        if self.bias {
+        if bias {
             let b = self.uniform(vec![w_dims[0]], fan_in);
             extra.push(format!("{name}.bias"));
             self.params.push((extra[1].clone(), b));
         }
         self.node(name.to_string(), op, extra);
+    }
+    /// BatchNormalization of `c` channels at PyTorch's initial values (scale 1, bias 0,
+    /// running mean 0, running variance 1), PyTorch's momentum 0.1 written the ONNX way.
+    fn batch_norm(&mut self, name: &str, c: usize) {
+        let mut extra = vec![];
+        for (p, v) in [
+            ("weight", 1.0),
+            ("bias", 0.0),
+            ("running_mean", 0.0),
+            ("running_var", 1.0),
+        ] {
+            let key = format!("{name}.{p}");
+            self.params
+                .push((key.clone(), Constant::f32(vec![c], vec![v; c])));
+            extra.push(key);
+        }
+        let op = Op::BatchNorm {
+            epsilon: 1e-5,
+            momentum: 0.9,
+        };
+        self.node(name.to_string(), op, extra);
+    }
+    /// A bias-free k x k conv (pad k / 2) from `cin` to `cout` channels, then BN, then a ReLU
+    /// with `relu`.
+    fn conv_bn(
+        &mut self,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+    ) {
+        let op = Op::Conv(ConvAttrs {
+            kernel: vec![k, k],
+            strides: vec![stride, stride],
+            pads: vec![k / 2; 4],
+            dilations: vec![1, 1],
+            group: 1,
+        });
+        self.layer_with(name, op, vec![cout, cin, k, k], cin * k * k, false);
+        self.batch_norm(&format!("{name}.bn"), cout);
+        if relu {
+            self.node(format!("{name}.relu"), Op::Relu, vec![]);
+        }
+    }
+    /// The body of a `resnet:` / `plain:` spec, from `self.cur` (C x H x W) to the logits.
+    fn residual(&mut self, r: &Residual, c_in: usize) {
+        self.conv_bn("conv1", c_in, r.widths[0], 3, 1, true);
+        let mut c = r.widths[0];
+        for (s, &w) in r.widths.iter().enumerate() {
+            for j in 0..r.n {
+                let name = format!("layer{}.{j}", s + 1);
+                let stride = if s > 0 && j == 0 { 2 } else { 1 };
+                let input = self.cur.clone();
+                self.conv_bn(&format!("{name}.conv1"), c, w, 3, stride, true);
+                self.conv_bn(&format!("{name}.conv2"), w, w, 3, 1, false);
+                if r.shortcuts {
+                    let body = self.cur.clone();
+                    let short = if stride != 1 || c != w {
+                        self.cur = input;
+                        self.conv_bn(&format!("{name}.shortcut"), c, w, 1, stride, false);
+                        self.cur.clone()
+                    } else {
+                        input
+                    };
+                    self.cur = body;
+                    let add = Op::Binary {
+                        kind: crate::ir::BinaryKind::Add,
+                        legacy_axis: None,
+                    };
+                    self.node(format!("{name}.add"), add, vec![short]);
+                }
+                self.node(format!("{name}.relu"), Op::Relu, vec![]);
+                c = w;
+            }
+        }
+        self.node("avgpool".into(), Op::GlobalAveragePool, vec![]);
+        self.node("flatten".into(), Op::Flatten { axis: 1 }, vec![]);
+        let fc = Op::Gemm {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        };
+        self.layer_with("fc", fc, vec![r.classes, c], c, true);
     }
 }
 
@@ -171,7 +350,11 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
         .filter(|l| matches!(l, Layer::Dense(_)))
         .count();
     let mut flat = !spatial;
-    for layer in &spec.layers {
+    if let Some(r) = &spec.residual {
+        b.residual(r, c);
+        c = r.classes;
+    }
+    for (i, layer) in spec.layers.iter().enumerate() {
         match layer {
             Layer::Conv(k) => {
                 nconv += 1;
@@ -182,10 +365,16 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
                     dilations: vec![1, 1],
                     group: 1,
                 });
-                b.layer(&format!("conv{nconv}"), op, vec![*k, c, 3, 3], c * 9);
+                let bn = spec.layers.get(i + 1) == Some(&Layer::BatchNorm);
+                let bias = b.bias && !bn;
+                b.layer_with(&format!("conv{nconv}"), op, vec![*k, c, 3, 3], c * 9, bias);
+                if bn {
+                    b.batch_norm(&format!("conv{nconv}_bn"), *k);
+                }
                 b.node(format!("conv{nconv}_relu"), Op::Relu, vec![]);
                 c = *k;
             }
+            Layer::BatchNorm => {}
             Layer::Pool => {
                 npool += 1;
                 if h < 2 || w < 2 {
@@ -271,6 +460,51 @@ mod tests {
         assert_eq!(g.shapes["logits"].dims, vec![1, 10]);
     }
 
+    /// ResNet-20 (n = 3) and PlainNet-20: 19 3x3 convs and a dense layer (depth 6n + 2),
+    /// a BatchNormalization after every conv, two projection shortcuts (stages 2 and 3) in
+    /// the ResNet, 9 additions; any input size that can be halved twice.
+    #[test]
+    fn residual_specs_build_resnet_and_plainnet() {
+        let count =
+            |g: &Graph, f: &dyn Fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+        let conv3 = |op: &Op| matches!(op, Op::Conv(a) if a.kernel == [3, 3]);
+        let conv1 = |op: &Op| matches!(op, Op::Conv(a) if a.kernel == [1, 1]);
+        let bn = |op: &Op| matches!(op, Op::BatchNorm { .. });
+        let add = |op: &Op| matches!(op, Op::Binary { .. });
+        for (spec, input) in [
+            ("resnet:3x32x32-n3", [3, 32, 32]),
+            ("resnet:1x28x28-n3", [1, 28, 28]),
+        ] {
+            let g = build(&Spec::parse(spec).unwrap(), 0, true).unwrap();
+            assert_eq!(count(&g, &conv3), 19, "{spec}");
+            assert_eq!(count(&g, &conv1), 2, "{spec}");
+            assert_eq!(count(&g, &bn), 21, "{spec}");
+            assert_eq!(count(&g, &add), 9, "{spec}");
+            assert_eq!(g.shapes["logits"].dims, vec![1, 10]);
+            assert_eq!(g.shapes[&g.inputs[0].name].dims[1..], input);
+            // 3x3 convs: 16·C·9 + (16·16·9)·5 + 16·32·9 + (32·32·9)·5 + 32·64·9 + (64·64·9)·5;
+            // projections 16·32 + 32·64; BN 4 per channel; fc 64·10 + 10.
+            let c = input[0];
+            let convs = 16 * c * 9 + 5 * 2304 + 4608 + 5 * 9216 + 18432 + 5 * 36864 + 512 + 2048;
+            let bns = 4 * (16 * 7 + 32 * 7 + 64 * 7);
+            assert_eq!(g.param_count(), convs + bns + 650, "{spec}");
+        }
+        let p = build(
+            &Spec::parse("plain:1x28x28-n3-w8.16.32-k7").unwrap(),
+            0,
+            true,
+        )
+        .unwrap();
+        assert_eq!(count(&p, &conv3), 19);
+        assert_eq!(count(&p, &conv1) + count(&p, &add), 0);
+        assert_eq!(p.shapes["logits"].dims, vec![1, 7]);
+        // `b` in a cnn spec: conv (no bias) -> BN -> ReLU.
+        let g = build(&Spec::parse("cnn:1x8x8-c4-b-p-10").unwrap(), 0, true).unwrap();
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.onnx_name()).collect();
+        assert_eq!(ops[..3], ["Conv", "BatchNormalization", "Relu"]);
+        assert_eq!(g.nodes[0].inputs.len(), 2, "no conv bias before BN");
+    }
+
     #[test]
     fn bad_specs_fail_with_a_message() {
         for s in [
@@ -281,6 +515,13 @@ mod tests {
             "rnn:3-4",
             "mlp:0-3",
             "cnn:1x8x8-c4",
+            "cnn:1x8x8-b-c4-10",
+            "resnet:3x32x32",
+            "resnet:3x32x32-n0",
+            "resnet:3x32x32-n3-w8.16",
+            "plain:3x2x2-n1",
+            "resnet:3x32-n3",
+            "resnet:3x32x32-n3-q",
         ] {
             let e = Spec::parse(s).unwrap_err();
             assert!(e.to_string().contains(s), "{e}");

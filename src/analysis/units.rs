@@ -167,7 +167,7 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::AveragePool { .. } => un("average-pool"),
         Op::GlobalAveragePool => un("global-average-pool"),
         Op::GlobalMaxPool => un("global-max-pool"),
-        Op::Dropout => un("dropout"),
+        Op::Dropout { .. } => un("dropout"),
         Op::Identity => un("identity"),
         _ if mixing => un("channel-mixing-reshape"),
         Op::Flatten { .. } => un("flatten"),

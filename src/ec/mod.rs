@@ -118,7 +118,7 @@ fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
                 | Op::AveragePool { .. }
                 | Op::GlobalAveragePool
                 | Op::GlobalMaxPool
-                | Op::Dropout
+                | Op::Dropout { .. }
                 | Op::Identity
                 | Op::Flatten { .. }
                 | Op::Reshape { .. }

@@ -12,6 +12,7 @@ use super::skeleton::skeleton;
 use super::EcPlan;
 use crate::analysis::Analysis;
 use crate::error::Result;
+use crate::exec::kernels::update::{chain_sums, fused_update, with_slice, UpdateTarget};
 use crate::ir::Graph;
 use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
@@ -208,367 +209,15 @@ impl UpdateProgram {
     }
 }
 
-/// One tensor to update in place: a layer weight or bias, with its chains.
-struct Target {
-    name: String,
-    /// Chain of each position along the chain axis, and the stride that finds it:
-    /// chain = chain[(i / inner) % len]. Empty: no chain (the free layer, biases at or
-    /// after it).
-    chain: Vec<u32>,
-    inner: usize,
-    /// Scalars that do not move (designated weights, V), sorted flat indices. They are few:
-    /// the fused pass updates everything, then puts these back.
-    fixed: Vec<usize>,
-    /// V scalars of the free layer (flat index per chain), multiplied by R.
-    v: Vec<usize>,
-}
-
 /// Runs update programs on the executor's parameters: one fused, multi-threaded pass over
 /// each parameter tensor, in place.
 pub struct ProgramRunner {
     programs: Vec<UpdateProgram>,
-    targets: Vec<Vec<Target>>,
+    targets: Vec<Vec<UpdateTarget>>,
     momentum: HashMap<String, Vec<f32>>,
     mv: Vec<Vec<f32>>,
     /// Steps in which the guard replaced some R.
     pub guarded_steps: usize,
-}
-
-/// Read access to a contiguous f32 tensor.
-fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(crate::Error::unsupported("update programs run on the CPU"));
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| crate::Error::exec("a parameter is not contiguous"))?;
-    Ok(f(&data[a..b]))
-}
-
-/// One SGD step on a parameter, in place, in one (multi-threaded) pass: with
-/// d = g + wd * w, m <- mu * m + d, w <- w - lr * m (PyTorch's SGD; `m` starts at 0, so the
-/// first step is w - lr * d). The same kernel as the update programs' unchained tensors.
-/// With `gamma` (Path-SGD, spec §7), g is replaced by g / (|gamma| + 1e-12) in the same pass.
-pub fn sgd_in_place(
-    w: &Tensor,
-    g: &Tensor,
-    gamma: Option<&Tensor>,
-    m: &mut Vec<f32>,
-    lr: f32,
-    mu: f32,
-    wd: f32,
-) -> Result<()> {
-    let g = g.contiguous()?;
-    if m.len() != g.elem_count() {
-        *m = vec![0.0; g.elem_count()];
-    }
-    let t = Target {
-        name: String::new(),
-        chain: vec![],
-        inner: 1,
-        fixed: vec![],
-        v: vec![],
-    };
-    let gamma = gamma.map(|t| t.contiguous()).transpose()?;
-    if gamma
-        .as_ref()
-        .is_some_and(|y| y.elem_count() != g.elem_count())
-    {
-        return Err(crate::Error::exec(
-            "a gamma of another size than its gradient",
-        ));
-    }
-    with_slice(&g, |gs| {
-        let mut run = |ys: Option<&[f32]>| {
-            let op = Fused {
-                t: &t,
-                g: gs,
-                gamma: ys,
-                m: std::sync::Mutex::new(m),
-                v: &[],
-                r: &[],
-                lr,
-                mu,
-                wd,
-            };
-            w.inplace_op1(&op)
-        };
-        match &gamma {
-            Some(y) => with_slice(y, |ys| run(Some(ys))),
-            None => Ok(run(None)),
-        }
-    })???;
-    Ok(())
-}
-
-// The element loops of the update (spec §5 steps 2-4) and of the sum σ (step 1), each
-// compiled for the CPU's widest vectors (`exec::cpu::wide_fn`).
-use crate::exec::cpu::wide_fn;
-
-wide_fn! {
-    /// Unchained scalars: m <- mu m + g + wd w; w <- w - lr m.
-    fn plain_update(w: &mut [f32], m: &mut [f32], g: &[f32], lr: f32, mu: f32, wd: f32) {
-        for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
-            *mi = mu * *mi + gi + wd * *wi;
-            *wi -= lr * *mi;
-        }
-    }
-}
-
-wide_fn! {
-    /// Path-SGD's step (spec §7): the same with g / (|gamma| + 1e-12) for g.
-    fn path_update(
-        w: &mut [f32],
-        m: &mut [f32],
-        g: &[f32],
-        gamma: &[f32],
-        lr: f32,
-        mu: f32,
-        wd: f32,
-    ) {
-        for (((wi, mi), gi), yi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(gamma) {
-            *mi = mu * *mi + gi / (yi.abs() + 1e-12) + wd * *wi;
-            *wi -= lr * *mi;
-        }
-    }
-}
-
-wide_fn! {
-    /// Scalars chained along the fastest axis (the columns of a row-major tensor), from
-    /// position `pos` of a row on, with the factors 1/V, 1/R and V of every position:
-    /// m <- mu m + g/V + wd w V; w <- (w - lr m / V) / R.
-    #[allow(clippy::too_many_arguments)]
-    fn chained_update_cols(
-        w: &mut [f32],
-        m: &mut [f32],
-        g: &[f32],
-        pos: usize,
-        inv_v: &[f32],
-        inv_r: &[f32],
-        v: &[f32],
-        lr: f32,
-        mu: f32,
-        wd: f32,
-    ) {
-        let (len, mut pos, mut i) = (inv_v.len(), pos, 0);
-        while i < w.len() {
-            // The rest of this row (only the first may start inside a row).
-            let n = (len - pos).min(w.len() - i);
-            let f = pos..pos + n;
-            for (((((wi, mi), gi), iv), ir), v) in w[i..i + n]
-                .iter_mut()
-                .zip(&mut m[i..i + n])
-                .zip(&g[i..i + n])
-                .zip(&inv_v[f.clone()])
-                .zip(&inv_r[f.clone()])
-                .zip(&v[f])
-            {
-                *mi = mu * *mi + gi * iv + wd * *wi * v;
-                *wi = (*wi - lr * *mi * iv) * ir;
-            }
-            i += n;
-            pos = 0;
-        }
-    }
-}
-
-wide_fn! {
-    /// Runs of `inner` scalars, run j on chain `chain[(pos + j) % chain.len()]`: the same
-    /// update with that chain's V and R (`v`, `r` indexed by chain).
-    #[allow(clippy::too_many_arguments)]
-    fn chained_update_rows(
-        w: &mut [f32],
-        m: &mut [f32],
-        g: &[f32],
-        pos: usize,
-        inner: usize,
-        chain: &[u32],
-        v: &[f32],
-        r: &[f32],
-        lr: f32,
-        mu: f32,
-        wd: f32,
-    ) {
-        let mut pos = pos;
-        for ((wr, mr), gr) in w
-            .chunks_mut(inner)
-            .zip(m.chunks_mut(inner))
-            .zip(g.chunks(inner))
-        {
-            let c = chain[pos] as usize;
-            let (v, inv_v, inv_r) = (v[c], 1.0 / v[c], 1.0 / r[c]);
-            for ((wi, mi), gi) in wr.iter_mut().zip(mr.iter_mut()).zip(gr) {
-                *mi = mu * *mi + gi * inv_v + wd * *wi * v;
-                *wi = (*wi - lr * *mi * inv_v) * inv_r;
-            }
-            pos += 1;
-            if pos == chain.len() {
-                pos = 0;
-            }
-        }
-    }
-}
-
-wide_fn! {
-    /// Column sums of w ⊙ g for a row-major tensor with rows of `acc.len()` positions,
-    /// starting at position `pos` of a row: acc[p] += Σ w ⊙ g over position p. Summed in f32
-    /// over up to 32 rows, then added into f64.
-    fn column_products(acc: &mut [f64], w: &[f32], g: &[f32], pos: usize) {
-        const ROWS: usize = 32;
-        let len = acc.len();
-        let mut part = vec![0f32; len];
-        let (mut pos, mut i, mut rows) = (pos, 0, 0);
-        while i < w.len() {
-            // The rest of this row (only the first may start inside a row).
-            let n = (len - pos).min(w.len() - i);
-            for ((a, w), g) in part[pos..pos + n]
-                .iter_mut()
-                .zip(&w[i..i + n])
-                .zip(&g[i..i + n])
-            {
-                *a += w * g;
-            }
-            i += n;
-            pos = 0;
-            rows += 1;
-            if rows % ROWS == 0 || i == w.len() {
-                for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
-                    *a += *p as f64;
-                    *p = 0.0;
-                }
-            }
-        }
-    }
-}
-
-wide_fn! {
-    /// The dot product of two slices, in f64: sixteen f32 partial sums over the slices in a
-    /// fixed order (a single running sum would be one dependent add per element), added in
-    /// f64 at the end.
-    fn dot(a: &[f32], b: &[f32]) -> f64 {
-        const L: usize = 16;
-        let mut acc = [0f32; L];
-        let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-        let tail: f64 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(&x, &y)| x as f64 * y as f64)
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for j in 0..L {
-                acc[j] += x[j] * y[j];
-            }
-        }
-        acc.iter().map(|&v| v as f64).sum::<f64>() + tail
-    }
-}
-
-/// Scalars per parallel chunk, and the size below which a tensor is done on one thread.
-const RUN: usize = 8192;
-const PARALLEL_FROM: usize = 32768;
-
-/// The fused update of one tensor (spec §5 steps 2 to 4 for its scalars).
-struct Fused<'a> {
-    t: &'a Target,
-    g: &'a [f32],
-    /// Path-SGD's gamma, for unchained tensors.
-    gamma: Option<&'a [f32]>,
-    m: std::sync::Mutex<&'a mut Vec<f32>>,
-    v: &'a [f32],
-    r: &'a [f32],
-    lr: f32,
-    mu: f32,
-    wd: f32,
-}
-
-impl candle_core::InplaceOp1 for Fused<'_> {
-    fn name(&self) -> &'static str {
-        "ecc-ec-sgd-update"
-    }
-    fn cpu_fwd(
-        &self,
-        storage: &mut candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("update programs run in f32")
-        };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-        let w = &mut data[a..b];
-        let mut guard = self.m.lock().expect("momentum lock");
-        let m: &mut Vec<f32> = &mut guard;
-        let t = self.t;
-        let (lr, mu, wd) = (self.lr, self.mu, self.wd);
-        let saved: Vec<(usize, f32, f32)> = t.fixed.iter().map(|&i| (i, w[i], m[i])).collect();
-        let g = self.g;
-        if t.chain.is_empty() {
-            // Plain SGD, or Path-SGD's step with its gamma (chunk k covers RUN scalars from
-            // k * RUN on).
-            let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| match self.gamma {
-                Some(y) => path_update(wc, mc, gc, &y[k * RUN..][..wc.len()], lr, mu, wd),
-                None => plain_update(wc, mc, gc, lr, mu, wd),
-            };
-            if w.len() < PARALLEL_FROM {
-                body(0, w, m, g);
-            } else {
-                w.par_chunks_mut(RUN)
-                    .zip(m.par_chunks_mut(RUN).zip(g.par_chunks(RUN)))
-                    .enumerate()
-                    .for_each(|(k, (wc, (mc, gc)))| body(k, wc, mc, gc));
-            }
-        } else {
-            // Runs of `inner` consecutive scalars share one chain.
-            let (inner, len) = (t.inner, t.chain.len());
-            let runs_per_chunk = (RUN / inner).max(1);
-            let chunk = runs_per_chunk * inner;
-            // With chains along the fastest axis, the per-position factors 1/V, 1/R and V,
-            // computed once, so the loop over a row is straight-line arithmetic; three
-            // separate arrays (not one of triples), read with plain vector loads.
-            let (v, r) = (self.v, self.r);
-            let factor = |f: fn(f32, f32) -> f32| -> Vec<f32> {
-                if inner != 1 {
-                    return vec![];
-                }
-                t.chain
-                    .iter()
-                    .map(|&c| f(v[c as usize], r[c as usize]))
-                    .collect()
-            };
-            let inv_v = factor(|v, _| 1.0 / v);
-            let inv_r = factor(|_, r| 1.0 / r);
-            let v_at = factor(|v, _| v);
-            let body = |k: usize, wc: &mut [f32], mc: &mut [f32], gc: &[f32]| {
-                let pos = (k * runs_per_chunk) % len;
-                if inner == 1 {
-                    chained_update_cols(wc, mc, gc, pos, &inv_v, &inv_r, &v_at, lr, mu, wd)
-                } else {
-                    chained_update_rows(wc, mc, gc, pos, inner, &t.chain, v, r, lr, mu, wd)
-                }
-            };
-            if w.len() < PARALLEL_FROM {
-                body(0, w, m, g);
-            } else {
-                w.par_chunks_mut(chunk)
-                    .zip(m.par_chunks_mut(chunk).zip(g.par_chunks(chunk)))
-                    .enumerate()
-                    .for_each(|(k, (wc, (mc, gc)))| body(k, wc, mc, gc));
-            }
-        }
-        for (i, wv, mv) in saved {
-            w[i] = wv;
-            m[i] = mv;
-        }
-        for (c, &i) in t.v.iter().enumerate() {
-            w[i] *= self.r[c];
-        }
-        Ok(())
-    }
 }
 
 impl ProgramRunner {
@@ -578,7 +227,7 @@ impl ProgramRunner {
             let mut ts = vec![];
             for l in &p.layers {
                 let fixed = l.fixed.clone();
-                ts.push(Target {
+                ts.push(UpdateTarget {
                     name: l.weight.clone(),
                     chain: l.chain.clone(),
                     inner: l.dims[l.chain_axis + 1..].iter().product(),
@@ -590,7 +239,7 @@ impl ProgramRunner {
                     },
                 });
                 if let Some(b) = &l.bias {
-                    ts.push(Target {
+                    ts.push(UpdateTarget {
                         name: b.clone(),
                         chain: l.bias_chain.clone().unwrap_or_default(),
                         inner: 1,
@@ -674,57 +323,7 @@ impl ProgramRunner {
             // ICR: sigma per chain over the chained scalars that move.
             let mut sigma = vec![0f64; p.chains];
             for t in ts.iter().filter(|t| !t.chain.is_empty()) {
-                let part = with_slice(params[&t.name].as_tensor(), |w| {
-                    with_slice(&grads[&t.name], |g| {
-                        use rayon::prelude::*;
-                        let (inner, len) = (t.inner, t.chain.len());
-                        let runs_per_chunk = (RUN / inner).max(1);
-                        let chunk = runs_per_chunk * inner;
-                        let partial = |k: usize, wc: &[f32], gc: &[f32]| {
-                            let mut local = vec![0f64; p.chains];
-                            if inner == 1 {
-                                // Chains along the fastest axis (columns of a row-major
-                                // weight): sums per position over whole rows, then
-                                // positions mapped to chains.
-                                let mut acc = vec![0f64; len];
-                                column_products(&mut acc, wc, gc, (k * runs_per_chunk) % len);
-                                for (a, &c) in acc.iter().zip(&t.chain) {
-                                    local[c as usize] += a;
-                                }
-                                return local;
-                            }
-                            let mut pos = (k * runs_per_chunk) % len;
-                            for (wr, gr) in wc.chunks(inner).zip(gc.chunks(inner)) {
-                                local[t.chain[pos] as usize] += dot(wr, gr);
-                                pos += 1;
-                                if pos == len {
-                                    pos = 0;
-                                }
-                            }
-                            local
-                        };
-                        // Partial sums in chunk order, added in that order: the result does
-                        // not depend on how the threads split the work.
-                        let parts: Vec<Vec<f64>> = if w.len() < PARALLEL_FROM {
-                            vec![partial(0, w, g)]
-                        } else {
-                            w.par_chunks(chunk)
-                                .zip(g.par_chunks(chunk))
-                                .enumerate()
-                                .map(|(k, (wc, gc))| partial(k, wc, gc))
-                                .collect()
-                        };
-                        let mut total = parts.into_iter().fold(vec![0f64; p.chains], |mut a, b| {
-                            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                            a
-                        });
-                        // The constant scalars do not count.
-                        for &i in &t.fixed {
-                            total[t.chain[(i / inner) % len] as usize] -= w[i] as f64 * g[i] as f64;
-                        }
-                        total
-                    })
-                })??;
+                let part = chain_sums(t, params[&t.name].as_tensor(), &grads[&t.name], p.chains)?;
                 sigma.iter_mut().zip(part).for_each(|(x, y)| *x += y);
             }
             let mut r = vec![0f32; p.chains];
@@ -748,20 +347,7 @@ impl ProgramRunner {
                     self.momentum.insert(t.name.clone(), vec![0.0; n]);
                 }
                 let m = self.momentum.get_mut(&t.name).expect("inserted above");
-                with_slice(&g, |gs| {
-                    let op = Fused {
-                        t,
-                        g: gs,
-                        gamma: None,
-                        m: std::sync::Mutex::new(m),
-                        v: &v,
-                        r: &r,
-                        lr,
-                        mu,
-                        wd,
-                    };
-                    params[&t.name].as_tensor().inplace_op1(&op)
-                })??;
+                fused_update(params[&t.name].as_tensor(), t, &g, m, &v, &r, lr, mu, wd)?;
             }
         }
         if guarded > 0 {

@@ -10,6 +10,17 @@ use crate::ir::{BinaryKind, Constant, Graph, Node, Op, Shape, TensorData};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::{BTreeMap, HashMap};
 
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: BatchNormalization with its running statistics, Dropout the identity.
+    Eval,
+    /// Training: BatchNormalization with batch statistics (and its running statistics
+    /// updated in place, spec §11), Dropout drawing its masks from `seed` (one seed per
+    /// step keeps runs deterministic and resumable).
+    Train { seed: u64 },
+}
+
 pub struct Executor {
     nodes: Vec<Node>,
     shapes: HashMap<String, Shape>,
@@ -19,8 +30,9 @@ pub struct Executor {
     /// For each node, the values whose last reader it is (freed after it runs).
     frees: Vec<Vec<String>>,
     labels: Vec<crate::error::NodeRef>,
-    /// `fused[i]`: node i is a Gemm or Conv whose only reader is the Relu right after it, and
-    /// the ReLU runs inside node i's kernel (the Relu node then passes the value on).
+    /// `fused[i]`: node i is a Gemm, Conv or BatchNormalization whose only reader is the Relu
+    /// right after it, and the ReLU runs inside node i's kernel (the Relu node then passes
+    /// the value on).
     fused: Vec<bool>,
     device: Device,
     dtype: DType,
@@ -95,7 +107,7 @@ impl Executor {
         let fused = (0..graph.nodes.len())
             .map(|i| {
                 let (n, next) = (&graph.nodes[i], graph.nodes.get(i + 1));
-                matches!(n.op, Op::Gemm { .. } | Op::Conv(_))
+                matches!(n.op, Op::Gemm { .. } | Op::Conv(_) | Op::BatchNorm { .. })
                     && next.is_some_and(|r| {
                         matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
                     })
@@ -149,8 +161,27 @@ impl Executor {
         Ok(())
     }
 
-    /// Run the graph on one tensor per graph input; returns one tensor per graph output.
+    /// Run the graph (inference mode) on one tensor per graph input; returns one tensor per
+    /// graph output.
     pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.forward_mode(inputs, Mode::Eval)
+    }
+
+    /// The same in training mode (see [`Mode::Train`]): the running statistics of every
+    /// BatchNormalization move.
+    pub fn forward_train(&self, inputs: &[Tensor], seed: u64) -> Result<Vec<Tensor>> {
+        self.forward_mode(inputs, Mode::Train { seed })
+    }
+
+    /// Whether a training-mode pass differs from an inference one (BatchNormalization or
+    /// Dropout present).
+    pub fn has_training_mode(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::BatchNorm { .. } | Op::Dropout { .. }))
+    }
+
+    pub fn forward_mode(&self, inputs: &[Tensor], mode: Mode) -> Result<Vec<Tensor>> {
         if inputs.len() != self.inputs.len() {
             return Err(Error::usage(format!(
                 "the model takes {} inputs, {} were given",
@@ -199,7 +230,7 @@ impl Executor {
             let y = if fused_in {
                 Ok(args[0].clone())
             } else {
-                self.run_node(node, &args, &expect, relu)
+                self.run_node(i, &args, &expect, relu, mode)
             };
             let y = y
                 .and_then(|y| {
@@ -225,16 +256,82 @@ impl Executor {
             .collect()
     }
 
-    /// Run one node; with `relu` (see `fused`) a ReLU is applied to its result.
-    fn run_node(
+    /// Update the running statistics of BatchNormalization node `node` from a batch's mean
+    /// and biased variance over `m` values per channel: running = running * momentum +
+    /// batch * (1 - momentum) (ONNX), with the unbiased variance var * m / (m - 1) for the
+    /// running variance, as PyTorch does.
+    fn update_running(
         &self,
         node: &Node,
+        mean: &[f64],
+        var: &[f64],
+        momentum: f64,
+        m: usize,
+    ) -> Result<()> {
+        let unbias = m as f64 / (m as f64 - 1.0);
+        for (name, batch, k) in [(&node.inputs[3], mean, 1.0), (&node.inputs[4], var, unbias)] {
+            let Some(v) = self.params.get(name) else {
+                return Err(Error::unsupported(format!(
+                    "BatchNormalization in training mode with a running statistic '{name}' that is not a parameter"
+                )));
+            };
+            let old = v
+                .as_tensor()
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            let new: Vec<f64> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, b)| o * momentum + b * k * (1.0 - momentum))
+                .collect();
+            let t = Tensor::from_vec(new, v.dims(), &self.device)?.to_dtype(self.dtype)?;
+            v.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Run node `i`; with `relu` (see `fused`) a ReLU is applied to its result.
+    fn run_node(
+        &self,
+        i: usize,
         x: &[&Tensor],
         out_dims: &[usize],
         relu: bool,
+        mode: Mode,
     ) -> Result<Tensor> {
+        let node = &self.nodes[i];
         let n_out = out_dims.last().copied().unwrap_or(0);
+        let seed = match mode {
+            Mode::Train { seed } => Some(seed),
+            Mode::Eval => None,
+        };
         Ok(match &node.op {
+            Op::BatchNorm { epsilon, momentum } if seed.is_some() => {
+                let m = x[0].elem_count() / x[0].dims()[1].max(1);
+                if m < 2 {
+                    return Err(Error::shape(format!(
+                        "BatchNormalization in training mode needs more than one value per channel (input {:?})",
+                        x[0].dims()
+                    )));
+                }
+                let (y, mean, var) =
+                    kernels::batch_norm_train(x[0], x[1], x[2], *epsilon as f64, relu)?;
+                self.update_running(node, &mean, &var, *momentum as f64, m)?;
+                y
+            }
+            Op::Dropout { ratio } if *ratio > 0.0 && seed.is_some() => {
+                use rand::{Rng, SeedableRng};
+                let mixed = seed.unwrap_or(0) ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mixed);
+                let keep = 1.0 / (1.0 - *ratio as f64);
+                let mask: Vec<f64> = (0..x[0].elem_count())
+                    .map(|_| if rng.gen::<f32>() < *ratio { 0.0 } else { keep })
+                    .collect();
+                let mask =
+                    Tensor::from_vec(mask, x[0].dims(), &self.device)?.to_dtype(self.dtype)?;
+                (x[0] * mask)?
+            }
             // The common dense layer: one fused kernel (matmul, bias, ReLU).
             Op::Gemm {
                 alpha,
@@ -253,7 +350,7 @@ impl Executor {
                 kernels::dense(x[0], x[1], b.as_ref(), *trans_b, relu)?
             }
             op if relu && !matches!(op, Op::Conv(_)) => {
-                self.run_node(node, x, out_dims, false)?.relu()?
+                self.run_node(i, x, out_dims, false, mode)?.relu()?
             }
             Op::Gemm {
                 alpha,
@@ -336,7 +433,7 @@ impl Executor {
             Op::Tanh => x[0].tanh()?,
             Op::Softmax { axis, legacy } => softmax(x[0], *axis, *legacy, false)?,
             Op::LogSoftmax { axis, legacy } => softmax(x[0], *axis, *legacy, true)?,
-            Op::BatchNorm { epsilon } => {
+            Op::BatchNorm { epsilon, .. } => {
                 let (t, scale, bias, mean, var) = (x[0], x[1], x[2], x[3], x[4]);
                 let mut d = vec![1; t.rank()];
                 d[1] = t.dims()[1];
@@ -347,7 +444,7 @@ impl Executor {
                     .broadcast_mul(&k)?
                     .broadcast_add(&bias.reshape(d.as_slice())?)?
             }
-            Op::Dropout | Op::Identity => x[0].clone(),
+            Op::Dropout { .. } | Op::Identity => x[0].clone(),
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
                 x[0].reshape(out_dims)?
             }

@@ -103,13 +103,19 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             a.push(attr_float("max", *max));
         }
         Op::Softmax { axis, .. } | Op::LogSoftmax { axis, .. } => a.push(attr_int("axis", *axis)),
-        Op::BatchNorm { epsilon } => {
+        Op::BatchNorm { epsilon, momentum } => {
             a.push(attr_float("epsilon", *epsilon));
+            a.push(attr_float("momentum", *momentum));
             if opset < 7 {
                 a.push(attr_int("is_test", 1));
             }
         }
-        Op::Dropout if opset < 7 => a.push(attr_int("is_test", 1)),
+        Op::Dropout { ratio } if opset < 12 => {
+            a.push(attr_float("ratio", *ratio));
+            if opset < 7 {
+                a.push(attr_int("is_test", 1));
+            }
+        }
         Op::Flatten { axis } | Op::Concat { axis } => a.push(attr_int("axis", *axis)),
         Op::Transpose { perm } => a.push(sizes("perm", perm)),
         Op::Squeeze { axes } | Op::Unsqueeze { axes } if opset < 13 && !axes.is_empty() => {

@@ -12,7 +12,7 @@ mod ops;
 pub mod tensor;
 
 use crate::error::{Error, ErrorKind, NodeRef, Result};
-use crate::ir::{Constant, DimDecl, Graph, ModelMeta, Node, Shape, ValueInfo};
+use crate::ir::{Constant, DimDecl, Graph, ModelMeta, Node, Op, Shape, ValueInfo};
 use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
 use protobuf::Message;
 use std::collections::{HashMap, HashSet};
@@ -397,14 +397,25 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
             );
         }
     }
+    let computed = out_shapes.len();
     for (o, s) in np.output.iter().zip(out_shapes) {
         scope.shapes.insert(o.clone(), s);
+    }
+    let (mut inputs, mut outputs) = (np.input.clone(), np.output.clone());
+    // The training forms of BatchNormalization (running statistics as outputs) and Dropout
+    // (a training_mode input, a mask output) become the plain op: the executor's mode says
+    // whether it trains, and the exported node is the inference form.
+    if matches!(op, Op::BatchNorm { .. } | Op::Dropout { .. }) {
+        outputs.truncate(computed);
+        if matches!(op, Op::Dropout { .. }) {
+            inputs.truncate(2);
+        }
     }
     Ok(Some(Node {
         name: np.name.clone(),
         op,
-        inputs: np.input.clone(),
-        outputs: np.output.clone(),
+        inputs,
+        outputs,
     }))
 }
 

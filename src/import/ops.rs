@@ -347,10 +347,10 @@ fn softmax(c: &NodeCtx, log: bool) -> Result<Built> {
     }))
 }
 
+/// Inference and training forms alike (`training_mode=1`, opset 14+, or the running
+/// statistics as extra outputs): which form runs is the executor's mode, and the extra
+/// outputs (the updated running statistics) are kept by ecc itself, not computed as values.
 fn batch_norm(c: &NodeCtx) -> Result<Built> {
-    if c.attrs.int("training_mode", 0) != 0 {
-        return Err(Error::unsupported("BatchNormalization in training mode"));
-    }
     if c.opset < 9 && c.attrs.int("spatial", 1) == 0 {
         return Err(Error::unsupported("BatchNormalization with spatial=0"));
     }
@@ -360,18 +360,35 @@ fn batch_norm(c: &NodeCtx) -> Result<Built> {
             c.n_inputs()
         )));
     }
+    let momentum = c.attrs.float("momentum", 0.9);
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(Error::invalid(format!(
+            "momentum {momentum} (expected 0 to 1)"
+        )));
+    }
     Ok(Built::Op(Op::BatchNorm {
         epsilon: c.attrs.float("epsilon", 1e-5),
+        momentum,
     }))
 }
 
+/// The drop ratio: an attribute before opset 12, an optional constant input from 12 on.
+/// Whether it drops is the executor's mode (the `training_mode` input is not read).
 fn dropout(c: &NodeCtx) -> Result<Built> {
-    if let Some(t) = c.static_input(2, "Dropout training_mode")? {
-        if t.as_i64().first().copied().unwrap_or(0) != 0 {
-            return Err(Error::unsupported("Dropout in training mode"));
+    let ratio = if c.opset < 12 {
+        c.attrs.float("ratio", 0.5)
+    } else {
+        match c.static_input(1, "Dropout ratio")? {
+            Some(t) => t.as_f32().first().copied().unwrap_or(0.5),
+            None => 0.5,
         }
+    };
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(Error::invalid(format!(
+            "ratio {ratio} (expected 0 <= ratio < 1)"
+        )));
     }
-    Ok(Built::Op(Op::Dropout))
+    Ok(Built::Op(Op::Dropout { ratio }))
 }
 
 fn reshape(c: &NodeCtx) -> Result<Built> {

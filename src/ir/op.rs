@@ -75,11 +75,18 @@ pub enum Op {
         axis: i64,
         legacy: bool,
     },
-    /// Inference form: inputs X, scale, B, mean, var.
+    /// Inputs X, scale, B, running mean, running var. The executor's mode decides the
+    /// form: inference (the running statistics) or training (batch statistics, running ones
+    /// updated with `momentum`: running = running * momentum + batch * (1 - momentum)).
     BatchNorm {
         epsilon: f32,
+        momentum: f32,
     },
-    Dropout,
+    /// Identity in inference; in training, zeroes each element with probability `ratio`
+    /// and scales the rest by 1 / (1 - ratio).
+    Dropout {
+        ratio: f32,
+    },
     Identity,
     Flatten {
         axis: i64,
@@ -174,7 +181,7 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::LogSoftmax { .. } => "LogSoftmax",
             Op::BatchNorm { .. } => "BatchNormalization",
-            Op::Dropout => "Dropout",
+            Op::Dropout { .. } => "Dropout",
             Op::Identity => "Identity",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
@@ -194,7 +201,7 @@ impl Op {
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
             | Op::Clip { .. }
-            | Op::Dropout => 1.min(n),
+            | Op::Dropout { .. } => 1.min(n),
             _ => n,
         }
     }

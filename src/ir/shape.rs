@@ -455,7 +455,7 @@ impl Op {
             | Op::Clip { .. }
             | Op::Sigmoid
             | Op::Tanh
-            | Op::Dropout
+            | Op::Dropout { .. }
             | Op::Identity => {
                 need(1)?;
                 ins[0].clone()

@@ -151,6 +151,14 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// The seed of the training-mode pass of step `step` of epoch `epoch` (Dropout's masks): a
+/// function of the run's seed and the step alone, so a resumed run draws the same masks.
+pub fn step_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    (seed ^ 0xD1B5_4A32_D192_ED03)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(((epoch as u64) << 32) | step as u64)
+}
+
 /// Write parameters, optimizer state, the epochs done and the steps done in the next one,
 /// atomically (temporary file, then rename): a failure leaves the previous checkpoint as it
 /// was.
@@ -483,7 +491,8 @@ pub fn train_with(
                 continue;
             }
             let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device())?;
-            let logits = ex.forward(&[x])?[0].flatten_from(1)?;
+            let logits =
+                ex.forward_train(&[x], step_seed(cfg.seed, epoch, s))?[0].flatten_from(1)?;
             let loss = cross_entropy(&logits, &y)?;
             let l = loss.to_scalar::<f32>()? as f64;
             let pred = logits.argmax(1)?.to_vec1::<u32>()?;

@@ -66,7 +66,7 @@ impl Sgd {
                 self.buf.insert(name.clone(), vec![]);
             }
             let m = self.buf.get_mut(name).expect("inserted above");
-            crate::ec::program::sgd_in_place(
+            crate::exec::kernels::update::sgd_in_place(
                 var.as_tensor(),
                 g,
                 y,
@@ -171,9 +171,11 @@ impl PathSgd {
         let mut sq = tg.clone();
         for n in &mut sq.nodes {
             n.op = match &n.op {
-                Op::Relu | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::Dropout | Op::Identity => {
-                    Op::Identity
-                }
+                Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::Clip { .. }
+                | Op::Dropout { .. }
+                | Op::Identity => Op::Identity,
                 Op::PRelu => {
                     n.inputs.truncate(1);
                     Op::Identity

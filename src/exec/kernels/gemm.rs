@@ -1,0 +1,105 @@
+//! Matmuls on slices through the `gemm` crate (the one candle uses), and the per-sample
+//! parallel loop of the layer kernels.
+
+use super::Elem;
+
+/// A row-major matrix view for [`gemm`]: pointer, rows, columns, and whether to read it
+/// transposed.
+#[derive(Clone, Copy)]
+pub(super) struct Mat<T> {
+    ptr: *const T,
+    rows: usize,
+    cols: usize,
+    t: bool,
+}
+
+impl<T> Mat<T> {
+    pub(super) fn of(s: &[T], rows: usize, cols: usize) -> Self {
+        assert!(s.len() >= rows * cols);
+        Mat {
+            ptr: s.as_ptr(),
+            rows,
+            cols,
+            t: false,
+        }
+    }
+    pub(super) fn t(self) -> Self {
+        Mat { t: !self.t, ..self }
+    }
+    /// (rows, cols, row stride, column stride) as read.
+    pub(super) fn view(&self) -> (usize, usize, isize, isize) {
+        let (r, c) = (self.rows, self.cols);
+        if self.t {
+            (c, r, 1, c as isize)
+        } else {
+            (r, c, c as isize, 1)
+        }
+    }
+}
+
+/// Matmuls with fewer multiply-adds than this run on one thread even when threads are
+/// allowed: below it, handing work to the other thread costs more than it saves.
+pub(super) const PAR_GEMM: usize = 1 << 20;
+
+/// `dst = a * b` (or `dst += a * b` with `accumulate`), dst row-major and contiguous.
+pub(super) fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, threads: bool) {
+    let (m, k, a_rs, a_cs) = a.view();
+    let (k2, n, b_rs, b_cs) = b.view();
+    assert!(k == k2 && dst.len() >= m * n, "gemm shapes");
+    // Large outputs of few multiply-adds each (an outer product) are memory-bound writes,
+    // which two threads still do faster.
+    let par = if threads && (m * n * k >= PAR_GEMM || m * n >= PAR_GEMM / 4) {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access of gemm inside the three slices, whose
+    // strides describe row-major storage; dst does not alias a or b (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a_cs,
+            a_rs,
+            b.ptr,
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Run `f(sample index, per-sample output)` over the samples, in parallel over samples when
+/// the batch can keep every thread busy, otherwise one sample at a time with multi-threaded
+/// matmuls inside (`f`'s bool argument).
+pub(super) fn per_sample<T: Elem>(
+    out: &mut [T],
+    len: usize,
+    scratch: usize,
+    f: impl Fn(usize, &mut [T], bool, &mut Vec<T>) + Sync,
+) {
+    use rayon::prelude::*;
+    let n = out.len() / len.max(1);
+    let init = || vec![T::zero(); scratch];
+    if n >= rayon::current_num_threads() && n > 1 {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(init, |buf, (i, o)| f(i, o, false, buf));
+    } else {
+        let mut buf = init();
+        for (i, o) in out.chunks_mut(len.max(1)).enumerate() {
+            f(i, o, true, &mut buf);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! ecc's CPU kernels, as candle custom ops with backward passes (candle's autograd stitches
+//! them together), one file per kernel family. f32 for training, f64 for numerical checks.
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The element types the kernels run in: f32 (training) and f64 (numerical checks).
+pub(crate) trait Elem:
+    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::DivAssign + 'static
+{
+}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+pub(crate) fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("ecc kernel: input is not contiguous"),
+    }
+}
+
+/// Dispatch on the element type of a storage or tensor.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident $(, $arg:expr)*) => {
+        match $dtype {
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            candle_core::DType::F64 => $f::<f64>($($arg),*),
+            other => candle_core::bail!("ecc kernel: element type {other:?} (f32 and f64 only)"),
+        }
+    };
+}
+
+macro_rules! op2 {
+    ($ty:ty, $name:literal, $f:ident) => {
+        impl CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                by_dtype!(s1.dtype(), $f, &self.0, s1, l1, s2, l2)
+            }
+        }
+    };
+}
+
+/// A layer op with a weight and an optional bias, as two candle ops: (x, w) and (x, w, b).
+/// `$fwd(op, x, w, bias)` computes the output; the type provides `grads(x, w, y, grad)` ->
+/// (input gradient if wanted, weight gradient, output gradient after the fused ReLU) and
+/// `bias_grad(output gradient, b)`.
+macro_rules! layer_op {
+    ($ty:ty, $name:literal, $name_bias:literal, $fwd:ident) => {
+        impl CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                by_dtype!(s1.dtype(), $fwd, &self.0, s1, l1, s2, l2, None)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw, _) = self.grads(x, w, res, grad)?;
+                Ok((dx, Some(dw)))
+            }
+        }
+
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name_bias
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let bias = Some((s3, l3));
+                by_dtype!(s1.dtype(), $fwd, &self.0, s1, l1, s2, l2, bias)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                b: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let (dx, dw, g) = self.grads(x, w, res, grad)?;
+                Ok((dx, Some(dw), Some(self.bias_grad(&g, b)?)))
+            }
+        }
+    };
+}
+
+mod conv;
+mod dense;
+mod elementwise;
+mod gemm;
+mod norm;
+mod pool;
+#[cfg(test)]
+mod testing;
+pub mod update;
+mod window;
+
+pub use conv::conv;
+pub use dense::dense;
+pub use elementwise::square_into;
+pub use norm::batch_norm_train;
+pub use pool::{average_pool, max_pool};
+pub use window::Window;

@@ -1,0 +1,461 @@
+//! BatchNormalization in training mode (spec §11): statistics of each channel over the batch
+//! and spatial axes, y = gamma (x - mean) / sqrt(var + eps) + beta with the biased batch
+//! variance, an optional ReLU fused after it (the common conv -> BN -> ReLU), and the exact
+//! backward through the statistics:
+//!   dx = gamma / sqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat)),
+//!   dgamma = sum(g * xhat), dbeta = sum(g),
+//! with g the output gradient (after the ReLU's mask) and xhat = (x - mean) / sqrt(var + eps).
+//! Sums are taken in f64, per channel in parallel; the elementwise passes run in parallel
+//! over the (sample, channel) planes.
+
+use super::{contiguous, Elem};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// A value in f64.
+#[inline]
+fn wide<T: Elem>(x: T) -> f64 {
+    <T as candle_core::WithDType>::to_f64(x)
+}
+
+/// (samples, channels, plane size) of an N x C x ... tensor.
+fn ncs(l: &Layout) -> Result<(usize, usize, usize)> {
+    let d = l.dims();
+    if d.len() < 2 {
+        candle_core::bail!("ecc batch norm: input of rank {} (needs >= 2)", d.len());
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// Per channel: the f64 sum of `f(plane slice index, value)` over all samples' planes.
+fn channel_sums<T: Elem>(
+    x: &[T],
+    (n, c, s): (usize, usize, usize),
+    f: impl Fn(usize, &[T]) -> f64 + Sync,
+) -> Vec<f64> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| (0..n).map(|i| f(ch, &x[(i * c + ch) * s..][..s])).sum())
+        .collect()
+}
+
+/// The batch statistics of `x` (N x C x ...): per channel mean and biased variance, in f64
+/// (two passes: the mean, then the squared deviations).
+pub fn batch_stats(x: &Tensor) -> crate::Result<(Vec<f64>, Vec<f64>)> {
+    fn stats<T: Elem>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
+        let x = contiguous::<T>(s, l)?;
+        let dims = ncs(l)?;
+        let m = (dims.0 * dims.2).max(1) as f64;
+        let sum = |v: &[T]| v.iter().map(|x| wide(*x)).sum::<f64>();
+        let mean: Vec<f64> = channel_sums(x, dims, |_, v| sum(v))
+            .into_iter()
+            .map(|s| s / m)
+            .collect();
+        let var = channel_sums(x, dims, |ch, v| {
+            v.iter()
+                .map(|x| {
+                    let d = wide(*x) - mean[ch];
+                    d * d
+                })
+                .sum()
+        })
+        .into_iter()
+        .map(|s| s / m)
+        .collect();
+        Ok((mean, var))
+    }
+    let x = x.contiguous()?;
+    let (s, l) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*s else {
+        return Err(crate::Error::unsupported("batch norm runs on the CPU"));
+    };
+    let r = match s.dtype() {
+        candle_core::DType::F32 => stats::<f32>(s, l),
+        candle_core::DType::F64 => stats::<f64>(s, l),
+        other => {
+            return Err(crate::Error::unsupported(format!(
+                "batch norm in {other:?} (f32 or f64)"
+            )))
+        }
+    };
+    Ok(r?)
+}
+
+/// The normalization with fixed batch statistics, as a candle op (x, gamma, beta) -> y.
+struct BnTrain {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+    relu: bool,
+}
+
+fn bn_fwd<T: Elem>(
+    op: &BnTrain,
+    xs: &CpuStorage,
+    xl: &Layout,
+    gs: &CpuStorage,
+    gl: &Layout,
+    bs: &CpuStorage,
+    bl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (x, gamma, beta) = (
+        contiguous::<T>(xs, xl)?,
+        contiguous::<T>(gs, gl)?,
+        contiguous::<T>(bs, bl)?,
+    );
+    let (_, c, s) = ncs(xl)?;
+    if gamma.len() != c || beta.len() != c {
+        candle_core::bail!(
+            "ecc batch norm: {c} channels, scale of {}, bias of {}",
+            gamma.len(),
+            beta.len()
+        );
+    }
+    let cast = |v: f64| T::from(v).expect("a float");
+    // y = k x + b per channel, k = gamma / std, b = beta - k mean.
+    let k: Vec<T> = (0..c)
+        .map(|ch| cast(wide(gamma[ch]) * op.inv_std[ch]))
+        .collect();
+    let b: Vec<T> = (0..c)
+        .map(|ch| {
+            let kf = wide(gamma[ch]) * op.inv_std[ch];
+            cast(wide(beta[ch]) - kf * op.mean[ch])
+        })
+        .collect();
+    let mut y = vec![T::zero(); x.len()];
+    let zero = T::zero();
+    y.par_chunks_mut(s.max(1))
+        .zip(x.par_chunks(s.max(1)))
+        .enumerate()
+        .for_each(|(p, (yp, xp))| {
+            let (k, b) = (k[p % c], b[p % c]);
+            if op.relu {
+                for (y, &x) in yp.iter_mut().zip(xp) {
+                    let v = k * x + b;
+                    *y = if v < zero { zero } else { v };
+                }
+            } else {
+                for (y, &x) in yp.iter_mut().zip(xp) {
+                    *y = k * x + b;
+                }
+            }
+        });
+    Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+}
+
+/// The backward's channel sums, (grad, x, y) -> (2, C): sum(g) and sum(g * xhat), g masked
+/// by the fused ReLU.
+struct BnSums<'a>(&'a BnTrain);
+/// The input gradient, (grad, x, y) -> dx, from those sums.
+struct BnDx<'a> {
+    op: &'a BnTrain,
+    gamma: Vec<f64>,
+    sums: Vec<f64>,
+}
+
+/// The output gradient after the fused ReLU's mask.
+#[inline]
+fn masked<T: Elem>(relu: bool, g: T, y: T) -> T {
+    if relu && !(y > T::zero()) {
+        T::zero()
+    } else {
+        g
+    }
+}
+
+fn bn_sums<T: Elem>(
+    op: &BnTrain,
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ys: &CpuStorage,
+    yl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (g, x, y) = (
+        contiguous::<T>(gs, gl)?,
+        contiguous::<T>(xs, xl)?,
+        contiguous::<T>(ys, yl)?,
+    );
+    let (n, c, s) = ncs(xl)?;
+    let f = |v: T| wide(v);
+    let per: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mu, is) = (op.mean[ch], op.inv_std[ch]);
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for i in 0..n {
+                let o = (i * c + ch) * s;
+                for ((&g, &x), &y) in g[o..o + s].iter().zip(&x[o..o + s]).zip(&y[o..o + s]) {
+                    let g = f(masked(op.relu, g, y));
+                    sg += g;
+                    sgx += g * (f(x) - mu) * is;
+                }
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let out: Vec<T> = per
+        .iter()
+        .map(|p| p.0)
+        .chain(per.iter().map(|p| p.1))
+        .map(|v| T::from(v).expect("a float"))
+        .collect();
+    Ok((T::to_cpu_storage_owned(out), Shape::from((2, c))))
+}
+
+fn bn_dx<T: Elem>(
+    op: &BnDx,
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ys: &CpuStorage,
+    yl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (g, x, y) = (
+        contiguous::<T>(gs, gl)?,
+        contiguous::<T>(xs, xl)?,
+        contiguous::<T>(ys, yl)?,
+    );
+    let (n, c, s) = ncs(xl)?;
+    let m = (n * s).max(1) as f64;
+    let bn = op.op;
+    // dx = a * g + b * x + d per channel, with a = gamma inv_std, mean_g = sum_g / m,
+    // mean_gx = sum_gx / m: dx = a (g - mean_g - (x - mean) inv_std mean_gx).
+    let cast = |v: f64| T::from(v).expect("a float");
+    let coef: Vec<(T, T, T)> = (0..c)
+        .map(|ch| {
+            let a = op.gamma[ch] * bn.inv_std[ch];
+            let (mg, mgx) = (op.sums[ch] / m, op.sums[c + ch] / m);
+            let b = -a * bn.inv_std[ch] * mgx;
+            let d = -a * mg + a * bn.inv_std[ch] * mgx * bn.mean[ch];
+            (cast(a), cast(b), cast(d))
+        })
+        .collect();
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(s.max(1)).enumerate().for_each(|(p, dp)| {
+        let (a, b, d) = coef[p % c];
+        let o = p * s;
+        for (((dx, &g), &x), &y) in dp
+            .iter_mut()
+            .zip(&g[o..o + s])
+            .zip(&x[o..o + s])
+            .zip(&y[o..o + s])
+        {
+            *dx = a * masked(bn.relu, g, y) + b * x + d;
+        }
+    });
+    Ok((T::to_cpu_storage_owned(dx), xl.shape().clone()))
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "ecc-batch-norm-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), bn_fwd, self, s1, l1, s2, l2, s3, l3)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad, x, y) = (grad.contiguous()?, x.contiguous()?, res.contiguous()?);
+        let sums_t = grad.apply_op3_no_bwd(&x, &y, &BnSums(self))?;
+        let c = sums_t.dims()[1];
+        let dbeta = sums_t.get(0)?.reshape(beta.shape())?;
+        let dgamma = sums_t.get(1)?.reshape(gamma.shape())?;
+        let sums = sums_t
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let gamma_v = gamma
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        debug_assert_eq!(gamma_v.len(), c);
+        let dx = grad.apply_op3_no_bwd(
+            &x,
+            &y,
+            &BnDx {
+                op: self,
+                gamma: gamma_v,
+                sums,
+            },
+        )?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+impl CustomOp3 for BnSums<'_> {
+    fn name(&self) -> &'static str {
+        "ecc-batch-norm-sums"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), bn_sums, self.0, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+impl CustomOp3 for BnDx<'_> {
+    fn name(&self) -> &'static str {
+        "ecc-batch-norm-dx"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), bn_dx, self, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// BatchNormalization in training mode on `x` (N x C x ...) with scale `gamma` and bias
+/// `beta` (C values each), a ReLU fused after it with `relu`. Returns the output and the
+/// batch statistics (mean and biased variance per channel, f64) for the running update.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    epsilon: f64,
+    relu: bool,
+) -> crate::Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let x = x.contiguous()?;
+    let (mean, var) = batch_stats(&x)?;
+    let inv_std = var.iter().map(|v| 1.0 / (v + epsilon).sqrt()).collect();
+    let op = BnTrain {
+        mean: mean.clone(),
+        inv_std,
+        relu,
+    };
+    let y = x.apply_op3(
+        &gamma.flatten_all()?.contiguous()?,
+        &beta.flatten_all()?.contiguous()?,
+        op,
+    )?;
+    Ok((y, mean, var))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn values(n: usize, k: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * k % 29) as f64 - 14.0) / 7.0 + 0.01 * i as f64)
+            .collect()
+    }
+
+    /// Gradients of sum(BN(x) * r) with respect to x, gamma and beta (f64, through the batch
+    /// statistics) against central differences, with and without the fused ReLU, on 4-D and
+    /// 2-D inputs (spec §11).
+    #[test]
+    fn batch_norm_gradients_match_finite_differences_f64() {
+        let dev = Device::Cpu;
+        for dims in [vec![3usize, 4, 2, 3], vec![5, 3]] {
+            let c = dims[1];
+            let n: usize = dims.iter().product();
+            for relu in [false, true] {
+                let x0 = values(n, 7);
+                let g0: Vec<f64> = (0..c).map(|i| 0.5 + 0.3 * i as f64).collect();
+                let b0: Vec<f64> = (0..c).map(|i| 0.2 * i as f64 - 0.1).collect();
+                let r = Tensor::from_vec(values(n, 11), dims.as_slice(), &dev).unwrap();
+                let loss = |x: &Tensor, g: &Tensor, b: &Tensor| -> Tensor {
+                    let (y, _, _) = batch_norm_train(x, g, b, 1e-5, relu).unwrap();
+                    (y * &r).unwrap().sum_all().unwrap()
+                };
+                let t = |v: &[f64], d: &[usize]| Tensor::from_vec(v.to_vec(), d, &dev).unwrap();
+                let (xv, gv, bv) = (
+                    Var::from_tensor(&t(&x0, &dims)).unwrap(),
+                    Var::from_tensor(&t(&g0, &[c])).unwrap(),
+                    Var::from_tensor(&t(&b0, &[c])).unwrap(),
+                );
+                let grads = loss(xv.as_tensor(), gv.as_tensor(), bv.as_tensor())
+                    .backward()
+                    .unwrap();
+                let auto = |v: &Var| {
+                    grads
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                };
+                let (ax, ag, ab) = (auto(&xv), auto(&gv), auto(&bv));
+                let h = 1e-6;
+                let fd = |which: usize, i: usize| {
+                    let at = |d: f64| {
+                        let (mut x, mut g, mut b) = (x0.clone(), g0.clone(), b0.clone());
+                        [&mut x, &mut g, &mut b][which][i] += d;
+                        loss(&t(&x, &dims), &t(&g, &[c]), &t(&b, &[c]))
+                            .to_scalar::<f64>()
+                            .unwrap()
+                    };
+                    (at(h) - at(-h)) / (2.0 * h)
+                };
+                for (which, auto) in [(0, &ax), (1, &ag), (2, &ab)] {
+                    for (i, &a) in auto.iter().enumerate() {
+                        let f = fd(which, i);
+                        assert!(
+                            (a - f).abs() <= 1e-6 * (1.0 + f.abs()),
+                            "{dims:?} relu={relu} input {which}[{i}]: autograd {a} vs fd {f}"
+                        );
+                    }
+                }
+                // The output: zero mean and unit variance per channel before gamma and beta.
+                let (y, mean, var) = batch_norm_train(
+                    &t(&x0, &dims),
+                    &t(&vec![1.0; c], &[c]),
+                    &t(&vec![0.0; c], &[c]),
+                    0.0,
+                    false,
+                )
+                .unwrap();
+                let (m2, v2) = batch_stats(&y).unwrap();
+                assert!(m2.iter().all(|m| m.abs() < 1e-12), "{m2:?}");
+                assert!(v2.iter().all(|v| (v - 1.0).abs() < 1e-9), "{v2:?}");
+                assert_eq!((mean.len(), var.len()), (c, c));
+            }
+        }
+        // f32 runs the same kernel.
+        let x = Tensor::from_vec(values(24, 5), (2, 3, 4), &dev)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let g = Tensor::ones(3, DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        let (y, _, _) = batch_norm_train(&x, &g, &b, 1e-5, true).unwrap();
+        assert!(y
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&v| v >= 0.0));
+    }
+}
