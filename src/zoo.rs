@@ -482,10 +482,10 @@ mod tests {
             assert_eq!(count(&g, &add), 9, "{spec}");
             assert_eq!(g.shapes["logits"].dims, vec![1, 10]);
             assert_eq!(g.shapes[&g.inputs[0].name].dims[1..], input);
-            // 3x3 convs: 16·C·9 + (16·16·9)·5 + 16·32·9 + (32·32·9)·5 + 32·64·9 + (64·64·9)·5;
+            // 3x3 convs: 16·C·9 + (16·16·9)·6 + 16·32·9 + (32·32·9)·5 + 32·64·9 + (64·64·9)·5;
             // projections 16·32 + 32·64; BN 4 per channel; fc 64·10 + 10.
             let c = input[0];
-            let convs = 16 * c * 9 + 5 * 2304 + 4608 + 5 * 9216 + 18432 + 5 * 36864 + 512 + 2048;
+            let convs = 16 * c * 9 + 6 * 2304 + 4608 + 5 * 9216 + 18432 + 5 * 36864 + 512 + 2048;
             let bns = 4 * (16 * 7 + 32 * 7 + 64 * 7);
             assert_eq!(g.param_count(), convs + bns + 650, "{spec}");
         }
