@@ -246,8 +246,13 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
             op_type: np.op_type.clone(),
             opset,
         };
-        if let Some(node) = import_node(np, opset, &mut scope).map_err(|e| e.at_node(nref))? {
-            nodes.push(node);
+        let parts = desugar(np, opset, &scope).map_err(|e| e.at_node(nref.clone()))?;
+        for np in parts.as_deref().unwrap_or(std::slice::from_ref(np)) {
+            if let Some(node) =
+                import_node(np, opset, &mut scope).map_err(|e| e.at_node(nref.clone()))?
+            {
+                nodes.push(node);
+            }
         }
     }
 
@@ -417,6 +422,77 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
         inputs,
         outputs,
     }))
+}
+
+/// Nodes that are written as other supported ones: ReduceMean over every spatial axis of an
+/// N x C x ... tensor (what `torch.onnx.export` writes for `AdaptiveAvgPool2d(1)` and
+/// `mean((2, 3))`) is GlobalAveragePool, followed with keepdims=0 by Flatten(axis=1), so
+/// the analysis's rules and the pooling kernel serve it. Other reductions are refused.
+fn desugar(np: &NodeProto, opset: i64, scope: &Scope) -> Result<Option<Vec<NodeProto>>> {
+    if np.op_type != "ReduceMean" || !(np.domain.is_empty() || np.domain == "ai.onnx") {
+        return Ok(None);
+    }
+    let Some(x) = np.input.first().filter(|x| !x.is_empty()) else {
+        return Err(Error::invalid("ReduceMean needs an input"));
+    };
+    let Some(shape) = scope.shapes.get(x) else {
+        return Ok(None); // import_node names the missing input.
+    };
+    let attrs = attrs::Attrs::new(np);
+    let rank = shape.rank() as i64;
+    let axes: Option<Vec<i64>> = if opset < 18 {
+        attrs.ints("axes")
+    } else {
+        match np.input.get(1).filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => Some(
+                scope
+                    .consts
+                    .get(a)
+                    .ok_or_else(|| {
+                        Error::unsupported(format!(
+                            "ReduceMean axes (input '{a}') are computed at run time; ecc needs them constant"
+                        ))
+                    })?
+                    .as_i64(),
+            ),
+        }
+    };
+    let Some(axes) = axes.filter(|a| !a.is_empty()) else {
+        return Err(Error::unsupported(
+            "ReduceMean over all axes (ecc reads the mean over the spatial axes)",
+        ));
+    };
+    let mut norm: Vec<i64> = axes
+        .iter()
+        .map(|&a| if a < 0 { a + rank } else { a })
+        .collect();
+    norm.sort_unstable();
+    if rank < 3 || norm != (2..rank).collect::<Vec<_>>() {
+        return Err(Error::unsupported(format!(
+            "ReduceMean over axes {axes:?} of a rank-{rank} tensor (ecc reads the mean over all spatial axes, 2..{rank})"
+        )));
+    }
+    let keep = attrs.int("keepdims", 1) != 0;
+    let out = np.output.first().cloned().unwrap_or_default();
+    let mut pool = NodeProto::new();
+    pool.op_type = "GlobalAveragePool".into();
+    pool.name = np.name.clone();
+    pool.input = vec![x.clone()];
+    pool.output = vec![if keep {
+        out.clone()
+    } else {
+        format!("{out}::keepdims")
+    }];
+    if keep {
+        return Ok(Some(vec![pool]));
+    }
+    let mut flat = NodeProto::new();
+    flat.op_type = "Flatten".into();
+    flat.name = format!("{}::flatten", np.name);
+    flat.input = pool.output.clone();
+    flat.output = vec![out];
+    Ok(Some(vec![pool, flat]))
 }
 
 #[cfg(test)]

@@ -141,6 +141,7 @@ pub const OP_NAMES: &[&str] = &[
     "MaxPool",
     "Mul",
     "PRelu",
+    "ReduceMean (over the spatial axes)",
     "Relu",
     "Reshape",
     "Shape (constant)",
