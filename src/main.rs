@@ -107,7 +107,8 @@ enum Cmd {
     Train {
         /// The model (default: the embedded models/mlp-digits.onnx).
         model: Option<PathBuf>,
-        /// digits, mnist:DIR or fashion-mnist:DIR (scripts/fetch-data.sh fetches the latter two).
+        /// digits, mnist:DIR, fashion-mnist:DIR (scripts/fetch-data.sh fetches those two) or
+        /// cifar10:DIR (the binary batches, data_batch_1.bin ... test_batch.bin).
         #[arg(long, default_value = "digits")]
         data: String,
         /// sgd, ec-sgd, path-sgd or sgd-ec-init (a control: SGD from the model EC-SGD starts
@@ -149,6 +150,10 @@ enum Cmd {
         /// Write the trained model (one optimizer only).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Augment the training images (the standard CIFAR protocol: random crop with 4
+        /// pixels of black padding, horizontal flip), seeded by --seed and the step.
+        #[arg(long)]
+        augment: bool,
     },
     /// Run every (optimizer, seed) of an experiment description (JSON; see
     /// experiments/*.json), writing metrics as JSON lines and checkpoints under
@@ -474,6 +479,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             checkpoint,
             resume,
             output,
+            augment,
         } => {
             use ecc::train::{train_with, Hooks, OptimizerKind, Schedule, TrainConfig};
             // Ctrl-C: finish the current step, write the checkpoint, stop.
@@ -550,6 +556,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                     skeleton_init: !keep_function,
                     checkpoint: checkpoint.clone(),
                     resume,
+                    augment,
                 };
                 let bar =
                     std::cell::RefCell::new(None::<(indicatif::ProgressBar, std::time::Instant)>);

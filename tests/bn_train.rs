@@ -41,7 +41,7 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
     assert!(bns.iter().all(|n| n.outputs.len() == 1));
     let (x, y) = batch();
     let ex = Executor::new(&g).unwrap();
-    let logits = &ex.forward_train(&[x.clone()], 0).unwrap()[0];
+    let logits = &ex.forward_train(std::slice::from_ref(&x), 0).unwrap()[0];
     let want = &load("logits.safetensors")["train"];
     let e = rel_err(&values(logits), &values(want));
     assert!(e < 1e-5, "train-mode logits: relative error {e:.2e}");
@@ -53,13 +53,21 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
         .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
         .collect();
     let stats = g.bn_statistics();
-    let trainable: HashSet<String> =
-        g.params.keys().filter(|k| !stats.contains(k)).cloned().collect();
+    let trainable: HashSet<String> = g
+        .params
+        .keys()
+        .filter(|k| !stats.contains(k))
+        .cloned()
+        .collect();
     let mut sgd = Sgd::new(trainable, 0.0, 0.0);
     sgd.step(ex.params(), &g_by_name, 0.1).unwrap();
     let after = load("after.safetensors");
     let before = load("before.safetensors");
-    assert_eq!(after.len(), ex.params().len(), "every parameter is compared");
+    assert_eq!(
+        after.len(),
+        ex.params().len(),
+        "every parameter is compared"
+    );
     let mut kinds = HashSet::new();
     for (name, want) in &after {
         let got = values(ex.params()[name].as_tensor());
@@ -92,7 +100,10 @@ fn inference_mode_uses_running_statistics_and_reads_reducemean() {
     // folded into the convs, ReduceMean for the average pool).
     for name in ["model-train.onnx", "model-eval.onnx"] {
         let g = model(name);
-        let got = &Executor::new(&g).unwrap().forward(&[x.clone()]).unwrap()[0];
+        let got = &Executor::new(&g)
+            .unwrap()
+            .forward(std::slice::from_ref(&x))
+            .unwrap()[0];
         let e = rel_err(&values(got), &values(want));
         assert!(e < 1e-5, "{name}: eval logits relative error {e:.2e}");
     }
@@ -101,9 +112,9 @@ fn inference_mode_uses_running_statistics_and_reads_reducemean() {
     let ex = Executor::new(&g).unwrap();
     let rm = || values(ex.params()["bn1.running_mean"].as_tensor());
     let r0 = rm();
-    ex.forward(&[x.clone()]).unwrap();
+    ex.forward(std::slice::from_ref(&x)).unwrap();
     assert_eq!(rm(), r0);
-    ex.forward_train(&[x.clone()], 0).unwrap();
+    ex.forward_train(std::slice::from_ref(&x), 0).unwrap();
     assert_ne!(rm(), r0);
 }
 
@@ -114,8 +125,8 @@ fn trained_bn_model_exports_in_inference_form() {
     let (x, _) = batch();
     let mut g = model("model-train.onnx");
     let ex = Executor::new(&g).unwrap();
-    ex.forward_train(&[x.clone()], 0).unwrap();
-    let want = values(&ex.forward(&[x.clone()]).unwrap()[0]);
+    ex.forward_train(std::slice::from_ref(&x), 0).unwrap();
+    let want = values(&ex.forward(std::slice::from_ref(&x)).unwrap()[0]);
     ex.write_back(&mut g).unwrap();
     let bytes = ecc::export::to_bytes(&g).unwrap();
     let back = ecc::import::load_bytes(&bytes, &Default::default()).unwrap();

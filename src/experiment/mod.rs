@@ -51,6 +51,9 @@ pub struct Experiment {
     /// loss over the whole training set).
     #[serde(default)]
     pub keep_function: bool,
+    /// Augment the training images (`ecc train --augment`).
+    #[serde(default)]
+    pub augment: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +266,7 @@ pub fn run(
             skeleton_init: !exp.keep_function,
             checkpoint: Some(checkpoint.clone()),
             resume: true,
+            augment: exp.augment,
         };
         let graph = exp.model(model, seed)?;
         if exp.keep_function && !lines.iter().any(|l| is_start_row(l)) {

@@ -121,6 +121,9 @@ pub struct TrainConfig {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Continue from `checkpoint` if it exists.
     pub resume: bool,
+    /// Augment each training batch (`data::augment`: random crop with 4 pixels of padding,
+    /// horizontal flip), drawn from the seed and the step.
+    pub augment: bool,
 }
 
 impl Default for TrainConfig {
@@ -138,6 +141,7 @@ impl Default for TrainConfig {
             skeleton_init: true,
             checkpoint: None,
             resume: false,
+            augment: false,
         }
     }
 }
@@ -264,16 +268,22 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok((picked.mean_all()? * -1.0)?)
 }
 
+/// The samples `idx` as a batch; with `augment`, augmented with that seed.
 fn batch_tensors(
     ds: &Dataset,
     idx: &[usize],
     input_dims: &[usize],
     dev: &Device,
+    augment: Option<u64>,
 ) -> Result<(Tensor, Tensor)> {
     let f = ds.features();
     let mut x = Vec::with_capacity(idx.len() * f);
     for &i in idx {
         x.extend_from_slice(&ds.x[i * f..(i + 1) * f]);
+    }
+    if let Some(seed) = augment {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+        crate::data::augment(&mut x, &ds.dims, &ds.black, &mut rng);
     }
     let mut dims = vec![idx.len()];
     dims.extend_from_slice(input_dims);
@@ -315,7 +325,7 @@ pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<
     let (mut loss, mut correct) = (0f64, 0usize);
     let idx: Vec<usize> = (0..ds.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
-        let (x, y) = batch_tensors(ds, chunk, &dims, ex.device())?;
+        let (x, y) = batch_tensors(ds, chunk, &dims, ex.device(), None)?;
         let out = &ex.forward(&[x])?[0];
         let logits = out.flatten_from(1)?;
         loss += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
@@ -490,9 +500,10 @@ pub fn train_with(
             if epoch == first && s < skip {
                 continue;
             }
-            let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device())?;
-            let logits =
-                ex.forward_train(&[x], step_seed(cfg.seed, epoch, s))?[0].flatten_from(1)?;
+            let seed = step_seed(cfg.seed, epoch, s);
+            let aug = cfg.augment.then_some(seed);
+            let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device(), aug)?;
+            let logits = ex.forward_train(&[x], seed)?[0].flatten_from(1)?;
             let loss = cross_entropy(&logits, &y)?;
             let l = loss.to_scalar::<f32>()? as f64;
             let pred = logits.argmax(1)?.to_vec1::<u32>()?;

@@ -156,10 +156,11 @@ struct BnDx<'a> {
 /// The output gradient after the fused ReLU's mask.
 #[inline]
 fn masked<T: Elem>(relu: bool, g: T, y: T) -> T {
-    if relu && !(y > T::zero()) {
-        T::zero()
-    } else {
+    // The ReLU passes where y > 0 (its derivative at 0 taken as 0, as candle's relu does).
+    if !relu || y > T::zero() {
         g
+    } else {
+        T::zero()
     }
 }
 
