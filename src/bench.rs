@@ -154,18 +154,75 @@ pub struct StepRatio {
 pub const BLOCK: usize = 10;
 
 /// The cases of [`train_steps`]: (name, model spec, biases, batch).
-pub const TRAIN_CASES: [(&str, &str, bool, usize); 3] = [
+pub const TRAIN_CASES: [(&str, &str, bool, usize); 4] = [
     ("mlp-784-64x4-10", "mlp:784-64-64-64-64-10", false, 64),
     ("mlp-784-512-512-10", "mlp:784-512-512-10", true, 128),
     ("cnn-28x28", "cnn:1x28x28-c8-p-c16-p-32-10", true, 64),
+    ("resnet20-32x32", "resnet:3x32x32-n3", true, 128),
 ];
 
+/// A model to time: a name, the (logits) graph and the batch size.
+pub struct StepModel {
+    pub name: String,
+    pub graph: Graph,
+    pub batch: usize,
+}
+
+/// The models of [`TRAIN_CASES`], or the one named `only`.
+pub fn train_cases(only: Option<&str>) -> Result<Vec<StepModel>> {
+    if let Some(o) = only {
+        if !TRAIN_CASES.iter().any(|c| c.0 == o) {
+            let names: Vec<&str> = TRAIN_CASES.iter().map(|c| c.0).collect();
+            return Err(crate::Error::usage(format!(
+                "no bench case '{o}' (cases: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    TRAIN_CASES
+        .iter()
+        .filter(|c| only.is_none_or(|o| o == c.0))
+        .map(|&(name, spec, bias, batch)| {
+            Ok(StepModel {
+                name: name.into(),
+                graph: build(&Spec::parse(spec)?, 0, bias)?,
+                batch,
+            })
+        })
+        .collect()
+}
+
+/// A model file to time (a trailing Softmax dropped, as for training), at batch `batch`.
+pub fn model_file(path: &Path, batch: usize) -> Result<StepModel> {
+    if batch == 0 {
+        return Err(crate::Error::usage("--batch must be at least 1"));
+    }
+    let g = crate::import::load_file(path, &Default::default())?;
+    let graph = crate::train::logits_graph(&g);
+    if graph.inputs.len() != 1 || graph.outputs.len() != 1 {
+        return Err(crate::Error::unsupported(
+            "timing training needs a model with one input and one output",
+        )
+        .in_file(path));
+    }
+    Ok(StepModel {
+        name: path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string(),
+        graph,
+        batch,
+    })
+}
+
 /// Training-step times of `optimizers`, interleaved in blocks of [`BLOCK`] steps in one
-/// process, on the cases of [`TRAIN_CASES`] (or the one named `only`). With SGD among them,
-/// every other optimizer's time over SGD's is reported too.
+/// process, on each of `models` (random inputs, labels drawn from the output's classes). The
+/// passes run in training mode (BatchNormalization with batch statistics). With SGD among
+/// the optimizers, every other optimizer's time over SGD's is reported too.
 pub fn train_steps(
     runs: usize,
-    only: Option<&str>,
+    models: &[StepModel],
     optimizers: &[crate::train::OptimizerKind],
     mut progress: impl FnMut(&StepCase),
 ) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
@@ -176,21 +233,13 @@ pub fn train_steps(
     if optimizers.is_empty() {
         return Err(crate::Error::usage("no optimizer to time"));
     }
-    if let Some(o) = only {
-        if !TRAIN_CASES.iter().any(|c| c.0 == o) {
-            let names: Vec<&str> = TRAIN_CASES.iter().map(|c| c.0).collect();
-            return Err(crate::Error::usage(format!(
-                "no bench case '{o}' (cases: {})",
-                names.join(", ")
-            )));
-        }
-    }
-    for (name, spec, bias, batch) in TRAIN_CASES {
-        if only.is_some_and(|o| o != name) {
-            continue;
-        }
-        let g = build(&Spec::parse(spec)?, 0, bias)?;
-        let (macs, first) = macs_per_sample(&g);
+    for m in models {
+        let (name, g, batch) = (m.name.as_str(), &m.graph, m.batch);
+        let classes = g.shapes[&g.outputs[0].name].dims[1..]
+            .iter()
+            .product::<usize>()
+            .max(1);
+        let (macs, first) = macs_per_sample(g);
         let gflop = 2.0 * batch as f64 * (3.0 * macs - first) / 1e9;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let dims = g.shapes[&g.inputs[0].name].with_batch(batch);
@@ -202,7 +251,7 @@ pub fn train_steps(
         )?;
         let y = Tensor::from_vec(
             (0..batch)
-                .map(|_| rng.gen_range(0u32..10))
+                .map(|_| rng.gen_range(0..classes as u32))
                 .collect::<Vec<_>>(),
             batch,
             &Device::Cpu,
@@ -216,7 +265,7 @@ pub fn train_steps(
                 lr: 1e-3,
                 ..Default::default()
             };
-            let (start, opt) = optimizer_for(&g, &cfg)?;
+            let (start, opt) = optimizer_for(g, &cfg)?;
             let times: Vec<[f64; 4]> = vec![];
             runners.push((kind, crate::exec::Executor::new(&start)?, opt, times));
         }
@@ -224,7 +273,7 @@ pub fn train_steps(
                     opt: &mut Box<dyn crate::train::optim::Optimizer>|
          -> Result<[f64; 4]> {
             let t0 = Instant::now();
-            let logits = ex.forward(std::slice::from_ref(&x))?[0].flatten_from(1)?;
+            let logits = ex.forward_train(std::slice::from_ref(&x), 0)?[0].flatten_from(1)?;
             let loss = cross_entropy(&logits, &y)?;
             let t1 = Instant::now();
             let grads = loss.backward()?;

@@ -221,7 +221,8 @@ enum BenchWhat {
     /// Training-step time (forward, loss, backward, optimizer step) of SGD, EC-SGD, Path-SGD,
     /// interleaved in blocks of 10 steps, median of --runs steps after a warm-up: MLP
     /// 784-64-64-64-64-10 (batch 64), MLP 784-512-512-10 (batch 128), a plain CNN on 28x28
-    /// (batch 64).
+    /// (batch 64), ResNet-20 with BatchNorm on 3x32x32 (batch 128); or your own model with
+    /// --model FILE [--batch B] (random inputs, training mode).
     ///
     /// Also reported: the medians of the step's phases in ms (forward with the loss, backward,
     /// the optimizer's update), the matmul work of a step (GFLOP) and the peak memory (max RSS)
@@ -231,9 +232,17 @@ enum BenchWhat {
         /// Timed steps per optimizer.
         #[arg(long, default_value_t = 100)]
         runs: usize,
-        /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10 or cnn-28x28).
-        #[arg(long)]
+        /// Run only this case (mlp-784-64x4-10, mlp-784-512-512-10, cnn-28x28 or
+        /// resnet20-32x32).
+        #[arg(long, conflicts_with = "model")]
         case: Option<String>,
+        /// Time this model instead of the cases (one input with a leading batch axis, one
+        /// output; a trailing Softmax is dropped, as in training).
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+        /// The batch size for --model.
+        #[arg(long, default_value_t = 64, requires = "model")]
+        batch: usize,
         /// The optimizers to time, in turns of 10 steps each (comma-separated: sgd, ec-sgd,
         /// path-sgd, sgd-ec-init). Every other optimizer's time is also given over SGD's.
         #[arg(long, value_delimiter = ',', default_value = "sgd,ec-sgd,path-sgd")]
@@ -690,6 +699,8 @@ fn main_inner(cli: Cli) -> Result<()> {
                 BenchWhat::Train {
                     runs,
                     case,
+                    model,
+                    batch,
                     optimizers,
                     json,
                 },
@@ -703,9 +714,12 @@ fn main_inner(cli: Cli) -> Result<()> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            // The header goes out with the first result, after train_steps checked --case.
+            let models = match &model {
+                Some(p) => vec![ecc::bench::model_file(p, batch)?],
+                None => ecc::bench::train_cases(case.as_deref())?,
+            };
             let mut header = !json;
-            let (cases, ratios) = ecc::bench::train_steps(runs, case.as_deref(), &kinds, |c| {
+            let (cases, ratios) = ecc::bench::train_steps(runs, &models, &kinds, |c| {
                 if std::mem::take(&mut header) {
                     println!(
                         "{:<20} {:<8} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7}",
