@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/
 fi
 cargo build --release --quiet
 out=$(mktemp -d)
-cases="mlp-784-64x4-10 mlp-784-512-512-10 cnn-28x28"
+cases=${ECC_PEER_CASES:-"mlp-784-64x4-10 mlp-784-512-512-10 cnn-28x28 resnet20-32x32"}
 "$venv/bin/python" scripts/peer_bench.py --matmul > "$out/matmul.json"
 for r in $(seq "$rounds"); do
   for c in $cases; do

@@ -29,10 +29,43 @@ def cnn():
         nn.Flatten(), nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+class Block(nn.Module):
+    """A basic block as `ecc new resnet:` builds it: conv-BN-ReLU-conv-BN, plus the input
+    (identity, or a 1x1 conv with BN where the shape changes), then ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet(n, cin=3, widths=(16, 32, 64), classes=10):
+    """The CIFAR ResNet of `ecc new resnet:3x32x32-nN` (6n + 2 layers)."""
+    layers = [nn.Conv2d(cin, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    c = widths[0]
+    for s, w in enumerate(widths):
+        for j in range(n):
+            layers.append(Block(c, w, 2 if s > 0 and j == 0 else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
 CASES = {
     "mlp-784-64x4-10": (lambda: mlp([784, 64, 64, 64, 64, 10], False), (784,), 64),
     "mlp-784-512-512-10": (lambda: mlp([784, 512, 512, 10], True), (784,), 128),
     "cnn-28x28": (cnn, (1, 28, 28), 64),
+    "resnet20-32x32": (lambda: resnet(3), (3, 32, 32), 128),
 }
 
 
@@ -45,6 +78,7 @@ def step_ms(name, runs):
     make, shape, batch = CASES[name]
     torch.manual_seed(0)
     model = make()
+    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(batch, *shape)
     y = torch.randint(0, 10, (batch,))

@@ -196,3 +196,99 @@ fn good_model_runs_and_round_trips_via_cli() {
     assert_eq!(tail(&o1), tail(&o2));
     assert!(o1.contains("[2, 10]"), "{o1}");
 }
+
+/// A BatchNormalization whose scale has the wrong number of channels, and a ReduceMean over
+/// the channel axis: one line naming the node, exit 2.
+#[test]
+fn batch_norm_with_mismatched_parameters_and_unsupported_reductions() {
+    let g = ecc::zoo::build(
+        &ecc::zoo::Spec::parse("cnn:1x8x8-c4-b-p-10").unwrap(),
+        0,
+        true,
+    )
+    .unwrap();
+    let mut m = ModelProto::parse_from_bytes(&ecc::export::to_bytes(&g).unwrap()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let scale = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "conv1_bn.weight")
+        .unwrap();
+    scale.dims = vec![3];
+    scale.raw_data.truncate(12);
+    let p = write_model("bn-mismatch.onnx", &m);
+    expect_error(
+        &p,
+        &["BatchNormalization", "conv1_bn", "expected 4 channels"],
+    );
+
+    let mut m = ModelProto::parse_from_bytes(&ecc::export::to_bytes(&g).unwrap()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let pool = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "MaxPool")
+        .unwrap();
+    pool.op_type = "ReduceMean".into();
+    pool.attribute.clear();
+    let mut axes = onnx_protobuf::AttributeProto::new();
+    axes.name = "axes".into();
+    axes.type_ = protobuf::EnumOrUnknown::new(onnx_protobuf::attribute_proto::AttributeType::INTS);
+    axes.ints = vec![1];
+    pool.attribute.push(axes);
+    let p = write_model("reducemean-channels.onnx", &m);
+    expect_error(&p, &["ReduceMean", "axes [1]", "spatial axes"]);
+}
+
+/// CIFAR-10 batches that are truncated or of the wrong size: one line naming the file, exit 2.
+#[test]
+fn bad_cifar_batches() {
+    let dir = scratch("cifar");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |label: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(100u8, 3072));
+        r
+    };
+    for k in 1..=5 {
+        std::fs::write(
+            dir.join(format!("data_batch_{k}.bin")),
+            [record(1), record(2)].concat(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), record(3)).unwrap();
+    let model = scratch("cifar-model.onnx");
+    let (code, _, err) = ecc(&[
+        "new",
+        "cnn:3x32x32-c4-b-p-10",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let data = format!("cifar10:{}", dir.display());
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", model.to_str().unwrap(), "--data", &data];
+        args.extend_from_slice(extra);
+        ecc(&args)
+    };
+    let (code, out, err) = train(&["--epochs", "1", "--optimizer", "sgd", "--batch", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cifar10 (10 train / 1 test)"), "{out}");
+    for (name, bytes) in [
+        (
+            "truncated",
+            [record(1), record(2)].concat()[..5000].to_vec(),
+        ),
+        ("wrong size", vec![0u8; 3072]),
+    ] {
+        std::fs::write(dir.join("data_batch_3.bin"), &bytes).unwrap();
+        let (code, _, err) = train(&["--epochs", "1"]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.contains("data_batch_3.bin") && err.contains("3073-byte records"),
+            "{name}: {err}"
+        );
+    }
+}

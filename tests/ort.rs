@@ -117,6 +117,24 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         ecc::export::write_file(&trained, &path).unwrap();
         jobs.push(job(&format!("trained-{kind:?}"), &path, &no, 16, &work, 7));
     }
+    // Networks with BatchNormalization trained by ecc (BN in training mode) are exported as
+    // inference models with the running statistics: onnxruntime predicts as `ecc eval` does.
+    for (name, spec) in [
+        ("trained-bn-cnn", "cnn:1x8x8-c6-b-p-c8-b-10"),
+        ("trained-resnet", "resnet:1x8x8-n1-w4.6.8"),
+        ("trained-plainnet", "plain:1x8x8-n1-w4.6.8"),
+    ] {
+        let g = ecc::zoo::build(&ecc::zoo::Spec::parse(spec).unwrap(), 0, true).unwrap();
+        let cfg = ecc::train::TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let (trained, _) = ecc::train::train(&g, &digits, &cfg, |_| {}).unwrap();
+        assert_ne!(trained.params, g.params, "{name}: trained");
+        let path = work.join(format!("{name}.onnx"));
+        ecc::export::write_file(&trained, &path).unwrap();
+        jobs.push(job(name, &path, &no, 16, &work, 8));
+    }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         // pnet is fully convolutional; any size from 12x12 up works.

@@ -1,5 +1,4 @@
-//! Matmuls on slices through the `gemm` crate (the one candle uses), and the per-sample
-//! parallel loop of the layer kernels.
+//! Matmuls on slices through the `gemm` crate (the one candle uses).
 
 use super::Elem;
 
@@ -77,29 +76,5 @@ pub(super) fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: boo
             false,
             par,
         )
-    }
-}
-
-/// Run `f(sample index, per-sample output)` over the samples, in parallel over samples when
-/// the batch can keep every thread busy, otherwise one sample at a time with multi-threaded
-/// matmuls inside (`f`'s bool argument).
-pub(super) fn per_sample<T: Elem>(
-    out: &mut [T],
-    len: usize,
-    scratch: usize,
-    f: impl Fn(usize, &mut [T], bool, &mut Vec<T>) + Sync,
-) {
-    use rayon::prelude::*;
-    let n = out.len() / len.max(1);
-    let init = || vec![T::zero(); scratch];
-    if n >= rayon::current_num_threads() && n > 1 {
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each_init(init, |buf, (i, o)| f(i, o, false, buf));
-    } else {
-        let mut buf = init();
-        for (i, o) in out.chunks_mut(len.max(1)).enumerate() {
-            f(i, o, true, &mut buf);
-        }
     }
 }
