@@ -132,7 +132,10 @@ impl Experiment {
     }
 
     fn model(&self, model: &str, seed: u64) -> Result<crate::ir::Graph> {
-        if model.starts_with("mlp:") || model.starts_with("cnn:") {
+        if ["mlp:", "cnn:", "resnet:", "plain:"]
+            .iter()
+            .any(|k| model.starts_with(k))
+        {
             crate::zoo::build(&crate::zoo::Spec::parse(model)?, seed, self.bias)
         } else {
             crate::import::load_file(Path::new(model), &Default::default())

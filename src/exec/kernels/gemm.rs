@@ -1,4 +1,5 @@
-//! Matmuls on slices through the `gemm` crate (the one candle uses).
+//! Matmuls on slices through the `gemm` crate (the one candle uses), and the per-sample
+//! parallel loop of the layer kernels.
 
 use super::Elem;
 
@@ -77,4 +78,45 @@ pub(super) fn gemm<T: Elem>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: boo
             par,
         )
     }
+}
+
+/// Run `f(index, item, threads, scratch)` over `items`: on every thread in contiguous runs
+/// (one run per thread), each thread with one `scratch`-long buffer that it reuses (rayon's
+/// `for_each_init` would allocate one per split job); with a single run, in turn, and `f` is
+/// told it may use threads itself.
+pub(super) fn on_threads<I: Send, T: Elem>(
+    items: Vec<I>,
+    scratch: usize,
+    f: impl Fn(usize, I, bool, &mut Vec<T>) + Sync,
+) {
+    use rayon::prelude::*;
+    let n = items.len();
+    let runs = rayon::current_num_threads().min(n).max(1);
+    let mut items: Vec<Option<(usize, I)>> = items.into_iter().enumerate().map(Some).collect();
+    if runs == 1 {
+        let mut buf = vec![T::zero(); scratch];
+        for (i, it) in items.into_iter().flatten() {
+            f(i, it, true, &mut buf);
+        }
+        return;
+    }
+    items.par_chunks_mut(n.div_ceil(runs)).for_each(|run| {
+        let mut buf = vec![T::zero(); scratch];
+        for slot in run.iter_mut() {
+            if let Some((i, it)) = slot.take() {
+                f(i, it, false, &mut buf);
+            }
+        }
+    });
+}
+
+/// Run `f(sample index, per-sample output, threads, scratch)` over the samples (`len` values
+/// of `out` each), see [`on_threads`].
+pub(super) fn per_sample<T: Elem>(
+    out: &mut [T],
+    len: usize,
+    scratch: usize,
+    f: impl Fn(usize, &mut [T], bool, &mut Vec<T>) + Sync,
+) {
+    on_threads(out.chunks_mut(len.max(1)).collect(), scratch, f);
 }

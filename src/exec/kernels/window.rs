@@ -148,17 +148,17 @@ impl Window {
     }
 }
 
-/// im2col of one sample into columns `off .. off + L` of a matrix with rows of `ld` values
-/// (ld >= L; several samples side by side): row `c * K + tap` holds the input value each
-/// output position reads through that tap, 0 in the padding (the caller zeroes `cols` first).
+/// im2col of one sample: `x` is (C, plane), `cols` becomes (C * K, L), row `c * K + tap`
+/// holding the input value each output position reads through that tap (0 in the padding).
 /// With groups, the rows of group `gi` are the contiguous block `gi * C/g * K ..`.
-pub(super) fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T], ld: usize, off: usize) {
-    let (k, plane, sx) = (w.k(), w.in_len(), w.stride[2]);
+pub(super) fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T]) {
+    let (lo, k, plane, sx) = (w.l(), w.k(), w.in_len(), w.stride[2]);
+    cols.fill(T::zero());
     for c in 0..w.c {
         let src = &x[c * plane..][..plane];
-        let dst = &mut cols[c * k * ld..][..k * ld];
+        let dst = &mut cols[c * k * lo..][..k * lo];
         w.for_each_row(|tap, first, base, a, b| {
-            let d = &mut dst[tap * ld + off + first..][a..b];
+            let d = &mut dst[tap * lo + first..][a..b];
             if sx == 1 {
                 d.copy_from_slice(&src[(base + a as isize) as usize..][..b - a]);
             } else {
@@ -171,13 +171,13 @@ pub(super) fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T], ld: usize
 }
 
 /// The adjoint of [`im2col_one`]: add each column entry back onto the input it was read from.
-pub(super) fn col2im_one<T: Elem>(w: &Window, cols: &[T], dx: &mut [T], ld: usize, off: usize) {
-    let (k, plane, sx) = (w.k(), w.in_len(), w.stride[2]);
+pub(super) fn col2im_one<T: Elem>(w: &Window, cols: &[T], dx: &mut [T]) {
+    let (lo, k, plane, sx) = (w.l(), w.k(), w.in_len(), w.stride[2]);
     for c in 0..w.c {
-        let src = &cols[c * k * ld..][..k * ld];
+        let src = &cols[c * k * lo..][..k * lo];
         let dst = &mut dx[c * plane..][..plane];
         w.for_each_row(|tap, first, base, a, b| {
-            let s = &src[tap * ld + off + first..][a..b];
+            let s = &src[tap * lo + first..][a..b];
             if sx == 1 {
                 let d = &mut dst[(base + a as isize) as usize..][..b - a];
                 for (d, &v) in d.iter_mut().zip(s) {
