@@ -173,14 +173,6 @@ impl Executor {
         self.forward_mode(inputs, Mode::Train { seed })
     }
 
-    /// Whether a training-mode pass differs from an inference one (BatchNormalization or
-    /// Dropout present).
-    pub fn has_training_mode(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| matches!(n.op, Op::BatchNorm { .. } | Op::Dropout { .. }))
-    }
-
     pub fn forward_mode(&self, inputs: &[Tensor], mode: Mode) -> Result<Vec<Tensor>> {
         if inputs.len() != self.inputs.len() {
             return Err(Error::usage(format!(
@@ -529,6 +521,63 @@ fn lrn(x: &Tensor, alpha: f32, beta: f32, bias: f32, size: usize) -> Result<Tens
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dropout: the identity in inference; in training a seeded mask (the same for the same
+    /// seed, another for another), each kept value scaled by 1 / (1 - ratio), gradients
+    /// through the same mask.
+    #[test]
+    fn dropout_drops_in_training_only_with_seeded_masks() {
+        let g = crate::import::load_bytes(
+            &crate::export::to_bytes(&{
+                let mut g =
+                    crate::zoo::build(&crate::zoo::Spec::parse("mlp:400-3").unwrap(), 0, true)
+                        .unwrap();
+                // input -> Dropout(0.25) -> fc1
+                let fc = g.nodes[0].clone();
+                let drop = Node {
+                    name: "drop".into(),
+                    op: Op::Dropout { ratio: 0.25 },
+                    inputs: vec![fc.inputs[0].clone()],
+                    outputs: vec!["dropped".into()],
+                };
+                g.nodes[0].inputs[0] = "dropped".into();
+                g.nodes.insert(0, drop);
+                g
+            })
+            .unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        // Look at the Dropout's output itself.
+        let mut g = g;
+        g.outputs[0].name = "dropped".into();
+        let ex = Executor::new(&g).unwrap();
+        let x = Tensor::ones((5, 400), DType::F32, &Device::Cpu).unwrap();
+        let vals = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(vals(&ex.forward(&[x.clone()]).unwrap()[0])
+            .iter()
+            .all(|&v| v == 1.0));
+        let a = vals(&ex.forward_train(&[x.clone()], 7).unwrap()[0]);
+        let b = vals(&ex.forward_train(&[x.clone()], 7).unwrap()[0]);
+        let c = vals(&ex.forward_train(&[x.clone()], 8).unwrap()[0]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(
+            a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6),
+            "{:?}",
+            &a[..8]
+        );
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.03, "dropped {dropped}");
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let y = &ex.forward_train(&[xv.as_tensor().clone()], 7).unwrap()[0];
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            vals(g.get(xv.as_tensor()).unwrap()),
+            a,
+            "the gradient goes through the mask"
+        );
+    }
 
     #[test]
     fn softmax_semantics_before_and_from_opset_13() {

@@ -201,6 +201,20 @@ pub fn to_model(g: &Graph) -> ModelProto {
     gp.name = g.meta.graph_name.clone();
     gp.doc_string = g.meta.graph_doc.clone();
     gp.node = g.nodes.iter().map(|n| node_proto(n, opset)).collect();
+    // From opset 12 on, Dropout's ratio is an input (default 0.5): write it as a constant
+    // when the node has none.
+    for (n, np) in g.nodes.iter().zip(gp.node.iter_mut()) {
+        if let Op::Dropout { ratio } = n.op {
+            if opset >= 12 && n.inputs.len() < 2 && ratio != 0.5 {
+                let name = format!("{}::ratio", n.outputs[0]);
+                gp.initializer.push(encode(
+                    &name,
+                    &crate::ir::Constant::f32(vec![], vec![ratio]),
+                ));
+                np.input.push(name);
+            }
+        }
+    }
     for v in &g.inputs {
         gp.input.push(value_info(&v.name, v.elem_type, &v.declared));
     }

@@ -273,10 +273,13 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
             )));
         }
         if !scope.shapes.contains_key(&v.name) {
-            return Err(Error::invalid(format!(
-                "output '{}' is not produced by any node",
-                v.name
-            )));
+            return Err(match scope.unavailable.get(&v.name) {
+                Some(why) => Error::unsupported(format!("output '{}' is {why}", v.name)),
+                None => Error::invalid(format!(
+                    "output '{}' is not produced by any node",
+                    v.name
+                )),
+            });
         }
         outputs.push(ValueInfo {
             name: v.name.clone(),
@@ -523,6 +526,74 @@ mod tests {
 
     fn input(name: &str, dims: &[DimDecl]) -> ValueInfoProto {
         crate::export::value_info(name, 1, dims)
+    }
+
+    /// ReduceMean over the spatial axes, as the dynamo exporter writes it (opset 18: axes as
+    /// an input; keepdims 1 and 0) and as older exporters do (opset 13: an axes attribute):
+    /// GlobalAveragePool, with Flatten for keepdims=0, computing the spatial mean.
+    #[test]
+    fn reduce_mean_over_spatial_axes_is_a_global_average_pool() {
+        for (opset, keepdims) in [(18, 1), (18, 0), (13, 1), (13, 0)] {
+            let mut g = GraphProto::new();
+            let n = DimDecl::Param("N".into());
+            let dims = [
+                n.clone(),
+                DimDecl::Value(3),
+                DimDecl::Value(4),
+                DimDecl::Value(5),
+            ];
+            g.input.push(input("x", &dims));
+            let mut keep = AttributeProto::new();
+            keep.name = "keepdims".into();
+            keep.type_ = protobuf::EnumOrUnknown::new(AttributeType::INT);
+            keep.i = keepdims;
+            let mut attrs = vec![keep];
+            let mut inputs = vec!["x"];
+            if opset >= 18 {
+                g.initializer
+                    .push(encode("axes", &Constant::i64(vec![2], vec![-1, 2])));
+                inputs.push("axes");
+            } else {
+                let mut axes = AttributeProto::new();
+                axes.name = "axes".into();
+                axes.type_ = protobuf::EnumOrUnknown::new(AttributeType::INTS);
+                axes.ints = vec![2, 3];
+                attrs.push(axes);
+            }
+            g.node.push(node("ReduceMean", &inputs, "m", attrs));
+            g.output.push(input("m", &[]));
+            let mut m = ModelProto::new();
+            m.ir_version = 8;
+            let mut o = OperatorSetIdProto::new();
+            o.version = opset;
+            m.opset_import.push(o);
+            m.graph = protobuf::MessageField::some(g);
+            let graph = import_model(&m, &ImportOptions::default()).unwrap();
+            let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.onnx_name()).collect();
+            let want: &[&str] = if keepdims == 1 {
+                &["GlobalAveragePool"]
+            } else {
+                &["GlobalAveragePool", "Flatten"]
+            };
+            assert_eq!(ops, want, "opset {opset}, keepdims {keepdims}");
+            let x = candle_core::Tensor::arange(0f32, 120.0, &candle_core::Device::Cpu)
+                .unwrap()
+                .reshape((2, 3, 4, 5))
+                .unwrap();
+            let y = crate::exec::Executor::new(&graph)
+                .unwrap()
+                .forward(&[x.clone()])
+                .unwrap();
+            let want = x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap();
+            let want = if keepdims == 1 {
+                want
+            } else {
+                want.flatten_from(1).unwrap()
+            };
+            assert_eq!(y[0].dims(), want.dims());
+            let d = (&y[0] - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        }
     }
 
     /// Opset 13: Shape -> Gather -> Unsqueeze -> Concat feeding a Reshape, a Constant,
