@@ -554,12 +554,12 @@ mod tests {
         let ex = Executor::new(&g).unwrap();
         let x = Tensor::ones((5, 400), DType::F32, &Device::Cpu).unwrap();
         let vals = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(vals(&ex.forward(&[x.clone()]).unwrap()[0])
+        assert!(vals(&ex.forward(std::slice::from_ref(&x)).unwrap()[0])
             .iter()
             .all(|&v| v == 1.0));
-        let a = vals(&ex.forward_train(&[x.clone()], 7).unwrap()[0]);
-        let b = vals(&ex.forward_train(&[x.clone()], 7).unwrap()[0]);
-        let c = vals(&ex.forward_train(&[x.clone()], 8).unwrap()[0]);
+        let a = vals(&ex.forward_train(std::slice::from_ref(&x), 7).unwrap()[0]);
+        let b = vals(&ex.forward_train(std::slice::from_ref(&x), 7).unwrap()[0]);
+        let c = vals(&ex.forward_train(std::slice::from_ref(&x), 8).unwrap()[0]);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(

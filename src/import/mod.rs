@@ -275,10 +275,7 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         if !scope.shapes.contains_key(&v.name) {
             return Err(match scope.unavailable.get(&v.name) {
                 Some(why) => Error::unsupported(format!("output '{}' is {why}", v.name)),
-                None => Error::invalid(format!(
-                    "output '{}' is not produced by any node",
-                    v.name
-                )),
+                None => Error::invalid(format!("output '{}' is not produced by any node", v.name)),
             });
         }
         outputs.push(ValueInfo {
@@ -582,7 +579,7 @@ mod tests {
                 .unwrap();
             let y = crate::exec::Executor::new(&graph)
                 .unwrap()
-                .forward(&[x.clone()])
+                .forward(std::slice::from_ref(&x))
                 .unwrap();
             let want = x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap();
             let want = if keepdims == 1 {
