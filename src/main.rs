@@ -193,9 +193,20 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Write a freshly initialized model. SPEC is `mlp:784-64-64-10` (dense layers with
-    /// ReLU between) or `cnn:1x28x28-c8-p-c16-p-64-10` (input CxHxW; `cK` a 3x3 conv with K
-    /// channels and ReLU, `p` a 2x2 max pool, numbers dense layers).
+    /// Write a freshly initialized model. SPEC is one of:
+    ///
+    /// `mlp:784-64-64-10`: dense layers with ReLU between.
+    ///
+    /// `cnn:1x28x28-c8-b-p-c16-p-64-10`: input CxHxW; `cK` a 3x3 conv with K channels and
+    /// ReLU, `b` (right after a `cK`) BatchNormalization before that ReLU, `p` a 2x2 max
+    /// pool, numbers dense layers.
+    ///
+    /// `resnet:3x32x32-n3`: the CIFAR ResNet of He et al. (6n+2 layers: n = 3, 5, 9 give
+    /// ResNet-20, -32, -56; BN after every conv; identity shortcuts, 1x1 projections where
+    /// the shape changes); options `wA.B.C` stage widths (default w16.32.64), `kK` classes
+    /// (default k10). Any input of at least 4x4, e.g. resnet:1x28x28-n3 for Fashion-MNIST.
+    ///
+    /// `plain:3x32x32-n3`: the matching PlainNet (no shortcuts).
     New {
         spec: String,
         /// Seed of the initialization (PyTorch's default: uniform in ±1/sqrt(fan_in)).
