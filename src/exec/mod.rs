@@ -30,9 +30,9 @@ pub struct Executor {
     /// For each node, the values whose last reader it is (freed after it runs).
     frees: Vec<Vec<String>>,
     labels: Vec<crate::error::NodeRef>,
-    /// `fused[i]`: node i is a Gemm, Conv or BatchNormalization whose only reader is the Relu
-    /// right after it, and the ReLU runs inside node i's kernel (the Relu node then passes
-    /// the value on).
+    /// `fused[i]`: node i is a Gemm, Conv, BatchNormalization or Add of two same-shaped
+    /// tensors whose only reader is the Relu right after it, and the ReLU runs inside node
+    /// i's kernel (the Relu node then passes the value on).
     fused: Vec<bool>,
     device: Device,
     dtype: DType,
@@ -107,7 +107,18 @@ impl Executor {
         let fused = (0..graph.nodes.len())
             .map(|i| {
                 let (n, next) = (&graph.nodes[i], graph.nodes.get(i + 1));
-                matches!(n.op, Op::Gemm { .. } | Op::Conv(_) | Op::BatchNorm { .. })
+                let same_shapes = || {
+                    let d = n.data_inputs();
+                    d.len() == 2 && graph.shapes.get(&d[0]) == graph.shapes.get(&d[1])
+                };
+                let add = matches!(
+                    n.op,
+                    Op::Binary {
+                        kind: BinaryKind::Add,
+                        legacy_axis: None
+                    }
+                ) && same_shapes();
+                (add || matches!(n.op, Op::Gemm { .. } | Op::Conv(_) | Op::BatchNorm { .. }))
                     && next.is_some_and(|r| {
                         matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
                     })
@@ -341,6 +352,10 @@ impl Executor {
                 let b = x.get(2).map(|c| c.flatten_all()).transpose()?;
                 kernels::dense(x[0], x[1], b.as_ref(), *trans_b, relu)?
             }
+            Op::Binary {
+                kind: BinaryKind::Add,
+                ..
+            } if relu => kernels::add_relu(x[0], x[1])?,
             op if relu && !matches!(op, Op::Conv(_)) => {
                 self.run_node(i, x, out_dims, false, mode)?.relu()?
             }

@@ -1,9 +1,11 @@
-//! Elementwise kernels: ReLU and its gradient mask (as selects), squaring in place.
+//! Elementwise kernels: ReLU and its gradient mask (as selects), the sum of two tensors with
+//! a ReLU (a residual block's end), squaring in place.
 
 use super::{contiguous, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
+/// Written as a select, not a branch: a branch on the sign of (random) data mispredicts
 /// half the time, and a select vectorizes. NaN stays NaN.
 pub(super) fn relu_in_place<T: Elem>(v: &mut [T]) {
     let zero = T::zero();
@@ -12,7 +14,8 @@ pub(super) fn relu_in_place<T: Elem>(v: &mut [T]) {
 }
 
 /// The output gradient of a fused ReLU: `grad` where the output `y` is positive, 0 elsewhere
-/// (the derivative at 0 is taken as 0, as candle's relu does). Without `relu`, `grad` itself.
+/// (the derivative at 0 is taken as 0, as PyTorch does; candle's own relu takes 1 there).
+/// Without `relu`, `grad` itself.
 pub(super) fn relu_grad(grad: &Tensor, y: &Tensor, relu: bool) -> Result<Tensor> {
     let grad = grad.contiguous()?;
     if !relu {
@@ -107,4 +110,100 @@ pub fn square_into(dst: &Tensor, src: &Tensor) -> crate::Result<()> {
         )));
     }
     Ok(dst.inplace_op2(&src.contiguous()?, &SquareInto)?)
+}
+
+/// `relu(a + b)` for two tensors of one shape (a residual block's end: the block's output
+/// plus its shortcut, then ReLU), in one pass; the backward sends the masked output
+/// gradient to both.
+struct AddRelu;
+
+fn add_relu_fwd<T: Elem>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (a, b) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
+    if a.len() != b.len() {
+        candle_core::bail!("ecc add-relu: {} and {} values", a.len(), b.len());
+    }
+    let mut out = vec![T::zero(); a.len()];
+    let zero = T::zero();
+    out.par_chunks_mut(1 << 14)
+        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                let v = a + b;
+                *o = if v < zero { zero } else { v };
+            }
+        });
+    Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "ecc-add-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), add_relu_fwd, s1, l1, s2, l2)
+    }
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = relu_grad(grad, res, true)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `relu(a + b)`, `a` and `b` of the same shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(crate::Error::shape(format!(
+            "add-relu of {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::testing::same_grads;
+    use candle_core::Device;
+
+    #[test]
+    fn add_relu_matches_add_then_relu_with_gradients() {
+        let dev = Device::Cpu;
+        let vals = |k: usize| {
+            (0..60)
+                .map(|i| ((i * k % 23) as f32 - 11.0) / 7.0 + 0.013 * k as f32)
+                .collect::<Vec<_>>()
+        };
+        // (No sum exactly 0, where candle's relu takes the derivative as 1 and ecc's as 0.)
+        let a = Tensor::from_vec(vals(7), (3, 4, 5), &dev).unwrap();
+        let b = Tensor::from_vec(vals(11), (3, 4, 5), &dev).unwrap();
+        let fused = add_relu(&a, &b).unwrap();
+        let plain = (&a + &b).unwrap().relu().unwrap();
+        let d = (fused - plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        same_grads(
+            |v| add_relu(&v[0], &v[1]).unwrap(),
+            |v| (&v[0] + &v[1]).unwrap().relu().unwrap(),
+            &[&a, &b],
+        );
+        assert!(add_relu(&a, &b.narrow(0, 0, 2).unwrap()).is_err());
+    }
 }

@@ -124,7 +124,7 @@ mod window;
 
 pub use conv::conv;
 pub use dense::dense;
-pub use elementwise::square_into;
+pub use elementwise::{add_relu, square_into};
 pub use norm::batch_norm_train;
 pub use pool::{average_pool, max_pool};
 pub use window::Window;

@@ -156,7 +156,7 @@ struct BnDx<'a> {
 /// The output gradient after the fused ReLU's mask.
 #[inline]
 fn masked<T: Elem>(relu: bool, g: T, y: T) -> T {
-    // The ReLU passes where y > 0 (its derivative at 0 taken as 0, as candle's relu does).
+    // The ReLU passes where y > 0 (its derivative at 0 taken as 0, as PyTorch does).
     if !relu || y > T::zero() {
         g
     } else {

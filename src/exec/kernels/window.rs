@@ -86,12 +86,12 @@ impl Window {
         d.extend_from_slice(&self.out[3 - self.ns..]);
         d
     }
-    /// Visit the output rows (runs along the last spatial axis) of one channel plane, tap by
+    /// Visit every output row (run along the last spatial axis) of one channel plane, tap by
     /// tap in order: `f(tap, first, base, lo, hi)` says that outputs `first + ox` for `ox` in
     /// `lo..hi` read the input at flat offset `base + ox * stride_x`, and every other output
-    /// of that row reads padding. Rows with no output inside the input are not visited.
+    /// of that row reads padding (rows wholly in the padding come with lo == hi).
     #[inline]
-    pub(super) fn for_each_row(&self, mut f: impl FnMut(usize, usize, isize, usize, usize)) {
+    pub(super) fn for_each_row_all(&self, mut f: impl FnMut(usize, usize, isize, usize, usize)) {
         let [od, oh, ow] = self.out;
         let [kd, kh, kw] = self.kernel;
         let [_, ih, iw] = self.input;
@@ -115,24 +115,32 @@ impl Window {
                         (last / sx + 1) as usize
                     }
                     .clamp(lo, ow);
-                    if lo == hi {
-                        continue;
-                    }
                     for a in 0..od {
-                        let Some(pz) = self.coord(0, a, z) else {
-                            continue;
-                        };
+                        let pz = self.coord(0, a, z);
                         for b in 0..oh {
-                            let Some(py) = self.coord(1, b, y) else {
-                                continue;
-                            };
-                            let base = ((pz * ih + py) * iw) as isize + off;
-                            f(tap, (a * oh + b) * ow, base, lo, hi);
+                            let first = (a * oh + b) * ow;
+                            match (pz, self.coord(1, b, y)) {
+                                (Some(pz), Some(py)) if lo < hi => {
+                                    let base = ((pz * ih + py) * iw) as isize + off;
+                                    f(tap, first, base, lo, hi);
+                                }
+                                _ => f(tap, first, 0, 0, 0),
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// [`Window::for_each_row_all`] without the rows wholly in the padding.
+    #[inline]
+    pub(super) fn for_each_row(&self, mut f: impl FnMut(usize, usize, isize, usize, usize)) {
+        self.for_each_row_all(|tap, first, base, lo, hi| {
+            if lo < hi {
+                f(tap, first, base, lo, hi)
+            }
+        })
     }
 
     /// Visit every (output position, tap, flat input offset) of one channel plane whose tap
@@ -153,12 +161,17 @@ impl Window {
 /// With groups, the rows of group `gi` are the contiguous block `gi * C/g * K ..`.
 pub(super) fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T]) {
     let (lo, k, plane, sx) = (w.l(), w.k(), w.in_len(), w.stride[2]);
-    cols.fill(T::zero());
+    let ow = w.out[2];
     for c in 0..w.c {
         let src = &x[c * plane..][..plane];
         let dst = &mut cols[c * k * lo..][..k * lo];
-        w.for_each_row(|tap, first, base, a, b| {
-            let d = &mut dst[tap * lo + first..][a..b];
+        // Every entry is written: the padding's zeros row by row, so `cols` needs no
+        // clearing pass first.
+        w.for_each_row_all(|tap, first, base, a, b| {
+            let row = &mut dst[tap * lo + first..][..ow];
+            row[..a].fill(T::zero());
+            row[b..].fill(T::zero());
+            let d = &mut row[a..b];
             if sx == 1 {
                 d.copy_from_slice(&src[(base + a as isize) as usize..][..b - a]);
             } else {
