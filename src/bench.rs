@@ -277,11 +277,7 @@ pub fn train_steps(
             let loss = cross_entropy(&logits, &y)?;
             let t1 = Instant::now();
             let grads = loss.backward()?;
-            let gmap = ex
-                .params()
-                .iter()
-                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
-                .collect();
+            let gmap = ex.grads_by_name(&grads);
             let t2 = Instant::now();
             opt.step(ex.params(), &gmap, 1e-3)?;
             let t3 = Instant::now();

@@ -47,11 +47,7 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
     assert!(e < 1e-5, "train-mode logits: relative error {e:.2e}");
     let loss = ecc::train::cross_entropy(logits, &y).unwrap();
     let grads = loss.backward().unwrap();
-    let g_by_name: HashMap<String, Tensor> = ex
-        .params()
-        .iter()
-        .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
-        .collect();
+    let g_by_name = ex.grads_by_name(&grads);
     let stats = g.bn_statistics();
     let trainable: HashSet<String> = g
         .params

@@ -162,6 +162,17 @@ impl Executor {
         &self.outputs
     }
 
+    /// The gradients of the parameters in `grads` (from `loss.backward()`), by parameter name.
+    pub fn grads_by_name(
+        &self,
+        grads: &candle_core::backprop::GradStore,
+    ) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
+            .collect()
+    }
+
     /// Copy the current parameter values into `graph` (for export after training).
     pub fn write_back(&self, graph: &mut Graph) -> Result<()> {
         for (name, var) in &self.params {

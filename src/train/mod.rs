@@ -518,11 +518,7 @@ pub fn train_with(
             total += l * chunk.len() as f64;
             seen += chunk.len();
             let grads = loss.backward()?;
-            let g: HashMap<String, Tensor> = ex
-                .params()
-                .iter()
-                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|t| (k.clone(), t.clone())))
-                .collect();
+            let g = ex.grads_by_name(&grads);
             if opt.step(ex.params(), &g, lr)? > 0 {
                 guarded_steps += 1;
             }

@@ -32,18 +32,24 @@ pub(super) fn relu_mask<T: Elem>(
     ys: &CpuStorage,
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    use rayon::prelude::*;
     let (g, y) = (contiguous::<T>(gs, gl)?, contiguous::<T>(ys, yl)?);
-    let mut out = vec![T::zero(); g.len()];
     let zero = T::zero();
+    let out = zip_map(g, y, |g, y| if y > zero { g } else { zero });
+    Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
+}
+
+/// `f(a[i], b[i])` for every i, in parallel chunks.
+fn zip_map<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(1 << 14)
-        .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-        .for_each(|(o, (g, y))| {
-            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                *o = if y > zero { g } else { zero };
+        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
             }
         });
-    Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
+    out
 }
 
 impl CustomOp2 for ReluMask {
@@ -123,21 +129,19 @@ fn add_relu_fwd<T: Elem>(
     s2: &CpuStorage,
     l2: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    use rayon::prelude::*;
     let (a, b) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
     if a.len() != b.len() {
         candle_core::bail!("ecc add-relu: {} and {} values", a.len(), b.len());
     }
-    let mut out = vec![T::zero(); a.len()];
     let zero = T::zero();
-    out.par_chunks_mut(1 << 14)
-        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                let v = a + b;
-                *o = if v < zero { zero } else { v };
-            }
-        });
+    let out = zip_map(a, b, |a, b| {
+        let v = a + b;
+        if v < zero {
+            zero
+        } else {
+            v
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 

@@ -30,6 +30,42 @@ macro_rules! by_dtype {
     };
 }
 
+/// Contiguous slices of three storages, one element type.
+type Slices3<'a, T> = (&'a [T], &'a [T], &'a [T]);
+pub(crate) fn contiguous3<'a, T: Elem>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<Slices3<'a, T>> {
+    Ok((
+        contiguous::<T>(s1, l1)?,
+        contiguous::<T>(s2, l2)?,
+        contiguous::<T>(s3, l3)?,
+    ))
+}
+
+/// A candle op of three inputs without a backward pass: `$f(self, s1, l1, s2, l2, s3, l3)`.
+macro_rules! op3 {
+    ($ty:ty, $name:literal, $f:ident) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                by_dtype!(s1.dtype(), $f, self, s1, l1, s2, l2, s3, l3)
+            }
+        }
+    };
+}
+
 macro_rules! op2 {
     ($ty:ty, $name:literal, $f:ident) => {
         impl CustomOp2 for $ty {

@@ -8,7 +8,7 @@
 //! Sums are taken in f64, per channel in parallel; the elementwise passes run in parallel
 //! over the (sample, channel) planes.
 
-use super::{contiguous, Elem};
+use super::{contiguous, contiguous3, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -98,11 +98,7 @@ fn bn_fwd<T: Elem>(
     bs: &CpuStorage,
     bl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (x, gamma, beta) = (
-        contiguous::<T>(xs, xl)?,
-        contiguous::<T>(gs, gl)?,
-        contiguous::<T>(bs, bl)?,
-    );
+    let (x, gamma, beta) = contiguous3::<T>((xs, xl), (gs, gl), (bs, bl))?;
     let (_, c, s) = ncs(xl)?;
     if gamma.len() != c || beta.len() != c {
         candle_core::bail!(
@@ -165,7 +161,7 @@ fn masked<T: Elem>(relu: bool, g: T, y: T) -> T {
 }
 
 fn bn_sums<T: Elem>(
-    op: &BnTrain,
+    op: &BnSums,
     gs: &CpuStorage,
     gl: &Layout,
     xs: &CpuStorage,
@@ -173,11 +169,8 @@ fn bn_sums<T: Elem>(
     ys: &CpuStorage,
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (g, x, y) = (
-        contiguous::<T>(gs, gl)?,
-        contiguous::<T>(xs, xl)?,
-        contiguous::<T>(ys, yl)?,
-    );
+    let (g, x, y) = contiguous3::<T>((gs, gl), (xs, xl), (ys, yl))?;
+    let op = op.0;
     let (n, c, s) = ncs(xl)?;
     let f = |v: T| wide(v);
     let per: Vec<(f64, f64)> = (0..c)
@@ -214,11 +207,7 @@ fn bn_dx<T: Elem>(
     ys: &CpuStorage,
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (g, x, y) = (
-        contiguous::<T>(gs, gl)?,
-        contiguous::<T>(xs, xl)?,
-        contiguous::<T>(ys, yl)?,
-    );
+    let (g, x, y) = contiguous3::<T>((gs, gl), (xs, xl), (ys, yl))?;
     let (n, c, s) = ncs(xl)?;
     let m = (n * s).max(1) as f64;
     let bn = op.op;
@@ -300,39 +289,9 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-impl CustomOp3 for BnSums<'_> {
-    fn name(&self) -> &'static str {
-        "ecc-batch-norm-sums"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), bn_sums, self.0, s1, l1, s2, l2, s3, l3)
-    }
-}
+op3!(BnSums<'_>, "ecc-batch-norm-sums", bn_sums);
 
-impl CustomOp3 for BnDx<'_> {
-    fn name(&self) -> &'static str {
-        "ecc-batch-norm-dx"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), bn_dx, self, s1, l1, s2, l2, s3, l3)
-    }
-}
+op3!(BnDx<'_>, "ecc-batch-norm-dx", bn_dx);
 
 /// BatchNormalization in training mode on `x` (N x C x ...) with scale `gamma` and bias
 /// `beta` (C values each), a ReLU fused after it with `relu`. Returns the output and the

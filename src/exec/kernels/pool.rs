@@ -2,7 +2,7 @@
 //! pooling), and their backward passes.
 
 use super::window::Window;
-use super::{contiguous, Elem};
+use super::{contiguous, contiguous3, Elem};
 use crate::ir::PoolAttrs;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -166,7 +166,7 @@ fn pool_fwd<T: Elem>(op: &Pool, s: &CpuStorage, l: &Layout) -> Result<(CpuStorag
 struct PoolBwd<'a>(&'a Pool);
 
 fn pool_bwd<T: Elem>(
-    op: &Pool,
+    op: &PoolBwd,
     gs: &CpuStorage,
     gl: &Layout,
     xs: &CpuStorage,
@@ -175,11 +175,8 @@ fn pool_bwd<T: Elem>(
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     use rayon::prelude::*;
-    let (g, x, y) = (
-        contiguous::<T>(gs, gl)?,
-        contiguous::<T>(xs, xl)?,
-        contiguous::<T>(ys, yl)?,
-    );
+    let (g, x, y) = contiguous3::<T>((gs, gl), (xs, xl), (ys, yl))?;
+    let op = op.0;
     let w = &op.w;
     let (plane, lo) = (w.in_len(), w.l());
     let mut dx = vec![T::zero(); x.len()];
@@ -209,22 +206,7 @@ fn pool_bwd<T: Elem>(
     Ok((T::to_cpu_storage_owned(dx), xl.shape().clone()))
 }
 
-impl candle_core::CustomOp3 for PoolBwd<'_> {
-    fn name(&self) -> &'static str {
-        "ecc-pool-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), pool_bwd, self.0, s1, l1, s2, l2, s3, l3)
-    }
-}
+op3!(PoolBwd<'_>, "ecc-pool-bwd", pool_bwd);
 
 impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
