@@ -48,14 +48,7 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
     let loss = ecc::train::cross_entropy(logits, &y).unwrap();
     let grads = loss.backward().unwrap();
     let g_by_name = ex.grads_by_name(&grads);
-    let stats = g.bn_statistics();
-    let trainable: HashSet<String> = g
-        .params
-        .keys()
-        .filter(|k| !stats.contains(k))
-        .cloned()
-        .collect();
-    let mut sgd = Sgd::new(trainable, 0.0, 0.0);
+    let mut sgd = Sgd::new(g.trainable_params(), 0.0, 0.0);
     sgd.step(ex.params(), &g_by_name, 0.1).unwrap();
     let after = load("after.safetensors");
     let before = load("before.safetensors");

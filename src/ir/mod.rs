@@ -190,6 +190,16 @@ impl Graph {
             .collect()
     }
 
+    /// The parameters an optimizer trains: all but the running statistics.
+    pub fn trainable_params(&self) -> std::collections::HashSet<String> {
+        let stats = self.bn_statistics();
+        self.params
+            .keys()
+            .filter(|k| !stats.contains(k))
+            .cloned()
+            .collect()
+    }
+
     /// Histogram of ONNX op types, sorted by name.
     pub fn op_histogram(&self) -> BTreeMap<&'static str, usize> {
         let mut h = BTreeMap::new();

@@ -346,13 +346,7 @@ pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<
 /// the canonical model (or the fresh model with skeleton weights at ±1); its blocks'
 /// parameters move by update programs, the others by SGD.
 pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Optimizer>)> {
-    let stats = tg.bn_statistics();
-    let trainable: HashSet<String> = tg
-        .params
-        .keys()
-        .filter(|k| !stats.contains(k))
-        .cloned()
-        .collect();
+    let trainable = tg.trainable_params();
     Ok(match cfg.optimizer {
         OptimizerKind::PathSgd => (
             tg.clone(),
