@@ -274,3 +274,53 @@ fn bench_train_times_the_chosen_optimizers_and_their_phases() {
     assert_eq!(code, 2);
     assert!(err.contains("--optimizers 'adam'"), "{err}");
 }
+
+/// A network with BatchNorm trained with --augment: the running statistics are checkpointed
+/// with the weights and the augmentation is drawn from the seed and the step, so a run
+/// interrupted mid-epoch and resumed ends exactly where an uninterrupted one ends; and the
+/// running statistics moved.
+#[test]
+fn a_batch_norm_run_with_augmentation_resumes_exactly() {
+    use ecc::train::{train_with, Hooks};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let split = digits().unwrap();
+    let g = ecc::zoo::build(
+        &ecc::zoo::Spec::parse("cnn:1x8x8-c6-b-p-c8-b-10").unwrap(),
+        0,
+        true,
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-bn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = cfg(OptimizerKind::Sgd, 2);
+    c.augment = true;
+    c.lr = 0.01;
+    let (straight, _) = train(&g, &split, &c, |_| {}).unwrap();
+    assert_ne!(
+        straight.params["conv1_bn.running_mean"], g.params["conv1_bn.running_mean"],
+        "the running statistics moved"
+    );
+    let mut plain = c.clone();
+    plain.augment = false;
+    let (unaugmented, _) = train(&g, &split, &plain, |_| {}).unwrap();
+    assert_ne!(
+        unaugmented.params, straight.params,
+        "--augment changes the batches"
+    );
+    let ckpt = dir.join("bn.safetensors");
+    c.checkpoint = Some(ckpt.clone());
+    c.resume = true;
+    let stop = AtomicBool::new(false);
+    let hooks = Hooks {
+        on_epoch: Box::new(|_| {}),
+        on_step: Box::new(|i| {
+            if i.epoch == 2 && i.step == 5 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }),
+        stop: Some(&stop),
+    };
+    assert!(train_with(&g, &split, &c, hooks).is_err());
+    let (resumed, _) = train(&g, &split, &c, |_| {}).unwrap();
+    assert_eq!(straight.params, resumed.params);
+}
