@@ -5,8 +5,9 @@
 //!   dx = gamma / sqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat)),
 //!   dgamma = sum(g * xhat), dbeta = sum(g),
 //! with g the output gradient (after the ReLU's mask) and xhat = (x - mean) / sqrt(var + eps).
-//! Sums are taken in f64, per channel in parallel; the elementwise passes run in parallel
-//! over the (sample, channel) planes.
+//! Sums are taken per plane in eight partial sums of the element type, and over planes in
+//! f64, per channel in parallel; the elementwise passes run in parallel over the (sample,
+//! channel) planes.
 
 use super::{contiguous, contiguous3, Elem};
 use candle_core::backend::BackendStorage;
@@ -28,7 +29,7 @@ fn ncs(l: &Layout) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-/// Per channel: the f64 sum of `f(plane slice index, value)` over all samples' planes.
+/// Per channel: the f64 sum over all samples' planes of `f(channel, plane)`.
 fn channel_sums<T: Elem>(
     x: &[T],
     (n, c, s): (usize, usize, usize),
@@ -40,6 +41,24 @@ fn channel_sums<T: Elem>(
         .collect()
 }
 
+/// Independent partial sums in a plane's loops: a single running sum is one dependent add
+/// per element; eight vectorize and pipeline. Each plane's total then goes into f64.
+const LANES: usize = 8;
+
+/// Σ f(v) over one plane: LANES partial sums in T, added in f64.
+#[inline]
+fn plane_sum<T: Elem>(v: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&x| wide(f(x))).sum();
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] += f(c[j]);
+        }
+    }
+    acc.iter().map(|&a| wide(a)).sum::<f64>() + tail
+}
+
 /// The batch statistics of `x` (N x C x ...): per channel mean and biased variance, in f64
 /// (two passes: the mean, then the squared deviations).
 pub fn batch_stats(x: &Tensor) -> crate::Result<(Vec<f64>, Vec<f64>)> {
@@ -47,18 +66,13 @@ pub fn batch_stats(x: &Tensor) -> crate::Result<(Vec<f64>, Vec<f64>)> {
         let x = contiguous::<T>(s, l)?;
         let dims = ncs(l)?;
         let m = (dims.0 * dims.2).max(1) as f64;
-        let sum = |v: &[T]| v.iter().map(|x| wide(*x)).sum::<f64>();
-        let mean: Vec<f64> = channel_sums(x, dims, |_, v| sum(v))
+        let mean: Vec<f64> = channel_sums(x, dims, |_, v| plane_sum(v, |x| x))
             .into_iter()
             .map(|s| s / m)
             .collect();
         let var = channel_sums(x, dims, |ch, v| {
-            v.iter()
-                .map(|x| {
-                    let d = wide(*x) - mean[ch];
-                    d * d
-                })
-                .sum()
+            let mu = T::from(mean[ch]).expect("a float");
+            plane_sum(v, |x| (x - mu) * (x - mu))
         })
         .into_iter()
         .map(|s| s / m)
@@ -172,21 +186,34 @@ fn bn_sums<T: Elem>(
     let (g, x, y) = contiguous3::<T>((gs, gl), (xs, xl), (ys, yl))?;
     let op = op.0;
     let (n, c, s) = ncs(xl)?;
-    let f = |v: T| wide(v);
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mu, is) = (op.mean[ch], op.inv_std[ch]);
+            let mu = T::from(op.mean[ch]).expect("a float");
             let (mut sg, mut sgx) = (0f64, 0f64);
             for i in 0..n {
                 let o = (i * c + ch) * s;
-                for ((&g, &x), &y) in g[o..o + s].iter().zip(&x[o..o + s]).zip(&y[o..o + s]) {
-                    let g = f(masked(op.relu, g, y));
-                    sg += g;
-                    sgx += g * (f(x) - mu) * is;
+                let (g, x, y) = (&g[o..o + s], &x[o..o + s], &y[o..o + s]);
+                // Σ g and Σ g (x - mean) in LANES partial sums (see `plane_sum`).
+                let (mut ag, mut agx) = ([T::zero(); LANES], [T::zero(); LANES]);
+                let mut k = 0;
+                while k + LANES <= s {
+                    for j in 0..LANES {
+                        let gm = masked(op.relu, g[k + j], y[k + j]);
+                        ag[j] += gm;
+                        agx[j] += gm * (x[k + j] - mu);
+                    }
+                    k += LANES;
                 }
+                for j in k..s {
+                    let gm = masked(op.relu, g[j], y[j]);
+                    sg += wide(gm);
+                    sgx += wide(gm * (x[j] - mu));
+                }
+                sg += ag.iter().map(|&a| wide(a)).sum::<f64>();
+                sgx += agx.iter().map(|&a| wide(a)).sum::<f64>();
             }
-            (sg, sgx)
+            (sg, sgx * op.inv_std[ch])
         })
         .collect();
     let out: Vec<T> = per
