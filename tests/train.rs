@@ -273,6 +273,39 @@ fn bench_train_times_the_chosen_optimizers_and_their_phases() {
     let (code, _, err) = common::ecc(&["bench", "train", "--optimizers", "adam"]);
     assert_eq!(code, 2);
     assert!(err.contains("--optimizers 'adam'"), "{err}");
+    // A model file of the user's, at the batch given: a BN network, timed in training mode.
+    let model = std::env::temp_dir().join(format!("ecc-bench-{}.onnx", std::process::id()));
+    let (code, _, err) = common::ecc(&[
+        "new",
+        "resnet:1x12x12-n1-w4.6.8",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, text, err) = common::ecc(&[
+        "bench",
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--batch",
+        "6",
+        "--runs",
+        "2",
+        "--optimizers",
+        "sgd",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let c = &v["cases"][0];
+    assert_eq!(
+        c["name"].as_str().unwrap(),
+        model.file_stem().unwrap().to_str().unwrap()
+    );
+    assert_eq!(c["batch"].as_u64().unwrap(), 6);
+    let (code, _, err) = common::ecc(&["bench", "train", "--model", "/nonexistent.onnx"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent.onnx"), "{err}");
 }
 
 /// A network with BatchNorm trained with --augment: the running statistics are checkpointed
