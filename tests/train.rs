@@ -357,3 +357,22 @@ fn a_batch_norm_run_with_augmentation_resumes_exactly() {
     let (resumed, _) = train(&g, &split, &c, |_| {}).unwrap();
     assert_eq!(straight.params, resumed.params);
 }
+
+/// On a network with BatchNorm after every conv the EC pass finds no block (spec §11: paths
+/// do not run through a training-mode BN), so EC-SGD runs and takes exactly SGD's steps.
+#[test]
+fn ec_sgd_on_a_batch_norm_network_takes_sgds_steps() {
+    let split = digits().unwrap();
+    let g = ecc::zoo::build(
+        &ecc::zoo::Spec::parse("cnn:1x8x8-c6-b-p-c8-b-10").unwrap(),
+        0,
+        true,
+    )
+    .unwrap();
+    let conv = ecc::ec::convert(&ecc::train::logits_graph(&g));
+    assert!(conv.plan.blocks.is_empty(), "{:?}", conv.plan.blocks.len());
+    let (sgd, hs) = train(&g, &split, &cfg(OptimizerKind::Sgd, 1), |_| {}).unwrap();
+    let (ec, he) = train(&g, &split, &cfg(OptimizerKind::EcSgd, 1), |_| {}).unwrap();
+    assert_eq!(sgd.params, ec.params);
+    assert_eq!(hs[0].test_accuracy, he[0].test_accuracy);
+}
