@@ -26,6 +26,34 @@ fn cfg(kind: OptimizerKind, epochs: usize) -> TrainConfig {
     }
 }
 
+/// A small CNN with BatchNorm after each conv, for the 8x8 digits.
+fn bn_cnn() -> ecc::ir::Graph {
+    let spec = ecc::zoo::Spec::parse("cnn:1x8x8-c6-b-p-c8-b-10").unwrap();
+    ecc::zoo::build(&spec, 0, true).unwrap()
+}
+
+/// Train with a stop request (Ctrl-C's path) after step `step` of epoch `epoch`; the error.
+fn train_interrupted(
+    g: &ecc::ir::Graph,
+    split: &ecc::data::Split,
+    c: &TrainConfig,
+    epoch: usize,
+    step: usize,
+) -> ecc::Error {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let hooks = ecc::train::Hooks {
+        on_epoch: Box::new(|_| {}),
+        on_step: Box::new(|i| {
+            if i.epoch == epoch && i.step == step {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }),
+        stop: Some(&stop),
+    };
+    ecc::train::train_with(g, split, c, hooks).unwrap_err()
+}
+
 #[test]
 fn each_optimizer_learns_the_digits() {
     let split = digits().unwrap();
@@ -177,8 +205,6 @@ fn a_diverging_run_leaves_the_last_checkpoint_intact() {
 /// resuming from it ends exactly where an uninterrupted run ends.
 #[test]
 fn an_interrupted_run_resumes_exactly() {
-    use ecc::train::{train_with, Hooks};
-    use std::sync::atomic::{AtomicBool, Ordering};
     let split = digits().unwrap();
     let dir = std::env::temp_dir().join(format!("ecc-ckpt-int-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -189,17 +215,7 @@ fn an_interrupted_run_resumes_exactly() {
         let mut c = cfg(kind, 3);
         c.checkpoint = Some(ckpt.clone());
         c.resume = true;
-        let stop = AtomicBool::new(false);
-        let hooks = Hooks {
-            on_epoch: Box::new(|_| {}),
-            on_step: Box::new(|i| {
-                if i.epoch == 2 && i.step == 7 {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }),
-            stop: Some(&stop),
-        };
-        let e = train_with(&mlp(), &split, &c, hooks).unwrap_err();
+        let e = train_interrupted(&mlp(), &split, &c, 2, 7);
         assert!(matches!(e.kind, ecc::ErrorKind::Interrupted(_)), "{e}");
         assert!(e.to_string().contains("step 7 of epoch 2"), "{e}");
         let (resumed, h) = train(&mlp(), &split, &c, |_| {}).unwrap();
@@ -314,15 +330,8 @@ fn bench_train_times_the_chosen_optimizers_and_their_phases() {
 /// running statistics moved.
 #[test]
 fn a_batch_norm_run_with_augmentation_resumes_exactly() {
-    use ecc::train::{train_with, Hooks};
-    use std::sync::atomic::{AtomicBool, Ordering};
     let split = digits().unwrap();
-    let g = ecc::zoo::build(
-        &ecc::zoo::Spec::parse("cnn:1x8x8-c6-b-p-c8-b-10").unwrap(),
-        0,
-        true,
-    )
-    .unwrap();
+    let g = bn_cnn();
     let dir = std::env::temp_dir().join(format!("ecc-ckpt-bn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = cfg(OptimizerKind::Sgd, 2);
@@ -343,17 +352,7 @@ fn a_batch_norm_run_with_augmentation_resumes_exactly() {
     let ckpt = dir.join("bn.safetensors");
     c.checkpoint = Some(ckpt.clone());
     c.resume = true;
-    let stop = AtomicBool::new(false);
-    let hooks = Hooks {
-        on_epoch: Box::new(|_| {}),
-        on_step: Box::new(|i| {
-            if i.epoch == 2 && i.step == 5 {
-                stop.store(true, Ordering::SeqCst);
-            }
-        }),
-        stop: Some(&stop),
-    };
-    assert!(train_with(&g, &split, &c, hooks).is_err());
+    train_interrupted(&g, &split, &c, 2, 5);
     let (resumed, _) = train(&g, &split, &c, |_| {}).unwrap();
     assert_eq!(straight.params, resumed.params);
 }
@@ -363,12 +362,7 @@ fn a_batch_norm_run_with_augmentation_resumes_exactly() {
 #[test]
 fn ec_sgd_on_a_batch_norm_network_takes_sgds_steps() {
     let split = digits().unwrap();
-    let g = ecc::zoo::build(
-        &ecc::zoo::Spec::parse("cnn:1x8x8-c6-b-p-c8-b-10").unwrap(),
-        0,
-        true,
-    )
-    .unwrap();
+    let g = bn_cnn();
     let conv = ecc::ec::convert(&ecc::train::logits_graph(&g));
     assert!(conv.plan.blocks.is_empty(), "{:?}", conv.plan.blocks.len());
     let (sgd, hs) = train(&g, &split, &cfg(OptimizerKind::Sgd, 1), |_| {}).unwrap();
