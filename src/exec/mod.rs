@@ -195,7 +195,7 @@ impl Executor {
         self.forward_mode(inputs, Mode::Train { seed })
     }
 
-    pub fn forward_mode(&self, inputs: &[Tensor], mode: Mode) -> Result<Vec<Tensor>> {
+    fn forward_mode(&self, inputs: &[Tensor], mode: Mode) -> Result<Vec<Tensor>> {
         if inputs.len() != self.inputs.len() {
             return Err(Error::usage(format!(
                 "the model takes {} inputs, {} were given",
@@ -316,12 +316,9 @@ impl Executor {
     ) -> Result<Tensor> {
         let node = &self.nodes[i];
         let n_out = out_dims.last().copied().unwrap_or(0);
-        let seed = match mode {
-            Mode::Train { seed } => Some(seed),
-            Mode::Eval => None,
-        };
+        let train = mode != Mode::Eval;
         Ok(match &node.op {
-            Op::BatchNorm { epsilon, momentum } if seed.is_some() => {
+            Op::BatchNorm { epsilon, momentum } if train => {
                 let m = x[0].elem_count() / x[0].dims()[1].max(1);
                 if m < 2 {
                     return Err(Error::shape(format!(
@@ -334,9 +331,12 @@ impl Executor {
                 self.update_running(node, &mean, &var, *momentum as f64, m)?;
                 y
             }
-            Op::Dropout { ratio } if *ratio > 0.0 && seed.is_some() => {
+            Op::Dropout { ratio } if *ratio > 0.0 && train => {
                 use rand::{Rng, SeedableRng};
-                let mixed = seed.unwrap_or(0) ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let Mode::Train { seed } = mode else {
+                    unreachable!("guarded by `train`")
+                };
+                let mixed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mixed);
                 let keep = 1.0 / (1.0 - *ratio as f64);
                 let mask: Vec<f64> = (0..x[0].elem_count())
