@@ -61,6 +61,12 @@ enum Cmd {
         /// channel, e.g. --explain fc1:3. Prints the rule chain of every step.
         #[arg(long, value_name = "NODE[:CHANNEL]")]
         explain: Option<String>,
+        /// Analyse BatchNormalization with batch statistics, as `ecc train` runs it (spec
+        /// §11): each BN ends the rescalings that reach it (radial directions of the rows
+        /// before it) and its scale and bias start new ones. Without it, BN is the
+        /// per-channel affine map of inference, which rescalings pass through.
+        #[arg(long)]
+        training: bool,
     },
     /// Run a model forward on random inputs (or on saved ones) and print the outputs' shapes
     /// and statistics.
@@ -390,13 +396,19 @@ fn main_inner(cli: Cli) -> Result<()> {
             all,
             rules,
             explain,
+            training,
         } => {
             let g = load(&m)?;
             let mut set = ecc::analysis::RuleSet::default_rules();
             if let Some(dir) = rules {
                 set.load_dir(&dir)?;
             }
-            let a = ecc::analysis::analyze(&g, &set);
+            let mode = if training {
+                ecc::analysis::BnMode::Training
+            } else {
+                ecc::analysis::BnMode::Inference
+            };
+            let a = ecc::analysis::analyze_in(&g, &set, mode);
             if let Some(spec) = explain {
                 print!("{}", ecc::analysis::report::explain(&g, &a, &spec)?);
             } else {
@@ -476,8 +488,8 @@ fn main_inner(cli: Cli) -> Result<()> {
             match emit {
                 Emit::Plan => print!("{}", r.summary()),
                 Emit::Program => {
-                    for p in ecc::ec::program::programs(canon, &conv.analysis, &conv.plan) {
-                        print!("{}", p.text());
+                    for (i, b) in conv.basis.blocks.iter().enumerate() {
+                        print!("{}", ecc::ec::program::text(i, b));
                     }
                 }
             }

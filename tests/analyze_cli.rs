@@ -97,5 +97,5 @@ fn user_rules_are_added_and_checked() {
     .unwrap();
     let (code, out, err) = ecc(&["analyze", CNN, "--rules", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("38 rules"), "{out}");
+    assert!(out.contains("39 rules"), "{out}");
 }

@@ -6,8 +6,8 @@ mod common;
 
 use candle_core::Var;
 use common::{fixtures, rel_err, values};
-use ecc::analysis::{analyze, edit_runs, Analysis, RuleSet};
-use ecc::ec::{normalize, plan};
+use ecc::analysis::{analyze, analyze_in, edit_runs, Analysis, BnMode, RuleSet};
+use ecc::ec::convert_with;
 use ecc::exec::Executor;
 use ecc::import::{load_file, ImportOptions};
 use ecc::ir::Graph;
@@ -23,6 +23,37 @@ fn models() -> Vec<(String, Graph)> {
             )
         })
         .collect();
+    // BatchNormalization after every conv (training mode: star blocks), residual streams.
+    for spec in [
+        "resnet:3x16x16-n1",
+        "plain:3x16x16-n1",
+        "resnet:3x16x16-n1-w4.8.8",
+    ] {
+        let mut g = ecc::zoo::build(&ecc::zoo::Spec::parse(spec).unwrap(), 3, false).unwrap();
+        // BN scales, biases and running statistics away from their fresh values, so the
+        // canonical form has something to preserve.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let bn: Vec<Vec<String>> = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, ecc::ir::Op::BatchNorm { .. }))
+            .map(|n| n.inputs[1..5].to_vec())
+            .collect();
+        for names in bn {
+            for (k, name) in names.iter().enumerate() {
+                if let ecc::ir::TensorData::F32(v) = &mut g.params.get_mut(name).unwrap().data {
+                    for x in v.iter_mut() {
+                        *x = if k == 3 {
+                            rng.gen_range(0.5..2.0)
+                        } else {
+                            rng.gen_range(-1.0..1.0)
+                        };
+                    }
+                }
+            }
+        }
+        v.push((spec.to_string(), g));
+    }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         pnet.input_shapes
@@ -45,10 +76,16 @@ fn models() -> Vec<(String, Graph)> {
     v
 }
 
+/// The analysis `ecc convert` and `ecc train` use: BatchNormalization in training mode
+/// (the same as inference mode on models without BN).
+fn analyze_for(g: &Graph) -> Analysis {
+    analyze_in(g, &RuleSet::default_rules(), BnMode::Training)
+}
+
 fn canonical(g: &Graph) -> (Analysis, Graph) {
-    let a = analyze(g, &RuleSet::default_rules());
-    let mut p = plan(g, &a);
-    let (c, stats) = normalize(g, &a, &mut p);
+    let a = analyze_for(g);
+    let p = convert_with(g, a.clone());
+    let (c, stats) = (p.canon.clone(), p.stats.clone());
     assert_eq!(stats.degenerate, 0);
     (a, c)
 }
@@ -99,21 +136,20 @@ fn equivalent_models_have_the_same_canonical_form() {
 #[test]
 fn designated_weights_have_magnitude_one() {
     for (name, g) in models() {
-        let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (c, _) = normalize(&g, &a, &mut p);
+        let a = analyze_for(&g);
+        let p = convert_with(&g, a.clone());
+        let c = &p.canon;
         let mut n = 0;
-        for b in &p.blocks {
-            for d in b.designated.iter().flatten() {
-                let w = c.params[&d.weight.param].get_f32(d.weight.index);
+        for b in &p.basis.blocks {
+            for d in b.units.iter().map(|u| &u.designated) {
+                let w = c.params[&d.param].get_f32(d.index);
                 assert!(
                     (w.abs() - 1.0).abs() <= 1e-5,
-                    "{name}: designated {:?} is {w}",
-                    d.weight
+                    "{name}: designated {d:?} is {w}"
                 );
                 assert_eq!(
                     w.signum(),
-                    g.params[&d.weight.param].get_f32(d.weight.index).signum(),
+                    g.params[&d.param].get_f32(d.index).signum(),
                     "sign kept"
                 );
                 n += 1;
@@ -121,7 +157,7 @@ fn designated_weights_have_magnitude_one() {
         }
         println!(
             "{name}: {n} designated weights at magnitude 1 in {} blocks",
-            p.blocks.len()
+            p.basis.blocks.len()
         );
     }
 }

@@ -5,9 +5,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use ecc::analysis::{analyze, RuleSet};
-use ecc::ec::program::{programs, ProgramRunner};
+use ecc::ec::convert_with;
+use ecc::ec::program::{text, ProgramRunner};
 use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
-use ecc::ec::{normalize, plan};
 use ecc::exec::Executor;
 use ecc::import::{load_file, ImportOptions};
 use ecc::ir::Graph;
@@ -52,10 +52,10 @@ fn large_models() -> Vec<(String, Graph)> {
 fn programs_match_the_reference_step() {
     for (name, g) in models().into_iter().chain(large_models()) {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        let reference = EcStep::new(&canon, &a, &p);
-        let mut runner = ProgramRunner::new(programs(&canon, &a, &p)).unwrap();
+        let p = convert_with(&g, a.clone());
+        let canon = p.canon.clone();
+        let reference = EcStep::new(&p.basis);
+        let mut runner = ProgramRunner::new(&p.basis).unwrap();
         let ex = Executor::new(&canon).unwrap();
         let mut w: Tensors = canon
             .params
@@ -138,9 +138,14 @@ fn programs_match_the_reference_step() {
 fn program_texts() {
     for (name, g) in models().into_iter().filter(|(n, _)| n != "pnet") {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        let text: String = programs(&canon, &a, &p).iter().map(|p| p.text()).collect();
+        let p = convert_with(&g, a.clone());
+        let text: String = p
+            .basis
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| text(i, b))
+            .collect();
         insta::assert_snapshot!(format!("program_{name}"), text);
     }
 }
@@ -153,10 +158,10 @@ fn the_guard_engages_through_the_program_without_inf_or_nan() {
     ));
     let g = load_file(p, &ImportOptions::default()).unwrap();
     let a = analyze(&g, &RuleSet::default_rules());
-    let mut pl = plan(&g, &a);
-    let (canon, _) = normalize(&g, &a, &mut pl);
+    let pl = convert_with(&g, a.clone());
+    let canon = pl.canon.clone();
     let ex = Executor::new(&canon).unwrap();
-    let mut runner = ProgramRunner::new(programs(&canon, &a, &pl)).unwrap();
+    let mut runner = ProgramRunner::new(&pl.basis).unwrap();
     let x = common::random_inputs(&canon, 8, 3);
     let y = ex.forward(&x).unwrap();
     let loss = y[0].sqr().unwrap().sum_all().unwrap();

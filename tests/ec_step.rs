@@ -4,8 +4,8 @@
 //! landing exactly on p - eta*m_p and V - eta*m_V; and the guard on R.
 
 use ecc::analysis::{analyze, RuleSet};
+use ecc::ec::convert_with;
 use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
-use ecc::ec::{normalize, plan};
 use ecc::ir::{Graph, Op};
 use ecc::zoo::{build, Spec};
 use rand::{Rng, SeedableRng};
@@ -273,10 +273,10 @@ fn cases() -> Vec<Case> {
     models.push(("residual branch".into(), residual_model(2)));
     for (spec, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        assert!(!p.blocks.is_empty(), "{spec}: no block");
-        let step = EcStep::new(&canon, &a, &p);
+        let p = convert_with(&g, a.clone());
+        let canon = p.canon.clone();
+        assert!(!p.basis.blocks.is_empty(), "{spec}: no block");
+        let step = EcStep::new(&p.basis);
         out.push(Case {
             name: spec,
             step,
@@ -412,10 +412,10 @@ fn coordinates_do_not_change_under_rescaling() {
             .collect();
         let mut moved = case.graph.clone();
         a.rescale(&mut moved, |k| f[k]);
-        let mut p2 = plan(&moved, &a);
-        let (canon2, _) = normalize(&moved, &a, &mut p2);
+        let p2 = convert_with(&moved, a.clone());
+        let canon2 = p2.canon.clone();
         let (pa, va) = case.step.coordinates(&case.w);
-        let (pb, vb) = EcStep::new(&canon2, &a, &p2).coordinates(&f64s(&canon2));
+        let (pb, vb) = EcStep::new(&p2.basis).coordinates(&f64s(&canon2));
         for (name, xs) in &pa {
             for (x, y) in xs.iter().zip(&pb[name]) {
                 assert!(
@@ -486,9 +486,9 @@ fn conv_blocks_invert_and_allocate_exactly() {
     let models = conv_models(&["pnet", "onet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        let step = EcStep::new(&canon, &a, &p);
+        let p = convert_with(&g, a.clone());
+        let canon = p.canon.clone();
+        let step = EcStep::new(&p.basis);
         let mut w = f64s(&canon);
         let (pc, vc) = step.coordinates(&w);
         let back = step.weights_from(&w, &pc, &vc);
@@ -563,7 +563,7 @@ fn conv_blocks_invert_and_allocate_exactly() {
         );
         println!(
             "{name}: {} blocks, WA worst relative error {worst:.1e}",
-            p.blocks.len()
+            p.basis.blocks.len()
         );
         assert!(worst <= 1e-6, "{name}: {worst:e}");
     }
@@ -577,18 +577,18 @@ fn conv_coordinates_do_not_change_under_rescaling() {
     let models = conv_models(&["rnet", "pnet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        let (pa, va) = EcStep::new(&canon, &a, &p).coordinates(&f64s(&canon));
+        let p = convert_with(&g, a.clone());
+        let canon = p.canon.clone();
+        let (pa, va) = EcStep::new(&p.basis).coordinates(&f64s(&canon));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         let f: Vec<f32> = (0..a.rescalings())
             .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
             .collect();
         let mut moved = g.clone();
         a.rescale(&mut moved, |k| f[k]);
-        let mut p2 = plan(&moved, &a);
-        let (canon2, _) = normalize(&moved, &a, &mut p2);
-        let (pb, vb) = EcStep::new(&canon2, &a, &p2).coordinates(&f64s(&canon2));
+        let p2 = convert_with(&moved, a.clone());
+        let canon2 = p2.canon.clone();
+        let (pb, vb) = EcStep::new(&p2.basis).coordinates(&f64s(&canon2));
         let mut worst = 0f64;
         for (k, xs) in &pa {
             for (x, y) in xs.iter().zip(&pb[k]) {
@@ -612,9 +612,9 @@ fn icr_on_conv_models_in_f64() {
     let models = conv_models(&["pnet"]);
     for (name, g) in models {
         let a = analyze(&g, &RuleSet::default_rules());
-        let mut p = plan(&g, &a);
-        let (canon, _) = normalize(&g, &a, &mut p);
-        let step = EcStep::new(&canon, &a, &p);
+        let p = convert_with(&g, a.clone());
+        let canon = p.canon.clone();
+        let step = EcStep::new(&p.basis);
         let ex = ecc::exec::Executor::with_dtype(&canon, DType::F64).unwrap();
         let xs: Vec<Tensor> = common_inputs(&canon);
         let set = |w: &Tensors| {
@@ -725,10 +725,9 @@ fn common_inputs(g: &Graph) -> Vec<candle_core::Tensor> {
 fn basis_paths_count_the_blocks_share_of_class_dim() {
     for case in cases() {
         let a = analyze(&case.graph, &RuleSet::default_rules());
-        let mut p = plan(&case.graph, &a);
-        let _ = normalize(&case.graph, &a, &mut p);
-        let counts = EcStep::new(&case.graph, &a, &p).coordinate_count();
-        let want: Vec<usize> = p.blocks.iter().map(|b| b.basis_paths()).collect();
+        let p = convert_with(&case.graph, a.clone());
+        let counts = EcStep::new(&p.basis).coordinate_count();
+        let want: Vec<usize> = p.basis.blocks.iter().map(|b| b.basis_paths()).collect();
         assert_eq!(counts, want, "{}", case.name);
     }
 }

@@ -84,9 +84,7 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         jobs.push(job(&name, &m, &no, 3, &work, 1));
         // The canonical model of `ecc convert` is an ordinary ONNX file too.
         let g = load_file(&m, &no).unwrap();
-        let a = ecc::analysis::analyze(&g, &ecc::analysis::RuleSet::default_rules());
-        let mut plan = ecc::ec::plan(&g, &a);
-        let (canon, _) = ecc::ec::normalize(&g, &a, &mut plan);
+        let canon = ecc::ec::convert(&g).canon;
         let path = work.join(format!("{name}.ec.onnx"));
         std::fs::create_dir_all(&work).unwrap();
         ecc::export::write_file(&canon, &path).unwrap();
@@ -134,6 +132,13 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         let path = work.join(format!("{name}.onnx"));
         ecc::export::write_file(&trained, &path).unwrap();
         jobs.push(job(name, &path, &no, 16, &work, 8));
+        // Its canonical form (star blocks of the residual streams and BN units, spec §12)
+        // keeps the inference function: onnxruntime predicts the same from it.
+        let canon = ecc::ec::convert(&trained).canon;
+        assert_ne!(canon.params, trained.params, "{name}: normalized");
+        let path = work.join(format!("{name}.ec.onnx"));
+        ecc::export::write_file(&canon, &path).unwrap();
+        jobs.push(job(&format!("{name}.ec"), &path, &no, 16, &work, 8));
     }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();

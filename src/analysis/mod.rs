@@ -18,16 +18,23 @@ use std::collections::BTreeMap;
 
 pub use query::Oracle;
 pub use rules::RuleSet;
-pub use units::{Block, Edit, ScaleInvariant, Unit, Walk};
+pub use units::{Block, BnMode, Edit, ScaleInvariant, Unit, Walk};
 
 /// The result of analysing one model.
 #[derive(Debug, Clone)]
 pub struct Analysis {
+    pub mode: BnMode,
     pub walk: Walk,
-    /// For each unit, its group (index into `groups`), or None when blocked.
+    /// For each unit, its group (index into `groups`), or None when blocked or radial.
     pub group_of: Vec<Option<usize>>,
     /// Independent rescalings: the units of each (tied) group.
     pub groups: Vec<Vec<usize>>,
+    /// Radial directions (training mode, spec §11.1): groups of units whose scale vanishes
+    /// at a BatchNormalization and reaches no layer.
+    pub radial: Vec<Vec<usize>>,
+    /// Biases of radial units: redundant before a training-mode BatchNormalization (their
+    /// gradient is zero, spec §11.1).
+    pub redundant_biases: usize,
     /// m: trainable scalars (every parameter but BatchNormalization's running statistics).
     pub params: usize,
     pub rules: usize,
@@ -39,9 +46,59 @@ impl Analysis {
     pub fn rescalings(&self) -> usize {
         self.groups.len()
     }
-    /// m - H: the dimension of the equivalence-class space.
+    /// The dimension of the equivalence-class space: m - H, less the radial directions and
+    /// the redundant biases in training mode (spec §11).
     pub fn class_dim(&self) -> usize {
-        self.params - self.rescalings()
+        self.params - self.rescalings() - self.radial.len() - self.redundant_biases
+    }
+
+    /// Unit `u`.
+    pub fn unit(&self, u: usize) -> &Unit {
+        &self.walk.units[u]
+    }
+    /// The number of units (output channels of layers) the walk followed.
+    pub fn unit_count(&self) -> usize {
+        self.walk.units.len()
+    }
+    /// The units of layer node `layer`, by output channel.
+    pub fn units_of(&self, layer: usize) -> Vec<usize> {
+        (0..self.walk.units.len())
+            .filter(|&u| self.walk.units[u].producer == layer)
+            .collect()
+    }
+    /// The edits of unit `u` that its rescaling multiplies: its in-edges (its row and bias,
+    /// statistics and biases it passes through).
+    pub fn in_edits(&self, u: usize) -> impl Iterator<Item = &Edit> {
+        self.walk.units[u].edits.iter().filter(|e| e.exponent > 0)
+    }
+    /// The edits of unit `u` that its rescaling divides: its out-edges, one per consumer.
+    pub fn out_edits(&self, u: usize) -> impl Iterator<Item = &Edit> {
+        self.walk.units[u].edits.iter().filter(|e| e.exponent < 0)
+    }
+    /// The out-edge of unit `u` in parameter `param` (the slice of `param` that reads u).
+    pub fn out_edit(&self, u: usize, param: &str) -> Option<&Edit> {
+        self.out_edits(u).find(|e| e.param == param)
+    }
+    /// The units tied to `u` (itself included), or None when it is no rescaling.
+    pub fn tied(&self, u: usize) -> Option<&[usize]> {
+        self.group_of[u].map(|k| self.groups[k].as_slice())
+    }
+    /// Whether `u` belongs to a radial direction (spec §11.1).
+    pub fn is_radial(&self, u: usize) -> bool {
+        self.group_of[u].is_none()
+            && self.walk.units[u].blocked.is_none()
+            && self.walk.units[u].ends_at.is_some()
+    }
+
+    /// Rescale the radial directions of `graph` (training mode): group k by `factor(k)`.
+    /// The training-mode function does not change (up to BatchNormalization's eps).
+    pub fn rescale_radial(&self, graph: &mut Graph, factor: impl Fn(usize) -> f32) {
+        for (k, members) in self.radial.iter().enumerate() {
+            let c = factor(k);
+            for &u in members {
+                apply_edits(graph, &self.walk.units[u].edits, c);
+            }
+        }
     }
 
     /// Rescale `graph` in place: group k by `factor(k)` (spec §1). The function of the
@@ -110,29 +167,56 @@ pub fn trainable_params(g: &Graph) -> usize {
         .sum()
 }
 
-/// Analyse a graph with a rule set.
+/// Analyse a graph with a rule set, BatchNormalization in inference form.
 pub fn analyze(g: &Graph, rules: &RuleSet) -> Analysis {
+    analyze_in(g, rules, BnMode::Inference)
+}
+
+/// Analyse a graph with a rule set, BatchNormalization as `mode` says.
+pub fn analyze_in(g: &Graph, rules: &RuleSet, mode: BnMode) -> Analysis {
     let mut oracle = Oracle::new(rules);
-    let walk = units::walk(g, &mut oracle);
-    let mut roots: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut groups: Vec<Vec<usize>> = vec![];
-    let mut group_of = vec![None; walk.units.len()];
+    let walk = units::walk(g, &mut oracle, mode);
+    let mut roots: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (u, unit) in walk.units.iter().enumerate() {
-        if unit.blocked.is_some() {
+        if unit.blocked.is_none() {
+            roots.entry(walk.find(u)).or_default().push(u);
+        }
+    }
+    // Groups in the order of their first unit; a group none of whose units reaches a layer
+    // and some of which end at a training-mode BatchNormalization is a radial direction.
+    let mut sets: Vec<Vec<usize>> = roots.into_values().collect();
+    sets.sort_by_key(|m| m[0]);
+    let mut groups: Vec<Vec<usize>> = vec![];
+    let mut radial: Vec<Vec<usize>> = vec![];
+    let mut group_of = vec![None; walk.units.len()];
+    for members in sets {
+        let ends = members.iter().any(|&u| walk.units[u].ends_at.is_some());
+        let reads = members.iter().any(|&u| !walk.units[u].consumers.is_empty());
+        if ends && !reads {
+            radial.push(members);
             continue;
         }
-        let r = walk.find(u);
-        let k = *roots.entry(r).or_insert_with(|| {
-            groups.push(vec![]);
-            groups.len() - 1
-        });
-        groups[k].push(u);
-        group_of[u] = Some(k);
+        for &u in &members {
+            group_of[u] = Some(groups.len());
+        }
+        groups.push(members);
     }
+    let redundant_biases = radial
+        .iter()
+        .flatten()
+        .filter(|&&u| {
+            let unit = &walk.units[u];
+            let bias = g.layer(unit.producer).and_then(|l| l.bias);
+            unit.edits.iter().any(|e| Some(e.param.as_str()) == bias)
+        })
+        .count();
     Analysis {
+        mode,
         walk,
         group_of,
         groups,
+        radial,
+        redundant_biases,
         params: trainable_params(g),
         rules: rules.rules.len(),
         queries: oracle.queries(),

@@ -58,12 +58,18 @@ pub struct InvariantRange {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub model: String,
+    /// How BatchNormalization was analysed: "inference" or "training" (spec §11).
+    pub batch_norm: &'static str,
     /// m: trainable scalars.
     pub params: usize,
     /// H: independent rescalings after ties.
     pub rescalings: usize,
-    /// m - H.
+    /// m - H, less the radial directions and redundant biases (training mode, spec §11).
     pub class_dim: usize,
+    /// Radial directions: rows before a training-mode BatchNormalization (spec §11.1).
+    pub radial: usize,
+    /// Biases right before a training-mode BatchNormalization (zero gradient).
+    pub redundant_biases: usize,
     pub units: usize,
     pub blocked_units: usize,
     pub groups: Vec<GroupRange>,
@@ -209,7 +215,7 @@ impl Report {
                 reason: b.why.clone(),
             });
         }
-        let scale_invariant = a
+        let mut scale_invariant: Vec<InvariantRange> = a
             .walk
             .scale_invariant
             .iter()
@@ -220,11 +226,39 @@ impl Report {
                 batch_norm: g.node_label(s.batch_norm),
             })
             .collect();
+        // Training mode: the radial units, as channel ranges per producer.
+        let mut radial: Vec<usize> = a.radial.iter().flatten().copied().collect();
+        radial.sort_by_key(|&u| (units[u].producer, units[u].channel));
+        for u in radial {
+            let bn = g.node_label(units[u].ends_at.expect("radial units end at a BN"));
+            let producer = g.node_label(units[u].producer);
+            match scale_invariant.last_mut() {
+                Some(r)
+                    if r.producer == producer
+                        && r.channels[1] == units[u].channel
+                        && r.batch_norm == bn =>
+                {
+                    r.channels[1] += 1
+                }
+                _ => scale_invariant.push(InvariantRange {
+                    tensor: tensor(u),
+                    producer,
+                    channels: [units[u].channel, units[u].channel + 1],
+                    batch_norm: bn,
+                }),
+            }
+        }
         Report {
             model: model.to_string(),
+            batch_norm: match a.mode {
+                super::BnMode::Inference => "inference",
+                super::BnMode::Training => "training",
+            },
             params: a.params,
             rescalings: a.rescalings(),
             class_dim: a.class_dim(),
+            radial: a.radial.len(),
+            redundant_biases: a.redundant_biases,
             units: units.len(),
             blocked_units: units.iter().filter(|u| u.blocked.is_some()).count(),
             groups,
@@ -249,7 +283,16 @@ impl Report {
             group_digits(self.units),
             group_digits(self.blocked_units)
         );
-        s += &format!("class dim    {} (m - H)\n", group_digits(self.class_dim));
+        if self.batch_norm == "training" {
+            s += &format!(
+                "class dim    {} (m - H - radial {} - redundant biases {}; BatchNormalization in training mode)\n",
+                group_digits(self.class_dim),
+                group_digits(self.radial),
+                group_digits(self.redundant_biases)
+            );
+        } else {
+            s += &format!("class dim    {} (m - H)\n", group_digits(self.class_dim));
+        }
         s += &format!(
             "rules        {} rules, {} distinct op queries\n",
             self.rules, self.queries

@@ -52,6 +52,9 @@ pub struct Unit {
     /// The producing layer (node index) and its output channel.
     pub producer: usize,
     pub channel: usize,
+    /// The training-mode BatchNormalization where its scale vanishes (spec §11.1): with
+    /// no consumer layers, the unit is a radial direction rather than a rescaling.
+    pub ends_at: Option<usize>,
     pub edits: Vec<Edit>,
     /// Nodes the unit's scale passed through, in order.
     pub via: Vec<usize>,
@@ -198,27 +201,16 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
     }
 }
 
-/// The axis of a layer's weight that indexes its output channels and the one that indexes
-/// its input features, and the output channel axis of its result.
-fn layer_axes(op: &Op, out_rank: usize) -> Option<(usize, usize, usize)> {
-    match op {
-        Op::Gemm {
-            trans_a: false,
-            trans_b: true,
-            ..
-        } => Some((0, 1, 1)),
-        Op::Gemm {
-            trans_a: false,
-            trans_b: false,
-            ..
-        } => Some((1, 0, 1)),
-        Op::MatMul => Some((1, 0, out_rank - 1)),
-        Op::Conv(_) => Some((0, 1, 1)),
-        _ => None,
-    }
+/// How BatchNormalization is analysed: as the per-channel affine map it is at inference,
+/// or with batch statistics, as in training (spec §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BnMode {
+    #[default]
+    Inference,
+    Training,
 }
 
-pub fn walk(g: &Graph, oracle: &mut Oracle) -> Walk {
+pub fn walk(g: &Graph, oracle: &mut Oracle, mode: BnMode) -> Walk {
     let mut w = Walk::default();
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for n in &g.nodes {
@@ -240,60 +232,40 @@ pub fn walk(g: &Graph, oracle: &mut Oracle) -> Walk {
                 format!("x{i}")
             }
         };
-        let out_rank = g.shapes[&node.outputs[0]].rank();
-        let axes = layer_axes(&node.op, out_rank);
-        let weight_ok = ins.len() >= 2
-            && is_param(1)
-            && uses[ins[1].as_str()] == 1
-            && g.params[&ins[1]].dims.len() >= 2;
-        let is_layer = axes.is_some()
-            && weight_ok
-            && !(matches!(node.op, Op::MatMul) && g.params[&ins[1]].dims.len() != 2);
+        let bn_train = mode == BnMode::Training && matches!(node.op, Op::BatchNorm { .. });
+        // A layer owns its weight: one read by two nodes stays a plain parameter.
+        let layer = g
+            .layer(ni)
+            .filter(|l| uses[l.weight] == 1 && (!l.is_diagonal() || bn_train));
 
         // 1. Scales arriving at this node.
         if scaled.iter().any(|&s| s) {
             if let Op::Concat { axis } = &node.op {
                 concat(g, ni, node, *axis, &scaled, &mut env, &mut w, oracle);
-            } else if is_layer && scaled[0] && !scaled[1..].iter().any(|&s| s) {
-                absorb(g, ni, node, axes.unwrap().1, &mut env, &mut w, oracle, &arg);
+            } else if bn_train && scaled[0] && !scaled[1..].iter().any(|&s| s) {
+                radial(ni, &ins[0], &env, &mut w, oracle);
+            } else if let Some(l) = layer.filter(|_| scaled[0] && !scaled[1..].iter().any(|&s| s)) {
+                let in_axis = l.in_axis.expect("diagonal layers are batch normalizations");
+                absorb(g, ni, node, in_axis, &mut env, &mut w, oracle, &arg);
             } else {
                 pass(g, ni, node, &scaled, &mut env, &mut w, oracle, &arg);
             }
         }
 
         // 2. A layer's output channels are new units.
-        if is_layer {
-            let (w_out_axis, _, out_axis) = axes.unwrap();
+        if let Some(l) = layer {
+            let (w_out_axis, out_axis) = (l.out_axis, l.channel_axis);
             let wdims = &g.params[&ins[1]].dims;
             let c = wdims[w_out_axis];
-            let q = term(
-                &node.op,
-                &(0..ins.len())
-                    .map(|i| {
-                        if i == 0 {
-                            "x0".to_string()
-                        } else {
-                            format!("(pscale s (param p{i}))")
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-                false,
-            )
-            .replace(" none)", " (pscale s none))");
-            let target = format!(
-                "(scale s {})",
-                term(
-                    &node.op,
-                    &(0..ins.len())
-                        .map(|i| if i == 0 {
-                            "x0".to_string()
-                        } else {
-                            format!("(param p{i})")
-                        })
-                        .collect::<Vec<_>>(),
-                    false
+            let (q, target) = if l.is_diagonal() {
+                (
+                    "(add (mul (batch-norm-train x0) (pscale s (param p1))) (pscale s (param p2)))"
+                        .to_string(),
+                    "(scale s (add (mul (batch-norm-train x0) (param p1)) (param p2)))".to_string(),
                 )
-            );
+            } else {
+                layer_query(&node.op, ins.len())
+            };
             let v = oracle.ask_equal(&q, &target);
             let bias_ok = ins
                 .get(2)
@@ -328,6 +300,7 @@ pub fn walk(g: &Graph, oracle: &mut Oracle) -> Walk {
                 w.units.push(Unit {
                     producer: ni,
                     channel: ch,
+                    ends_at: None,
                     edits,
                     via: vec![ni],
                     consumers: vec![],
@@ -365,12 +338,16 @@ pub fn walk(g: &Graph, oracle: &mut Oracle) -> Walk {
             }
         }
     }
-    // 4. BatchNormalization straight after a layer: scale invariance in training mode.
+    // 4. BatchNormalization straight after a layer: scale invariance in training mode
+    //    (reported in inference mode; in training mode the walk records it per unit).
     for (ni, node) in g.nodes.iter().enumerate() {
+        if mode == BnMode::Training {
+            break;
+        }
         if let Op::BatchNorm { .. } = node.op {
             let x = &node.inputs[0];
             if let Some(p) = g.nodes[..ni].iter().position(|n| &n.outputs[0] == x) {
-                if layer_axes(&g.nodes[p].op, 2).is_some() {
+                if g.layer(p).is_some_and(|l| !l.is_diagonal()) {
                     let verdict = oracle.ask("(batch-norm-train (scale s x0))");
                     if matches!(verdict.outcome, Outcome::Absorb { .. }) {
                         w.scale_invariant.push(ScaleInvariant {
@@ -402,6 +379,47 @@ pub fn walk(g: &Graph, oracle: &mut Oracle) -> Walk {
         }
     }
     w
+}
+
+/// The query that asks whether a layer emits a scale when its incoming weights and bias
+/// are multiplied, and the term it should equal.
+fn layer_query(op: &Op, inputs: usize) -> (String, String) {
+    let args = |wrap: bool| -> Vec<String> {
+        (0..inputs)
+            .map(|i| match (i, wrap) {
+                (0, _) => "x0".to_string(),
+                (_, true) => format!("(pscale s (param p{i}))"),
+                (_, false) => format!("(param p{i})"),
+            })
+            .collect()
+    };
+    let q = term(op, &args(true), false).replace(" none)", " (pscale s none))");
+    let target = format!("(scale s {})", term(op, &args(false), false));
+    (q, target)
+}
+
+/// A training-mode BatchNormalization: the scale on each incoming channel vanishes (spec
+/// §11.1), so the units that reach it end there.
+fn radial(
+    ni: usize,
+    input: &str,
+    env: &HashMap<String, ChanMap>,
+    w: &mut Walk,
+    oracle: &mut Oracle,
+) {
+    let v = oracle.ask("(batch-norm-train (scale s x0))");
+    let m = &env[input];
+    let ok = matches!(&v.outcome, Outcome::Absorb { wrapped } if wrapped.is_empty())
+        && m.axis == 1
+        && m.plain();
+    for u in m.slots.iter().flatten() {
+        w.step(*u, ni, &v);
+        if ok {
+            w.units[*u].ends_at.get_or_insert(ni);
+        } else {
+            w.block(*u, ni, &v.explanation);
+        }
+    }
 }
 
 /// A layer absorbs the scale on its input by dividing the weights that read each channel.

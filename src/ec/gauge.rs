@@ -9,12 +9,14 @@
 //!   producer's row and bias, statistics passed through) becomes 1, fixed at that unit's
 //!   place in topological order;
 //! - a block unit at or after the free layer: its designated out-edge gets magnitude 1, last,
-//!   from the block's end backwards.
+//!   from the block's end backwards;
+//! - a star (spec §11, §12): its designated out-edge gets magnitude 1 ([`super::star`]; its
+//!   neighbours are all the root, so the order does not matter).
 
 use super::{designate, Designated, EcPlan};
 use crate::analysis::{apply_edits, edit_runs, Analysis};
 use crate::ir::Graph;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What normalization did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,10 +28,14 @@ pub struct GaugeStats {
 
 /// Normalize `g` (see the module doc): returns the canonical graph, and fills in the
 /// plan's designated weights.
-pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeStats) {
+pub(crate) fn normalize(
+    g: &Graph,
+    a: &Analysis,
+    plan: &mut EcPlan,
+    stars: &HashSet<usize>,
+) -> (Graph, GaugeStats) {
     let mut out = g.clone();
     let mut stats = GaugeStats::default();
-    let units = &a.walk.units;
     // Where each block unit sits: (block, hidden layer).
     let mut place: HashMap<usize, (usize, usize)> = HashMap::new();
     for (bi, b) in plan.blocks.iter_mut().enumerate() {
@@ -43,7 +49,7 @@ pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeSta
     let scale = |out: &mut Graph, members: &[usize], c: f32, stats: &mut GaugeStats| {
         if c.is_finite() && c > 0.0 {
             for &m in members {
-                apply_edits(out, &units[m].edits, c);
+                apply_edits(out, &a.unit(m).edits, c);
             }
         } else {
             stats.degenerate += members.len();
@@ -53,7 +59,7 @@ pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeSta
     let magnitude =
         |out: &Graph, d: &Designated| out.params[&d.weight.param].get_f32(d.weight.index).abs();
     // Forward: groups in the order of their first unit.
-    let mut order: Vec<usize> = (0..a.groups.len()).collect();
+    let mut order: Vec<usize> = (0..a.groups.len()).filter(|k| !stars.contains(k)).collect();
     order.sort_by_key(|&k| a.groups[k][0]);
     for k in order {
         let members = &a.groups[k];
@@ -75,7 +81,7 @@ pub fn normalize(g: &Graph, a: &Analysis, plan: &mut EcPlan) -> (Graph, GaugeSta
             Some(_) => continue,
             None => {
                 let mut sq = 0f64;
-                for e in units[first].edits.iter().filter(|e| e.exponent > 0) {
+                for e in a.in_edits(first) {
                     let p = &out.params[&e.param];
                     for r in edit_runs(&p.dims, e) {
                         sq += r.map(|i| (p.get_f32(i) as f64).powi(2)).sum::<f64>();

@@ -12,19 +12,23 @@
 //! the centre tap, flattened channels the centre position of their block of features. The
 //! designated weights are chosen during normalization, so the plan holds them after it.
 
+pub mod basis;
 mod gauge;
 pub mod program;
 pub mod report;
-pub mod skeleton;
+mod skeleton;
+mod star;
 pub mod step;
 
-pub use gauge::{normalize, GaugeStats};
-pub(crate) use skeleton::free_rotation;
+pub use basis::Basis;
+use gauge::normalize;
+pub use gauge::GaugeStats;
+use skeleton::free_rotation;
 
-use crate::analysis::{edit_runs, Analysis, Edit};
+use crate::analysis::{edit_runs, Analysis, BnMode, Edit};
 use crate::ir::{Graph, Op};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One weight scalar, by parameter name and flat index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,7 +39,7 @@ pub struct Scalar {
 
 /// How a hidden unit's gauge is fixed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Designated {
+pub(crate) struct Designated {
     pub unit: usize,
     /// true: the unit's in-edge (its own row); false: its out-edge.
     pub incoming: bool,
@@ -43,7 +47,7 @@ pub struct Designated {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct EcBlock {
+pub(crate) struct EcBlock {
     /// Layer node indices L_0..L_k.
     pub layers: Vec<usize>,
     /// Units of each hidden layer H_0..H_{k-1}.
@@ -59,27 +63,13 @@ pub struct EcBlock {
     pub params: usize,
 }
 
-impl EcBlock {
-    pub fn hidden_units(&self) -> usize {
-        self.hidden.iter().map(Vec::len).sum()
-    }
-    /// The block's share of class_dim: its basis paths.
-    pub fn basis_paths(&self) -> usize {
-        self.params - self.hidden_units()
-    }
-}
-
+/// The chain blocks while they are built: [`plan`] finds them, [`normalize`] chooses their
+/// designated weights; [`convert_with`] then turns them into [`Basis`] blocks.
 #[derive(Debug, Clone)]
-pub struct EcPlan {
+pub(crate) struct EcPlan {
     pub blocks: Vec<EcBlock>,
     /// Why each layer that creates units is outside every block.
     pub outside: BTreeMap<usize, String>,
-}
-
-impl EcPlan {
-    pub fn params_in_blocks(&self) -> usize {
-        self.blocks.iter().map(|b| b.params).sum()
-    }
 }
 
 fn layer_params(g: &Graph, node: usize) -> impl Iterator<Item = &String> {
@@ -92,12 +82,17 @@ fn layer_params(g: &Graph, node: usize) -> impl Iterator<Item = &String> {
 
 /// Why a unit cannot join a block, or None if it can.
 fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
-    let unit = &a.walk.units[u];
+    let unit = a.unit(u);
     if let Some(b) = &unit.blocked {
         return Some(format!("blocked at {}", g.node_label(b.node)));
     }
-    let k = a.group_of[u].expect("unblocked units have a group");
-    if a.groups[k].len() > 1 {
+    if a.is_radial(u) {
+        return Some(
+            "its channels are radial directions (a training-mode BatchNormalization follows)"
+                .into(),
+        );
+    }
+    if a.tied(u).is_some_and(|t| t.len() > 1) {
         return Some("tied to other units".into());
     }
     if unit.consumers.len() != 1 {
@@ -140,23 +135,93 @@ fn grouped(g: &Graph, node: usize) -> bool {
     matches!(&g.nodes[node].op, Op::Conv(c) if c.group > 1)
 }
 
-/// The whole EC pass on a model: the symmetry analysis (default rules), the plan and the
-/// canonical, gauge-normalized model.
+/// The whole EC pass on a model: the symmetry analysis (default rules, BatchNormalization in
+/// training mode, as `ecc train` runs it), the basis and the canonical, gauge-normalized
+/// model (which keeps the inference function too).
 pub struct Conversion {
     pub analysis: Analysis,
-    pub plan: EcPlan,
+    pub basis: Basis,
     pub canon: Graph,
     pub stats: GaugeStats,
 }
 
-/// Analyse `g`, plan its blocks and normalize it (spec §3, §4).
+/// Analyse `g` (training mode), build its basis and normalize it (spec §3, §4, §11, §12).
 pub fn convert(g: &Graph) -> Conversion {
-    let analysis = crate::analysis::analyze(g, &crate::analysis::RuleSet::default_rules());
-    let mut plan = plan(g, &analysis);
-    let (canon, stats) = normalize(g, &analysis, &mut plan);
+    let rules = crate::analysis::RuleSet::default_rules();
+    convert_with(g, crate::analysis::analyze_in(g, &rules, BnMode::Training))
+}
+
+/// The EC pass with a given analysis: chain blocks first (spec §3), then stars among the
+/// rest (spec §11, §12), the gauge of both fixed in one canonical form.
+pub fn convert_with(g: &Graph, analysis: Analysis) -> Conversion {
+    let a = &analysis;
+    let mut plan = plan(g, a);
+    let mut in_chains: HashSet<usize> = HashSet::new();
+    let mut chain_params: HashSet<String> = HashSet::new();
+    for b in &plan.blocks {
+        for &u in b.hidden.iter().flatten() {
+            in_chains.extend(a.group_of[u]);
+        }
+        for &l in &b.layers {
+            chain_params.extend(layer_params(g, l).cloned());
+        }
+    }
+    // Units that a chain block's last layer emits keep today's treatment (fixed by norm).
+    for (k, members) in a.groups.iter().enumerate() {
+        if members
+            .iter()
+            .any(|&u| a.in_edits(u).any(|e| chain_params.contains(&e.param)))
+        {
+            in_chains.insert(k);
+        }
+    }
+    let stars = star::find(g, a, &in_chains, &chain_params);
+    let star_set: HashSet<usize> = stars.groups.iter().copied().collect();
+    let (mut canon, mut stats) = normalize(g, a, &mut plan, &star_set);
+    let (star_blocks, degenerate) = star::build(&mut canon, a, &stars);
+    stats.units += stars
+        .groups
+        .iter()
+        .map(|&k| a.groups[k].len())
+        .sum::<usize>();
+    stats.degenerate += degenerate.iter().map(|&k| a.groups[k].len()).sum::<usize>();
+    let mut outside = plan.outside.clone();
+    let mut blocks: Vec<basis::Block> = plan
+        .blocks
+        .iter()
+        .map(|b| chain_block(&canon, a, b))
+        .collect();
+    for b in &star_blocks {
+        for &u in b.units.iter().flat_map(|p| p.units.iter()) {
+            outside.remove(&a.unit(u).producer);
+        }
+    }
+    for (&layer, why) in &stars.outside {
+        outside.entry(layer).or_insert_with(|| why.clone());
+    }
+    for &k in &degenerate {
+        for &u in &a.groups[k] {
+            outside
+                .entry(a.unit(u).producer)
+                .or_insert_with(|| "its in-edge weights or out-edges are all zero".into());
+        }
+    }
+    // Outside reasons only for layers whose units are rescalings somewhere outside.
+    let covered: HashSet<usize> = blocks
+        .iter()
+        .chain(&star_blocks)
+        .flat_map(|b| b.units.iter().flat_map(|p| p.units.iter()))
+        .filter_map(|&u| a.group_of[u])
+        .collect();
+    outside.retain(|&layer, _| {
+        a.units_of(layer)
+            .iter()
+            .any(|&u| a.group_of[u].is_some_and(|k| !covered.contains(&k)))
+    });
+    blocks.extend(star_blocks);
     Conversion {
+        basis: Basis { blocks, outside },
         analysis,
-        plan,
         canon,
         stats,
     }
@@ -170,17 +235,115 @@ impl Conversion {
             g,
             &self.canon,
             &self.analysis,
-            &self.plan,
+            &self.basis,
             &self.stats,
         )
     }
 }
 
+/// A chain block of the plan as a basis block, on the normalized weights `g`.
+fn chain_block(g: &Graph, a: &Analysis, b: &EcBlock) -> basis::Block {
+    use basis::{LayerPlan, Region, TensorRole, UnitPlan};
+    let sk = skeleton::skeleton(g, a, b);
+    let mut fixed: Vec<Vec<usize>> = vec![vec![]; b.layers.len()];
+    for (l, ds) in b.designated.iter().enumerate() {
+        for d in ds {
+            fixed[if d.incoming { l } else { l + 1 }].push(d.weight.index);
+        }
+    }
+    let layers = sk
+        .geo
+        .iter()
+        .enumerate()
+        .map(|(l, geo)| {
+            let region = match l.cmp(&b.free) {
+                std::cmp::Ordering::Less => Region::Before,
+                std::cmp::Ordering::Equal => Region::Free,
+                std::cmp::Ordering::Greater => Region::After,
+            };
+            let by_unit = |l: usize| sk.chains[l].iter().map(|&c| c as u32).collect::<Vec<_>>();
+            let mut weight = match region {
+                Region::Before => TensorRole::new(&geo.weight, &geo.dims, geo.out_axis, by_unit(l)),
+                Region::Free => TensorRole::new(&geo.weight, &geo.dims, geo.out_axis, vec![]),
+                Region::After => {
+                    let per = geo.in_channels * geo.in_block;
+                    let len = geo.dims[geo.in_axis];
+                    let chain = (0..len)
+                        .map(|pos| sk.chains[l - 1][(pos % per) / geo.in_block] as u32)
+                        .collect();
+                    TensorRole::new(&geo.weight, &geo.dims, geo.in_axis, chain)
+                }
+            };
+            weight.fixed = fixed[l].clone();
+            if region == Region::Free {
+                weight.v =
+                    sk.v.iter()
+                        .enumerate()
+                        .map(|(c, &i)| (c as u32, i))
+                        .collect();
+                weight.fixed.extend(sk.v.iter().copied());
+            }
+            weight.fixed.sort_unstable();
+            let bias = geo.bias.as_ref().map(|name| {
+                let chain = if region == Region::Before {
+                    by_unit(l)
+                } else {
+                    vec![]
+                };
+                TensorRole::new(name, &[geo.outputs()], 0, chain)
+            });
+            LayerPlan {
+                node: b.layers[l],
+                label: g.node_label(b.layers[l]),
+                region,
+                weight,
+                bias,
+            }
+        })
+        .collect();
+    let units = b
+        .designated
+        .iter()
+        .enumerate()
+        .flat_map(|(l, ds)| {
+            let chains = &sk.chains[l];
+            ds.iter().enumerate().map(move |(j, d)| UnitPlan {
+                units: vec![d.unit],
+                chain: chains[j] as u32,
+                incoming: d.incoming,
+                designated: d.weight.clone(),
+            })
+        })
+        .collect();
+    let free_w = &sk.geo[b.free].weight;
+    let mut widths = vec![sk.geo[0].dims[sk.geo[0].in_axis]];
+    widths.extend(b.hidden.iter().map(Vec::len));
+    widths.push(sk.geo.last().expect("layers").outputs());
+    basis::Block {
+        kind: basis::BlockKind::Chain {
+            layers: b.layers.clone(),
+            widths,
+            free: b.free,
+            rotations: b.rotations.clone(),
+        },
+        v: sk
+            .v
+            .iter()
+            .map(|&i| Scalar {
+                param: free_w.clone(),
+                index: i,
+            })
+            .collect(),
+        layers,
+        units,
+    }
+}
+
 /// Build the plan: blocks, free layers and designated weights.
-pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
+pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
     let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (u, unit) in a.walk.units.iter().enumerate() {
-        by_layer.entry(unit.producer).or_default().push(u);
+    for u in 0..a.unit_count() {
+        by_layer.entry(a.unit(u).producer).or_default().push(u);
     }
     let mut outside = BTreeMap::new();
     // next[A] = B when every unit of A is block-eligible, all absorbed by B, and B reads
@@ -191,19 +354,20 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
             outside.insert(layer, "grouped convolution".to_string());
             continue;
         }
+        if g.layer(layer).is_some_and(|l| l.is_diagonal()) {
+            // A training-mode BatchNormalization: its units can only be stars.
+            continue;
+        }
         if let Some(why) = units.iter().find_map(|&u| unit_obstacle(g, a, u)) {
             outside.insert(layer, why);
             continue;
         }
-        let b = a.walk.units[units[0]].consumers[0];
-        let same = units.iter().all(|&u| a.walk.units[u].consumers[0] == b);
-        let reads: usize = a
-            .walk
-            .units
-            .iter()
-            .filter(|x| x.consumers.contains(&b))
+        let b = a.unit(units[0]).consumers[0];
+        let same = units.iter().all(|&u| a.unit(u).consumers[0] == b);
+        let reads: usize = (0..a.unit_count())
+            .filter(|&x| a.unit(x).consumers.contains(&b))
             .count();
-        let consumer_edit = a.walk.units[units[0]].edits.iter().find(|e| e.exponent < 0);
+        let consumer_edit = a.out_edits(units[0]).next();
         let width_ok = consumer_edit.is_some_and(|e| e.channels == units.len());
         if !same || reads != units.len() || grouped(g, b) || !width_ok {
             outside.insert(
@@ -232,7 +396,7 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
         // out-edge normalizations would depend on them.
         let last_rescalable = by_layer
             .get(&layers[k])
-            .is_some_and(|us| us.iter().any(|&u| a.walk.units[u].blocked.is_none()));
+            .is_some_and(|us| us.iter().any(|&u| a.unit(u).blocked.is_none()));
         let widths: Vec<usize> = layers[..k].iter().map(|l| by_layer[l].len()).collect();
         for (first, last, free) in pieces(&widths, last_rescalable) {
             let piece = layers[first..=last].to_vec();
@@ -277,7 +441,7 @@ pub fn plan(g: &Graph, a: &Analysis) -> EcPlan {
 /// decrease before the free layer and not increase after it (spec §3 with one chain per
 /// unit). Returns (first layer, last layer, free layer) triples, weight-layer indices. A
 /// block whose outputs are rescalable units must keep its free layer last.
-pub fn pieces(w: &[usize], last_rescalable: bool) -> Vec<(usize, usize, usize)> {
+pub(crate) fn pieces(w: &[usize], last_rescalable: bool) -> Vec<(usize, usize, usize)> {
     let k = w.len();
     let unimodal = |v: &[usize]| {
         let peak = v
@@ -338,13 +502,6 @@ fn centre(e: &Edit, len: usize) -> usize {
     (len / per / 2) * per + e.channel * e.block + e.block / 2
 }
 
-fn out_axis(op: &Op) -> usize {
-    match op {
-        Op::Gemm { trans_b: false, .. } | Op::MatMul => 1,
-        _ => 0,
-    }
-}
-
 /// The designated weights of hidden layer `l` of a block, chosen on the current weights of
 /// `g`: the rotation of the "mod" pattern whose smallest weight, relative to the largest of
 /// its unit's row (in-edges) or column (out-edges), is largest. Relative magnitudes make
@@ -356,24 +513,27 @@ pub(crate) fn designate(
     b: &EcBlock,
     l: usize,
 ) -> (usize, Vec<Designated>) {
-    let units = &a.walk.units;
     let incoming = l < b.free;
     let layer = if incoming { l } else { l + 1 };
-    let w = g.nodes[b.layers[layer]].data_inputs()[1].clone();
+    let view = g.layer(b.layers[layer]).expect("block layers are layers");
+    let w = view.weight.to_string();
     let param = &g.params[&w];
     let dims = &param.dims;
-    let oa = out_axis(&g.nodes[b.layers[layer]].op);
-    let ia = if oa == 0 { 1 } else { 0 };
+    let (oa, ia) = (
+        view.out_axis,
+        view.in_axis.expect("block layers have inputs"),
+    );
     let hid = &b.hidden[l];
     // Each unit's own slice of the layer (its row, or its column): the reference magnitude.
     let reference: Vec<f32> = hid
         .iter()
         .map(|&u| {
-            let e = units[u]
-                .edits
-                .iter()
-                .find(|e| e.param == w && (e.exponent > 0) == incoming)
-                .expect("unit edit");
+            let e = if incoming {
+                a.in_edits(u).find(|e| e.param == w)
+            } else {
+                a.out_edit(u, &w)
+            }
+            .expect("unit edit");
             edit_runs(dims, e)
                 .into_iter()
                 .flatten()
@@ -391,20 +551,12 @@ pub(crate) fn designate(
                     } else {
                         let prev = &b.hidden[l - 1];
                         let i = prev[(j + r) % prev.len()];
-                        let e = units[i]
-                            .edits
-                            .iter()
-                            .find(|e| e.exponent < 0 && e.param == w)
-                            .expect("consumer edit");
+                        let e = a.out_edit(i, &w).expect("consumer edit");
                         centre(e, dims[e.axis])
                     };
                     weight_index(dims, oa, ia, j, pos)
                 } else {
-                    let e = units[u]
-                        .edits
-                        .iter()
-                        .find(|e| e.exponent < 0 && e.param == w)
-                        .expect("consumer edit");
+                    let e = a.out_edit(u, &w).expect("consumer edit");
                     weight_index(
                         dims,
                         oa,

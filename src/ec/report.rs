@@ -1,9 +1,10 @@
 //! The EC plan as JSON (`<stem>.ec.json`) and as a summary for people.
 
-use super::{EcPlan, GaugeStats};
+use super::basis::{Basis, BlockKind, Region};
+use super::{GaugeStats, Scalar};
 use crate::analysis::Analysis;
 use crate::inspect::group_digits;
-use crate::ir::{Graph, Op};
+use crate::ir::Graph;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -19,19 +20,59 @@ pub struct HiddenLayer {
     pub designated_indices: Vec<usize>,
 }
 
+/// One rescaling of a block: enough to re-implement the step (spec §5 with the basis of
+/// `super::basis`): its units, the chain its paths run through, its designated scalar.
+#[derive(Debug, Serialize)]
+pub struct UnitEntry {
+    /// `tensor[channel]` of each unit (several when tied).
+    pub units: Vec<String>,
+    pub chain: u32,
+    /// "in": the designated scalar is an in-edge of the unit; "out": an out-edge.
+    pub designated_edge: &'static str,
+    pub designated: Scalar,
+}
+
+/// One tensor of a block.
+#[derive(Debug, Serialize)]
+pub struct TensorEntry {
+    pub param: String,
+    pub region: Region,
+    /// The axis the chain runs along (chained tensors), and the chain of each position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_axis: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<u32>,
+    /// Flat indices held constant (designated scalars and V).
+    pub fixed: Vec<usize>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct BlockPlan {
+    /// "chain" (spec §3) or "star" (spec §11, §12: in-edges free, out-edges chained).
+    pub kind: &'static str,
     pub layers: Vec<String>,
-    /// h_0 (inputs of the first layer), hidden widths, outputs of the last layer.
+    /// Chain blocks: h_0 (inputs of the first layer), hidden widths, outputs of the last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub widths: Vec<usize>,
+    /// Chain blocks: the free layer.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub free_layer: String,
-    /// Flat indices (in the free layer's weight) of the free skeleton weights V, one per chain.
+    /// The free skeleton value V of each chain.
+    pub free_skeleton: Vec<Scalar>,
+    /// Chain blocks: flat indices (in the free layer's weight) of V, one per chain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub free_skeleton_indices: Vec<usize>,
-    /// Rotation of the "mod" skeleton of each layer.
+    /// Chain blocks: rotation of the "mod" skeleton of each layer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rotations: Vec<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<HiddenLayer>,
+    /// Every rescaling of the block with its chain and designated scalar.
+    pub units: Vec<UnitEntry>,
+    pub tensors: Vec<TensorEntry>,
     pub params: usize,
     pub hidden_units: usize,
+    pub rescalings: usize,
     pub basis_paths: usize,
     /// |V| of the free skeleton values in the canonical form: [min, median, max]. V is a
     /// class invariant (the product of a chain's skeleton weights); EC-SGD's step on the
@@ -42,12 +83,21 @@ pub struct BlockPlan {
 #[derive(Debug, Serialize)]
 pub struct PlanReport {
     pub model: String,
+    /// BatchNormalization is analysed as `ecc train` runs it: "training".
+    pub batch_norm: &'static str,
     pub params: usize,
     pub rescalings: usize,
+    /// Radial directions (rows before a training-mode BatchNormalization, spec §11.1):
+    /// trained by the plain step of their tensors (the blocks' or SGD's).
+    pub radial: usize,
+    pub redundant_biases: usize,
     pub class_dim: usize,
     pub params_in_blocks: usize,
     /// params_in_blocks / params.
     pub coverage: f64,
+    /// Rescalings in blocks / all rescalings (H): the share of the symmetries EC-SGD
+    /// quotients out.
+    pub unit_coverage: f64,
     pub blocks: Vec<BlockPlan>,
     /// Layers with units that are outside every block, and why.
     pub outside: BTreeMap<String, String>,
@@ -58,81 +108,136 @@ pub struct PlanReport {
 }
 
 impl PlanReport {
-    /// `g` is the imported model, `canon` its canonical form (from [`super::normalize`]).
+    /// `g` is the imported model, `canon` its canonical form (from [`super::convert`]).
     pub fn new(
         model: &str,
         g: &Graph,
         canon: &Graph,
         a: &Analysis,
-        plan: &EcPlan,
+        basis: &Basis,
         stats: &GaugeStats,
     ) -> Self {
         let mut roles: BTreeMap<String, String> = BTreeMap::new();
         let mut blocks = vec![];
-        for (bi, b) in plan.blocks.iter().enumerate() {
-            for (l, &node) in b.layers.iter().enumerate() {
-                for (k, p) in g.nodes[node].data_inputs().iter().enumerate().skip(1) {
-                    if g.params.contains_key(p) {
-                        let what = if k == 1 { "weight" } else { "bias" };
-                        let free = if l == b.free { ", free layer" } else { "" };
-                        roles.insert(p.clone(), format!("block {bi}, layer {l} {what}{free}"));
-                    }
+        let unit_name = |u: usize| {
+            let unit = a.unit(u);
+            format!("{}[{}]", g.nodes[unit.producer].outputs[0], unit.channel)
+        };
+        for (bi, b) in basis.blocks.iter().enumerate() {
+            let free_node = match &b.kind {
+                BlockKind::Chain { layers, free, .. } => Some(layers[*free]),
+                BlockKind::Star => None,
+            };
+            for (l, lp) in b.layers.iter().enumerate() {
+                for (t, what) in lp.tensors().zip(["weight", "bias"]) {
+                    let free = match (&b.kind, lp.region) {
+                        (BlockKind::Chain { .. }, Region::Free) => ", free layer".to_string(),
+                        (BlockKind::Chain { .. }, _) => String::new(),
+                        (BlockKind::Star, Region::Free) => ", in-edges (free)".to_string(),
+                        (BlockKind::Star, _) => ", out-edges (chained by input unit)".to_string(),
+                    };
+                    roles.insert(
+                        t.param.clone(),
+                        format!("block {bi}, layer {l} {what}{free}"),
+                    );
                 }
             }
-            let first = &g.nodes[b.layers[0]];
-            let w0 = &g.params[&first.data_inputs()[1]].dims;
-            let in_axis = match first.op {
-                Op::Gemm { trans_b: false, .. } | Op::MatMul => 0,
-                _ => 1,
-            };
-            let mut widths = vec![w0[in_axis]];
-            widths.extend(b.hidden.iter().map(Vec::len));
-            let last = &g.nodes[*b.layers.last().expect("layers")];
-            let wl = &g.params[&last.data_inputs()[1]].dims;
-            widths.push(wl[super::out_axis(&last.op)]);
-            let v = super::skeleton::skeleton(g, a, b).v;
-            let free_w = &canon.params[&g.nodes[b.layers[b.free]].data_inputs()[1]];
-            let mut mags: Vec<f64> = match &free_w.data {
-                crate::ir::TensorData::F32(w) => v.iter().map(|&i| w[i].abs() as f64).collect(),
-                crate::ir::TensorData::I64(_) => vec![],
-            };
+            let mut mags: Vec<f64> =
+                b.v.iter()
+                    .map(|s| canon.params[&s.param].get_f32(s.index).abs() as f64)
+                    .collect();
             mags.sort_by(f64::total_cmp);
             let v_abs = match (mags.first(), mags.last()) {
                 (Some(&lo), Some(&hi)) => [lo, mags[mags.len() / 2], hi],
                 _ => [f64::NAN; 3],
             };
+            let (widths, rotations, hidden) = match &b.kind {
+                BlockKind::Chain {
+                    layers,
+                    widths,
+                    rotations,
+                    ..
+                } => {
+                    // Units by hidden layer, in the block's order.
+                    let mut hidden: Vec<HiddenLayer> = vec![];
+                    for up in &b.units {
+                        let u = up.units[0];
+                        let layer = g.node_label(a.unit(u).producer);
+                        match hidden.last_mut() {
+                            Some(h) if h.layer == layer => {
+                                h.units += 1;
+                                h.designated_indices.push(up.designated.index);
+                            }
+                            _ => hidden.push(HiddenLayer {
+                                layer,
+                                units: 1,
+                                designated_edge: if up.incoming { "in" } else { "out" },
+                                designated_param: up.designated.param.clone(),
+                                designated_indices: vec![up.designated.index],
+                            }),
+                        }
+                    }
+                    let _ = layers;
+                    (widths.clone(), rotations.clone(), hidden)
+                }
+                BlockKind::Star => (vec![], vec![], vec![]),
+            };
             blocks.push(BlockPlan {
+                kind: match b.kind {
+                    BlockKind::Chain { .. } => "chain",
+                    BlockKind::Star => "star",
+                },
                 v_abs,
-                layers: b.layers.iter().map(|&n| g.node_label(n)).collect(),
+                layers: b.layers.iter().map(|l| l.label.clone()).collect(),
                 widths,
-                free_layer: g.node_label(b.layers[b.free]),
-                free_skeleton_indices: v,
-                rotations: b.rotations.clone(),
-                hidden: b
-                    .designated
+                free_layer: free_node.map(|n| g.node_label(n)).unwrap_or_default(),
+                free_skeleton: b.v.clone(),
+                free_skeleton_indices: match b.kind {
+                    BlockKind::Chain { .. } => b.v.iter().map(|s| s.index).collect(),
+                    BlockKind::Star => vec![],
+                },
+                rotations,
+                hidden,
+                units: b
+                    .units
                     .iter()
-                    .enumerate()
-                    .map(|(l, ds)| HiddenLayer {
-                        layer: g.node_label(b.layers[l]),
-                        units: ds.len(),
-                        designated_edge: if ds.first().is_some_and(|d| d.incoming) {
-                            "in"
-                        } else {
-                            "out"
-                        },
-                        designated_param: ds
-                            .first()
-                            .map(|d| d.weight.param.clone())
-                            .unwrap_or_default(),
-                        designated_indices: ds.iter().map(|d| d.weight.index).collect(),
+                    .map(|up| UnitEntry {
+                        units: up.units.iter().map(|&u| unit_name(u)).collect(),
+                        chain: up.chain,
+                        designated_edge: if up.incoming { "in" } else { "out" },
+                        designated: up.designated.clone(),
                     })
                     .collect(),
-                params: b.params,
+                tensors: b
+                    .tensors()
+                    .map(|t| {
+                        let region = b
+                            .layers
+                            .iter()
+                            .find(|l| l.tensors().any(|x| x.param == t.param))
+                            .map_or(Region::Free, |l| l.region);
+                        TensorEntry {
+                            param: t.param.clone(),
+                            region,
+                            chain_axis: (!t.chain.is_empty()).then_some(t.axis),
+                            chain: t.chain.clone(),
+                            fixed: t.fixed.clone(),
+                        }
+                    })
+                    .collect(),
+                params: b.params(),
                 hidden_units: b.hidden_units(),
+                rescalings: b.rescalings(),
                 basis_paths: b.basis_paths(),
             });
         }
         let stats_of_bn = g.bn_statistics();
+        let radial_rows: std::collections::HashSet<usize> = a
+            .radial
+            .iter()
+            .flatten()
+            .map(|&u| a.unit(u).producer)
+            .collect();
         for (i, n) in g.nodes.iter().enumerate() {
             for p in n.data_inputs().iter().filter(|p| g.params.contains_key(*p)) {
                 if roles.contains_key(p) {
@@ -140,8 +245,14 @@ impl PlanReport {
                 }
                 let role = if stats_of_bn.contains(p) {
                     "BatchNormalization running statistic (not trained)".to_string()
-                } else if let Some(why) = plan.outside.get(&i) {
+                } else if let Some(why) = basis.outside.get(&i) {
                     format!("outside the blocks: layer {} {why}", g.node_label(i))
+                } else if radial_rows.contains(&i) {
+                    format!(
+                        "outside the blocks: {} ({}) reads no rescalable unit and its rows are radial (a training-mode BatchNormalization follows), trained with SGD",
+                        g.node_label(i),
+                        n.op.onnx_name()
+                    )
                 } else {
                     format!(
                         "outside the blocks: read by {} ({}), trained with SGD",
@@ -152,20 +263,24 @@ impl PlanReport {
                 roles.insert(p.clone(), role);
             }
         }
-        let in_blocks = plan.params_in_blocks();
+        let in_blocks = basis.params_in_blocks();
+        let ratio = |x: usize, y: usize| if y == 0 { 0.0 } else { x as f64 / y as f64 };
         PlanReport {
             model: model.to_string(),
+            batch_norm: match a.mode {
+                crate::analysis::BnMode::Inference => "inference",
+                crate::analysis::BnMode::Training => "training",
+            },
             params: a.params,
             rescalings: a.rescalings(),
+            radial: a.radial.len(),
+            redundant_biases: a.redundant_biases,
             class_dim: a.class_dim(),
             params_in_blocks: in_blocks,
-            coverage: if a.params == 0 {
-                0.0
-            } else {
-                in_blocks as f64 / a.params as f64
-            },
+            coverage: ratio(in_blocks, a.params),
+            unit_coverage: ratio(basis.rescalings_in_blocks(), a.rescalings()),
             blocks,
-            outside: plan
+            outside: basis
                 .outside
                 .iter()
                 .map(|(&n, w)| (g.node_label(n), w.clone()))
@@ -185,23 +300,51 @@ impl PlanReport {
             group_digits(self.rescalings),
             group_digits(self.class_dim)
         );
+        if self.radial > 0 {
+            s += &format!(
+                "radial       {} directions (rows before a training-mode BatchNormalization; plain step), {} redundant biases\n",
+                group_digits(self.radial),
+                group_digits(self.redundant_biases)
+            );
+        }
         s += &format!(
-            "blocks       {} covering {} parameters ({:.1}%)\n",
+            "blocks       {} covering {} parameters ({:.1}%) and {:.1}% of the rescalings\n",
             self.blocks.len(),
             group_digits(self.params_in_blocks),
-            100.0 * self.coverage
+            100.0 * self.coverage,
+            100.0 * self.unit_coverage
         );
-        for (i, b) in self.blocks.iter().enumerate() {
+        const SHOWN: usize = 8;
+        for (i, b) in self.blocks.iter().enumerate().take(SHOWN) {
             let widths: Vec<String> = b.widths.iter().map(|w| w.to_string()).collect();
-            s += &format!(
-                "  block {i}: {} layers, widths {}, free layer {}, {} hidden units, {} basis paths\n",
-                b.layers.len(),
-                widths.join("-"),
-                b.free_layer,
-                group_digits(b.hidden_units),
-                group_digits(b.basis_paths)
-            );
-            s += &format!("           {}\n", b.layers.join(" → "));
+            if b.kind == "star" {
+                s += &format!(
+                    "  block {i}: star, {} rescalings ({} units), {} basis paths\n",
+                    group_digits(b.rescalings),
+                    group_digits(b.hidden_units),
+                    group_digits(b.basis_paths)
+                );
+            } else {
+                s += &format!(
+                    "  block {i}: {} layers, widths {}, free layer {}, {} hidden units, {} basis paths\n",
+                    b.layers.len(),
+                    widths.join("-"),
+                    b.free_layer,
+                    group_digits(b.hidden_units),
+                    group_digits(b.basis_paths)
+                );
+            }
+            let mut layers = b.layers.clone();
+            if layers.len() > 6 {
+                let n = layers.len();
+                layers = [
+                    &layers[..3],
+                    &[format!("… ({} more)", n - 5)],
+                    &layers[n - 2..],
+                ]
+                .concat();
+            }
+            s += &format!("           {}\n", layers.join(" → "));
             let [lo, med, hi] = b.v_abs;
             s += &format!(
                 "           |V| (free skeleton values) min {lo:.2e}, median {med:.2e}, max {hi:.2e}\n"
@@ -212,6 +355,12 @@ impl PlanReport {
                     med * med
                 );
             }
+        }
+        if self.blocks.len() > SHOWN {
+            s += &format!(
+                "  … {} more blocks (see the .ec.json)\n",
+                self.blocks.len() - SHOWN
+            );
         }
         if !self.outside.is_empty() {
             s += &format!("outside      {} layers with units:\n", self.outside.len());

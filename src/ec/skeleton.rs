@@ -8,7 +8,7 @@
 //! j of the free layer's output, or, when the free layer is the block's last, the out-edge
 //! of unit j of its input.
 
-use super::{centre, out_axis, weight_index, EcBlock};
+use super::{centre, weight_index, EcBlock};
 use crate::analysis::Analysis;
 use crate::ir::Graph;
 
@@ -49,16 +49,6 @@ impl LayerGeom {
         };
         weight_index(&self.dims, self.out_axis, self.in_axis, o, pos)
     }
-    /// Output channel and input unit of a flat weight index.
-    pub fn coords(&self, idx: usize) -> (usize, usize) {
-        let stride = |ax: usize| self.dims[ax + 1..].iter().product::<usize>();
-        let o = (idx / stride(self.out_axis)) % self.dims[self.out_axis];
-        let pos = (idx / stride(self.in_axis)) % self.dims[self.in_axis];
-        (
-            o,
-            (pos % (self.in_channels * self.in_block)) / self.in_block,
-        )
-    }
 }
 
 pub fn geometry(g: &Graph, a: &Analysis, b: &EcBlock) -> Vec<LayerGeom> {
@@ -66,25 +56,23 @@ pub fn geometry(g: &Graph, a: &Analysis, b: &EcBlock) -> Vec<LayerGeom> {
         .iter()
         .enumerate()
         .map(|(l, &node)| {
-            let ins = g.nodes[node].data_inputs();
-            let weight = ins[1].clone();
+            let view = g.layer(node).expect("block layers are layers");
+            let weight = view.weight.to_string();
             let dims = g.params[&weight].dims.clone();
-            let oa = out_axis(&g.nodes[node].op);
-            let ia = if oa == 0 { 1 } else { 0 };
+            let (oa, ia) = (
+                view.out_axis,
+                view.in_axis.expect("block layers have inputs"),
+            );
             let (in_channels, in_block) = if l == 0 {
                 (dims[ia], 1)
             } else {
                 let u = b.hidden[l - 1][0];
-                let e = a.walk.units[u]
-                    .edits
-                    .iter()
-                    .find(|e| e.exponent < 0 && e.param == weight)
-                    .expect("consumer edit");
+                let e = a.out_edit(u, &weight).expect("consumer edit");
                 (e.channels, e.block)
             };
             LayerGeom {
                 weight,
-                bias: ins.get(2).filter(|p| g.params.contains_key(*p)).cloned(),
+                bias: view.bias.map(str::to_string),
                 dims,
                 out_axis: oa,
                 in_axis: ia,

@@ -8,9 +8,11 @@
 //!   `consts` are static operands (Reshape targets, Clip bounds, Squeeze axes) whose values
 //!   the ops also carry in their attributes.
 
+mod layer;
 mod op;
 mod shape;
 
+pub use layer::{layer_axes, Layer};
 pub use op::{BinaryKind, ConvAttrs, Op, PoolAttrs, OP_NAMES};
 pub use shape::{conv_out_len, norm_axis, reshape_dims, Shape, MAX_ELEMENTS};
 

@@ -4,7 +4,7 @@
 pub mod optim;
 
 use crate::data::{Dataset, Split};
-use crate::ec::program::{programs, ProgramRunner};
+use crate::ec::program::ProgramRunner;
 use crate::ec::step::StepConfig;
 use crate::error::{Error, Result};
 use crate::exec::Executor;
@@ -371,25 +371,17 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             )
         }
         OptimizerKind::EcSgd => {
-            let crate::ec::Conversion {
-                analysis: a,
-                plan: p,
-                canon,
-                ..
-            } = crate::ec::convert(tg);
-            let progs = programs(&canon, &a, &p);
+            let crate::ec::Conversion { basis, canon, .. } = crate::ec::convert(tg);
             // The reference's initialization: every skeleton weight of the fresh model set to
             // ±1 (fixed ones and V alike), the other weights as initialized. Otherwise the
             // canonical model, which keeps the function.
             let start = if cfg.skeleton_init {
                 let mut fresh = tg.clone();
-                for prog in &progs {
-                    for l in &prog.layers {
-                        let w = fresh.params.get_mut(&l.weight).expect("block weight");
-                        if let crate::ir::TensorData::F32(v) = &mut w.data {
-                            for &i in &l.fixed {
-                                v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
-                            }
+                for t in basis.blocks.iter().flat_map(|b| b.tensors()) {
+                    let w = fresh.params.get_mut(&t.param).expect("block tensor");
+                    if let crate::ir::TensorData::F32(v) = &mut w.data {
+                        for &i in &t.fixed {
+                            v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
                         }
                     }
                 }
@@ -397,20 +389,13 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             } else {
                 canon
             };
-            let block: HashSet<String> = progs
-                .iter()
-                .flat_map(|p| {
-                    p.layers
-                        .iter()
-                        .flat_map(|l| std::iter::once(l.weight.clone()).chain(l.bias.clone()))
-                })
-                .collect();
+            let block: HashSet<String> = basis.block_params();
             let rest = Sgd::new(
                 trainable.difference(&block).cloned().collect(),
                 cfg.momentum,
                 cfg.weight_decay,
             );
-            let runner = ProgramRunner::new(progs)?;
+            let runner = ProgramRunner::new(&basis)?;
             let step = StepConfig {
                 lr: cfg.lr,
                 momentum: cfg.momentum,

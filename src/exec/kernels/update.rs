@@ -18,8 +18,8 @@ pub struct UpdateTarget {
     /// Scalars that do not move (designated weights, V), sorted flat indices. They are few:
     /// the fused pass updates everything, then puts these back.
     pub fixed: Vec<usize>,
-    /// V scalars of the free layer (flat index per chain), multiplied by R.
-    pub v: Vec<usize>,
+    /// V scalars in this tensor, (chain, flat index), multiplied by R.
+    pub v: Vec<(u32, usize)>,
 }
 
 /// Read access to a contiguous f32 tensor.
@@ -352,8 +352,8 @@ impl candle_core::InplaceOp1 for FusedUpdate<'_> {
             w[i] = wv;
             m[i] = mv;
         }
-        for (c, &i) in t.v.iter().enumerate() {
-            w[i] *= self.r[c];
+        for &(c, i) in &t.v {
+            w[i] *= self.r[c as usize];
         }
         Ok(())
     }
