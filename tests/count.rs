@@ -4,41 +4,8 @@
 use ecc::analysis::{analyze, RuleSet};
 use ecc::zoo::{build, Spec};
 
-/// Exact rank of an integer matrix: fraction-free elimination, rows reduced by their gcd.
-fn rank(mut rows: Vec<Vec<i128>>) -> usize {
-    fn gcd(a: i128, b: i128) -> i128 {
-        if b == 0 {
-            a.abs()
-        } else {
-            gcd(b, a % b)
-        }
-    }
-    let cols = rows.first().map_or(0, Vec::len);
-    let mut r = 0;
-    for c in 0..cols {
-        let Some(p) = (r..rows.len()).find(|&i| rows[i][c] != 0) else {
-            continue;
-        };
-        rows.swap(r, p);
-        for i in 0..rows.len() {
-            if i == r || rows[i][c] == 0 {
-                continue;
-            }
-            let (a, b) = (rows[r][c], rows[i][c]);
-            let pivot = rows[r].clone();
-            let row = &mut rows[i];
-            for (x, y) in row.iter_mut().zip(&pivot) {
-                *x = *x * a - *y * b;
-            }
-            let g = row.iter().fold(0, |g, &x| gcd(g, x));
-            if g > 1 {
-                row.iter_mut().for_each(|x| *x /= g);
-            }
-        }
-        r += 1;
-    }
-    r
-}
+mod common;
+use common::rank;
 
 /// Structure matrix of a layered MLP: one row per weight and bias, one column per path
 /// (from an input or a bias to an output), 1 where the path uses the parameter.

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use ecc::analysis::{analyze, RuleSet};
+use ecc::analysis::{analyze, analyze_in, BnMode, RuleSet};
 use ecc::ec::convert_with;
 use ecc::ec::program::{text, ProgramRunner};
 use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
@@ -39,19 +39,25 @@ fn models() -> Vec<(String, Graph)> {
 /// paths, with chunks that start inside a row: chains along columns (a 48x1000 dense weight)
 /// and along rows (a 64x64x3x3 conv weight chained by input channel, runs of 9).
 fn large_models() -> Vec<(String, Graph)> {
-    ["mlp:64-1000-48-10", "cnn:3x8x8-c64-c64-p-10"]
-        .iter()
-        .map(|s| {
-            let spec = ecc::zoo::Spec::parse(s).unwrap();
-            (s.to_string(), ecc::zoo::build(&spec, 0, true).unwrap())
-        })
-        .collect()
+    [
+        "mlp:64-1000-48-10",
+        "cnn:3x8x8-c64-c64-p-10",
+        // Star blocks (BN in training mode): residual streams tied across blocks.
+        "resnet:3x8x8-n2-w16.32.64",
+        "plain:3x8x8-n1-w8.16.16",
+    ]
+    .iter()
+    .map(|s| {
+        let spec = ecc::zoo::Spec::parse(s).unwrap();
+        (s.to_string(), ecc::zoo::build(&spec, 0, true).unwrap())
+    })
+    .collect()
 }
 
 #[test]
 fn programs_match_the_reference_step() {
     for (name, g) in models().into_iter().chain(large_models()) {
-        let a = analyze(&g, &RuleSet::default_rules());
+        let a = analyze_in(&g, &RuleSet::default_rules(), BnMode::Training);
         let p = convert_with(&g, a.clone());
         let canon = p.canon.clone();
         let reference = EcStep::new(&p.basis);

@@ -15,8 +15,8 @@
 //!   rescalable unit) and whose out-edges all end at the root (a layer whose outputs are
 //!   radial, blocked or graph outputs). Such a unit may be tied (a residual stream: in-edges
 //!   in several BNs, out-edges in several layers), be read by several layers (fan-out) or
-//!   lie in a concatenation. Its in-edge tensors are the free region; V_c is its in-edge
-//!   weight scalar of largest magnitude; its designated scalar is its out-edge scalar of
+//!   lie in a concatenation. Its in-edge tensors are the free region; V_c is an in-edge
+//!   weight scalar of its earliest unit; its designated scalar is its out-edge scalar of
 //!   largest magnitude; its out-edge tensors are chained by input unit. This is spec §3's
 //!   two-layer block with the free layer first, with layers generalized to sets of tensors.
 

@@ -6,11 +6,13 @@
 //! in a concatenation are stars like any other.
 //!
 //! The construction (spec §3 with the free layer first; `docs/ec-dag.md`): a star's
-//! in-edge tensors are free (p = w), V_c is its in-edge weight scalar of largest magnitude,
-//! its out-edge tensors are chained by input unit (p = w·V_c), and its designated scalar,
+//! in-edge tensors are free (p = w), V_c is the in-edge weight scalar of largest magnitude
+//! of its first (earliest) unit, its out-edge tensors are chained by input unit (p = w·V_c), and its designated scalar,
 //! the out-edge scalar of largest magnitude, is held at magnitude 1. Both choices compare
 //! scalars that one rescaling multiplies alike, so they are the same for every model of a
-//! class, which keeps the gauge canonical. Stars that share a tensor form one block.
+//! class, which keeps the gauge canonical. The first unit of a tied group is upstream of
+//! every out-edge of the group (a residual stream flows from its first BN through every
+//! addition), so p = w·V is a path value. Stars that share a tensor form one block.
 
 use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
 use super::Scalar;
@@ -25,17 +27,21 @@ pub struct Stars {
     pub outside: BTreeMap<usize, String>,
 }
 
-/// The layer node of which `param` is the weight or bias, with that role.
+/// The node that reads `param`, and whether `param` is a layer's weight there (false: a
+/// layer's bias, or an operand of another op, such as the Add of a bias after a
+/// normalization without affine part).
 fn owner(g: &Graph, param: &str) -> Option<(usize, bool)> {
     (0..g.nodes.len()).find_map(|n| {
-        let l = g.layer(n)?;
-        if l.weight == param {
-            Some((n, true))
-        } else if l.bias == Some(param) {
-            Some((n, false))
-        } else {
-            None
+        if let Some(l) = g.layer(n) {
+            if l.weight == param {
+                return Some((n, true));
+            }
         }
+        g.nodes[n]
+            .data_inputs()
+            .iter()
+            .any(|i| i == param)
+            .then_some((n, false))
     })
 }
 
@@ -69,8 +75,13 @@ pub fn find(
                     if taken_params.contains(&e.param) {
                         return Some(format!("its in-edge '{}' is in a chain block", e.param));
                     }
+                    // Its producer's weight and bias, or a bias added on the way (an in-edge
+                    // from the root too); never a statistic.
                     match owner(g, &e.param) {
                         Some((n, _)) if n == a.unit(u).producer => {}
+                        Some((n, false))
+                            if a.unit(u).via.contains(&n)
+                                && !g.bn_statistics().contains(&e.param) => {}
                         _ => return Some(format!("its scale passes parameter '{}'", e.param)),
                     }
                     if read_by_units.contains(e.param.as_str()) {
@@ -214,11 +225,17 @@ pub fn build(g: &mut Graph, a: &Analysis, stars: &Stars) -> (Vec<Block>, Vec<usi
         for &u in members {
             apply_edits(g, &a.unit(u).edits, c);
         }
-        let ins = members
-            .iter()
-            .flat_map(|&u| a.in_edits(u))
-            .filter(|e| is_weight(g, &e.param));
-        let Some(v) = largest(g, ins) else {
+        // V: an in-edge of the group's first unit (its earliest producer, e.g. the BN
+        // that starts a residual stream), so that w·V is the value of a real path for every
+        // out-edge; any in-edge if those are all zero.
+        let weights = |u: usize| {
+            a.in_edits(u)
+                .filter(|e| is_weight(g, &e.param))
+                .collect::<Vec<_>>()
+        };
+        let v = largest(g, weights(members[0]).into_iter())
+            .or_else(|| largest(g, members.iter().flat_map(|&u| weights(u))));
+        let Some(v) = v else {
             degenerate.push(k);
             continue;
         };
@@ -329,7 +346,7 @@ fn block<'c>(
     }
     let mut layers = vec![];
     let mut add = |t: TensorRole, region: Region| {
-        let (node, is_weight) = owner(g, &t.param).expect("star tensors belong to layers");
+        let (node, is_weight) = owner(g, &t.param).expect("star tensors are read by a node");
         layers.push((
             node,
             is_weight,

@@ -99,3 +99,39 @@ pub fn random_inputs(g: &ecc::ir::Graph, batch: usize, seed: u64) -> Vec<Tensor>
         })
         .collect()
 }
+
+/// Exact rank of an integer matrix: fraction-free elimination, rows reduced by their gcd.
+pub fn rank(mut rows: Vec<Vec<i128>>) -> usize {
+    fn gcd(a: i128, b: i128) -> i128 {
+        if b == 0 {
+            a.abs()
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let cols = rows.first().map_or(0, Vec::len);
+    let mut r = 0;
+    for c in 0..cols {
+        let Some(p) = (r..rows.len()).find(|&i| rows[i][c] != 0) else {
+            continue;
+        };
+        rows.swap(r, p);
+        for i in 0..rows.len() {
+            if i == r || rows[i][c] == 0 {
+                continue;
+            }
+            let (a, b) = (rows[r][c], rows[i][c]);
+            let pivot = rows[r].clone();
+            let row = &mut rows[i];
+            for (x, y) in row.iter_mut().zip(&pivot) {
+                *x = *x * a - *y * b;
+            }
+            let g = row.iter().fold(0, |g, &x| gcd(g, x));
+            if g > 1 {
+                row.iter_mut().for_each(|x| *x /= g);
+            }
+        }
+        r += 1;
+    }
+    r
+}

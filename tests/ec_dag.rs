@@ -1,0 +1,600 @@
+//! The EC pass beyond chains (spec §11, §12): BatchNormalization in training mode, residual
+//! streams (tied units), fan-out and concatenation, through star blocks. Spec §9 on them:
+//! 9.1 invariance (and the radial directions of §11.1), 9.2 gradient balance, 9.3 the count
+//! against the exact rank of the structure matrix with paths cut at training-mode BNs, 9.4
+//! coordinates of a rescaled copy, 9.5 ICR against finite differences, 9.6 weight
+//! allocation, all in f64 through the executor in training mode.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::rank;
+use ecc::analysis::{analyze_in, Analysis, BnMode, RuleSet};
+use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
+use ecc::ec::{convert_with, Conversion};
+use ecc::exec::Executor;
+use ecc::ir::{BinaryKind, Constant, DimDecl, Graph, ModelMeta, Node, Op, ValueInfo};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+
+fn training(g: &Graph) -> Analysis {
+    analyze_in(g, &RuleSet::default_rules(), BnMode::Training)
+}
+
+/// x(6) -> fc0 -> BN0 -> relu = s;  s -> fc_a -> BNa -> relu = a;  s -> fc_b -> BNb -> relu
+/// = b;  t = relu(concat(a, b) + s);  t -> fc_out(3). Every fc has a bias (those before a BN
+/// are redundant); the stream s is tied to the concatenation of a and b (fan-out of s to
+/// fc_a, fc_b and the sum; a concatenation inside a tie).
+fn bn_dag(seed: u64) -> Graph {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut params = BTreeMap::new();
+    let mut u = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+    };
+    let mut nodes = vec![];
+    let fc = |params: &mut BTreeMap<String, Constant>,
+              nodes: &mut Vec<Node>,
+              u: &mut dyn FnMut(usize, f32, f32) -> Vec<f32>,
+              name: &str,
+              x: &str,
+              o: usize,
+              i: usize| {
+        params.insert(
+            format!("{name}.w"),
+            Constant::f32(vec![o, i], u(o * i, -1.0, 1.0)),
+        );
+        params.insert(format!("{name}.b"), Constant::f32(vec![o], u(o, -0.5, 0.5)));
+        nodes.push(Node {
+            name: name.into(),
+            op: Op::Gemm {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: false,
+                trans_b: true,
+            },
+            inputs: vec![x.into(), format!("{name}.w"), format!("{name}.b")],
+            outputs: vec![format!("{name}_out")],
+        });
+    };
+    let bn = |params: &mut BTreeMap<String, Constant>,
+              nodes: &mut Vec<Node>,
+              u: &mut dyn FnMut(usize, f32, f32) -> Vec<f32>,
+              name: &str,
+              x: &str,
+              c: usize| {
+        params.insert(format!("{name}.g"), Constant::f32(vec![c], u(c, 0.5, 1.5)));
+        params.insert(
+            format!("{name}.beta"),
+            Constant::f32(vec![c], u(c, -0.5, 0.5)),
+        );
+        params.insert(format!("{name}.mean"), Constant::f32(vec![c], vec![0.0; c]));
+        params.insert(format!("{name}.var"), Constant::f32(vec![c], vec![1.0; c]));
+        nodes.push(Node {
+            name: name.into(),
+            op: Op::BatchNorm {
+                epsilon: 1e-5,
+                momentum: 0.9,
+            },
+            inputs: ["", ".g", ".beta", ".mean", ".var"]
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    if k == 0 {
+                        x.to_string()
+                    } else {
+                        format!("{name}{s}")
+                    }
+                })
+                .collect(),
+            outputs: vec![format!("{name}_out")],
+        });
+    };
+    let relu = |nodes: &mut Vec<Node>, name: &str, x: &str| {
+        nodes.push(Node {
+            name: name.into(),
+            op: Op::Relu,
+            inputs: vec![x.into()],
+            outputs: vec![format!("{name}_out")],
+        })
+    };
+    fc(&mut params, &mut nodes, &mut u, "fc0", "x", 8, 6);
+    bn(&mut params, &mut nodes, &mut u, "bn0", "fc0_out", 8);
+    relu(&mut nodes, "s", "bn0_out");
+    fc(&mut params, &mut nodes, &mut u, "fc_a", "s_out", 5, 8);
+    bn(&mut params, &mut nodes, &mut u, "bna", "fc_a_out", 5);
+    relu(&mut nodes, "a", "bna_out");
+    fc(&mut params, &mut nodes, &mut u, "fc_b", "s_out", 3, 8);
+    bn(&mut params, &mut nodes, &mut u, "bnb", "fc_b_out", 3);
+    relu(&mut nodes, "b", "bnb_out");
+    nodes.push(Node {
+        name: "cat".into(),
+        op: Op::Concat { axis: 1 },
+        inputs: vec!["a_out".into(), "b_out".into()],
+        outputs: vec!["cat_out".into()],
+    });
+    nodes.push(Node {
+        name: "add".into(),
+        op: Op::Binary {
+            kind: BinaryKind::Add,
+            legacy_axis: None,
+        },
+        inputs: vec!["cat_out".into(), "s_out".into()],
+        outputs: vec!["add_out".into()],
+    });
+    relu(&mut nodes, "t", "add_out");
+    fc(&mut params, &mut nodes, &mut u, "fc_out", "t_out", 3, 8);
+    let n = DimDecl::Param("N".into());
+    let g = Graph {
+        meta: ModelMeta {
+            ir_version: 8,
+            opsets: vec![(String::new(), 13)],
+            ..Default::default()
+        },
+        inputs: vec![ValueInfo {
+            name: "x".into(),
+            declared: vec![n.clone(), DimDecl::Value(6)],
+            elem_type: 1,
+        }],
+        outputs: vec![ValueInfo {
+            name: "fc_out_out".into(),
+            declared: vec![n, DimDecl::Value(3)],
+            elem_type: 1,
+        }],
+        nodes,
+        params,
+        ..Default::default()
+    };
+    ecc::import::load_bytes(&ecc::export::to_bytes(&g).unwrap(), &Default::default()).unwrap()
+}
+
+/// Small BN networks: the DAG above, a ResNet and a PlainNet (BN after every conv, the
+/// ResNet with projection shortcuts), a BN CNN with max pooling and a flatten.
+fn models() -> Vec<(String, Graph)> {
+    let mut v = vec![("bn-dag".to_string(), bn_dag(1))];
+    for spec in [
+        "resnet:2x6x6-n1-w3.4.4",
+        "plain:2x6x6-n1-w3.4.4",
+        "cnn:1x6x6-c3-b-p-c4-b-5",
+    ] {
+        let g = ecc::zoo::build(&ecc::zoo::Spec::parse(spec).unwrap(), 2, true).unwrap();
+        v.push((spec.to_string(), g));
+    }
+    v
+}
+
+fn f64s(g: &Graph) -> Tensors {
+    g.params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f32().into_iter().map(f64::from).collect()))
+        .collect()
+}
+
+fn inputs(g: &Graph, dtype: DType) -> Vec<Tensor> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    g.inputs
+        .iter()
+        .map(|i| {
+            let dims = g.shapes[&i.name].with_batch(5);
+            let n: usize = dims.iter().product();
+            let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            Tensor::from_vec(v, dims, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The model in f64 with settable weights and a training-mode loss (sum of squared
+/// outputs over a fixed batch of 5).
+struct Loss {
+    ex: Executor,
+    xs: Vec<Tensor>,
+    dims: HashMap<String, Vec<usize>>,
+}
+
+impl Loss {
+    fn new(g: &Graph) -> Self {
+        Loss {
+            ex: Executor::with_dtype(g, DType::F64).unwrap(),
+            xs: inputs(g, DType::F64),
+            dims: g
+                .params
+                .iter()
+                .map(|(k, p)| (k.clone(), p.dims.clone()))
+                .collect(),
+        }
+    }
+    fn set(&self, w: &Tensors) {
+        for (k, v) in self.ex.params() {
+            let t = Tensor::from_vec(w[k].clone(), self.dims[k].clone(), &Device::Cpu).unwrap();
+            v.set(&t).unwrap();
+        }
+    }
+    fn tensor(&self) -> Tensor {
+        let ys = self.ex.forward_train(&self.xs, 0).unwrap();
+        let mut l = ys[0].sqr().unwrap().sum_all().unwrap();
+        for y in &ys[1..] {
+            l = (l + y.sqr().unwrap().sum_all().unwrap()).unwrap();
+        }
+        l
+    }
+    fn at(&self, w: &Tensors) -> f64 {
+        self.set(w);
+        self.tensor().to_scalar::<f64>().unwrap()
+    }
+    fn grads(&self, w: &Tensors) -> Tensors {
+        self.set(w);
+        let grads = self.tensor().backward().unwrap();
+        self.ex
+            .params()
+            .iter()
+            .map(|(k, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                    .unwrap_or_else(|| vec![0.0; v.elem_count()]);
+                (k.clone(), g)
+            })
+            .collect()
+    }
+}
+
+fn conversion(g: &Graph) -> Conversion {
+    let c = convert_with(g, training(g));
+    assert_eq!(c.stats.degenerate, 0);
+    c
+}
+
+#[test]
+fn every_rescaling_of_the_bn_models_is_in_a_star_block() {
+    for (name, g) in models() {
+        let c = conversion(&g);
+        let r = c.report(&name, &g);
+        println!(
+            "{name}: H {}, radial {}, redundant biases {}, {} blocks, unit coverage {:.3}, coverage {:.3}",
+            r.rescalings,
+            r.radial,
+            r.redundant_biases,
+            r.blocks.len(),
+            r.unit_coverage,
+            r.coverage
+        );
+        assert_eq!(r.unit_coverage, 1.0, "{name}\n{}", r.summary());
+        assert!(r.blocks.iter().all(|b| b.kind == "star"), "{name}");
+        assert!(r.radial > 0, "{name}");
+    }
+    // The DAG: channel c of the stream s is tied to channel c of concat(a, b), a unit of
+    // bna or of bnb; the redundant biases are those of fc0, fc_a and fc_b.
+    let g = bn_dag(1);
+    let a = training(&g);
+    assert_eq!(a.rescalings(), 8);
+    assert_eq!(a.radial.len(), 8 + 5 + 3);
+    assert_eq!(a.redundant_biases, 8 + 5 + 3);
+    let producers = |m: &[usize]| -> Vec<String> {
+        m.iter()
+            .map(|&u| g.node_label(a.unit(u).producer))
+            .collect()
+    };
+    for (k, m) in a.groups.iter().enumerate() {
+        let other = if k < 5 { "bna" } else { "bnb" };
+        assert_eq!(producers(m), ["bn0", other], "group {k}");
+    }
+}
+
+/// Spec §9.3 with paths cut at training-mode BNs: a path starts at an input, a bias or a
+/// BN's (gamma, beta) and ends at a BN's input or an output. m - H is the exact rank of
+/// the structure matrix, and the class dimension is that rank minus the radial directions
+/// and the redundant biases (spec §11).
+#[test]
+fn class_dimension_is_the_rank_of_the_cut_structure_matrix() {
+    let g = bn_dag(1);
+    let a = training(&g);
+    // Partial paths (lists of (param, flat index)) ending at each feature of each tensor.
+    type Path = Vec<(String, usize)>;
+    let mut at: HashMap<String, Vec<Vec<Path>>> = HashMap::new();
+    at.insert("x".into(), (0..6).map(|_| vec![vec![]]).collect());
+    let mut done: Vec<Path> = vec![];
+    for n in &g.nodes {
+        let ins = n.data_inputs();
+        let out: Vec<Vec<Path>> = match &n.op {
+            Op::Gemm { .. } => {
+                let x = &at[&ins[0]];
+                let o = g.params[&ins[1]].dims[0];
+                (0..o)
+                    .map(|j| {
+                        let mut ps: Vec<Path> = vec![vec![(ins[2].clone(), j)]];
+                        for (i, xs) in x.iter().enumerate() {
+                            for p in xs {
+                                let mut q = p.clone();
+                                q.push((ins[1].clone(), j * x.len() + i));
+                                ps.push(q);
+                            }
+                        }
+                        ps
+                    })
+                    .collect()
+            }
+            Op::BatchNorm { .. } => {
+                done.extend(at[&ins[0]].iter().flatten().cloned());
+                (0..g.params[&ins[1]].len())
+                    .map(|j| vec![vec![(ins[1].clone(), j)], vec![(ins[2].clone(), j)]])
+                    .collect()
+            }
+            Op::Relu => at[&ins[0]].clone(),
+            Op::Concat { .. } => ins.iter().flat_map(|i| at[i].clone()).collect(),
+            Op::Binary { .. } => at[&ins[0]]
+                .iter()
+                .zip(&at[&ins[1]])
+                .map(|(p, q)| p.iter().chain(q).cloned().collect())
+                .collect(),
+            op => panic!("unexpected {op:?}"),
+        };
+        at.insert(n.outputs[0].clone(), out);
+    }
+    done.extend(at[&g.outputs[0].name].iter().flatten().cloned());
+    // Rows: every trainable scalar.
+    let stats = g.bn_statistics();
+    let mut row: HashMap<(String, usize), usize> = HashMap::new();
+    for (k, p) in &g.params {
+        if !stats.contains(k) {
+            for i in 0..p.len() {
+                let r = row.len();
+                row.insert((k.clone(), i), r);
+            }
+        }
+    }
+    let m = row.len();
+    assert_eq!(m, a.params);
+    let mut rows = vec![vec![0i128; done.len()]; m];
+    for (c, p) in done.iter().enumerate() {
+        for s in p {
+            rows[row[s]][c] += 1;
+        }
+    }
+    let r = rank(rows);
+    println!(
+        "bn-dag: m {m}, {} paths, rank {r}, H {}, radial {}, redundant biases {}, class dim {}",
+        done.len(),
+        a.rescalings(),
+        a.radial.len(),
+        a.redundant_biases,
+        a.class_dim()
+    );
+    assert_eq!(r, m - a.rescalings());
+    assert_eq!(a.class_dim(), r - a.radial.len() - a.redundant_biases);
+}
+
+/// Spec §9.1 and §11.1: a random rescaling of every rescaling group leaves the
+/// training-mode outputs unchanged; so does a random rescaling of every radial direction
+/// (exactly with BN's eps at 0, to eps level with it); the redundant biases have zero
+/// gradient.
+#[test]
+fn rescalings_and_radial_directions_leave_the_training_function() {
+    for (name, g) in models() {
+        let a = training(&g);
+        let xs = inputs(&g, DType::F32);
+        let y = |g: &Graph| {
+            let ex = Executor::new(g).unwrap();
+            common::values(&ex.forward_train(&xs, 0).unwrap()[0])
+        };
+        let y0 = y(&g);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut moved = g.clone();
+        let f: Vec<f32> = (0..a.rescalings())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        a.rescale(&mut moved, |k| f[k]);
+        let e1 = common::rel_err(&y(&moved), &y0);
+        let f: Vec<f32> = (0..a.radial.len())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut radial = g.clone();
+        a.rescale_radial(&mut radial, |k| f[k]);
+        let with_eps = common::rel_err(&y(&radial), &y0);
+        let no_eps = |g: &Graph| {
+            let mut g = g.clone();
+            for n in &mut g.nodes {
+                if let Op::BatchNorm { epsilon, .. } = &mut n.op {
+                    *epsilon = 0.0;
+                }
+            }
+            g
+        };
+        let e2 = common::rel_err(&y(&no_eps(&radial)), &y(&no_eps(&g)));
+        println!(
+            "{name}: rescaled {e1:.1e}; radial directions rescaled {e2:.1e} (eps 0), {with_eps:.1e} (eps 1e-5)"
+        );
+        assert!(e1 <= 1e-5, "{name}: {e1:e}");
+        assert!(e2 <= 1e-5, "{name}: {e2:e}");
+        assert!(with_eps <= 1e-2, "{name}: {with_eps:e}");
+        assert_ne!(radial.params, g.params);
+    }
+    let g = bn_dag(1);
+    let grads = Loss::new(&g).grads(&f64s(&g));
+    for b in ["fc0.b", "fc_a.b", "fc_b.b"] {
+        let worst = grads[b].iter().fold(0f64, |m, x| m.max(x.abs()));
+        let scale = grads["fc0.w"].iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert!(worst <= 1e-9 * scale.max(1.0), "{b}: gradient {worst:e}");
+    }
+}
+
+/// Spec §9.2 in training mode: for every rescaling (tied groups included), the sum of w·g
+/// over the slices it multiplies equals the sum over the slices it divides.
+#[test]
+fn gradient_balance_at_every_star() {
+    for (name, g) in models() {
+        let a = training(&g);
+        let w = f64s(&g);
+        let grads = Loss::new(&g).grads(&w);
+        let mut worst = 0f64;
+        for members in &a.groups {
+            let (mut inc, mut out) = (0f64, 0f64);
+            for &u in members {
+                for e in &a.unit(u).edits {
+                    let dims = &g.params[&e.param].dims;
+                    let s: f64 = ecc::analysis::edit_runs(dims, e)
+                        .into_iter()
+                        .flatten()
+                        .map(|i| w[&e.param][i] * grads[&e.param][i])
+                        .sum();
+                    if e.exponent > 0 {
+                        inc += s
+                    } else {
+                        out += s
+                    }
+                }
+            }
+            worst = worst.max((inc - out).abs() / inc.abs().max(out.abs()).max(1e-12));
+        }
+        println!(
+            "{name}: {} groups, worst imbalance {worst:.1e}",
+            a.groups.len()
+        );
+        assert!(worst <= 1e-8, "{name}: {worst:e}");
+    }
+}
+
+/// Spec §9.4: coordinates of a randomly rescaled copy (after its own conversion) equal the
+/// original's; the canonical forms agree.
+#[test]
+fn coordinates_and_canonical_form_do_not_change_under_rescaling() {
+    for (name, g) in models() {
+        let a = training(&g);
+        let c = conversion(&g);
+        let (p0, v0) = EcStep::new(&c.basis).coordinates(&f64s(&c.canon));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let f: Vec<f32> = (0..a.rescalings())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut moved = g.clone();
+        a.rescale(&mut moved, |k| f[k]);
+        let c2 = conversion(&moved);
+        let (p1, v1) = EcStep::new(&c2.basis).coordinates(&f64s(&c2.canon));
+        let mut worst = 0f64;
+        for (k, xs) in &p0 {
+            for (x, y) in xs.iter().zip(&p1[k]) {
+                worst = worst.max((x - y).abs() / x.abs().max(1e-6));
+            }
+        }
+        for (x, y) in v0.iter().flatten().zip(v1.iter().flatten()) {
+            worst = worst.max((x - y).abs() / x.abs());
+        }
+        for (k, t) in &c.canon.params {
+            worst = worst.max(common::rel_err(&c2.canon.params[k].as_f32(), &t.as_f32()));
+        }
+        println!("{name}: coordinates and canonical form of a rescaled copy differ by {worst:.1e}");
+        assert!(worst <= 1e-4, "{name}: {worst:e}");
+    }
+}
+
+/// Spec §9.5: ICR against central differences of the training-mode loss written as a
+/// function of the path coordinates, in f64.
+#[test]
+fn icr_matches_finite_differences_in_training_mode() {
+    for (name, g) in models() {
+        let c = conversion(&g);
+        let step = EcStep::new(&c.basis);
+        let loss = Loss::new(&c.canon);
+        let w0 = f64s(&c.canon);
+        let icr = step.icr(&w0, &loss.grads(&w0));
+        let (pc, vc) = step.coordinates(&w0);
+        let l_at = |p: &Tensors, v: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, v));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut worst, mut checked) = (0f64, 0);
+        // Derivatives that are exactly 0 (a unit no sample activates) against the noise of
+        // a central difference: relative to the largest path gradient.
+        let floor = 1e-6
+            * icr
+                .dp
+                .values()
+                .flatten()
+                .chain(icr.dv.iter().flatten())
+                .fold(0f64, |m, x| m.max(x.abs()));
+        let mut check = |fd: f64, an: f64, what: &str| {
+            let err = (fd - an).abs() / fd.abs().max(an.abs()).max(floor);
+            assert!(
+                err <= 1e-3,
+                "{name}: {what}: ICR {an} vs finite difference {fd}"
+            );
+            worst = worst.max(err);
+            checked += 1;
+        };
+        for k in step.params() {
+            let n = pc[&k].len();
+            for _ in 0..6 {
+                let i = rng.gen_range(0..n);
+                if pc[&k][i] == 0.0 {
+                    continue;
+                }
+                let h = 1e-5 * pc[&k][i].abs();
+                let (mut up, mut dn) = (pc.clone(), pc.clone());
+                up.get_mut(&k).unwrap()[i] += h;
+                dn.get_mut(&k).unwrap()[i] -= h;
+                let fd = (l_at(&up, &vc) - l_at(&dn, &vc)) / (2.0 * h);
+                check(fd, icr.dp[&k][i], &format!("dL/dp of {k}[{i}]"));
+            }
+        }
+        for (bi, vs) in vc.iter().enumerate() {
+            for c in 0..vs.len().min(4) {
+                let h = 1e-5 * vs[c].abs();
+                let (mut up, mut dn) = (vc.clone(), vc.clone());
+                up[bi][c] += h;
+                dn[bi][c] -= h;
+                let fd = (l_at(&pc, &up) - l_at(&pc, &dn)) / (2.0 * h);
+                check(fd, icr.dv[bi][c], &format!("dL/dV[{bi}][{c}]"));
+            }
+        }
+        println!("{name}: {checked} path gradients, worst relative error {worst:.1e}");
+        assert!(checked > 10, "{name}: only {checked} checked");
+    }
+}
+
+/// Spec §9.6: after one step with momentum and decay, the recomputed coordinates are
+/// p - lr·m_p and V - lr·m_V.
+#[test]
+fn weight_allocation_lands_on_the_updated_coordinates() {
+    for (name, g) in models() {
+        let c = conversion(&g);
+        let step = EcStep::new(&c.basis);
+        let mut w = f64s(&c.canon);
+        let grads = Loss::new(&c.canon).grads(&w);
+        let (p0, v0) = step.coordinates(&w);
+        let dv = step.icr(&w, &grads).dv;
+        let fastest = dv
+            .iter()
+            .flatten()
+            .zip(v0.iter().flatten())
+            .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
+        let cfg = StepConfig {
+            lr: 1e-2 / fastest,
+            momentum: 0.5,
+            weight_decay: 1e-3,
+            r_floor: 0.1,
+        };
+        let mut state = EcState::default();
+        assert_eq!(step.step(&mut w, &grads, &mut state, &cfg), 0);
+        let (p1, v1) = step.coordinates(&w);
+        let (mut worst, mut moved) = (0f64, 0f64);
+        for (k, ps) in &p1 {
+            for i in 0..ps.len() {
+                if p0[k][i] == 0.0 {
+                    continue;
+                }
+                let want = p0[k][i] - cfg.lr * state.m[k][i];
+                worst = worst.max((ps[i] - want).abs() / want.abs().max(1e-300));
+                moved = moved.max((want - p0[k][i]).abs() / p0[k][i].abs());
+            }
+        }
+        for (vs, (v0s, ms)) in v1.iter().zip(v0.iter().zip(&state.mv)) {
+            for c in 0..vs.len() {
+                let want = v0s[c] - cfg.lr * ms[c];
+                worst = worst.max((vs[c] - want).abs() / want.abs());
+                moved = moved.max((want - v0s[c]).abs() / v0s[c].abs());
+            }
+        }
+        println!("{name}: WA worst relative error {worst:.1e}, largest move {moved:.1e}");
+        assert!(moved >= 1e-4, "{name}: the step barely moved");
+        assert!(worst <= 1e-9, "{name}: {worst:e}");
+    }
+}
