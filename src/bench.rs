@@ -122,18 +122,12 @@ pub fn max_rss_mib() -> Option<f64> {
 fn macs_per_sample(g: &Graph) -> (f64, f64) {
     use crate::ir::Op;
     let mut layers = vec![];
-    for n in &g.nodes {
-        let (w, out) = match (&n.op, n.data_inputs().get(1)) {
-            (Op::Gemm { .. } | Op::Conv(_), Some(w)) => (w, &n.outputs[0]),
-            _ => continue,
-        };
-        let Some(wt) = g.params.get(w.as_str()) else {
-            continue;
-        };
-        let weights: usize = wt.dims.iter().product();
+    for l in g.weight_layers() {
+        let n = &g.nodes[l.node];
+        let weights: usize = g.params[l.weight].dims.iter().product();
         // Dense: one MAC per weight; conv: per weight and output position.
         let positions: usize = match n.op {
-            Op::Conv(_) => g.shapes[out.as_str()].dims[2..].iter().product(),
+            Op::Conv(_) => g.shapes[&n.outputs[0]].dims[2..].iter().product(),
             _ => 1,
         };
         layers.push((weights * positions) as f64);
