@@ -121,15 +121,38 @@ pub enum BlockKind {
 #[derive(Debug, Clone)]
 pub struct Block {
     pub kind: BlockKind,
-    /// V_c of each chain.
+    /// The free skeleton values V_k: one scalar each.
     pub v: Vec<Scalar>,
+    /// Each chain's value is the product of these V's (indices into `v`): P_c = Π V_k.
+    /// Chain and star blocks have one V per chain (P_c = V_c); in a DAG block a chain may
+    /// run through several, and a V may itself sit in a chained tensor, on a chain whose
+    /// V's all come before it (docs/ec-dag.md §5).
+    pub monomials: Vec<Vec<u32>>,
     pub layers: Vec<LayerPlan>,
     pub units: Vec<UnitPlan>,
 }
 
 impl Block {
+    /// One V per chain, chain c through V_c.
+    pub fn simple_monomials(n: usize) -> Vec<Vec<u32>> {
+        (0..n as u32).map(|c| vec![c]).collect()
+    }
     pub fn chains(&self) -> usize {
-        self.v.len()
+        self.monomials.len()
+    }
+    /// The tensor role that holds V_k, and the chain of V_k there (None: unchained).
+    pub fn v_chain(&self, k: usize) -> Option<usize> {
+        let s = &self.v[k];
+        self.tensors()
+            .find(|t| t.param == s.param)
+            .and_then(|t| t.chain_of(s.index))
+    }
+    /// P_c of every chain from the V values.
+    pub fn chain_values<T: Copy + std::ops::Mul<Output = T>>(&self, v: &[T], one: T) -> Vec<T> {
+        self.monomials
+            .iter()
+            .map(|m| m.iter().fold(one, |p, &k| p * v[k as usize]))
+            .collect()
     }
     pub fn tensors(&self) -> impl Iterator<Item = &TensorRole> {
         self.layers.iter().flat_map(LayerPlan::tensors)

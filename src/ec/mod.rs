@@ -334,6 +334,7 @@ fn chain_block(g: &Graph, a: &Analysis, b: &EcBlock) -> basis::Block {
                 index: i,
             })
             .collect(),
+        monomials: basis::Block::simple_monomials(sk.v.len()),
         layers,
         units,
     }

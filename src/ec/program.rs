@@ -9,7 +9,7 @@
 
 use super::basis::{Basis, Block, BlockKind, Region, TensorRole};
 use crate::error::Result;
-use crate::exec::kernels::update::{chain_sums, fused_update, with_slice, UpdateTarget};
+use crate::exec::kernels::update::{chain_sums, fused_update, with_slice, Factors, UpdateTarget};
 use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 
@@ -133,6 +133,11 @@ fn target(t: &TensorRole) -> UpdateTarget {
 pub struct ProgramRunner {
     basis: Basis,
     targets: Vec<Vec<UpdateTarget>>,
+    /// Per block and V: the chain it sits on, the chains through it, and the later V's
+    /// whose own chain runs through it.
+    v_chain: Vec<Vec<Option<usize>>>,
+    through: Vec<Vec<Vec<usize>>>,
+    dependents: Vec<Vec<Vec<usize>>>,
     momentum: HashMap<String, Vec<f32>>,
     mv: Vec<Vec<f32>>,
     /// Steps in which the guard replaced some R.
@@ -146,14 +151,37 @@ impl ProgramRunner {
             .iter()
             .map(|b| b.tensors().map(target).collect())
             .collect();
-        let mv = basis
+        let mv = basis.blocks.iter().map(|b| vec![0f32; b.v.len()]).collect();
+        let v_chain: Vec<Vec<Option<usize>>> = basis
             .blocks
             .iter()
-            .map(|b| vec![0f32; b.chains()])
+            .map(|b| (0..b.v.len()).map(|k| b.v_chain(k)).collect())
             .collect();
+        let mut through = vec![];
+        let mut dependents = vec![];
+        for (b, vc) in basis.blocks.iter().zip(&v_chain) {
+            let has = |c: usize, k: usize| b.monomials[c].contains(&(k as u32));
+            through.push(
+                (0..b.v.len())
+                    .map(|k| (0..b.chains()).filter(|&c| has(c, k)).collect())
+                    .collect(),
+            );
+            dependents.push(
+                (0..b.v.len())
+                    .map(|k| {
+                        (k + 1..b.v.len())
+                            .filter(|&d| vc[d].is_some_and(|c| has(c, k)))
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
         Ok(ProgramRunner {
             basis: basis.clone(),
             targets,
+            v_chain,
+            through,
+            dependents,
             momentum: HashMap::new(),
             mv,
             guarded_steps: 0,
@@ -215,31 +243,61 @@ impl ProgramRunner {
         let mut guarded = 0usize;
         for (bi, (b, ts)) in self.basis.blocks.iter().zip(&self.targets).enumerate() {
             let chains = b.chains();
-            let mut v = Vec::with_capacity(chains);
-            let mut gv = Vec::with_capacity(chains);
+            let nv = b.v.len();
+            let mut v = Vec::with_capacity(nv);
+            let mut gv = Vec::with_capacity(nv);
             for s in &b.v {
-                v.push(with_slice(params[&s.param].as_tensor(), |w| w[s.index])?);
-                gv.push(with_slice(&grads[&s.param], |g| g[s.index])?);
+                v.push(with_slice(params[&s.param].as_tensor(), |w| w[s.index])? as f64);
+                gv.push(with_slice(&grads[&s.param], |g| g[s.index])? as f64);
             }
-            // ICR: sigma per chain over the chained scalars that move.
+            let pc = b.chain_values(&v, 1.0);
+            let vchain = &self.v_chain[bi];
+            // ICR: sigma per chain over the chained scalars that move, then T_k per V from
+            // the last to the first (docs/ec-dag.md §5; (V·gV − σ) with one V per chain).
             let mut sigma = vec![0f64; chains];
             for t in ts.iter().filter(|t| !t.chain.is_empty()) {
                 let part = chain_sums(t, params[&t.name].as_tensor(), &grads[&t.name], chains)?;
                 sigma.iter_mut().zip(part).for_each(|(x, y)| *x += y);
             }
-            let mut r = vec![0f32; chains];
-            for c in 0..chains {
-                let dv = ((v[c] as f64 * gv[c] as f64 - sigma[c]) / v[c] as f64) as f32;
-                let m = &mut self.mv[bi][c];
-                *m = mu * *m + dv;
-                let raw = 1.0 - lr * *m / v[c];
-                r[c] = if raw >= cfg.r_floor as f32 {
+            let q: Vec<f64> = (0..nv)
+                .map(|k| v[k] * vchain[k].map_or(1.0, |c| pc[c]))
+                .collect();
+            let mut tk = vec![0f64; nv];
+            for k in (0..nv).rev() {
+                let mut x = v[k] * gv[k];
+                for &c in &self.through[bi][k] {
+                    x -= sigma[c];
+                }
+                for &d in &self.dependents[bi][k] {
+                    x -= tk[d];
+                }
+                tk[k] = x;
+            }
+            let mut rv = vec![0f64; nv];
+            for k in 0..nv {
+                let dq = (tk[k] / q[k]) as f32;
+                let m = &mut self.mv[bi][k];
+                *m = mu * *m + dq;
+                let raw = 1.0 - (lr * *m) as f64 / q[k];
+                let rho = if raw >= cfg.r_floor {
                     raw
                 } else {
                     guarded += 1;
-                    cfg.r_floor as f32
+                    cfg.r_floor
                 };
+                let rp: f64 = vchain[k].map_or(1.0, |c| {
+                    b.monomials[c].iter().map(|&j| rv[j as usize]).product()
+                });
+                rv[k] = rho / rp;
             }
+            let rc = b.chain_values(&rv, 1.0);
+            let to32 = |x: &[f64]| x.iter().map(|&y| y as f32).collect::<Vec<f32>>();
+            let (pc32, rc32, rv32) = (to32(&pc), to32(&rc), to32(&rv));
+            let f = Factors {
+                v: &pc32,
+                r: &rc32,
+                rv: &rv32,
+            };
             // Momentum, decay and weight allocation: one pass per tensor, in place.
             for t in ts {
                 let g = grads[&t.name].contiguous()?;
@@ -248,7 +306,7 @@ impl ProgramRunner {
                     self.momentum.insert(t.name.clone(), vec![0.0; n]);
                 }
                 let m = self.momentum.get_mut(&t.name).expect("inserted above");
-                fused_update(params[&t.name].as_tensor(), t, &g, m, &v, &r, lr, mu, wd)?;
+                fused_update(params[&t.name].as_tensor(), t, &g, m, &f, lr, mu, wd)?;
             }
         }
         if guarded > 0 {

@@ -385,6 +385,7 @@ fn block<'c>(
     }
     Block {
         kind: BlockKind::Star,
+        monomials: Block::simple_monomials(v.len()),
         v,
         layers: merged,
         units,

@@ -77,6 +77,7 @@ pub fn sgd_in_place(
                 m: std::sync::Mutex::new(m),
                 v: &[],
                 r: &[],
+                rv: &[],
                 lr,
                 mu,
                 wd,
@@ -267,6 +268,8 @@ struct FusedUpdate<'a> {
     m: std::sync::Mutex<&'a mut Vec<f32>>,
     v: &'a [f32],
     r: &'a [f32],
+    /// R of each V scalar (`t.v` indexes it).
+    rv: &'a [f32],
     lr: f32,
     mu: f32,
     wd: f32,
@@ -352,8 +355,8 @@ impl candle_core::InplaceOp1 for FusedUpdate<'_> {
             w[i] = wv;
             m[i] = mv;
         }
-        for &(c, i) in &t.v {
-            w[i] *= self.r[c as usize];
+        for &(k, i) in &t.v {
+            w[i] *= self.rv[k as usize];
         }
         Ok(())
     }
@@ -416,16 +419,23 @@ pub fn chain_sums(t: &UpdateTarget, w: &Tensor, g: &Tensor, chains: usize) -> Re
     })?
 }
 
-/// Run the fused update of one tensor `w` in place: momentum `m`, the chains' V and R (empty
-/// for an unchained tensor).
+/// The per-chain and per-V factors of one step: P_c (the chain's value), R_c (its ratio
+/// after the step), and R_k of every V scalar.
+pub struct Factors<'a> {
+    pub v: &'a [f32],
+    pub r: &'a [f32],
+    pub rv: &'a [f32],
+}
+
+/// Run the fused update of one tensor `w` in place: momentum `m`, the chains' P and R (empty
+/// for an unchained tensor), the V's R.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_update(
     w: &Tensor,
     t: &UpdateTarget,
     g: &Tensor,
     m: &mut Vec<f32>,
-    v: &[f32],
-    r: &[f32],
+    f: &Factors,
     lr: f32,
     mu: f32,
     wd: f32,
@@ -436,8 +446,9 @@ pub fn fused_update(
             g: gs,
             gamma: None,
             m: std::sync::Mutex::new(m),
-            v,
-            r,
+            v: f.v,
+            r: f.r,
+            rv: f.rv,
             lr,
             mu,
             wd,
