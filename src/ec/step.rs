@@ -216,11 +216,11 @@ impl EcStep {
                         tk -= sigma[c];
                     }
                 }
-                for d in k + 1..v.len() {
+                for (d, td) in t.iter().enumerate().skip(k + 1) {
                     if b.v_chain(d)
                         .is_some_and(|c| b.monomials[c].contains(&(k as u32)))
                     {
-                        tk -= t[d];
+                        tk -= td;
                     }
                 }
                 t[k] = tk;
