@@ -26,6 +26,12 @@ fn training(g: &Graph) -> Analysis {
 /// are redundant); the stream s is tied to the concatenation of a and b (fan-out of s to
 /// fc_a, fc_b and the sum; a concatenation inside a tie).
 fn bn_dag(seed: u64) -> Graph {
+    dag_model(seed, true)
+}
+
+/// The same DAG with or without its BNs (without: a residual stream tied to a
+/// concatenation, with fan-out, and no BN to cut the paths).
+fn dag_model(seed: u64, with_bn: bool) -> Graph {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut params = BTreeMap::new();
     let mut u = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
@@ -97,15 +103,29 @@ fn bn_dag(seed: u64) -> Graph {
             outputs: vec![format!("{name}_out")],
         })
     };
+    let bn_or_not = |params: &mut BTreeMap<String, Constant>,
+                     nodes: &mut Vec<Node>,
+                     u: &mut dyn FnMut(usize, f32, f32) -> Vec<f32>,
+                     name: &str,
+                     x: &str,
+                     c: usize|
+     -> String {
+        if with_bn {
+            bn(params, nodes, u, name, x, c);
+            format!("{name}_out")
+        } else {
+            x.to_string()
+        }
+    };
     fc(&mut params, &mut nodes, &mut u, "fc0", "x", 8, 6);
-    bn(&mut params, &mut nodes, &mut u, "bn0", "fc0_out", 8);
-    relu(&mut nodes, "s", "bn0_out");
+    let y = bn_or_not(&mut params, &mut nodes, &mut u, "bn0", "fc0_out", 8);
+    relu(&mut nodes, "s", &y);
     fc(&mut params, &mut nodes, &mut u, "fc_a", "s_out", 5, 8);
-    bn(&mut params, &mut nodes, &mut u, "bna", "fc_a_out", 5);
-    relu(&mut nodes, "a", "bna_out");
+    let y = bn_or_not(&mut params, &mut nodes, &mut u, "bna", "fc_a_out", 5);
+    relu(&mut nodes, "a", &y);
     fc(&mut params, &mut nodes, &mut u, "fc_b", "s_out", 3, 8);
-    bn(&mut params, &mut nodes, &mut u, "bnb", "fc_b_out", 3);
-    relu(&mut nodes, "b", "bnb_out");
+    let y = bn_or_not(&mut params, &mut nodes, &mut u, "bnb", "fc_b_out", 3);
+    relu(&mut nodes, "b", &y);
     nodes.push(Node {
         name: "cat".into(),
         op: Op::Concat { axis: 1 },
@@ -149,7 +169,7 @@ fn bn_dag(seed: u64) -> Graph {
 
 /// Small BN networks: the DAG above, a ResNet and a PlainNet (BN after every conv, the
 /// ResNet with projection shortcuts), a BN CNN with max pooling and a flatten.
-fn models() -> Vec<(String, Graph)> {
+fn bn_models() -> Vec<(String, Graph)> {
     let mut v = vec![("bn-dag".to_string(), bn_dag(1))];
     for spec in [
         "resnet:2x6x6-n1-w3.4.4",
@@ -160,6 +180,25 @@ fn models() -> Vec<(String, Graph)> {
         v.push((spec.to_string(), g));
     }
     v
+}
+
+/// Small networks without BN whose rescalings form a DAG (DAG blocks): the DAG above
+/// without its BNs, and PyTorch's export of a residual CNN with BN folded into the convs
+/// (tests/fixtures/bn-resnet/model-eval.onnx: two tied streams, a projection, ReduceMean).
+fn dag_models() -> Vec<(String, Graph)> {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bn-resnet/model-eval.onnx");
+    vec![
+        ("dag".to_string(), dag_model(1, false)),
+        (
+            "pytorch resnet, BN folded".to_string(),
+            ecc::import::load_file(&fixture, &Default::default()).unwrap(),
+        ),
+    ]
+}
+
+fn models() -> Vec<(String, Graph)> {
+    bn_models().into_iter().chain(dag_models()).collect()
 }
 
 fn f64s(g: &Graph) -> Tensors {
@@ -247,7 +286,7 @@ fn conversion(g: &Graph) -> Conversion {
 }
 
 #[test]
-fn every_rescaling_of_the_bn_models_is_in_a_star_block() {
+fn every_rescaling_is_in_a_star_or_dag_block() {
     for (name, g) in models() {
         let c = conversion(&g);
         let r = c.report(&name, &g);
@@ -261,8 +300,9 @@ fn every_rescaling_of_the_bn_models_is_in_a_star_block() {
             r.coverage
         );
         assert_eq!(r.unit_coverage, 1.0, "{name}\n{}", r.summary());
-        assert!(r.blocks.iter().all(|b| b.kind == "star"), "{name}");
-        assert!(r.radial > 0, "{name}");
+        let bn = r.radial > 0;
+        let kind = if bn { "star" } else { "dag" };
+        assert!(r.blocks.iter().all(|b| b.kind == kind), "{name}: {kind}");
     }
     // The DAG: channel c of the stream s is tied to channel c of concat(a, b), a unit of
     // bna or of bnb; the redundant biases are those of fc0, fc_a and fc_b.
@@ -288,7 +328,13 @@ fn every_rescaling_of_the_bn_models_is_in_a_star_block() {
 /// and the redundant biases (spec §11).
 #[test]
 fn class_dimension_is_the_rank_of_the_cut_structure_matrix() {
-    let g = bn_dag(1);
+    for with_bn in [true, false] {
+        rank_check(&dag_model(1, with_bn));
+    }
+}
+
+fn rank_check(g: &Graph) {
+    let g = g.clone();
     let a = training(&g);
     // Partial paths (lists of (param, flat index)) ending at each feature of each tensor.
     type Path = Vec<(String, usize)>;
@@ -354,7 +400,7 @@ fn class_dimension_is_the_rank_of_the_cut_structure_matrix() {
     }
     let r = rank(rows);
     println!(
-        "bn-dag: m {m}, {} paths, rank {r}, H {}, radial {}, redundant biases {}, class dim {}",
+        "m {m}, {} paths, rank {r}, H {}, radial {}, redundant biases {}, class dim {}",
         done.len(),
         a.rescalings(),
         a.radial.len(),
@@ -408,7 +454,7 @@ fn rescalings_and_radial_directions_leave_the_training_function() {
         assert!(e1 <= 1e-5, "{name}: {e1:e}");
         assert!(e2 <= 1e-5, "{name}: {e2:e}");
         assert!(with_eps <= 1e-2, "{name}: {with_eps:e}");
-        assert_ne!(radial.params, g.params);
+        assert_eq!(a.radial.is_empty(), radial.params == g.params, "{name}");
     }
     let g = bn_dag(1);
     let grads = Loss::new(&g).grads(&f64s(&g));
@@ -422,7 +468,7 @@ fn rescalings_and_radial_directions_leave_the_training_function() {
 /// Spec §9.2 in training mode: for every rescaling (tied groups included), the sum of w·g
 /// over the slices it multiplies equals the sum over the slices it divides.
 #[test]
-fn gradient_balance_at_every_star() {
+fn gradient_balance_at_every_rescaling() {
     for (name, g) in models() {
         let a = training(&g);
         let w = f64s(&g);
@@ -536,7 +582,12 @@ fn icr_matches_finite_differences_in_training_mode() {
             }
         }
         for (bi, vs) in vc.iter().enumerate() {
-            for c in 0..vs.len().min(4) {
+            // The first V's, and in a DAG block the V's whose own chain runs through others.
+            let picked: Vec<usize> = (0..vs.len())
+                .filter(|&k| k < 4 || (c.basis.blocks[bi].v_chain(k).is_some() && k % 3 == 0))
+                .take(24)
+                .collect();
+            for c in picked {
                 let h = 1e-5 * vs[c].abs();
                 let (mut up, mut dn) = (vc.clone(), vc.clone());
                 up[bi][c] += h;
@@ -596,5 +647,134 @@ fn weight_allocation_lands_on_the_updated_coordinates() {
         println!("{name}: WA worst relative error {worst:.1e}, largest move {moved:.1e}");
         assert!(moved >= 1e-4, "{name}: the step barely moved");
         assert!(worst <= 1e-9, "{name}: {worst:e}");
+    }
+}
+
+/// The update programs (f32, whole tensors) against the f64 reference step on every model
+/// here, three steps with momentum and decay, DAG blocks (chains through several V's)
+/// included.
+#[test]
+fn programs_match_the_reference_step() {
+    use ecc::ec::program::ProgramRunner;
+    for (name, g) in models() {
+        let c = conversion(&g);
+        let reference = EcStep::new(&c.basis);
+        let mut runner = ProgramRunner::new(&c.basis).unwrap();
+        let ex = Executor::new(&c.canon).unwrap();
+        let mut w = f64s(&c.canon);
+        let mut state = EcState::default();
+        let loss = Loss::new(&c.canon);
+        let mut cfg = StepConfig {
+            lr: 0.0,
+            momentum: 0.9,
+            weight_decay: 1e-3,
+            r_floor: 0.1,
+        };
+        for step in 0..3 {
+            let gs = loss.grads(&w);
+            if step == 0 {
+                let (_, q) = reference.coordinates(&w);
+                let fastest = reference
+                    .icr(&w, &gs)
+                    .dv
+                    .iter()
+                    .flatten()
+                    .zip(q.iter().flatten())
+                    .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
+                cfg.lr = 1e-2 / fastest.max(1e-12);
+            }
+            let gt: HashMap<String, Tensor> = gs
+                .iter()
+                .map(|(k, v)| {
+                    let t = Tensor::from_vec(
+                        v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                        c.canon.params[k].dims.clone(),
+                        &Device::Cpu,
+                    )
+                    .unwrap();
+                    (k.clone(), t)
+                })
+                .collect();
+            let r1 = reference.step(&mut w, &gs, &mut state, &cfg);
+            let r2 = runner.step(ex.params(), &gt, &cfg).unwrap();
+            assert_eq!(r1, r2, "{name}: guard counts differ");
+        }
+        let mut worst = 0f64;
+        for k in reference.params() {
+            let got = common::values(ex.params()[&k].as_tensor());
+            let want: Vec<f32> = w[&k].iter().map(|&x| x as f32).collect();
+            worst = worst.max(common::rel_err(&got, &want));
+        }
+        println!("{name}: 3 program steps vs the f64 reference: {worst:.1e}");
+        assert!(worst <= 1e-4, "{name}: {worst:e}");
+    }
+}
+
+/// The zoo models of the fixture cache (random weights, as their files carry none): every
+/// rescaling in a block, the canonical form keeps the function and is canonical.
+#[test]
+fn zoo_models_are_covered_and_canonical() {
+    let Some(fx) = common::fixtures() else {
+        return;
+    };
+    for (name, shape) in [
+        ("squeezenet", vec![1, 3, 64, 64]),
+        ("inception_v1", vec![1, 3, 224, 224]),
+        ("resnet50", vec![1, 3, 224, 224]),
+        ("densenet121", vec![1, 3, 224, 224]),
+    ] {
+        let path = fx.join(format!("onnx/light/light_{name}.onnx"));
+        let input = ecc::import::load_file(&path, &Default::default())
+            .unwrap()
+            .inputs[0]
+            .name
+            .clone();
+        let mut o = ecc::import::ImportOptions::default();
+        o.input_shapes.insert(input, shape);
+        let mut g = ecc::import::load_file(&path, &o).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let stats: Vec<String> = g.bn_statistics().into_iter().cloned().collect();
+        for (k, p) in g.params.iter_mut() {
+            let var = stats.contains(k) && k.contains("var");
+            if let ecc::ir::TensorData::F32(v) = &mut p.data {
+                let b = if var {
+                    0.0
+                } else {
+                    1.0 / (v.len() as f32).sqrt().max(1.0)
+                };
+                for x in v.iter_mut() {
+                    *x = if var {
+                        rng.gen_range(0.5..1.5)
+                    } else {
+                        rng.gen_range(-1.0..1.0) * b.max(0.05)
+                    };
+                }
+            }
+        }
+        let a = training(&g);
+        let c = conversion(&g);
+        let r = c.report(name, &g);
+        let xs = inputs(&g, DType::F32);
+        let y0 = common::values(&Executor::new(&g).unwrap().forward(&xs).unwrap()[0]);
+        let y1 = common::values(&Executor::new(&c.canon).unwrap().forward(&xs).unwrap()[0]);
+        let kept = common::rel_err(&y1, &y0);
+        let f: Vec<f32> = (0..a.rescalings())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut moved = g.clone();
+        a.rescale(&mut moved, |k| f[k]);
+        let c2 = conversion(&moved);
+        let mut differ = 0f64;
+        for (k, t) in &c.canon.params {
+            differ = differ.max(common::rel_err(&c2.canon.params[k].as_f32(), &t.as_f32()));
+        }
+        println!(
+            "{name}: unit coverage {:.4}, coverage {:.4}; canonical form keeps the outputs to {kept:.1e}, a rescaled copy's differs by {differ:.1e}",
+            r.unit_coverage, r.coverage
+        );
+        assert_eq!(r.unit_coverage, 1.0, "{name}");
+        assert!(r.coverage >= 0.99, "{name}: {}", r.coverage);
+        assert!(kept <= 1e-4, "{name}: {kept:e}");
+        assert!(differ <= 1e-4, "{name}: {differ:e}");
     }
 }

@@ -116,6 +116,10 @@ pub enum BlockKind {
     },
     /// Units whose in- and out-edges all touch the root (see the module doc).
     Star,
+    /// The other rescalings of a DAG (residual streams without BN, fan-out and
+    /// concatenation without BN) with the chain blocks they touch: every tensor chained by
+    /// input unit, chains through several V's (`super::dag`).
+    Dag,
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@
 //! designated weights are chosen during normalization, so the plan holds them after it.
 
 pub mod basis;
+mod dag;
 mod gauge;
 pub mod program;
 pub mod report;
@@ -131,6 +132,32 @@ fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
     None
 }
 
+/// The node that reads `param`, and whether `param` is a layer's weight there (false: a
+/// layer's bias, or an operand of another op, such as the Add of a bias after a
+/// normalization without affine part).
+pub(crate) fn owner(g: &Graph, param: &str) -> Option<(usize, bool)> {
+    (0..g.nodes.len()).find_map(|n| {
+        if let Some(l) = g.layer(n) {
+            if l.weight == param {
+                return Some((n, true));
+            }
+        }
+        g.nodes[n]
+            .data_inputs()
+            .iter()
+            .any(|i| i == param)
+            .then_some((n, false))
+    })
+}
+
+/// The positions along `e.axis` that an edit's channel occupies.
+pub(crate) fn positions(dims: &[usize], e: &Edit) -> impl Iterator<Item = usize> {
+    let per = e.channels * e.block;
+    let (channel, block) = (e.channel, e.block);
+    (0..dims[e.axis] / per)
+        .flat_map(move |o| (0..block).map(move |i| o * per + channel * block + i))
+}
+
 fn grouped(g: &Graph, node: usize) -> bool {
     matches!(&g.nodes[node].op, Op::Conv(c) if c.group > 1)
 }
@@ -177,8 +204,18 @@ pub fn convert_with(g: &Graph, analysis: Analysis) -> Conversion {
     }
     let stars = star::find(g, a, &in_chains, &chain_params);
     let star_set: HashSet<usize> = stars.groups.iter().copied().collect();
-    let (mut canon, mut stats) = normalize(g, a, &mut plan, &star_set);
-    let (star_blocks, degenerate) = star::build(&mut canon, a, &stars);
+    // The rest of the rescalings, with the chain blocks they touch (dissolved here).
+    let dag = dag::find(g, a, &mut plan, &star_set);
+    let mut skip = star_set.clone();
+    skip.extend(dag.groups.iter().copied());
+    let (mut canon, mut stats) = normalize(g, a, &mut plan, &skip);
+    let (mut star_blocks, mut degenerate) = star::build(&mut canon, a, &stars);
+    stats.units += dag.groups.iter().map(|&k| a.groups[k].len()).sum::<usize>();
+    match dag::build(&mut canon, a, &dag) {
+        Ok(Some(b)) => star_blocks.push(b),
+        Ok(None) => {}
+        Err(groups) => degenerate.extend(groups),
+    }
     stats.units += stars
         .groups
         .iter()
@@ -196,7 +233,7 @@ pub fn convert_with(g: &Graph, analysis: Analysis) -> Conversion {
             outside.remove(&a.unit(u).producer);
         }
     }
-    for (&layer, why) in &stars.outside {
+    for (&layer, why) in stars.outside.iter().chain(&dag.outside) {
         outside.entry(layer).or_insert_with(|| why.clone());
     }
     for &k in &degenerate {

@@ -33,6 +33,17 @@ pub fn text(index: usize, b: &Block) -> String {
             s += &format!("  gV  := gather(∂{free}, same scalars)\n");
             s
         }
+        BlockKind::Dag => {
+            let longest = b.monomials.iter().map(Vec::len).max().unwrap_or(0);
+            let mut s = format!(
+                "program block {index}: DAG, {} chains through {} V's (up to {longest} per chain), every tensor chained by input unit\n",
+                b.chains(),
+                b.v.len()
+            );
+            s += "  V   := gather(one scalar per V);  gV := gather(∂ of the same)\n";
+            s += "  P   := Π V over each chain;  q := V ⊙ P[chain of V]\n";
+            s
+        }
         BlockKind::Star => {
             let mut tensors: Vec<&str> = b.v.iter().map(|v| v.param.as_str()).collect();
             tensors.dedup();
@@ -90,7 +101,11 @@ pub fn text(index: usize, b: &Block) -> String {
             }
         }
     }
-    s += "  dV  := (V ⊙ gV − σ) / V\n";
+    s += if b.kind == BlockKind::Dag {
+        "  T   := V ⊙ gV − Σ σ over the chains through V − Σ T of the later V's on it;  dq := T / q\n"
+    } else {
+        "  dV  := (V ⊙ gV − σ) / V\n"
+    };
     s += "  mV  := μ·mV + dV\n";
     s += "  R   := guard(1 − η·mV / V, floor)      # R below the floor (or NaN) is the floor, counted\n";
     for l in &b.layers {

@@ -57,8 +57,11 @@ pub struct BlockPlan {
     /// Chain blocks: the free layer.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub free_layer: String,
-    /// The free skeleton value V of each chain.
+    /// The free skeleton values V.
     pub free_skeleton: Vec<Scalar>,
+    /// The V's (indices into `free_skeleton`) whose product is each chain's value: one per
+    /// chain in chain and star blocks, several in a DAG block (chain 0 is the root's, empty).
+    pub chains: Vec<Vec<u32>>,
     /// Chain blocks: flat indices (in the free layer's weight) of V, one per chain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub free_skeleton_indices: Vec<usize>,
@@ -126,7 +129,7 @@ impl PlanReport {
         for (bi, b) in basis.blocks.iter().enumerate() {
             let free_node = match &b.kind {
                 BlockKind::Chain { layers, free, .. } => Some(layers[*free]),
-                BlockKind::Star => None,
+                BlockKind::Star | BlockKind::Dag => None,
             };
             for (l, lp) in b.layers.iter().enumerate() {
                 for (t, what) in lp.tensors().zip(["weight", "bias"]) {
@@ -135,6 +138,8 @@ impl PlanReport {
                         (BlockKind::Chain { .. }, _) => String::new(),
                         (BlockKind::Star, Region::Free) => ", in-edges (free)".to_string(),
                         (BlockKind::Star, _) => ", out-edges (chained by input unit)".to_string(),
+                        (BlockKind::Dag, Region::Free) => ", DAG block (unchained)".to_string(),
+                        (BlockKind::Dag, _) => ", DAG block (chained by input unit)".to_string(),
                     };
                     roles.insert(
                         t.param.clone(),
@@ -180,21 +185,23 @@ impl PlanReport {
                     let _ = layers;
                     (widths.clone(), rotations.clone(), hidden)
                 }
-                BlockKind::Star => (vec![], vec![], vec![]),
+                BlockKind::Star | BlockKind::Dag => (vec![], vec![], vec![]),
             };
             blocks.push(BlockPlan {
                 kind: match b.kind {
                     BlockKind::Chain { .. } => "chain",
                     BlockKind::Star => "star",
+                    BlockKind::Dag => "dag",
                 },
                 v_abs,
                 layers: b.layers.iter().map(|l| l.label.clone()).collect(),
                 widths,
                 free_layer: free_node.map(|n| g.node_label(n)).unwrap_or_default(),
                 free_skeleton: b.v.clone(),
+                chains: b.monomials.clone(),
                 free_skeleton_indices: match b.kind {
                     BlockKind::Chain { .. } => b.v.iter().map(|s| s.index).collect(),
-                    BlockKind::Star => vec![],
+                    BlockKind::Star | BlockKind::Dag => vec![],
                 },
                 rotations,
                 hidden,
@@ -317,7 +324,17 @@ impl PlanReport {
         const SHOWN: usize = 8;
         for (i, b) in self.blocks.iter().enumerate().take(SHOWN) {
             let widths: Vec<String> = b.widths.iter().map(|w| w.to_string()).collect();
-            if b.kind == "star" {
+            if b.kind == "dag" {
+                s += &format!(
+                    "  block {i}: DAG, {} rescalings ({} units), {} V's on {} chains (up to {} per chain), {} basis paths\n",
+                    group_digits(b.rescalings),
+                    group_digits(b.hidden_units),
+                    group_digits(b.free_skeleton.len()),
+                    group_digits(b.chains.len()),
+                    b.chains.iter().map(Vec::len).max().unwrap_or(0),
+                    group_digits(b.basis_paths)
+                );
+            } else if b.kind == "star" {
                 s += &format!(
                     "  block {i}: star, {} rescalings ({} units), {} basis paths\n",
                     group_digits(b.rescalings),

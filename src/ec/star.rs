@@ -15,7 +15,7 @@
 //! addition), so p = w·V is a path value. Stars that share a tensor form one block.
 
 use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
-use super::Scalar;
+use super::{owner, positions, Scalar};
 use crate::analysis::{apply_edits, edit_runs, Analysis, Edit};
 use crate::ir::Graph;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -25,24 +25,6 @@ pub struct Stars {
     pub groups: Vec<usize>,
     /// Why groups outside chain blocks are not stars, by producer layer.
     pub outside: BTreeMap<usize, String>,
-}
-
-/// The node that reads `param`, and whether `param` is a layer's weight there (false: a
-/// layer's bias, or an operand of another op, such as the Add of a bias after a
-/// normalization without affine part).
-fn owner(g: &Graph, param: &str) -> Option<(usize, bool)> {
-    (0..g.nodes.len()).find_map(|n| {
-        if let Some(l) = g.layer(n) {
-            if l.weight == param {
-                return Some((n, true));
-            }
-        }
-        g.nodes[n]
-            .data_inputs()
-            .iter()
-            .any(|i| i == param)
-            .then_some((n, false))
-    })
 }
 
 /// Find the stars among the groups not in `taken` (groups in chain blocks), whose tensors
@@ -170,14 +152,6 @@ pub fn find(
         });
     }
     Stars { groups, outside }
-}
-
-/// The positions along `e.axis` that an edit's channel occupies.
-fn positions(dims: &[usize], e: &Edit) -> impl Iterator<Item = usize> {
-    let per = e.channels * e.block;
-    let (channel, block) = (e.channel, e.block);
-    (0..dims[e.axis] / per)
-        .flat_map(move |o| (0..block).map(move |i| o * per + channel * block + i))
 }
 
 /// The flat indices a slice selects, in order.
