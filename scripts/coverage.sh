@@ -28,7 +28,7 @@ TV="$CACHE/fixtures/torchvision"
 [ -f "$TV/resnet18-folded.onnx" ] && models+=("torchvision resnet18, BN folded (default export)=$TV/resnet18-folded.onnx")
 [ -f tests/fixtures/bn-resnet/model-eval.onnx ] && models+=("PyTorch residual CNN, BN folded=tests/fixtures/bn-resnet/model-eval.onnx")
 
-echo "| model | m | H | radial | blocks (chain + star) | coverage (params) | unit_coverage (H) |"
+echo "| model | m | H | radial | blocks: chain / star / DAG | coverage (params) | unit_coverage (H) |"
 echo "|---|---:|---:|---:|---|---:|---:|"
 i=0
 for entry in "${models[@]}"; do
@@ -39,8 +39,7 @@ for entry in "${models[@]}"; do
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 p = json.load(open(path))
-chain = sum(1 for b in p["blocks"] if b["kind"] == "chain")
-star = len(p["blocks"]) - chain
-print(f"| {name} | {p['params']:,} | {p['rescalings']:,} | {p['radial']:,} | {chain} + {star} | {100*p['coverage']:.1f}% | {100*p['unit_coverage']:.1f}% |")
+kinds = [sum(1 for b in p["blocks"] if b["kind"] == k) for k in ("chain", "star", "dag")]
+print(f"| {name} | {p['params']:,} | {p['rescalings']:,} | {p['radial']:,} | {' / '.join(map(str, kinds))} | {100*p['coverage']:.1f}% | {100*p['unit_coverage']:.1f}% |")
 PY
 done

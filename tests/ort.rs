@@ -90,6 +90,15 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("{name}.ec"), &path, &no, 3, &work, 1));
     }
+    // PyTorch's export of a residual CNN with BN folded (tied streams, no BN: a DAG block)
+    // and its canonical form.
+    let folded =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bn-resnet/model-eval.onnx");
+    jobs.push(job("bn-folded", &folded, &no, 3, &work, 5));
+    let canon = ecc::ec::convert(&load_file(&folded, &no).unwrap()).canon;
+    let path = work.join("bn-folded.ec.onnx");
+    ecc::export::write_file(&canon, &path).unwrap();
+    jobs.push(job("bn-folded.ec", &path, &no, 3, &work, 5));
     // Models trained by ecc, written back as ONNX: same predictions in onnxruntime.
     std::fs::create_dir_all(&work).unwrap();
     let digits = ecc::data::digits().unwrap();

@@ -68,7 +68,7 @@ pub fn find(
                     }
                     if read_by_units.contains(e.param.as_str()) {
                         return Some(format!(
-                            "its producer {} reads rescalable units (a deeper DAG: not in path space yet)",
+                            "its producer {} reads rescalable units (a DAG block takes it)",
                             g.node_label(a.unit(u).producer)
                         ));
                     }
@@ -85,7 +85,7 @@ pub fn find(
                     }
                     if emits.contains(&n) {
                         return Some(format!(
-                            "its consumer {} emits rescalable units (a deeper DAG: not in path space yet)",
+                            "its consumer {} emits rescalable units (a DAG block takes it)",
                             g.node_label(n)
                         ));
                     }
