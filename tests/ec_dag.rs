@@ -622,40 +622,14 @@ fn weight_allocation_lands_on_the_updated_coordinates() {
         let step = EcStep::new(&c.basis);
         let mut w = f64s(&c.canon);
         let grads = Loss::new(&c.canon).grads(&w);
-        let (p0, v0) = step.coordinates(&w);
-        let dv = step.icr(&w, &grads).dv;
-        let fastest = dv
-            .iter()
-            .flatten()
-            .zip(v0.iter().flatten())
-            .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
         let cfg = StepConfig {
-            lr: 1e-2 / fastest,
+            lr: common::calm_lr(&step, &w, &grads, 1e-2),
             momentum: 0.5,
             weight_decay: 1e-3,
             r_floor: 0.1,
         };
-        let mut state = EcState::default();
-        assert_eq!(step.step(&mut w, &grads, &mut state, &cfg), 0);
-        let (p1, v1) = step.coordinates(&w);
-        let (mut worst, mut moved) = (0f64, 0f64);
-        for (k, ps) in &p1 {
-            for i in 0..ps.len() {
-                if p0[k][i] == 0.0 {
-                    continue;
-                }
-                let want = p0[k][i] - cfg.lr * state.m[k][i];
-                worst = worst.max((ps[i] - want).abs() / want.abs().max(1e-300));
-                moved = moved.max((want - p0[k][i]).abs() / p0[k][i].abs());
-            }
-        }
-        for (vs, (v0s, ms)) in v1.iter().zip(v0.iter().zip(&state.mv)) {
-            for c in 0..vs.len() {
-                let want = v0s[c] - cfg.lr * ms[c];
-                worst = worst.max((vs[c] - want).abs() / want.abs());
-                moved = moved.max((want - v0s[c]).abs() / v0s[c].abs());
-            }
-        }
+        let (worst, moved, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        assert_eq!(guarded, 0);
         println!("{name}: WA worst relative error {worst:.1e}, largest move {moved:.1e}");
         assert!(moved >= 1e-4, "{name}: the step barely moved");
         assert!(worst <= 1e-9, "{name}: {worst:e}");
@@ -685,15 +659,7 @@ fn programs_match_the_reference_step() {
         for step in 0..3 {
             let gs = loss.grads(&w);
             if step == 0 {
-                let (_, q) = reference.coordinates(&w);
-                let fastest = reference
-                    .icr(&w, &gs)
-                    .dv
-                    .iter()
-                    .flatten()
-                    .zip(q.iter().flatten())
-                    .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
-                cfg.lr = 1e-2 / fastest.max(1e-12);
+                cfg.lr = common::calm_lr(&reference, &w, &gs, 1e-2);
             }
             let gt: HashMap<String, Tensor> = gs
                 .iter()

@@ -3,6 +3,8 @@
 //! of the loss written as an explicit function of the path coordinates; weight allocation
 //! landing exactly on p - eta*m_p and V - eta*m_V; and the guard on R.
 
+mod common;
+
 use ecc::analysis::{analyze, RuleSet};
 use ecc::ec::convert_with;
 use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
@@ -511,51 +513,21 @@ fn conv_blocks_invert_and_allocate_exactly() {
             })
             .collect();
         // A step size that keeps every R within 1e-3 of 1: far from the guard.
-        let (_, v0) = step.coordinates(&w);
-        let dv = step.icr(&w, &grads).dv;
-        let fastest = dv
-            .iter()
-            .flatten()
-            .zip(v0.iter().flatten())
-            .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
         let cfg = StepConfig {
-            lr: 1e-3 / fastest,
+            lr: common::calm_lr(&step, &w, &grads, 1e-3),
             momentum: 0.5,
             weight_decay: 1e-4,
             r_floor: 0.1,
         };
-        let mut state = EcState::default();
-        let (p0, v0) = step.coordinates(&w);
+        let (_, v0) = step.coordinates(&w);
         let vmin = v0
             .iter()
             .flatten()
             .fold(f64::INFINITY, |m, v| m.min(v.abs()));
-        assert_eq!(
-            step.step(&mut w, &grads, &mut state, &cfg),
-            0,
-            "{name}: guard"
-        );
-        let (p1, v1) = step.coordinates(&w);
         // Spec §9.6: the recomputed coordinates equal p - lr*m_p and V - lr*m_V to 1e-6
         // relative; the largest relative move shows the step is not vacuous.
-        let (mut worst, mut moved) = (0f64, 0f64);
-        for (k, ps) in &p1 {
-            for i in 0..ps.len() {
-                if p0[k][i] == 0.0 {
-                    continue;
-                }
-                let want = p0[k][i] - cfg.lr * state.m[k][i];
-                worst = worst.max((ps[i] - want).abs() / want.abs().max(1e-300));
-                moved = moved.max((want - p0[k][i]).abs() / p0[k][i].abs());
-            }
-        }
-        for (vs, (v0s, ms)) in v1.iter().zip(v0.iter().zip(&state.mv)) {
-            for c in 0..vs.len() {
-                let want = v0s[c] - cfg.lr * ms[c];
-                worst = worst.max((vs[c] - want).abs() / want.abs());
-                moved = moved.max((want - v0s[c]).abs() / v0s[c].abs());
-            }
-        }
+        let (worst, moved, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        assert_eq!(guarded, 0, "{name}: guard");
         assert!(moved >= 1e-4, "{name}: the step barely moved ({moved:e})");
         println!(
             "{name}: smallest |V| {vmin:.1e}, lr {:.1e}, largest relative move {moved:.1e}",

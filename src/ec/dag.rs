@@ -20,7 +20,7 @@
 //! (heads before tails), so each d_u is chosen on weights its heads already fixed.
 
 use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
-use super::{owner, positions, EcPlan, Scalar};
+use super::{largest, owner, positions, EcPlan, Scalar};
 use crate::analysis::{apply_edits, edit_runs, Analysis};
 use crate::ir::Graph;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -270,38 +270,24 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
     let mut designated: HashMap<usize, Scalar> = HashMap::new();
     let mut degenerate = vec![];
     for &k in &order {
-        let mut best: Option<(f32, Scalar)> = None;
-        for &u in &a.groups[k] {
-            for e in a.out_edits(u) {
-                let (n, _) = owner(g, &e.param).expect("a layer weight");
-                let l = g.layer(n).expect("a layer");
-                let p = &g.params[&e.param];
-                for i in edit_runs(&p.dims, e).into_iter().flatten() {
-                    let hd = head_group(n, row_of(&p.dims, l.out_axis, i)).map_or(0, |h| dist[&h]);
-                    if hd + 1 != dist[&k] {
-                        continue;
-                    }
-                    let m = p.get_f32(i).abs();
-                    if best.as_ref().is_none_or(|(b, _)| m > *b) {
-                        best = Some((
-                            m,
-                            Scalar {
-                                param: e.param.clone(),
-                                index: i,
-                            },
-                        ));
-                    }
-                }
-            }
-        }
-        match best {
-            Some((m, d)) if m > 0.0 => {
+        // Only out-edges to a head one step nearer the root.
+        let toward_root = |param: &str, i: usize| {
+            let (n, _) = owner(g, param).expect("a layer weight");
+            let l = g.layer(n).expect("a layer");
+            let dims = &g.params[param].dims;
+            let hd = head_group(n, row_of(dims, l.out_axis, i)).map_or(0, |h| dist[&h]);
+            hd + 1 == dist[&k]
+        };
+        let out = a.groups[k].iter().flat_map(|&u| a.out_edits(u));
+        match largest(g, out, toward_root) {
+            Some(d) => {
+                let m = g.params[&d.param].get_f32(d.index).abs();
                 for &u in &a.groups[k] {
                     apply_edits(g, &a.unit(u).edits, m);
                 }
                 designated.insert(k, d);
             }
-            _ => degenerate.push(k),
+            None => degenerate.push(k),
         }
     }
     if !degenerate.is_empty() {
@@ -344,20 +330,14 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
             // The designated out-edge of a tail: no new V.
             monomials[tail_chain(&pos_chain, &wname, in_pos(i)) as usize].clone()
         } else {
-            let mut best = (0f32, idx[0]);
-            for &i in &idx {
-                let m = p.get_f32(i).abs();
-                if m > best.0 {
-                    best = (m, i);
-                }
-            }
-            let tail = tail_chain(&pos_chain, &wname, in_pos(best.1));
+            // A new V: the row's scalar of largest magnitude.
+            let Some(best) = largest(g, std::iter::once(&row), |_, _| true) else {
+                return Err(vec![k]);
+            };
+            let tail = tail_chain(&pos_chain, &wname, in_pos(best.index));
             let mut m = monomials[tail as usize].clone();
             m.push(v.len() as u32);
-            v.push(Scalar {
-                param: wname.clone(),
-                index: best.1,
-            });
+            v.push(best);
             m
         };
         let c = monomials.len() as u32;

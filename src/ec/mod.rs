@@ -158,6 +158,35 @@ pub(crate) fn positions(dims: &[usize], e: &Edit) -> impl Iterator<Item = usize>
         .flat_map(move |o| (0..block).map(move |i| o * per + channel * block + i))
 }
 
+/// The scalar of largest magnitude among the slices `edits` select, keeping only flat
+/// indices `keep` accepts (first on ties); None if there is none or it is zero.
+pub(crate) fn largest<'e>(
+    g: &Graph,
+    edits: impl Iterator<Item = &'e Edit>,
+    keep: impl Fn(&str, usize) -> bool,
+) -> Option<Scalar> {
+    let mut best: Option<(f32, Scalar)> = None;
+    for e in edits {
+        let p = &g.params[&e.param];
+        for i in edit_runs(&p.dims, e).into_iter().flatten() {
+            if !keep(&e.param, i) {
+                continue;
+            }
+            let m = p.get_f32(i).abs();
+            if best.as_ref().is_none_or(|(b, _)| m > *b) {
+                best = Some((
+                    m,
+                    Scalar {
+                        param: e.param.clone(),
+                        index: i,
+                    },
+                ));
+            }
+        }
+    }
+    best.filter(|(m, _)| *m > 0.0).map(|(_, s)| s)
+}
+
 fn grouped(g: &Graph, node: usize) -> bool {
     matches!(&g.nodes[node].op, Op::Conv(c) if c.group > 1)
 }

@@ -15,8 +15,8 @@
 //! addition), so p = w·V is a path value. Stars that share a tensor form one block.
 
 use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
-use super::{owner, positions, Scalar};
-use crate::analysis::{apply_edits, edit_runs, Analysis, Edit};
+use super::{largest, owner, positions, Scalar};
+use crate::analysis::{apply_edits, Analysis};
 use crate::ir::Graph;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -154,32 +154,6 @@ pub fn find(
     Stars { groups, outside }
 }
 
-/// The flat indices a slice selects, in order.
-fn indices(dims: &[usize], e: &Edit) -> impl Iterator<Item = usize> {
-    edit_runs(dims, e).into_iter().flatten()
-}
-
-/// The scalar of largest magnitude among `edits` (first on ties), if any is nonzero.
-fn largest<'e>(g: &Graph, edits: impl Iterator<Item = &'e Edit>) -> Option<Scalar> {
-    let mut best: Option<(f32, Scalar)> = None;
-    for e in edits {
-        let p = &g.params[&e.param];
-        for i in indices(&p.dims, e) {
-            let m = p.get_f32(i).abs();
-            if best.as_ref().is_none_or(|(b, _)| m > *b) {
-                best = Some((
-                    m,
-                    Scalar {
-                        param: e.param.clone(),
-                        index: i,
-                    },
-                ));
-            }
-        }
-    }
-    best.filter(|(m, _)| *m > 0.0).map(|(_, s)| s)
-}
-
 /// Normalize the stars of `g` in place (spec §4: each designated scalar to magnitude 1)
 /// and build their blocks. Returns the blocks and the number of stars left as they were
 /// because their in-edge weights or out-edges are all zero (they stay outside).
@@ -191,7 +165,7 @@ pub fn build(g: &mut Graph, a: &Analysis, stars: &Stars) -> (Vec<Block>, Vec<usi
     for &k in &stars.groups {
         let members = &a.groups[k];
         let out = members.iter().flat_map(|&u| a.out_edits(u));
-        let Some(d) = largest(g, out) else {
+        let Some(d) = largest(g, out, |_, _| true) else {
             degenerate.push(k);
             continue;
         };
@@ -207,8 +181,8 @@ pub fn build(g: &mut Graph, a: &Analysis, stars: &Stars) -> (Vec<Block>, Vec<usi
                 .filter(|e| is_weight(g, &e.param))
                 .collect::<Vec<_>>()
         };
-        let v = largest(g, weights(members[0]).into_iter())
-            .or_else(|| largest(g, members.iter().flat_map(|&u| weights(u))));
+        let v = largest(g, weights(members[0]).into_iter(), |_, _| true)
+            .or_else(|| largest(g, members.iter().flat_map(|&u| weights(u)), |_, _| true));
         let Some(v) = v else {
             degenerate.push(k);
             continue;

@@ -135,3 +135,53 @@ pub fn rank(mut rows: Vec<Vec<i128>>) -> usize {
     }
     r
 }
+
+use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
+
+/// A learning rate at which the first step moves every V coordinate by at most `frac`
+/// relative (far from the guard) for gradients `g`.
+pub fn calm_lr(step: &EcStep, w: &Tensors, g: &Tensors, frac: f64) -> f64 {
+    let (_, q) = step.coordinates(w);
+    let fastest = step
+        .icr(w, g)
+        .dv
+        .iter()
+        .flatten()
+        .zip(q.iter().flatten())
+        .fold(0f64, |m, (d, v)| m.max((d / v).abs()));
+    frac / fastest.max(1e-300)
+}
+
+/// Spec §9.6: take one step of `step` on `w` and compare the recomputed coordinates with
+/// p − lr·m_p and q − lr·m_q. Returns (worst relative error, largest relative move, number
+/// of V's the guard replaced).
+pub fn weight_allocation_errors(
+    step: &EcStep,
+    w: &mut Tensors,
+    g: &Tensors,
+    cfg: &StepConfig,
+) -> (f64, f64, usize) {
+    let mut state = EcState::default();
+    let (p0, q0) = step.coordinates(w);
+    let guarded = step.step(w, g, &mut state, cfg);
+    let (p1, q1) = step.coordinates(w);
+    let (mut worst, mut moved) = (0f64, 0f64);
+    for (k, ps) in &p1 {
+        for i in 0..ps.len() {
+            if p0[k][i] == 0.0 {
+                continue;
+            }
+            let want = p0[k][i] - cfg.lr * state.m[k][i];
+            worst = worst.max((ps[i] - want).abs() / want.abs().max(1e-300));
+            moved = moved.max((want - p0[k][i]).abs() / p0[k][i].abs());
+        }
+    }
+    for (qs, (q0s, ms)) in q1.iter().zip(q0.iter().zip(&state.mv)) {
+        for c in 0..qs.len() {
+            let want = q0s[c] - cfg.lr * ms[c];
+            worst = worst.max((qs[c] - want).abs() / want.abs());
+            moved = moved.max((want - q0s[c]).abs() / q0s[c].abs());
+        }
+    }
+    (worst, moved, guarded)
+}
