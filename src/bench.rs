@@ -42,7 +42,7 @@ fn case(name: &str, g: &Graph, rules: &RuleSet, runs: usize) -> AnalysisCase {
     AnalysisCase {
         name: name.to_string(),
         nodes: g.nodes.len(),
-        units: a.walk.units.len(),
+        units: a.unit_count(),
         rescalings: a.rescalings(),
         ms,
         us_per_node: ms * 1e3 / g.nodes.len() as f64,

@@ -185,7 +185,7 @@ fn gradient_balance_at_every_unit() {
         for (k, members) in a.groups.iter().enumerate() {
             let (mut up, mut down, mut scale) = (0f64, 0f64, 0f64);
             for &u in members {
-                for e in &a.walk.units[u].edits {
+                for e in a.edits(u) {
                     let var = &ex.params()[&e.param];
                     let (w, gr) = cache.entry(e.param.clone()).or_insert_with(|| {
                         let gt = grads

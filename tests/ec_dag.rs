@@ -323,11 +323,8 @@ fn every_rescaling_is_in_a_star_or_dag_block() {
     assert_eq!(a.rescalings(), 8);
     assert_eq!(a.radial.len(), 8 + 5 + 3);
     assert_eq!(a.redundant_biases, 8 + 5 + 3);
-    let producers = |m: &[usize]| -> Vec<String> {
-        m.iter()
-            .map(|&u| g.node_label(a.unit(u).producer))
-            .collect()
-    };
+    let producers =
+        |m: &[usize]| -> Vec<String> { m.iter().map(|&u| g.node_label(a.producer(u))).collect() };
     for (k, m) in a.groups.iter().enumerate() {
         let other = if k < 5 { "bna" } else { "bnb" };
         assert_eq!(producers(m), ["bn0", other], "group {k}");
@@ -489,7 +486,7 @@ fn gradient_balance_at_every_rescaling() {
         for members in &a.groups {
             let (mut inc, mut out) = (0f64, 0f64);
             for &u in members {
-                for e in &a.unit(u).edits {
+                for e in a.edits(u) {
                     let dims = &g.params[&e.param].dims;
                     let s: f64 = ecc::analysis::edit_runs(dims, e)
                         .into_iter()

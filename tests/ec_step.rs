@@ -713,7 +713,7 @@ fn gradient_balance_on_unequal_widths_and_the_residual_branch() {
         for members in &a.groups {
             let (mut up, mut down, mut scale) = (0f64, 0f64, 0f64);
             for &u in members {
-                for e in &a.walk.units[u].edits {
+                for e in a.edits(u) {
                     for r in ecc::analysis::edit_runs(&case.graph.params[&e.param].dims, e) {
                         let s: f64 = r.map(|i| case.w[&e.param][i] * g[&e.param][i]).sum();
                         scale += s.abs();

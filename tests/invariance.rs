@@ -41,11 +41,13 @@ fn check(name: &str, g: &Graph, batch: usize) -> (usize, f64, Option<f64>) {
     let mut scaled = g.clone();
     a.rescale(&mut scaled, |k| factors[k]);
     let err = worst(&outputs(&scaled, &xs), &base);
-    let blocked = a.walk.units.iter().find(|u| u.blocked.is_some()).map(|u| {
-        let mut b = g.clone();
-        apply_edits(&mut b, &u.edits, 3.0);
-        worst(&outputs(&b, &xs), &base)
-    });
+    let blocked = (0..a.unit_count())
+        .find(|&u| a.blocked(u).is_some())
+        .map(|u| {
+            let mut b = g.clone();
+            apply_edits(&mut b, a.edits(u), 3.0);
+            worst(&outputs(&b, &xs), &base)
+        });
     println!("{name}: {} rescalings, invariance error {err:.1e}, blocked unit changes output by {blocked:?}", a.rescalings());
     (a.rescalings(), err, blocked)
 }
@@ -85,21 +87,18 @@ fn a_unit_feeding_a_sigmoid_is_blocked_and_matters() {
     let relu = g.nodes.iter().position(|n| n.op == Op::Relu).unwrap();
     g.nodes[relu].op = Op::Sigmoid;
     let a = analyze(&g, &RuleSet::default_rules());
-    let fc1: Vec<_> = a
-        .walk
-        .units
-        .iter()
-        .filter(|u| g.nodes[u.producer].name == "fc1")
+    let fc1: Vec<usize> = (0..a.unit_count())
+        .filter(|&u| g.nodes[a.producer(u)].name == "fc1")
         .collect();
     assert_eq!(fc1.len(), 32);
     assert!(fc1
         .iter()
-        .all(|u| u.blocked.as_ref().is_some_and(|b| b.node == relu)));
+        .all(|&u| a.blocked(u).is_some_and(|b| b.node == relu)));
     assert_eq!(a.rescalings(), 32, "only fc2's units remain");
     let xs = common::random_inputs(&g, 4, 1);
     let base = outputs(&g, &xs);
     let mut b = g.clone();
-    apply_edits(&mut b, &fc1[0].edits, 2.0);
+    apply_edits(&mut b, a.edits(fc1[0]), 2.0);
     assert!(worst(&outputs(&b, &xs), &base) > 1e-3);
     assert_invariant("mlp-digits with a sigmoid", &g, 4);
 }

@@ -24,7 +24,8 @@ pub use units::{Block, BnMode, Edit, ScaleInvariant, Unit, Walk};
 #[derive(Debug, Clone)]
 pub struct Analysis {
     pub mode: BnMode,
-    pub walk: Walk,
+    /// The walk's unit records: read through the query methods below.
+    walk: Walk,
     /// For each unit, its group (index into `groups`), or None when blocked or radial.
     pub group_of: Vec<Option<usize>>,
     /// Independent rescalings: the units of each (tied) group.
@@ -52,9 +53,40 @@ impl Analysis {
         self.params - self.rescalings() - self.radial.len() - self.redundant_biases
     }
 
-    /// Unit `u`.
-    pub fn unit(&self, u: usize) -> &Unit {
-        &self.walk.units[u]
+    /// The layer node that produces unit `u`, and its output channel there.
+    pub fn producer(&self, u: usize) -> usize {
+        self.walk.units[u].producer
+    }
+    pub fn channel(&self, u: usize) -> usize {
+        self.walk.units[u].channel
+    }
+    /// Every parameter slice a rescaling of `u` multiplies or divides.
+    pub fn edits(&self, u: usize) -> &[Edit] {
+        &self.walk.units[u].edits
+    }
+    /// The layers that absorb `u`'s scale (its consumers).
+    pub fn consumers(&self, u: usize) -> &[usize] {
+        &self.walk.units[u].consumers
+    }
+    /// The nodes `u`'s scale passes through, producer first.
+    pub fn passes(&self, u: usize) -> &[usize] {
+        &self.walk.units[u].via
+    }
+    /// The concatenations `u` goes through, with the channel it lands on in each.
+    pub fn placed(&self, u: usize) -> &[(usize, usize)] {
+        &self.walk.units[u].placed
+    }
+    /// Why `u` cannot be rescaled, if it cannot.
+    pub fn blocked(&self, u: usize) -> Option<&Block> {
+        self.walk.units[u].blocked.as_ref()
+    }
+    /// The training-mode BatchNormalization where `u`'s scale vanishes, if any.
+    pub fn ends_at(&self, u: usize) -> Option<usize> {
+        self.walk.units[u].ends_at
+    }
+    /// Inference mode: layers followed directly by a BatchNormalization.
+    pub fn scale_invariant(&self) -> &[ScaleInvariant] {
+        &self.walk.scale_invariant
     }
     /// The number of units (output channels of layers) the walk followed.
     pub fn unit_count(&self) -> usize {

@@ -36,7 +36,7 @@ pub struct Dag {
 fn heads_of(a: &Analysis) -> HashMap<usize, Vec<Option<usize>>> {
     let mut m: HashMap<usize, Vec<Option<usize>>> = HashMap::new();
     for u in 0..a.unit_count() {
-        m.entry(a.unit(u).producer).or_default().push(a.group_of[u]);
+        m.entry(a.producer(u)).or_default().push(a.group_of[u]);
     }
     m
 }
@@ -45,11 +45,10 @@ fn heads_of(a: &Analysis) -> HashMap<usize, Vec<Option<usize>>> {
 fn edit_obstacle(g: &Graph, a: &Analysis, k: usize) -> Option<String> {
     let stats = g.bn_statistics();
     for &u in &a.groups[k] {
-        let unit = a.unit(u);
         for e in a.in_edits(u) {
             match owner(g, &e.param) {
-                Some((n, _)) if n == unit.producer => {}
-                Some((n, false)) if unit.via.contains(&n) => {}
+                Some((n, _)) if n == a.producer(u) => {}
+                Some((n, false)) if a.passes(u).contains(&n) => {}
                 _ if stats.contains(&e.param) => {}
                 _ => return Some(format!("its scale passes parameter '{}'", e.param)),
             }
@@ -62,7 +61,7 @@ fn edit_obstacle(g: &Graph, a: &Analysis, k: usize) -> Option<String> {
                 return Some("it is read by a grouped convolution".into());
             }
         }
-        if g.layer(unit.producer).is_none_or(|l| l.is_diagonal()) {
+        if g.layer(a.producer(u)).is_none_or(|l| l.is_diagonal()) {
             return Some("its producer is no layer with input channels".into());
         }
     }
@@ -134,9 +133,7 @@ pub fn find(g: &Graph, a: &Analysis, plan: &mut EcPlan, stars: &HashSet<usize>) 
             Some(why) => {
                 excluded.insert(k);
                 for &u in &a.groups[k] {
-                    outside
-                        .entry(a.unit(u).producer)
-                        .or_insert_with(|| why.clone());
+                    outside.entry(a.producer(u)).or_insert_with(|| why.clone());
                 }
             }
         }
@@ -178,9 +175,7 @@ pub fn find(g: &Graph, a: &Analysis, plan: &mut EcPlan, stars: &HashSet<usize>) 
             w.remove(&k);
             excluded.insert(k);
             for &u in &a.groups[k] {
-                outside
-                    .entry(a.unit(u).producer)
-                    .or_insert_with(|| why.clone());
+                outside.entry(a.producer(u)).or_insert_with(|| why.clone());
             }
         }
         for &bi in dissolve.iter().rev() {
@@ -193,7 +188,7 @@ pub fn find(g: &Graph, a: &Analysis, plan: &mut EcPlan, stars: &HashSet<usize>) 
                         }
                         Some(why) => {
                             excluded.insert(k);
-                            outside.entry(a.unit(u).producer).or_insert(why);
+                            outside.entry(a.producer(u)).or_insert(why);
                         }
                     }
                 }
@@ -283,7 +278,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
             Some(d) => {
                 let m = g.params[&d.param].get_f32(d.index).abs();
                 for &u in &a.groups[k] {
-                    apply_edits(g, &a.unit(u).edits, m);
+                    apply_edits(g, a.edits(u), m);
                 }
                 designated.insert(k, d);
             }
@@ -299,7 +294,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
         .collect();
     // Chains in topological order of each group's earliest unit. Chain 0 is the root's.
     let mut topo: Vec<usize> = dag.groups.clone();
-    topo.sort_by_key(|&k| (a.unit(a.groups[k][0]).producer, k));
+    topo.sort_by_key(|&k| (a.producer(a.groups[k][0]), k));
     let mut chain_of_group: HashMap<usize, u32> = HashMap::new();
     let mut monomials: Vec<Vec<u32>> = vec![vec![]];
     let mut v: Vec<Scalar> = vec![];
@@ -310,7 +305,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
     };
     for &k in &topo {
         let e0 = a.groups[k][0];
-        let producer = a.unit(e0).producer;
+        let producer = a.producer(e0);
         let l = g.layer(producer).expect("DAG producers are layers");
         let in_axis = l.in_axis.expect("not diagonal");
         let wname = l.weight.to_string();
@@ -361,7 +356,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
     let mut params: BTreeSet<String> = BTreeSet::new();
     for &k in &dag.groups {
         for &u in &a.groups[k] {
-            for e in &a.unit(u).edits {
+            for e in a.edits(u) {
                 if !stats.contains(&e.param) {
                     params.insert(e.param.clone());
                 }

@@ -49,7 +49,7 @@ pub(crate) fn normalize(
     let scale = |out: &mut Graph, members: &[usize], c: f32, stats: &mut GaugeStats| {
         if c.is_finite() && c > 0.0 {
             for &m in members {
-                apply_edits(out, &a.unit(m).edits, c);
+                apply_edits(out, a.edits(m), c);
             }
         } else {
             stats.degenerate += members.len();

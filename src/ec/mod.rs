@@ -83,8 +83,7 @@ fn layer_params(g: &Graph, node: usize) -> impl Iterator<Item = &String> {
 
 /// Why a unit cannot join a block, or None if it can.
 fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
-    let unit = a.unit(u);
-    if let Some(b) = &unit.blocked {
+    if let Some(b) = a.blocked(u) {
         return Some(format!("blocked at {}", g.node_label(b.node)));
     }
     if a.is_radial(u) {
@@ -96,13 +95,14 @@ fn unit_obstacle(g: &Graph, a: &Analysis, u: usize) -> Option<String> {
     if a.tied(u).is_some_and(|t| t.len() > 1) {
         return Some("tied to other units".into());
     }
-    if unit.consumers.len() != 1 {
-        return Some(format!("{} consumer layers", unit.consumers.len()));
+    if a.consumers(u).len() != 1 {
+        return Some(format!("{} consumer layers", a.consumers(u).len()));
     }
-    if !unit.placed.is_empty() {
+    if !a.placed(u).is_empty() {
         return Some("goes through a concatenation".into());
     }
-    let inner = &unit.via[1..unit.via.len().saturating_sub(1)];
+    let via = a.passes(u);
+    let inner = &via[1..via.len().saturating_sub(1)];
     if let Some(&n) = inner.iter().find(|&&n| {
         !matches!(
             g.nodes[n].op,
@@ -259,7 +259,7 @@ pub fn convert_with(g: &Graph, analysis: Analysis) -> Conversion {
         .collect();
     for b in &star_blocks {
         for &u in b.units.iter().flat_map(|p| p.units.iter()) {
-            outside.remove(&a.unit(u).producer);
+            outside.remove(&a.producer(u));
         }
     }
     for (&layer, why) in stars.outside.iter().chain(&dag.outside) {
@@ -268,7 +268,7 @@ pub fn convert_with(g: &Graph, analysis: Analysis) -> Conversion {
     for &k in &degenerate {
         for &u in &a.groups[k] {
             outside
-                .entry(a.unit(u).producer)
+                .entry(a.producer(u))
                 .or_insert_with(|| "its in-edge weights or out-edges are all zero".into());
         }
     }
@@ -410,7 +410,7 @@ fn chain_block(g: &Graph, a: &Analysis, b: &EcBlock) -> basis::Block {
 pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
     let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for u in 0..a.unit_count() {
-        by_layer.entry(a.unit(u).producer).or_default().push(u);
+        by_layer.entry(a.producer(u)).or_default().push(u);
     }
     let mut outside = BTreeMap::new();
     // next[A] = B when every unit of A is block-eligible, all absorbed by B, and B reads
@@ -429,10 +429,10 @@ pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
             outside.insert(layer, why);
             continue;
         }
-        let b = a.unit(units[0]).consumers[0];
-        let same = units.iter().all(|&u| a.unit(u).consumers[0] == b);
+        let b = a.consumers(units[0])[0];
+        let same = units.iter().all(|&u| a.consumers(u)[0] == b);
         let reads: usize = (0..a.unit_count())
-            .filter(|&x| a.unit(x).consumers.contains(&b))
+            .filter(|&x| a.consumers(x).contains(&b))
             .count();
         let consumer_edit = a.out_edits(units[0]).next();
         let width_ok = consumer_edit.is_some_and(|e| e.channels == units.len());
@@ -463,7 +463,7 @@ pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
         // out-edge normalizations would depend on them.
         let last_rescalable = by_layer
             .get(&layers[k])
-            .is_some_and(|us| us.iter().any(|&u| a.unit(u).blocked.is_none()));
+            .is_some_and(|us| us.iter().any(|&u| a.blocked(u).is_none()));
         let widths: Vec<usize> = layers[..k].iter().map(|l| by_layer[l].len()).collect();
         for (first, last, free) in pieces(&widths, last_rescalable) {
             let piece = layers[first..=last].to_vec();

@@ -122,10 +122,8 @@ impl PlanReport {
     ) -> Self {
         let mut roles: BTreeMap<String, String> = BTreeMap::new();
         let mut blocks = vec![];
-        let unit_name = |u: usize| {
-            let unit = a.unit(u);
-            format!("{}[{}]", g.nodes[unit.producer].outputs[0], unit.channel)
-        };
+        let unit_name =
+            |u: usize| format!("{}[{}]", g.nodes[a.producer(u)].outputs[0], a.channel(u));
         for (bi, b) in basis.blocks.iter().enumerate() {
             let free_node = match &b.kind {
                 BlockKind::Chain { layers, free, .. } => Some(layers[*free]),
@@ -167,7 +165,7 @@ impl PlanReport {
                     let mut hidden: Vec<HiddenLayer> = vec![];
                     for up in &b.units {
                         let u = up.units[0];
-                        let layer = g.node_label(a.unit(u).producer);
+                        let layer = g.node_label(a.producer(u));
                         match hidden.last_mut() {
                             Some(h) if h.layer == layer => {
                                 h.units += 1;
@@ -239,12 +237,8 @@ impl PlanReport {
             });
         }
         let stats_of_bn = g.bn_statistics();
-        let radial_rows: std::collections::HashSet<usize> = a
-            .radial
-            .iter()
-            .flatten()
-            .map(|&u| a.unit(u).producer)
-            .collect();
+        let radial_rows: std::collections::HashSet<usize> =
+            a.radial.iter().flatten().map(|&u| a.producer(u)).collect();
         for (i, n) in g.nodes.iter().enumerate() {
             for p in n.data_inputs().iter().filter(|p| g.params.contains_key(*p)) {
                 if roles.contains_key(p) {

@@ -42,7 +42,7 @@ pub fn find(
     for members in &a.groups {
         for &u in members {
             read_by_units.extend(a.out_edits(u).map(|e| e.param.as_str()));
-            emits.insert(a.unit(u).producer);
+            emits.insert(a.producer(u));
         }
     }
     let mut groups = vec![];
@@ -60,16 +60,16 @@ pub fn find(
                     // Its producer's weight and bias, or a bias added on the way (an in-edge
                     // from the root too); never a statistic.
                     match owner(g, &e.param) {
-                        Some((n, _)) if n == a.unit(u).producer => {}
+                        Some((n, _)) if n == a.producer(u) => {}
                         Some((n, false))
-                            if a.unit(u).via.contains(&n)
+                            if a.passes(u).contains(&n)
                                 && !g.bn_statistics().contains(&e.param) => {}
                         _ => return Some(format!("its scale passes parameter '{}'", e.param)),
                     }
                     if read_by_units.contains(e.param.as_str()) {
                         return Some(format!(
                             "its producer {} reads rescalable units (a DAG block takes it)",
-                            g.node_label(a.unit(u).producer)
+                            g.node_label(a.producer(u))
                         ));
                     }
                 }
@@ -100,9 +100,7 @@ pub fn find(
             None => groups.push(k),
             Some(why) => {
                 for &u in members {
-                    outside
-                        .entry(a.unit(u).producer)
-                        .or_insert_with(|| why.clone());
+                    outside.entry(a.producer(u)).or_insert_with(|| why.clone());
                 }
             }
         }
@@ -143,9 +141,7 @@ pub fn find(
                     e.param
                 );
                 for &u in &a.groups[k] {
-                    outside
-                        .entry(a.unit(u).producer)
-                        .or_insert_with(|| why.clone());
+                    outside.entry(a.producer(u)).or_insert_with(|| why.clone());
                 }
             }
             hit.is_none()
@@ -171,7 +167,7 @@ pub fn build(g: &mut Graph, a: &Analysis, stars: &Stars) -> (Vec<Block>, Vec<usi
         };
         let c = g.params[&d.param].get_f32(d.index).abs();
         for &u in members {
-            apply_edits(g, &a.unit(u).edits, c);
+            apply_edits(g, a.edits(u), c);
         }
         // V: an in-edge of the group's first unit (its earliest producer, e.g. the BN
         // that starts a residual stream), so that w·V is the value of a real path for every
@@ -193,7 +189,7 @@ pub fn build(g: &mut Graph, a: &Analysis, stars: &Stars) -> (Vec<Block>, Vec<usi
     let tensors_of = |k: usize| -> BTreeSet<String> {
         a.groups[k]
             .iter()
-            .flat_map(|&u| a.unit(u).edits.iter().map(|e| e.param.clone()))
+            .flat_map(|&u| a.edits(u).iter().map(|e| e.param.clone()))
             .collect()
     };
     let mut parent: Vec<usize> = (0..chosen.len()).collect();
