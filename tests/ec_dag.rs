@@ -794,3 +794,92 @@ fn ec_sgd_trains_dag_and_star_blocks() {
         assert!(acc[1].0 >= 0.5 && acc[1].0 >= acc[0].0 - 0.08, "{acc:?}");
     }
 }
+
+/// Spec §9.4 to §9.6 on the full-size ResNet-20 and PlainNet-20 with BN in training mode
+/// (3x32x32, 272k and 270k parameters): coordinates of a rescaled copy, ICR against finite
+/// differences on a sample of coordinates, weight allocation.
+#[test]
+fn full_size_resnet20_and_plainnet20() {
+    for spec in ["resnet:3x32x32-n3", "plain:3x32x32-n3"] {
+        let g = ecc::zoo::build(&ecc::zoo::Spec::parse(spec).unwrap(), 4, true).unwrap();
+        let a = training(&g);
+        let c = conversion(&g);
+        let r = c.report(spec, &g);
+        assert_eq!(r.unit_coverage, 1.0);
+        let step = EcStep::new(&c.basis);
+        // §9.4
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let f: Vec<f32> = (0..a.rescalings())
+            .map(|_| 4f32.powf(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut moved = g.clone();
+        a.rescale(&mut moved, |k| f[k]);
+        let c2 = conversion(&moved);
+        let (p0, q0) = step.coordinates(&f64s(&c.canon));
+        let (p1, q1) = EcStep::new(&c2.basis).coordinates(&f64s(&c2.canon));
+        let mut coords = 0f64;
+        for (k, xs) in &p0 {
+            for (x, y) in xs.iter().zip(&p1[k]) {
+                coords = coords.max((x - y).abs() / x.abs().max(1e-6));
+            }
+        }
+        for (x, y) in q0.iter().flatten().zip(q1.iter().flatten()) {
+            coords = coords.max((x - y).abs() / x.abs());
+        }
+        // §9.5 on a sample
+        let loss = Loss::new(&c.canon);
+        let w0 = f64s(&c.canon);
+        let grads = loss.grads(&w0);
+        let icr = step.icr(&w0, &grads);
+        let l_at = |p: &Tensors, q: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, q));
+        let floor = 1e-6 * icr.dp.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
+        let mut icr_worst = 0f64;
+        let names = step.params();
+        for n in 0..8 {
+            let k = &names[(n * 7) % names.len()];
+            let i = rng.gen_range(0..p0[k].len());
+            if p0[k][i] == 0.0 {
+                continue;
+            }
+            let h = 1e-5 * p0[k][i].abs();
+            let (mut up, mut dn) = (p0.clone(), p0.clone());
+            up.get_mut(k).unwrap()[i] += h;
+            dn.get_mut(k).unwrap()[i] -= h;
+            let fd = (l_at(&up, &q0) - l_at(&dn, &q0)) / (2.0 * h);
+            let an = icr.dp[k][i];
+            println!("  dL/dp {k}[{i}]: ICR {an:e}, finite difference {fd:e}");
+            icr_worst = icr_worst.max((fd - an).abs() / fd.abs().max(an.abs()).max(floor));
+        }
+        // Moving a V moves every scalar of its chain: a larger step crosses more ReLU kinks
+        // of the whole batch, so a smaller relative step than for single scalars.
+        for bi in 0..2 {
+            let h = 1e-7 * q0[bi][0].abs();
+            let (mut up, mut dn) = (q0.clone(), q0.clone());
+            up[bi][0] += h;
+            dn[bi][0] -= h;
+            let fd = (l_at(&p0, &up) - l_at(&p0, &dn)) / (2.0 * h);
+            let an = icr.dv[bi][0];
+            println!("  dL/dq block {bi} V 0: ICR {an:e}, finite difference {fd:e}");
+            icr_worst = icr_worst.max((fd - an).abs() / fd.abs().max(an.abs()).max(floor));
+        }
+        // §9.6
+        let mut w = w0.clone();
+        let cfg = StepConfig {
+            lr: common::calm_lr(&step, &w, &grads, 1e-2),
+            momentum: 0.5,
+            weight_decay: 1e-3,
+            r_floor: 0.1,
+        };
+        let (wa, moved_by, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        println!(
+            "{spec}: {} blocks; rescaled copy's coordinates differ by {coords:.1e}; ICR vs finite differences {icr_worst:.1e}; WA {wa:.1e} (largest move {moved_by:.1e})",
+            r.blocks.len()
+        );
+        assert!(coords <= 1e-4, "{spec}: {coords:e}");
+        assert!(icr_worst <= 1e-3, "{spec}: {icr_worst:e}");
+        assert!(
+            wa <= 1e-9 && moved_by >= 1e-4 && guarded == 0,
+            "{spec}: {wa:e}"
+        );
+    }
+}

@@ -178,6 +178,13 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
             &work,
             4,
         ));
+        // The canonical form of squeezenet (fan-out and concatenation without BN: a DAG
+        // block), an ordinary ONNX file that onnxruntime runs as ecc does.
+        let sq = fx.join("onnx/light/light_squeezenet.onnx");
+        let canon = ecc::ec::convert(&load_file(&sq, &no).unwrap()).canon;
+        let path = work.join("squeezenet.ec.onnx");
+        ecc::export::write_file(&canon, &path).unwrap();
+        jobs.push(job("squeezenet.ec", &path, &no, 1, &work, 6));
         // The pytorch cases are opset 6, which onnxruntime no longer runs: their exports
         // go through the checker only (their numerics are checked in onnx_models.rs).
         for folder in ["pytorch-converted", "pytorch-operator"] {
