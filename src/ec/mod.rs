@@ -563,10 +563,11 @@ fn weight_index(dims: &[usize], out_axis: usize, in_axis: usize, o: usize, pos: 
     idx
 }
 
-/// The centre position of a channel's features along an edit's axis.
-fn centre(e: &Edit, len: usize) -> usize {
-    let per = e.channels * e.block;
-    (len / per / 2) * per + e.channel * e.block + e.block / 2
+/// The centre position of channel `channel` (of `channels`, each `block` positions wide,
+/// repeated along an axis of length `len`).
+fn centre(channels: usize, block: usize, channel: usize, len: usize) -> usize {
+    let per = channels * block;
+    (len / per / 2) * per + channel * block + block / 2
 }
 
 /// The designated weights of hidden layer `l` of a block, chosen on the current weights of
@@ -619,7 +620,7 @@ pub(crate) fn designate(
                         let prev = &b.hidden[l - 1];
                         let i = prev[(j + r) % prev.len()];
                         let e = a.out_edit(i, &w).expect("consumer edit");
-                        centre(e, dims[e.axis])
+                        centre(e.channels, e.block, e.channel, dims[e.axis])
                     };
                     weight_index(dims, oa, ia, j, pos)
                 } else {
@@ -629,7 +630,7 @@ pub(crate) fn designate(
                         oa,
                         e.axis,
                         (j + r) % dims[oa],
-                        centre(e, dims[e.axis]),
+                        centre(e.channels, e.block, e.channel, dims[e.axis]),
                     )
                 };
                 Designated {

@@ -36,16 +36,7 @@ impl LayerGeom {
         let pos = if self.in_block == 1 && self.in_channels == len {
             i
         } else {
-            let e = crate::analysis::Edit {
-                param: String::new(),
-                axis: self.in_axis,
-                channels: self.in_channels,
-                block: self.in_block,
-                channel: i,
-                rows: None,
-                exponent: -1,
-            };
-            centre(&e, len)
+            centre(self.in_channels, self.in_block, i, len)
         };
         weight_index(&self.dims, self.out_axis, self.in_axis, o, pos)
     }
