@@ -555,8 +555,6 @@ fn icr_matches_finite_differences_in_training_mode() {
         let icr = step.icr(&w0, &loss.grads(&w0));
         let (pc, vc) = step.coordinates(&w0);
         let l_at = |p: &Tensors, v: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, v));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (mut worst, mut checked) = (0f64, 0);
         // Derivatives that are exactly 0 (a unit no sample activates) against the noise of
         // a central difference: relative to the largest path gradient.
         let floor = 1e-6
@@ -566,45 +564,24 @@ fn icr_matches_finite_differences_in_training_mode() {
                 .flatten()
                 .chain(icr.dv.iter().flatten())
                 .fold(0f64, |m, x| m.max(x.abs()));
-        let mut check = |fd: f64, an: f64, what: &str| {
-            let err = (fd - an).abs() / fd.abs().max(an.abs()).max(floor);
-            assert!(
-                err <= 1e-3,
-                "{name}: {what}: ICR {an} vs finite difference {fd}"
-            );
-            worst = worst.max(err);
-            checked += 1;
-        };
-        for k in step.params() {
-            let n = pc[&k].len();
-            for _ in 0..6 {
-                let i = rng.gen_range(0..n);
-                if pc[&k][i] == 0.0 {
-                    continue;
-                }
-                let h = 1e-5 * pc[&k][i].abs();
-                let (mut up, mut dn) = (pc.clone(), pc.clone());
-                up.get_mut(&k).unwrap()[i] += h;
-                dn.get_mut(&k).unwrap()[i] -= h;
-                let fd = (l_at(&up, &vc) - l_at(&dn, &vc)) / (2.0 * h);
-                check(fd, icr.dp[&k][i], &format!("dL/dp of {k}[{i}]"));
-            }
-        }
-        for (bi, vs) in vc.iter().enumerate() {
-            // The first V's, and in a DAG block the V's whose own chain runs through others.
-            let picked: Vec<usize> = (0..vs.len())
-                .filter(|&k| k < 4 || (c.basis.blocks[bi].v_chain(k).is_some() && k % 3 == 0))
+        // The first V's, and in a DAG block the V's whose own chain runs through others.
+        let picks = |b: usize, n: usize| -> Vec<usize> {
+            (0..n)
+                .filter(|&k| k < 4 || (c.basis.blocks[b].v_chain(k).is_some() && k % 3 == 0))
                 .take(24)
-                .collect();
-            for c in picked {
-                let h = 1e-5 * vs[c].abs();
-                let (mut up, mut dn) = (vc.clone(), vc.clone());
-                up[bi][c] += h;
-                dn[bi][c] -= h;
-                let fd = (l_at(&pc, &up) - l_at(&pc, &dn)) / (2.0 * h);
-                check(fd, icr.dv[bi][c], &format!("dL/dV[{bi}][{c}]"));
-            }
-        }
+                .collect()
+        };
+        let (worst, checked) = common::icr_check(
+            &name,
+            &icr,
+            &l_at,
+            &pc,
+            &vc,
+            &step.params(),
+            6,
+            picks,
+            floor,
+        );
         println!("{name}: {checked} path gradients, worst relative error {worst:.1e}");
         assert!(checked > 10, "{name}: only {checked} checked");
     }
@@ -838,29 +815,20 @@ fn full_size_resnet20_and_plainnet20() {
         for n in 0..8 {
             let k = &names[(n * 7) % names.len()];
             let i = rng.gen_range(0..p0[k].len());
-            if p0[k][i] == 0.0 {
-                continue;
+            if p0[k][i] != 0.0 {
+                let fd = common::fd_p(&l_at, &p0, &q0, k, i, 1e-5);
+                let an = icr.dp[k][i];
+                println!("  dL/dp {k}[{i}]: ICR {an:e}, finite difference {fd:e}");
+                icr_worst = icr_worst.max(common::rel_diff(fd, an, floor));
             }
-            let h = 1e-5 * p0[k][i].abs();
-            let (mut up, mut dn) = (p0.clone(), p0.clone());
-            up.get_mut(k).unwrap()[i] += h;
-            dn.get_mut(k).unwrap()[i] -= h;
-            let fd = (l_at(&up, &q0) - l_at(&dn, &q0)) / (2.0 * h);
-            let an = icr.dp[k][i];
-            println!("  dL/dp {k}[{i}]: ICR {an:e}, finite difference {fd:e}");
-            icr_worst = icr_worst.max((fd - an).abs() / fd.abs().max(an.abs()).max(floor));
         }
         // Moving a V moves every scalar of its chain: a larger step crosses more ReLU kinks
         // of the whole batch, so a smaller relative step than for single scalars.
         for bi in 0..2 {
-            let h = 1e-7 * q0[bi][0].abs();
-            let (mut up, mut dn) = (q0.clone(), q0.clone());
-            up[bi][0] += h;
-            dn[bi][0] -= h;
-            let fd = (l_at(&p0, &up) - l_at(&p0, &dn)) / (2.0 * h);
+            let fd = common::fd_q(&l_at, &p0, &q0, bi, 0, 1e-7);
             let an = icr.dv[bi][0];
             println!("  dL/dq block {bi} V 0: ICR {an:e}, finite difference {fd:e}");
-            icr_worst = icr_worst.max((fd - an).abs() / fd.abs().max(an.abs()).max(floor));
+            icr_worst = icr_worst.max(common::rel_diff(fd, an, floor));
         }
         // §9.6
         let mut w = w0.clone();

@@ -627,47 +627,17 @@ fn icr_on_conv_models_in_f64() {
             set(&step.weights_from(&w0, p, v));
             loss().to_scalar::<f64>().unwrap()
         };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (mut worst, mut checked) = (0f64, 0);
-        for k in step.params() {
-            let n = pc[&k].len();
-            for _ in 0..12 {
-                let i = rng.gen_range(0..n);
-                if pc[&k][i] == 0.0 {
-                    continue;
-                }
-                let h = 1e-5 * pc[&k][i].abs();
-                let (mut up, mut dn) = (pc.clone(), pc.clone());
-                up.get_mut(&k).unwrap()[i] += h;
-                dn.get_mut(&k).unwrap()[i] -= h;
-                let fd = (l_at(&up, &vc) - l_at(&dn, &vc)) / (2.0 * h);
-                let an = icr.dp[&k][i];
-                let err = (fd - an).abs() / fd.abs().max(an.abs()).max(1e-12);
-                worst = worst.max(err);
-                checked += 1;
-                assert!(
-                    err <= 1e-3,
-                    "{name}: dL/dp of {k}[{i}]: ICR {an} vs finite difference {fd}"
-                );
-            }
-        }
-        for (bi, vs) in vc.iter().enumerate() {
-            for c in 0..vs.len().min(16) {
-                let h = 1e-5 * vs[c].abs();
-                let (mut up, mut dn) = (vc.clone(), vc.clone());
-                up[bi][c] += h;
-                dn[bi][c] -= h;
-                let fd = (l_at(&pc, &up) - l_at(&pc, &dn)) / (2.0 * h);
-                let an = icr.dv[bi][c];
-                let err = (fd - an).abs() / fd.abs().max(an.abs()).max(1e-12);
-                worst = worst.max(err);
-                checked += 1;
-                assert!(
-                    err <= 1e-3,
-                    "{name}: dL/dV[{c}]: ICR {an} vs finite difference {fd}"
-                );
-            }
-        }
+        let (worst, checked) = common::icr_check(
+            &name,
+            &icr,
+            &l_at,
+            &pc,
+            &vc,
+            &step.params(),
+            12,
+            |_, n| (0..n.min(16)).collect(),
+            1e-12,
+        );
         println!("{name}: {checked} path gradients in f64, worst relative error {worst:.1e}");
     }
 }

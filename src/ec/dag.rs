@@ -19,8 +19,8 @@
 //! [`super::step`] handles that form. Normalization scales the groups in increasing dist
 //! (heads before tails), so each d_u is chosen on weights its heads already fixed.
 
-use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
-use super::{largest, owner, positions, EcPlan, Scalar};
+use super::basis::{Block, BlockKind, Region, TensorRole, UnitPlan};
+use super::{largest, layer_plans, owner, positions, EcPlan, Scalar};
 use crate::analysis::{apply_edits, edit_runs, Analysis};
 use crate::ir::Graph;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -363,8 +363,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
             }
         }
     }
-    let mut layers: BTreeMap<usize, LayerPlan> = BTreeMap::new();
-    let mut loose: Vec<(usize, TensorRole)> = vec![];
+    let mut tensors = vec![];
     for name in &params {
         let dims = g.params[name].dims.clone();
         let (node, is_weight) = owner(g, name).expect("DAG tensors are read by a node");
@@ -396,40 +395,8 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
         } else {
             Region::After
         };
-        if is_weight {
-            layers.insert(
-                node,
-                LayerPlan {
-                    node,
-                    label: g.node_label(node),
-                    region,
-                    weight: t,
-                    bias: None,
-                },
-            );
-        } else {
-            loose.push((node, t));
-        }
+        tensors.push((t, region));
     }
-    let mut out: Vec<LayerPlan> = vec![];
-    for (node, t) in loose {
-        match layers.get_mut(&node) {
-            Some(l)
-                if l.bias.is_none() && g.layer(node).is_some_and(|x| x.bias == Some(&t.param)) =>
-            {
-                l.bias = Some(t)
-            }
-            _ => out.push(LayerPlan {
-                node,
-                label: g.node_label(node),
-                region: Region::Free,
-                weight: t,
-                bias: None,
-            }),
-        }
-    }
-    out.extend(layers.into_values());
-    out.sort_by_key(|l| l.node);
     let units = topo
         .iter()
         .map(|&k| UnitPlan {
@@ -443,7 +410,7 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
         kind: BlockKind::Dag,
         v,
         monomials,
-        layers: out,
+        layers: layer_plans(g, tensors),
         units,
     }))
 }

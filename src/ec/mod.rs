@@ -158,6 +158,40 @@ pub(crate) fn positions(dims: &[usize], e: &Edit) -> impl Iterator<Item = usize>
         .flat_map(move |o| (0..block).map(move |i| o * per + channel * block + i))
 }
 
+/// Tensors with their regions as layer plans: a layer's weight and its bias in one plan,
+/// any other tensor (a bias added after a layer) in its own, in node order.
+pub(crate) fn layer_plans(
+    g: &Graph,
+    tensors: Vec<(basis::TensorRole, basis::Region)>,
+) -> Vec<basis::LayerPlan> {
+    let mut keyed: Vec<(usize, bool, basis::LayerPlan)> = tensors
+        .into_iter()
+        .map(|(t, region)| {
+            let (node, is_weight) = owner(g, &t.param).expect("block tensors are read by a node");
+            let plan = basis::LayerPlan {
+                node,
+                label: g.node_label(node),
+                region,
+                weight: t,
+                bias: None,
+            };
+            (node, is_weight, plan)
+        })
+        .collect();
+    keyed.sort_by_key(|(n, w, _)| (*n, !*w));
+    let mut out: Vec<basis::LayerPlan> = vec![];
+    for (node, is_weight, l) in keyed {
+        let bias_of_layer = g.layer(node).and_then(|x| x.bias) == Some(l.weight.param.as_str());
+        match out.last_mut() {
+            Some(m) if m.node == node && !is_weight && bias_of_layer && m.bias.is_none() => {
+                m.bias = Some(l.weight)
+            }
+            _ => out.push(l),
+        }
+    }
+    out
+}
+
 /// The scalar of largest magnitude among the slices `edits` select, keeping only flat
 /// indices `keep` accepts (first on ties); None if there is none or it is zero.
 pub(crate) fn largest<'e>(

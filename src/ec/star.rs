@@ -14,8 +14,8 @@
 //! every out-edge of the group (a residual stream flows from its first BN through every
 //! addition), so p = w·V is a path value. Stars that share a tensor form one block.
 
-use super::basis::{Block, BlockKind, LayerPlan, Region, TensorRole, UnitPlan};
-use super::{largest, owner, positions, Scalar};
+use super::basis::{Block, BlockKind, Region, TensorRole, UnitPlan};
+use super::{largest, layer_plans, owner, positions, Scalar};
 use crate::analysis::{apply_edits, Analysis};
 use crate::ir::Graph;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -288,25 +288,11 @@ fn block<'c>(
             .fixed
             .push(d.index);
     }
-    let mut layers = vec![];
-    let mut add = |t: TensorRole, region: Region| {
-        let (node, is_weight) = owner(g, &t.param).expect("star tensors are read by a node");
-        layers.push((
-            node,
-            is_weight,
-            LayerPlan {
-                node,
-                label: g.node_label(node),
-                region,
-                weight: t,
-                bias: None,
-            },
-        ));
-    };
+    let mut tensors = vec![];
     for (_, mut t) in free {
         t.fixed = t.v.iter().map(|&(_, i)| i).collect();
         t.fixed.sort_unstable();
-        add(t, Region::Free);
+        tensors.push((t, Region::Free));
     }
     for (_, (mut t, pos)) in chained {
         // `find` admits only consumers with a star behind every input position, and stars
@@ -316,22 +302,13 @@ fn block<'c>(
             .map(|c| c.expect("every position of a chained tensor has a star"))
             .collect();
         t.fixed.sort_unstable();
-        add(t, Region::After);
-    }
-    // A layer's bias joins its weight's plan.
-    layers.sort_by_key(|(n, w, _)| (*n, !*w));
-    let mut merged: Vec<LayerPlan> = vec![];
-    for (_, is_weight, l) in layers {
-        match merged.last_mut() {
-            Some(m) if m.node == l.node && !is_weight => m.bias = Some(l.weight),
-            _ => merged.push(l),
-        }
+        tensors.push((t, Region::After));
     }
     Block {
         kind: BlockKind::Star,
         monomials: Block::simple_monomials(v.len()),
         v,
-        layers: merged,
+        layers: layer_plans(g, tensors),
         units,
     }
 }

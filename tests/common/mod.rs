@@ -185,3 +185,75 @@ pub fn weight_allocation_errors(
     }
     (worst, moved, guarded)
 }
+
+/// A loss written as a function of the path coordinates (p, q).
+pub type CoordLoss<'a> = dyn Fn(&Tensors, &[Vec<f64>]) -> f64 + 'a;
+
+/// Spec §9.5: the central difference of `f` along p[k][i], step `rel` times its size.
+pub fn fd_p(f: &CoordLoss, p: &Tensors, q: &[Vec<f64>], k: &str, i: usize, rel: f64) -> f64 {
+    let h = rel * p[k][i].abs();
+    let (mut up, mut dn) = (p.clone(), p.clone());
+    up.get_mut(k).unwrap()[i] += h;
+    dn.get_mut(k).unwrap()[i] -= h;
+    (f(&up, q) - f(&dn, q)) / (2.0 * h)
+}
+
+/// Spec §9.5: the central difference of `f` along the coordinate of V `c` of block `b`.
+pub fn fd_q(f: &CoordLoss, p: &Tensors, q: &[Vec<f64>], b: usize, c: usize, rel: f64) -> f64 {
+    let h = rel * q[b][c].abs();
+    let (mut up, mut dn) = (q.to_vec(), q.to_vec());
+    up[b][c] += h;
+    dn[b][c] -= h;
+    (f(p, &up) - f(p, &dn)) / (2.0 * h)
+}
+
+/// |a − b| relative to the larger of the two, or to `floor` when both are smaller.
+pub fn rel_diff(a: f64, b: f64, floor: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(floor)
+}
+
+/// Spec §9.5: the ICR `icr` against central differences of `f` at (p, q): `per_param`
+/// random nonzero coordinates of each tensor in `params`, and the V's `v_picks(block, n)`
+/// chooses, each to 1e-3 relative (`floor`: the size below which a derivative counts as
+/// zero). Returns (worst relative error, number checked).
+#[allow(clippy::too_many_arguments)]
+pub fn icr_check(
+    name: &str,
+    icr: &ecc::ec::step::Icr,
+    f: &CoordLoss,
+    p: &Tensors,
+    q: &[Vec<f64>],
+    params: &[String],
+    per_param: usize,
+    v_picks: impl Fn(usize, usize) -> Vec<usize>,
+    floor: f64,
+) -> (f64, usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let (mut worst, mut checked) = (0f64, 0);
+    let mut check = |fd: f64, an: f64, what: &str| {
+        let err = rel_diff(fd, an, floor);
+        assert!(
+            err <= 1e-3,
+            "{name}: {what}: ICR {an} vs finite difference {fd}"
+        );
+        worst = worst.max(err);
+        checked += 1;
+    };
+    for k in params {
+        for _ in 0..per_param {
+            let i = rng.gen_range(0..p[k].len());
+            if p[k][i] != 0.0 {
+                let fd = fd_p(f, p, q, k, i, 1e-5);
+                check(fd, icr.dp[k][i], &format!("dL/dp of {k}[{i}]"));
+            }
+        }
+    }
+    for (b, qs) in q.iter().enumerate() {
+        for c in v_picks(b, qs.len()) {
+            let fd = fd_q(f, p, q, b, c, 1e-5);
+            check(fd, icr.dv[b][c], &format!("dL/dq[{b}][{c}]"));
+        }
+    }
+    (worst, checked)
+}
