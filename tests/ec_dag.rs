@@ -662,6 +662,36 @@ fn programs_match_the_reference_step() {
     }
 }
 
+/// A zoo model of the fixture cache at input `shape`, with random weights (the files carry
+/// none): scales 1/sqrt(size) (at least 0.05), BN variances in [0.5, 1.5].
+fn zoo_model(fx: &std::path::Path, name: &str, shape: Vec<usize>) -> Graph {
+    let path = fx.join(format!("onnx/light/light_{name}.onnx"));
+    let input = ecc::import::load_file(&path, &Default::default())
+        .unwrap()
+        .inputs[0]
+        .name
+        .clone();
+    let mut o = ecc::import::ImportOptions::default();
+    o.input_shapes.insert(input, shape);
+    let mut g = ecc::import::load_file(&path, &o).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let stats: Vec<String> = g.bn_statistics().into_iter().cloned().collect();
+    for (k, p) in g.params.iter_mut() {
+        let var = stats.contains(k) && k.contains("var");
+        if let ecc::ir::TensorData::F32(v) = &mut p.data {
+            let b = (1.0 / (v.len() as f32).sqrt()).max(0.05);
+            for x in v.iter_mut() {
+                *x = if var {
+                    rng.gen_range(0.5..1.5)
+                } else {
+                    rng.gen_range(-1.0..1.0) * b
+                };
+            }
+        }
+    }
+    g
+}
+
 /// The zoo models of the fixture cache (random weights, as their files carry none): every
 /// rescaling in a block, the canonical form keeps the function and is canonical.
 #[test]
@@ -675,34 +705,8 @@ fn zoo_models_are_covered_and_canonical() {
         ("resnet50", vec![1, 3, 224, 224]),
         ("densenet121", vec![1, 3, 224, 224]),
     ] {
-        let path = fx.join(format!("onnx/light/light_{name}.onnx"));
-        let input = ecc::import::load_file(&path, &Default::default())
-            .unwrap()
-            .inputs[0]
-            .name
-            .clone();
-        let mut o = ecc::import::ImportOptions::default();
-        o.input_shapes.insert(input, shape);
-        let mut g = ecc::import::load_file(&path, &o).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let stats: Vec<String> = g.bn_statistics().into_iter().cloned().collect();
-        for (k, p) in g.params.iter_mut() {
-            let var = stats.contains(k) && k.contains("var");
-            if let ecc::ir::TensorData::F32(v) = &mut p.data {
-                let b = if var {
-                    0.0
-                } else {
-                    1.0 / (v.len() as f32).sqrt().max(1.0)
-                };
-                for x in v.iter_mut() {
-                    *x = if var {
-                        rng.gen_range(0.5..1.5)
-                    } else {
-                        rng.gen_range(-1.0..1.0) * b.max(0.05)
-                    };
-                }
-            }
-        }
+        let g = zoo_model(&fx, name, shape);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         let a = training(&g);
         let c = conversion(&g);
         let r = c.report(name, &g);
@@ -848,6 +852,87 @@ fn full_size_resnet20_and_plainnet20() {
         assert!(
             wa <= 1e-9 && moved_by >= 1e-4 && guarded == 0,
             "{spec}: {wa:e}"
+        );
+    }
+}
+
+/// Spec §9.2, §9.5 and §9.6 on the DAG blocks of zoo squeezenet (fan-out, concatenation;
+/// at 64x64) and inception_v1 (at 224x224), random weights, in f64.
+#[test]
+fn zoo_dag_models_pass_gradient_balance_icr_and_weight_allocation() {
+    let Some(fx) = common::fixtures() else {
+        return;
+    };
+    // (model, input, every how many tensors, coordinates per tensor)
+    for (name, shape, every, per) in [
+        ("squeezenet", vec![1, 3, 64, 64], 3, 3),
+        ("inception_v1", vec![1, 3, 224, 224], 25, 2),
+    ] {
+        // Logits (the trailing Softmax dropped, as in training): larger gradients to resolve.
+        let g = ecc::train::logits_graph(&zoo_model(&fx, name, shape));
+        let a = training(&g);
+        let c = conversion(&g);
+        let dag = |b: usize| c.basis.blocks[b].kind == ecc::ec::basis::BlockKind::Dag;
+        assert!((0..c.basis.blocks.len()).any(dag), "{name}");
+        let loss = Loss::new(&c.canon);
+        let w0 = f64s(&c.canon);
+        let grads = loss.grads(&w0);
+        // §9.2 on the canonical model.
+        let mut balance = 0f64;
+        for members in &a.groups {
+            let (mut inc, mut out) = (0f64, 0f64);
+            for &u in members {
+                for e in a.edits(u) {
+                    let s: f64 = ecc::analysis::edit_runs(&c.canon.params[&e.param].dims, e)
+                        .into_iter()
+                        .flatten()
+                        .map(|i| w0[&e.param][i] * grads[&e.param][i])
+                        .sum();
+                    if e.exponent > 0 {
+                        inc += s
+                    } else {
+                        out += s
+                    }
+                }
+            }
+            balance = balance.max(common::rel_diff(inc, out, 1e-12));
+        }
+        // §9.5 on a sample: `per` coordinates of every `every`-th tensor, the first V's and
+        // some V's whose own chain runs through others.
+        let step = EcStep::new(&c.basis);
+        let icr = step.icr(&w0, &grads);
+        let (pc, qc) = step.coordinates(&w0);
+        let l_at = |p: &Tensors, q: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, q));
+        let floor = 1e-6 * icr.dp.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
+        let params: Vec<String> = step.params().into_iter().step_by(every).collect();
+        let picks = |b: usize, n: usize| -> Vec<usize> {
+            (0..n)
+                .filter(|&k| {
+                    k < 2 || (dag(b) && c.basis.blocks[b].v_chain(k).is_some() && k % 31 == 0)
+                })
+                .take(10)
+                .collect()
+        };
+        let (icr_worst, checked) =
+            common::icr_check(name, &icr, &l_at, &pc, &qc, &params, per, picks, floor);
+        // §9.6
+        let mut w = w0.clone();
+        let cfg = StepConfig {
+            lr: common::calm_lr(&step, &w, &grads, 1e-2),
+            momentum: 0.5,
+            weight_decay: 1e-3,
+            r_floor: 0.1,
+        };
+        let (wa, moved, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        println!(
+            "{name}: gradient balance {balance:.1e} over {} groups; ICR {icr_worst:.1e} over {checked} coordinates; WA {wa:.1e} (largest move {moved:.1e})",
+            a.groups.len()
+        );
+        assert!(balance <= 1e-6, "{name}: {balance:e}");
+        assert!(checked >= 5, "{name}: {checked}");
+        assert!(
+            wa <= 1e-9 && moved >= 1e-4 && guarded == 0,
+            "{name}: {wa:e}"
         );
     }
 }
