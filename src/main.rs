@@ -96,8 +96,10 @@ enum Cmd {
         output: PathBuf,
     },
     /// The EC pass: write the canonical (gauge-normalized, function-preserving) model as
-    /// DIR/<stem>.ec.onnx and its EC plan (blocks, free layers, designated weights, every
-    /// parameter's role, coverage) as DIR/<stem>.ec.json, and print a summary.
+    /// DIR/<stem>.ec.onnx and its EC plan (chain, star and DAG blocks, every rescaling's
+    /// chain and designated scalar, every tensor's role, coverage; docs/plan-schema.md) as
+    /// DIR/<stem>.ec.json, and print a summary. BatchNormalization is analysed in training
+    /// mode, as `ecc train` runs it; the canonical model keeps the inference function.
     Convert {
         #[command(flatten)]
         m: ModelArgs,

@@ -98,4 +98,19 @@ fn user_rules_are_added_and_checked() {
     let (code, out, err) = ecc(&["analyze", CNN, "--rules", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("39 rules"), "{out}");
+
+    // An unsound user rule (a scale passing through Sigmoid would make Sigmoid units
+    // "rescalable") is refused when loaded, with its file:line and the instance that shows it.
+    let dir = scratch("unsound");
+    std::fs::write(
+        dir.join("bad.rules"),
+        "# a comment line\nsigmoid-pass: (sigmoid (scale ?s ?x)) => (scale ?s (sigmoid ?x))\n",
+    )
+    .unwrap();
+    let (code, out, err) = ecc(&["analyze", CNN, "--rules", dir.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("bad.rules:2"), "{err}");
+    assert!(err.contains("'sigmoid-pass' is unsound"), "{err}");
+    assert!(err.contains("random instance"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

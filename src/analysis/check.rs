@@ -681,19 +681,46 @@ fn side(p: &Pattern<Ec>, env: &mut Env) -> R<Val> {
     settle(eval(nodes, nodes.len() - 1, Role::Data(4), env)?)
 }
 
+/// The largest relative difference between a rule's two sides that counts as equal (f64
+/// evaluation on random instances).
+pub const SOUND: f64 = 1e-9;
+
+/// Why a rule is unsound, with the instance that shows it, or None: the rule checked on
+/// `trials` random instances (reproducible: instance k draws from seed k).
+pub fn refute(rule: &Rule, trials: u64) -> Option<String> {
+    for seed in 0..trials {
+        match check_one(rule, seed) {
+            Ok(e) if e <= SOUND => {}
+            Ok(e) => {
+                return Some(format!(
+                    "its two sides differ by relative error {e:.2e} on random instance {seed} \
+                     (tensors, scales and parameters drawn from seed {seed}, group size {})",
+                    [1, 2, 4][seed as usize % 3]
+                ))
+            }
+            Err(e) => return Some(format!("on random instance {seed}: {e}")),
+        }
+    }
+    None
+}
+
+fn check_one(rule: &Rule, seed: u64) -> R<f64> {
+    let mut env = Env {
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        vars: HashMap::new(),
+        conds: rule.conds.iter().map(|(k, v)| (*v, *k)).collect(),
+        group: [1, 2, 4][seed as usize % 3],
+    };
+    let lhs = side(&rule.lhs, &mut env).map_err(|e| format!("left side: {e}"))?;
+    let rhs = side(&rule.rhs, &mut env).map_err(|e| format!("right side: {e}"))?;
+    rel_err(&lhs, &rhs)
+}
+
 /// Check one rule on `trials` random instances; the worst relative error, or why it fails.
 pub fn check_rule(rule: &Rule, trials: u64) -> R<f64> {
     let mut worst = 0f64;
     for seed in 0..trials {
-        let mut env = Env {
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            vars: HashMap::new(),
-            conds: rule.conds.iter().map(|(k, v)| (*v, *k)).collect(),
-            group: [1, 2, 4][seed as usize % 3],
-        };
-        let lhs = side(&rule.lhs, &mut env).map_err(|e| format!("left side: {e}"))?;
-        let rhs = side(&rule.rhs, &mut env).map_err(|e| format!("right side: {e}"))?;
-        worst = worst.max(rel_err(&lhs, &rhs)?);
+        worst = worst.max(check_one(rule, seed)?);
     }
     Ok(worst)
 }

@@ -82,7 +82,7 @@ pub struct RuleSet {
 }
 
 fn rule_error(file: &str, line: usize, why: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Invalid(format!("{file}:{line}: {why}")))
+    Error::new(ErrorKind::Usage(format!("rules {file}:{line}: {why}")))
 }
 
 /// Parse one rule file's text. `file` names it in errors.
@@ -175,7 +175,7 @@ impl RuleSet {
     pub fn extend(&mut self, rules: Vec<Rule>) -> Result<()> {
         for r in rules {
             if let Some(prev) = self.rules.iter().find(|p| p.name == r.name) {
-                return Err(Error::new(ErrorKind::Invalid(format!(
+                return Err(Error::new(ErrorKind::Usage(format!(
                     "{}: rule name '{}' is already used at {}",
                     r.origin, r.name, prev.origin
                 ))));
@@ -185,7 +185,8 @@ impl RuleSet {
         Ok(())
     }
 
-    /// Add every `*.rules` file of a directory (sorted by name).
+    /// Add every `*.rules` file of a directory (sorted by name), each rule checked
+    /// numerically first.
     pub fn load_dir(&mut self, dir: &Path) -> Result<()> {
         let io = |e: std::io::Error| Error::new(ErrorKind::Io(e.to_string())).in_file(dir);
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -200,7 +201,18 @@ impl RuleSet {
         for f in files {
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&f))?;
+            let before = self.rules.len();
             self.extend(parse_rules(&f.display().to_string(), &text)?)?;
+            // A user rule is checked numerically, as the embedded ones are by the tests
+            // (both sides evaluated on random instances): an unsound one is refused.
+            for r in &self.rules[before..] {
+                if let Some(why) = super::check::refute(r, 12) {
+                    return Err(Error::usage(format!(
+                        "rules {}: rule '{}' is unsound: {why}",
+                        r.origin, r.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
