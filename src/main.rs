@@ -516,6 +516,8 @@ fn main_inner(cli: Cli) -> Result<()> {
             augment,
         } => {
             use ecc::train::{train_with, Hooks, OptimizerKind, Schedule, TrainConfig};
+            // Every numeric option before any work.
+            check_training_args(epochs, batch, lr, momentum, weight_decay)?;
             // Ctrl-C: finish the current step, write the checkpoint, stop.
             let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
             let g = match &model {
@@ -553,9 +555,15 @@ fn main_inner(cli: Cli) -> Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "models/mlp-digits.onnx (embedded)".into());
             println!("model {name}, data {} ({} train / {} test), {epochs} epochs, batch {batch}, lr {lr}", split.name, split.train.len(), split.test.len());
+            // A resumed run adds its epochs to the metrics of the interrupted one.
             let mut sink = match &metrics {
                 Some(p) => Some(
-                    std::fs::File::create(p)
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(resume)
+                        .write(true)
+                        .truncate(!resume)
+                        .open(p)
                         .with_context(|| format!("cannot create {}", p.display()))?,
                 ),
                 None => None,
@@ -632,6 +640,12 @@ fn main_inner(cli: Cli) -> Result<()> {
                     stop: Some(&STOP),
                 };
                 let (trained, hist) = train_with(&g, &split, &cfg, hooks)?;
+                if hist.is_empty() {
+                    println!(
+                        "  {label:<7} the checkpoint's run has finished all {epochs} epochs: nothing to do (nothing written)"
+                    );
+                    continue;
+                }
                 if let Some(o) = &output {
                     ecc::export::write_file(&trained, o)?;
                     println!("wrote {}", o.display());
@@ -642,8 +656,8 @@ fn main_inner(cli: Cli) -> Result<()> {
                 "\n{:<11} {:>9} {:>9} {:>9} {:>10} {:>8}",
                 "optimizer", "test acc", "best acc", "test loss", "s/epoch", "guarded"
             );
-            for h in &rows {
-                let last = h.last().expect("epochs >= 1");
+            for h in rows.iter().filter(|h| !h.is_empty()) {
+                let last = h.last().expect("not empty");
                 let best = h.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
                 let secs = h.iter().map(|m| m.seconds).sum::<f64>() / h.len() as f64;
                 let name = last.optimizer.name();
@@ -852,4 +866,33 @@ fn main() {
         };
         std::process::exit(code);
     }
+}
+
+/// The training options that must hold before any work: one line and exit 2 otherwise.
+fn check_training_args(
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> ecc::Result<()> {
+    let bad = |what: String| Err(ecc::Error::usage(what));
+    if epochs == 0 {
+        return bad("--epochs must be at least 1".into());
+    }
+    if batch == 0 {
+        return bad("--batch must be at least 1".into());
+    }
+    if !(lr.is_finite() && lr > 0.0) {
+        return bad(format!("--lr must be a positive number, not {lr}"));
+    }
+    if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+        return bad(format!("--momentum must be in [0, 1), not {momentum}"));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return bad(format!(
+            "--weight-decay must be a number >= 0, not {weight_decay}"
+        ));
+    }
+    Ok(())
 }

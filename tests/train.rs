@@ -387,3 +387,66 @@ fn ec_sgd_trains_a_batch_norm_network_in_path_space() {
         "SGD {a_sgd}, EC-SGD {a_ec}"
     );
 }
+
+/// Options that cannot work are refused before any work (exit 2, one line); a finished run
+/// resumed again says so, exits 0 and writes nothing; a resumed run appends its epochs to
+/// the metrics file (issue 14).
+#[test]
+fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
+    for (args, says) in [
+        (&["--epochs", "0"][..], "--epochs must be at least 1"),
+        (&["--batch", "0"][..], "--batch must be at least 1"),
+        (&["--lr", "nan"][..], "--lr must be a positive number"),
+        (&["--momentum", "1.5"][..], "--momentum must be in [0, 1)"),
+        (
+            &["--weight-decay=-1"][..],
+            "--weight-decay must be a number >= 0",
+        ),
+    ] {
+        let mut a = vec!["train", "--optimizer", "sgd"];
+        a.extend_from_slice(args);
+        let (code, _, err) = common::ecc(&a);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let dir = std::env::temp_dir().join(format!("ecc-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let run = |epochs: &str, resume: bool| {
+        let (ck, m, o) = (path("ck.safetensors"), path("m.jsonl"), path("out.onnx"));
+        let mut a = vec![
+            "train",
+            "--optimizer",
+            "sgd",
+            "--epochs",
+            epochs,
+            "--checkpoint",
+            &ck,
+            "--metrics",
+            &m,
+            "-o",
+            &o,
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        common::ecc(&a)
+    };
+    let (code, _, err) = run("1", false);
+    assert_eq!(code, 0, "{err}");
+    // The same run again: finished, nothing to do, nothing written.
+    std::fs::remove_file(dir.join("out.onnx")).unwrap();
+    let (code, out, err) = run("1", true);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(!dir.join("out.onnx").exists());
+    let lines = |p: &str| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(lines(&path("m.jsonl")), 1);
+    // One more epoch: its metrics line follows the first.
+    let (code, _, err) = run("2", true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines(&path("m.jsonl")), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
