@@ -202,14 +202,15 @@ fn a_diverging_run_leaves_the_last_checkpoint_intact() {
 }
 
 /// Ctrl-C's path: a stop request after step 7 of epoch 2 writes a checkpoint mid-epoch;
-/// resuming from it ends exactly where an uninterrupted run ends.
+/// resuming from it ends exactly where an uninterrupted run ends, with the same metrics
+/// (the resumed epoch's train loss and accuracy over all its steps, the guard count).
 #[test]
 fn an_interrupted_run_resumes_exactly() {
     let split = digits().unwrap();
     let dir = std::env::temp_dir().join(format!("ecc-ckpt-int-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for kind in [OptimizerKind::Sgd, OptimizerKind::EcSgd] {
-        let (straight, _) = train(&mlp(), &split, &cfg(kind, 3), |_| {}).unwrap();
+        let (straight, hs) = train(&mlp(), &split, &cfg(kind, 3), |_| {}).unwrap();
         let ckpt = dir.join(format!("{kind:?}.safetensors"));
         let _ = std::fs::remove_file(&ckpt);
         let mut c = cfg(kind, 3);
@@ -224,7 +225,70 @@ fn an_interrupted_run_resumes_exactly() {
             straight.params, resumed.params,
             "{kind:?}: the interrupted run ends elsewhere"
         );
+        for (a, b) in hs[1..].iter().zip(&h) {
+            assert_eq!(a.train_loss, b.train_loss, "{kind:?}: epoch {}", a.epoch);
+            assert_eq!(a.test_accuracy, b.test_accuracy);
+            assert_eq!(a.guarded_steps, b.guarded_steps);
+        }
     }
+}
+
+/// A checkpoint is checked against the run it resumes: another optimizer, batch size or
+/// seed, or a model with other parameters, is one line naming both sides (exit 2 from the
+/// CLI), never a silent resume.
+#[test]
+fn a_checkpoint_of_another_run_is_refused() {
+    let split = digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-other-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("c.safetensors");
+    let _ = std::fs::remove_file(&ckpt);
+    let mut c = cfg(OptimizerKind::Sgd, 1);
+    c.checkpoint = Some(ckpt.clone());
+    train(&mlp(), &split, &c, |_| {}).unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+    c.resume = true;
+    c.epochs = 2;
+    let mut other = c.clone();
+    other.optimizer = OptimizerKind::EcSgd;
+    let mut batch = c.clone();
+    batch.batch = 17;
+    let mut seed = c.clone();
+    seed.seed = 9;
+    for (what, cc, g) in [
+        (
+            "optimizer sgd there, --optimizer ec-sgd here",
+            &other,
+            mlp(),
+        ),
+        ("batch 32 there, --batch 17 here", &batch, mlp()),
+        ("seed 0 there, --seed 9 here", &seed, mlp()),
+    ] {
+        let e = train(&g, &split, cc, |_| {}).unwrap_err();
+        assert!(matches!(e.kind, ecc::ErrorKind::Usage(_)), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    // A model without biases against a checkpoint with them.
+    let spec = ecc::zoo::Spec::parse("mlp:64-32-10").unwrap();
+    let (with, without) = (
+        ecc::zoo::build(&spec, 0, true).unwrap(),
+        ecc::zoo::build(&spec, 0, false).unwrap(),
+    );
+    let ck2 = dir.join("b.safetensors");
+    let _ = std::fs::remove_file(&ck2);
+    let mut cb = cfg(OptimizerKind::Sgd, 1);
+    cb.checkpoint = Some(ck2.clone());
+    train(&with, &split, &cb, |_| {}).unwrap();
+    cb.resume = true;
+    cb.epochs = 2;
+    let e = train(&without, &split, &cb, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("that the model has not"), "{e}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the checkpoint changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The README's first command: `ecc train` with no arguments trains the embedded model on the

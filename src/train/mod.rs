@@ -163,15 +163,36 @@ pub fn step_seed(seed: u64, epoch: usize, step: usize) -> u64 {
         .wrapping_add(((epoch as u64) << 32) | step as u64)
 }
 
-/// Write parameters, optimizer state, the epochs done and the steps done in the next one,
-/// atomically (temporary file, then rename): a failure leaves the previous checkpoint as it
-/// was.
+/// Where a run stands, as a checkpoint records it: the epochs done, the steps done in the
+/// next one with that epoch's running sums so far, and the run's guarded-step count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Progress {
+    epoch: usize,
+    step: usize,
+    total: f64,
+    seen: usize,
+    hits: usize,
+    guarded: usize,
+}
+
+/// What a checkpoint belongs to, checked on resume: the optimizer, the batch size and the
+/// seed (the model is checked parameter by parameter).
+fn run_key(cfg: &TrainConfig) -> [u32; 3] {
+    let opt = OptimizerKind::ALL
+        .iter()
+        .position(|k| *k == cfg.optimizer)
+        .unwrap_or(0) as u32;
+    [opt, cfg.batch as u32, cfg.seed as u32]
+}
+
+/// Write parameters, optimizer state and the run's progress atomically (temporary file,
+/// then rename): a failure leaves the previous checkpoint as it was.
 fn save_checkpoint(
     path: &std::path::Path,
     ex: &Executor,
     opt: &dyn Optimizer,
-    epoch: usize,
-    step: usize,
+    cfg: &TrainConfig,
+    at: Progress,
 ) -> Result<()> {
     let mut t: HashMap<String, Tensor> = ex
         .params()
@@ -179,40 +200,76 @@ fn save_checkpoint(
         .map(|(k, v)| (format!("param/{k}"), v.as_tensor().clone()))
         .collect();
     t.extend(opt.state());
-    t.insert(
-        "meta/epoch".into(),
-        Tensor::new(&[epoch as u32], ex.device())?,
-    );
-    t.insert(
-        "meta/step".into(),
-        Tensor::new(&[step as u32], ex.device())?,
-    );
+    let dev = ex.device();
+    t.insert("meta/epoch".into(), Tensor::new(&[at.epoch as u32], dev)?);
+    t.insert("meta/step".into(), Tensor::new(&[at.step as u32], dev)?);
+    t.insert("meta/total".into(), Tensor::new(&[at.total], dev)?);
+    let counts = [at.seen as u32, at.hits as u32, at.guarded as u32];
+    t.insert("meta/counts".into(), Tensor::new(&counts, dev)?);
+    t.insert("meta/run".into(), Tensor::new(&run_key(cfg), dev)?);
+    let io =
+        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path);
     let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&t, &tmp)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+    if let Err(e) = candle_core::safetensors::save(&t, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::new(crate::error::ErrorKind::Io(format!(
+            "cannot write the checkpoint: {e}"
+        )))
+        .in_file(path));
+    }
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Load a checkpoint into the executor and optimizer; returns (epochs done, steps done in
-/// the next epoch).
+/// Load a checkpoint into the executor and optimizer, after checking that it belongs to
+/// this run (same parameters and shapes, optimizer, batch size and seed); returns where the
+/// run stands.
 fn load_checkpoint(
     path: &std::path::Path,
     ex: &Executor,
     opt: &mut dyn Optimizer,
-) -> Result<(usize, usize)> {
+    cfg: &TrainConfig,
+) -> Result<Progress> {
     let t = candle_core::safetensors::load(path, ex.device())
         .map_err(|e| Error::invalid(format!("checkpoint: {e}")).in_file(path))?;
+    let mismatch = |what: String| {
+        Err(Error::usage(format!("the checkpoint belongs to another run: {what}")).in_file(path))
+    };
+    if let Some(run) = t.get("meta/run") {
+        let saved = run.to_vec1::<u32>()?;
+        let now = run_key(cfg);
+        let kind = |i: u32| OptimizerKind::ALL.get(i as usize).map_or("?", |k| k.name());
+        if saved.len() == 3 && saved[0] != now[0] {
+            return mismatch(format!(
+                "optimizer {} there, --optimizer {} here",
+                kind(saved[0]),
+                kind(now[0])
+            ));
+        }
+        if saved.len() == 3 && saved[1] != now[1] {
+            return mismatch(format!("batch {} there, --batch {} here", saved[1], now[1]));
+        }
+        if saved.len() == 3 && saved[2] != now[2] {
+            return mismatch(format!("seed {} there, --seed {} here", saved[2], now[2]));
+        }
+    }
+    for k in t.keys().filter_map(|k| k.strip_prefix("param/")) {
+        if !ex.params().contains_key(k) {
+            return mismatch(format!("it has a parameter '{k}' that the model has not"));
+        }
+    }
     for (k, v) in ex.params() {
         let saved = t.get(&format!("param/{k}")).ok_or_else(|| {
-            Error::invalid(format!("checkpoint lacks parameter '{k}'")).in_file(path)
+            Error::usage(format!(
+                "the checkpoint belongs to another run: it lacks the model's parameter '{k}'"
+            ))
+            .in_file(path)
         })?;
         if saved.dims() != v.dims() {
-            return Err(Error::invalid(format!(
-                "checkpoint parameter '{k}' is {:?}, the model's {:?}",
+            return mismatch(format!(
+                "parameter '{k}' is {:?} there, {:?} in the model",
                 saved.dims(),
                 v.dims()
-            ))
-            .in_file(path));
+            ));
         }
         v.set(saved)?;
     }
@@ -220,12 +277,30 @@ fn load_checkpoint(
     let epoch = t
         .get("meta/epoch")
         .ok_or_else(|| Error::invalid("checkpoint lacks its epoch").in_file(path))?;
-    let step = t
-        .get("meta/step")
+    let first = |k: &str| -> Result<Option<u32>> {
+        Ok(t.get(k)
+            .map(|s| s.to_vec1::<u32>())
+            .transpose()?
+            .map(|v| v[0]))
+    };
+    let counts = t
+        .get("meta/counts")
         .map(|s| s.to_vec1::<u32>())
         .transpose()?
-        .map_or(0, |v| v[0] as usize);
-    Ok((epoch.to_vec1::<u32>()?[0] as usize, step))
+        .unwrap_or_default();
+    let count = |i: usize| counts.get(i).copied().unwrap_or(0) as usize;
+    Ok(Progress {
+        epoch: epoch.to_vec1::<u32>()?[0] as usize,
+        step: first("meta/step")?.unwrap_or(0) as usize,
+        total: t
+            .get("meta/total")
+            .map(|s| s.to_vec1::<f64>())
+            .transpose()?
+            .map_or(0.0, |v| v[0]),
+        seen: count(0),
+        hits: count(1),
+        guarded: count(2),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -461,19 +536,25 @@ pub fn train_with(
     let dims = input_dims(&tg, &split.train)?;
     let (start, mut opt) = optimizer_for(&tg, cfg)?;
     let ex = Executor::new(&start)?;
-    let (mut first, mut skip) = (0, 0);
+    let mut at = Progress::default();
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
         if path.is_file() {
-            (first, skip) = load_checkpoint(path, &ex, opt.as_mut())?;
+            at = load_checkpoint(path, &ex, opt.as_mut(), cfg)?;
         }
     }
+    let (first, skip) = (at.epoch, at.step);
     let mut history = vec![];
-    let mut guarded_steps = 0;
+    let mut guarded_steps = at.guarded;
     for epoch in first..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
         let order = epoch_order(split.train.len(), cfg.seed, epoch);
-        let (mut total, mut seen, mut hits) = (0f64, 0usize, 0usize);
+        // A resumed epoch goes on with the sums of the steps it had done.
+        let (mut total, mut seen, mut hits) = if epoch == first && skip > 0 {
+            (at.total, at.seen, at.hits)
+        } else {
+            (0f64, 0usize, 0usize)
+        };
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch.max(1)).collect();
         for (s, chunk) in chunks.iter().enumerate() {
             if epoch == first && s < skip {
@@ -516,7 +597,15 @@ pub fn train_with(
             {
                 let msg = match &cfg.checkpoint {
                     Some(path) => {
-                        save_checkpoint(path, &ex, opt.as_ref(), epoch, s + 1)?;
+                        let here = Progress {
+                            epoch,
+                            step: s + 1,
+                            total,
+                            seen,
+                            hits,
+                            guarded: guarded_steps,
+                        };
+                        save_checkpoint(path, &ex, opt.as_ref(), cfg, here)?;
                         format!("stopped after step {} of epoch {}; checkpoint in {} (--resume continues)", s + 1, epoch + 1, path.display())
                     }
                     None => format!(
@@ -529,6 +618,19 @@ pub fn train_with(
             }
         }
         let (test_loss, test_accuracy) = evaluate(&ex, &tg, &split.test, 512)?;
+        // The last step of the epoch may have made the weights non-finite: stop before the
+        // checkpoint, which keeps the last good state.
+        if !test_loss.is_finite() {
+            return Err(Error::new(crate::error::ErrorKind::Diverged(format!(
+                "the test loss became {test_loss} after epoch {}: training stopped{}",
+                epoch + 1,
+                if cfg.checkpoint.is_some() {
+                    "; the checkpoint keeps the epoch before"
+                } else {
+                    ""
+                }
+            ))));
+        }
         let m = EpochMetrics {
             optimizer: cfg.optimizer,
             epoch: epoch + 1,
@@ -540,7 +642,12 @@ pub fn train_with(
             guarded_steps,
         };
         if let Some(path) = &cfg.checkpoint {
-            save_checkpoint(path, &ex, opt.as_ref(), epoch + 1, 0)?;
+            let done = Progress {
+                epoch: epoch + 1,
+                guarded: guarded_steps,
+                ..Progress::default()
+            };
+            save_checkpoint(path, &ex, opt.as_ref(), cfg, done)?;
         }
         (hooks.on_epoch)(&m);
         history.push(m);
