@@ -516,8 +516,17 @@ fn main_inner(cli: Cli) -> Result<()> {
             augment,
         } => {
             use ecc::train::{train_with, Hooks, OptimizerKind, Schedule, TrainConfig};
-            // Every numeric option before any work.
+            // Every numeric option and every output folder before any work.
             check_training_args(epochs, batch, lr, momentum, weight_decay)?;
+            for (flag, p) in [
+                ("-o", &output),
+                ("--checkpoint", &checkpoint),
+                ("--metrics", &metrics),
+            ] {
+                if let Some(p) = p {
+                    check_output_folder(flag, p)?;
+                }
+            }
             // Ctrl-C: finish the current step, write the checkpoint, stop.
             let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
             let g = match &model {
@@ -564,10 +573,17 @@ fn main_inner(cli: Cli) -> Result<()> {
                         .write(true)
                         .truncate(!resume)
                         .open(p)
-                        .with_context(|| format!("cannot create {}", p.display()))?,
+                        .map_err(|e| {
+                            ecc::Error::new(ecc::ErrorKind::Io(format!(
+                                "cannot write the metrics: {e}"
+                            )))
+                            .in_file(p)
+                        })?,
                 ),
                 None => None,
             };
+            // A metrics line that cannot be written stops the run (its checkpoint is kept).
+            let write_error: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
             let mut rows = vec![];
             if keep_function && kinds.contains(&OptimizerKind::EcSgd) {
                 // EC-SGD's step on a weight scales as lr / V² (spec §5), and V (a class
@@ -634,12 +650,24 @@ fn main_inner(cli: Cli) -> Result<()> {
                         );
                         if let Some(f) = sink.as_mut() {
                             use std::io::Write;
-                            let _ = writeln!(f, "{}", serde_json::to_string(m).unwrap_or_default());
+                            let line = serde_json::to_string(m).unwrap_or_default();
+                            if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+                                *write_error.borrow_mut() = Some(e.to_string());
+                                STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
                         }
                     }),
                     stop: Some(&STOP),
                 };
-                let (trained, hist) = train_with(&g, &split, &cfg, hooks)?;
+                let result = train_with(&g, &split, &cfg, hooks);
+                if let (Some(e), Some(p)) = (write_error.borrow().clone(), &metrics) {
+                    return Err(ecc::Error::new(ecc::ErrorKind::Io(format!(
+                        "cannot write the metrics: {e} (training stopped)"
+                    )))
+                    .in_file(p)
+                    .into());
+                }
+                let (trained, hist) = result?;
                 if hist.is_empty() {
                     println!(
                         "  {label:<7} the checkpoint's run has finished all {epochs} epochs: nothing to do (nothing written)"
@@ -893,6 +921,28 @@ fn check_training_args(
         return bad(format!(
             "--weight-decay must be a number >= 0, not {weight_decay}"
         ));
+    }
+    Ok(())
+}
+
+/// An output file's folder must exist before a long run starts, not after it.
+fn check_output_folder(flag: &str, path: &std::path::Path) -> ecc::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(ecc::Error::usage(format!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(ecc::Error::usage(format!(
+            "{flag} {}: is a folder, not a file",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -474,6 +474,26 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
         assert!(err.contains(says), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // Output folders are checked before training, not after it.
+    for flag in ["-o", "--checkpoint", "--metrics"] {
+        let (code, out, err) = common::ecc(&[
+            "train",
+            "--optimizer",
+            "sgd",
+            flag,
+            "/nonexistent-ecc-dir/x",
+        ]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains("does not exist"), "{flag}: {err}");
+        assert!(!out.contains("epoch"), "{flag}: trained first: {out}");
+    }
+    // A metrics file that cannot be written stops the run (exit 2), not silently.
+    if std::path::Path::new("/dev/full").exists() {
+        let (code, _, err) =
+            common::ecc(&["train", "--optimizer", "sgd", "--metrics", "/dev/full"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("cannot write the metrics"), "{err}");
+    }
     let dir = std::env::temp_dir().join(format!("ecc-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
