@@ -517,7 +517,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         } => {
             use ecc::train::{train_with, Hooks, OptimizerKind, Schedule, TrainConfig};
             // Every numeric option and every output folder before any work.
-            check_training_args(epochs, batch, lr, momentum, weight_decay)?;
+            ecc::train::check_options(epochs, batch, lr, momentum, weight_decay)?;
             for (flag, p) in [
                 ("-o", &output),
                 ("--checkpoint", &checkpoint),
@@ -728,7 +728,10 @@ fn main_inner(cli: Cli) -> Result<()> {
                 exp.seeds.len(),
                 exp.epochs
             );
-            let runs = ecc::experiment::run(&exp, &out, |run, m| {
+            // Ctrl-C: the current run stops after its step with its checkpoint written (the
+            // same command resumes it), as in `ecc train`.
+            let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
+            let runs = ecc::experiment::run(&exp, &out, Some(&STOP), |run, m| {
                 println!(
                     "  {run:<18} epoch {:>4}  test loss {:.4}  test acc {:.4}  {:.2}s",
                     m.epoch, m.test_loss, m.test_accuracy, m.seconds
@@ -894,35 +897,6 @@ fn main() {
         };
         std::process::exit(code);
     }
-}
-
-/// The training options that must hold before any work: one line and exit 2 otherwise.
-fn check_training_args(
-    epochs: usize,
-    batch: usize,
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-) -> ecc::Result<()> {
-    let bad = |what: String| Err(ecc::Error::usage(what));
-    if epochs == 0 {
-        return bad("--epochs must be at least 1".into());
-    }
-    if batch == 0 {
-        return bad("--batch must be at least 1".into());
-    }
-    if !(lr.is_finite() && lr > 0.0) {
-        return bad(format!("--lr must be a positive number, not {lr}"));
-    }
-    if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
-        return bad(format!("--momentum must be in [0, 1), not {momentum}"));
-    }
-    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-        return bad(format!(
-            "--weight-decay must be a number >= 0, not {weight_decay}"
-        ));
-    }
-    Ok(())
 }
 
 /// An output file's folder must exist before a long run starts, not after it.

@@ -53,7 +53,7 @@ fn runs_are_written_skipped_and_resumed() {
     one.epochs = 1;
     one.optimizers = vec![ecc::train::OptimizerKind::EcSgd];
     one.seeds = vec![1];
-    ecc::experiment::run(&one, &out, |_, _| {}).unwrap();
+    ecc::experiment::run(&one, &out, None, |_, _| {}).unwrap();
     assert_eq!(std::fs::read_to_string(&run).unwrap().lines().count(), 1);
     let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
@@ -176,4 +176,35 @@ fn diverged_runs_are_recorded_not_fatal() {
     assert!(table.contains("| 1: seed 0 (epoch 1) |"), "{table}");
     assert!(table.contains("| ec-sgd | 1 | 2 |"), "{table}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Descriptions that cannot work are refused before any run (exit 2, one line): a name that
+/// would write outside --out, empty optimizer or seed lists, zero epochs (issue 14).
+#[test]
+fn bad_descriptions_are_refused_before_any_run() {
+    for (tag, json, says) in [
+        (
+            "escape",
+            r#"{"name": "../../x", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd"], "seeds": [0], "epochs": 1, "batch": 32, "lr": 0.05}"#,
+            "experiment name '../../x'",
+        ),
+        (
+            "noseeds",
+            r#"{"name": "noseeds", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd"], "seeds": [], "epochs": 1, "batch": 32, "lr": 0.05}"#,
+            "at least one entry",
+        ),
+        (
+            "noepochs",
+            r#"{"name": "noepochs", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd"], "seeds": [0], "epochs": 0, "batch": 32, "lr": 0.05}"#,
+            "--epochs must be at least 1",
+        ),
+    ] {
+        let (dir, file, out) = setup(tag, json);
+        let (code, text, err) = exp(&file, &out, &[]);
+        assert_eq!(code, 2, "{tag}: {text} {err}");
+        assert!(err.contains(says), "{tag}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{tag}: {err}");
+        assert!(!out.exists(), "{tag}: wrote {}", out.display());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -20,7 +20,7 @@ pub use report::{
 };
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::train::{train, EpochMetrics, OptimizerKind, Schedule, TrainConfig};
+use crate::train::{EpochMetrics, OptimizerKind, Schedule, TrainConfig};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -116,8 +116,43 @@ impl Experiment {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(path))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::usage(format!("experiment description: {e}")).in_file(path))
+        let exp: Experiment = serde_json::from_str(&text)
+            .map_err(|e| Error::usage(format!("experiment description: {e}")).in_file(path))?;
+        exp.check().map_err(|e| e.in_file(path))?;
+        Ok(exp)
+    }
+
+    /// What must hold before any run starts: a name that is one plain folder name (runs go
+    /// to `out/<name>/`), at least one optimizer and seed, and training options that work.
+    pub fn check(&self) -> Result<()> {
+        let safe = !self.name.is_empty()
+            && !self.name.starts_with('.')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !safe {
+            return Err(Error::usage(format!(
+                "experiment name '{}': use letters, digits, '.', '_' and '-' (it names a folder under --out)",
+                self.name
+            )));
+        }
+        if self.optimizers.is_empty() || self.seeds.is_empty() {
+            return Err(Error::usage(
+                "experiment: \"optimizers\" and \"seeds\" need at least one entry each",
+            ));
+        }
+        for &o in &self.optimizers {
+            crate::train::check_options(
+                self.epochs,
+                self.batch,
+                self.lr.of(o)?,
+                self.momentum,
+                self.weight_decay,
+            )
+            .map_err(|e| Error::usage(format!("experiment ({}): {}", o.name(), e.kind)))?;
+        }
+        Ok(())
     }
 
     fn data_spec(&self) -> String {
@@ -214,9 +249,12 @@ fn kept_lines(path: &Path, upto: usize) -> Vec<String> {
 }
 
 /// Run (or resume) every run of `exp` under `out/<name>/`.
+/// `stop` (set by a Ctrl-C handler) stops the current run after its current step, with its
+/// checkpoint written, as `ecc train` does; the next call resumes it.
 pub fn run(
     exp: &Experiment,
     out: &Path,
+    stop: Option<&std::sync::atomic::AtomicBool>,
     mut on_epoch: impl FnMut(&str, &EpochMetrics),
 ) -> Result<Vec<RunOutcome>> {
     let split = crate::data::load(&exp.data_spec())?;
@@ -287,14 +325,19 @@ pub fn run(
         write(&lines)?;
         let mut trained = 0;
         let mut failure = None;
-        let result = train(&graph, &split, &cfg, |m| {
-            lines.push(serde_json::to_string(m).unwrap_or_default());
-            if let Err(e) = write(&lines) {
-                failure.get_or_insert(e);
-            }
-            trained += 1;
-            on_epoch(&run, m);
-        });
+        let hooks = crate::train::Hooks {
+            on_epoch: Box::new(|m| {
+                lines.push(serde_json::to_string(m).unwrap_or_default());
+                if let Err(e) = write(&lines) {
+                    failure.get_or_insert(e);
+                }
+                trained += 1;
+                on_epoch(&run, m);
+            }),
+            on_step: Box::new(|_| {}),
+            stop,
+        };
+        let result = crate::train::train_with(&graph, &split, &cfg, hooks);
         if let Some(e) = failure {
             return Err(e);
         }

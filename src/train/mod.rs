@@ -525,6 +525,36 @@ pub struct Hooks<'a> {
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
+/// The training options that must hold before any work (`ecc train`, `ecc experiment`):
+/// a usage error naming the option otherwise.
+pub fn check_options(
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    let bad = |what: String| Err(Error::usage(what));
+    if epochs == 0 {
+        return bad("--epochs must be at least 1".into());
+    }
+    if batch == 0 {
+        return bad("--batch must be at least 1".into());
+    }
+    if !(lr.is_finite() && lr > 0.0) {
+        return bad(format!("--lr must be a positive number, not {lr}"));
+    }
+    if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+        return bad(format!("--momentum must be in [0, 1), not {momentum}"));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return bad(format!(
+            "--weight-decay must be a number >= 0, not {weight_decay}"
+        ));
+    }
+    Ok(())
+}
+
 /// [`train`] with hooks for progress and interruption.
 pub fn train_with(
     graph: &Graph,
