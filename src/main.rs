@@ -844,7 +844,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Ops => {
-            for op in ecc::ir::OP_NAMES {
+            for op in ecc::import::op_names() {
                 println!("{op}");
             }
         }

@@ -292,3 +292,20 @@ fn bad_cifar_batches() {
         );
     }
 }
+
+/// `ecc ops` is the importer's own table (Cast, folded at import, was missing when it was a
+/// separate list), plus ReduceMean, which import rewrites.
+#[test]
+fn ecc_ops_lists_what_the_importer_reads() {
+    let (code, out, err) = ecc(&["ops"]);
+    assert_eq!(code, 0, "{err}");
+    for op in [
+        "Cast (constant inputs)",
+        "ReduceMean (over the spatial axes)",
+        "Gemm",
+        "Conv",
+    ] {
+        assert!(out.lines().any(|l| l == op), "{op} missing:\n{out}");
+    }
+    assert_eq!(out.lines().count(), ecc::import::op_names().len());
+}

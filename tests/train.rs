@@ -534,3 +534,13 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
     assert_eq!(lines(&path("m.jsonl")), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Empty data is an error naming the split, not a run reporting loss 0 (issue 14).
+#[test]
+fn empty_data_is_refused() {
+    let mut split = digits().unwrap();
+    split.test.x.clear();
+    split.test.y.clear();
+    let e = train(&mlp(), &split, &cfg(OptimizerKind::Sgd, 1), |_| {}).unwrap_err();
+    assert!(e.to_string().contains("the test split is empty"), "{e}");
+}

@@ -9,6 +9,7 @@
 mod attrs;
 mod fold;
 mod ops;
+pub use ops::op_names;
 pub mod tensor;
 
 use crate::error::{Error, ErrorKind, NodeRef, Result};

@@ -138,6 +138,26 @@ const TABLE: &[(&str, Builder)] = &[
     ("Cast", fold::cast),
 ];
 
+/// The ONNX op types ecc imports, from the table itself (so `ecc ops` cannot drift from
+/// it), sorted: those folded at import are marked "(constant inputs)", and ReduceMean, which
+/// `desugar` rewrites, says over which axes.
+pub fn op_names() -> Vec<String> {
+    let folded = ["Constant", "ConstantOfShape", "Shape", "Gather", "Cast"];
+    let mut v: Vec<String> = TABLE
+        .iter()
+        .map(|(n, _)| {
+            if folded.contains(n) && !matches!(*n, "Constant" | "ConstantOfShape") {
+                format!("{n} (constant inputs)")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    v.push("ReduceMean (over the spatial axes)".into());
+    v.sort();
+    v
+}
+
 /// Build the op for a node through the table.
 pub fn build(ctx: &NodeCtx) -> Result<Built> {
     let op_type = ctx.node.op_type.as_str();

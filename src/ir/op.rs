@@ -116,45 +116,6 @@ pub enum Op {
     },
 }
 
-/// The ONNX op types the importer accepts (folded-at-import ops included), for messages.
-pub const OP_NAMES: &[&str] = &[
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Constant",
-    "ConstantOfShape",
-    "Conv",
-    "Div",
-    "Dropout",
-    "Flatten",
-    "Gather (constant)",
-    "Gemm",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Identity",
-    "LRN",
-    "LeakyRelu",
-    "LogSoftmax",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "PRelu",
-    "ReduceMean (over the spatial axes)",
-    "Relu",
-    "Reshape",
-    "Shape (constant)",
-    "Sigmoid",
-    "Softmax",
-    "Squeeze",
-    "Sub",
-    "Sum",
-    "Tanh",
-    "Transpose",
-    "Unsqueeze",
-];
-
 impl Op {
     /// The ONNX op type this op is written as.
     pub fn onnx_name(&self) -> &'static str {

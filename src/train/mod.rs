@@ -562,6 +562,19 @@ pub fn train_with(
     cfg: &TrainConfig,
     mut hooks: Hooks,
 ) -> Result<(Graph, Vec<EpochMetrics>)> {
+    if split.train.is_empty() || split.test.is_empty() {
+        return Err(Error::usage(format!(
+            "data '{}': the {} split is empty ({} training, {} test samples)",
+            split.name,
+            if split.train.is_empty() {
+                "training"
+            } else {
+                "test"
+            },
+            split.train.len(),
+            split.test.len()
+        )));
+    }
     let tg = logits_graph(graph);
     let dims = input_dims(&tg, &split.train)?;
     let (start, mut opt) = optimizer_for(&tg, cfg)?;
