@@ -474,6 +474,31 @@ fn rescalings_and_radial_directions_leave_the_training_function() {
     }
 }
 
+/// Spec §9.2: the largest relative difference, over the rescaling groups, between Σ w·g over
+/// the slices a group multiplies and over those it divides.
+fn imbalance(a: &Analysis, g: &Graph, w: &Tensors, grads: &Tensors) -> f64 {
+    let mut worst = 0f64;
+    for members in &a.groups {
+        let (mut inc, mut out) = (0f64, 0f64);
+        for &u in members {
+            for e in a.edits(u) {
+                let s: f64 = ecc::analysis::edit_runs(&g.params[&e.param].dims, e)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| w[&e.param][i] * grads[&e.param][i])
+                    .sum();
+                if e.exponent > 0 {
+                    inc += s
+                } else {
+                    out += s
+                }
+            }
+        }
+        worst = worst.max(common::rel_diff(inc, out, 1e-12));
+    }
+    worst
+}
+
 /// Spec §9.2 in training mode: for every rescaling (tied groups included), the sum of w·g
 /// over the slices it multiplies equals the sum over the slices it divides.
 #[test]
@@ -482,26 +507,7 @@ fn gradient_balance_at_every_rescaling() {
         let a = training(&g);
         let w = f64s(&g);
         let grads = Loss::new(&g).grads(&w);
-        let mut worst = 0f64;
-        for members in &a.groups {
-            let (mut inc, mut out) = (0f64, 0f64);
-            for &u in members {
-                for e in a.edits(u) {
-                    let dims = &g.params[&e.param].dims;
-                    let s: f64 = ecc::analysis::edit_runs(dims, e)
-                        .into_iter()
-                        .flatten()
-                        .map(|i| w[&e.param][i] * grads[&e.param][i])
-                        .sum();
-                    if e.exponent > 0 {
-                        inc += s
-                    } else {
-                        out += s
-                    }
-                }
-            }
-            worst = worst.max((inc - out).abs() / inc.abs().max(out.abs()).max(1e-12));
-        }
+        let worst = imbalance(&a, &g, &w, &grads);
         println!(
             "{name}: {} groups, worst imbalance {worst:.1e}",
             a.groups.len()
@@ -878,25 +884,7 @@ fn zoo_dag_models_pass_gradient_balance_icr_and_weight_allocation() {
         let w0 = f64s(&c.canon);
         let grads = loss.grads(&w0);
         // §9.2 on the canonical model.
-        let mut balance = 0f64;
-        for members in &a.groups {
-            let (mut inc, mut out) = (0f64, 0f64);
-            for &u in members {
-                for e in a.edits(u) {
-                    let s: f64 = ecc::analysis::edit_runs(&c.canon.params[&e.param].dims, e)
-                        .into_iter()
-                        .flatten()
-                        .map(|i| w0[&e.param][i] * grads[&e.param][i])
-                        .sum();
-                    if e.exponent > 0 {
-                        inc += s
-                    } else {
-                        out += s
-                    }
-                }
-            }
-            balance = balance.max(common::rel_diff(inc, out, 1e-12));
-        }
+        let balance = imbalance(&a, &c.canon, &w0, &grads);
         // §9.5 on a sample: `per` coordinates of every `every`-th tensor, the first V's and
         // some V's whose own chain runs through others.
         let step = EcStep::new(&c.basis);
