@@ -151,6 +151,32 @@ impl Block {
             .find(|t| t.param == s.param)
             .and_then(|t| t.chain_of(s.index))
     }
+    /// How the V's hang together, computed once: the chain each V sits on, the chains
+    /// running through each V, and the later V's whose own chain runs through each V.
+    pub fn v_links(&self) -> VLinks {
+        let n = self.v.len();
+        let chain_of_v: Vec<Option<usize>> = (0..n).map(|k| self.v_chain(k)).collect();
+        let mut through = vec![vec![]; n];
+        for (c, m) in self.monomials.iter().enumerate() {
+            for &k in m {
+                through[k as usize].push(c);
+            }
+        }
+        let mut dependents = vec![vec![]; n];
+        for (d, c) in chain_of_v.iter().enumerate() {
+            if let Some(c) = c {
+                for &k in &self.monomials[*c] {
+                    dependents[k as usize].push(d);
+                }
+            }
+        }
+        VLinks {
+            chain_of_v,
+            through,
+            dependents,
+        }
+    }
+
     /// P_c of every chain from the V values.
     pub fn chain_values<T: Copy + std::ops::Mul<Output = T>>(&self, v: &[T], one: T) -> Vec<T> {
         self.monomials
@@ -177,6 +203,14 @@ impl Block {
     pub fn basis_paths(&self) -> usize {
         self.params() - self.rescalings()
     }
+}
+
+/// See [`Block::v_links`].
+#[derive(Debug, Clone)]
+pub struct VLinks {
+    pub chain_of_v: Vec<Option<usize>>,
+    pub through: Vec<Vec<usize>>,
+    pub dependents: Vec<Vec<usize>>,
 }
 
 /// The EC-SGD coordinates of a model.

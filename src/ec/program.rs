@@ -143,16 +143,17 @@ fn target(t: &TensorRole) -> UpdateTarget {
     }
 }
 
+/// The V's a block holds in one tensor: the tensor, and (V index, flat index) pairs.
+type VsOfTensor = (String, Vec<(usize, usize)>);
+
 /// Runs update programs on the executor's parameters: one fused, multi-threaded pass over
 /// each parameter tensor, in place.
 pub struct ProgramRunner {
     basis: Basis,
     targets: Vec<Vec<UpdateTarget>>,
-    /// Per block and V: the chain it sits on, the chains through it, and the later V's
-    /// whose own chain runs through it.
-    v_chain: Vec<Vec<Option<usize>>>,
-    through: Vec<Vec<Vec<usize>>>,
-    dependents: Vec<Vec<Vec<usize>>>,
+    /// Per block: how its V's hang together, and its V's grouped by tensor.
+    links: Vec<super::basis::VLinks>,
+    v_by_param: Vec<Vec<VsOfTensor>>,
     momentum: HashMap<String, Vec<f32>>,
     mv: Vec<Vec<f32>>,
     /// Steps in which the guard replaced some R.
@@ -167,36 +168,27 @@ impl ProgramRunner {
             .map(|b| b.tensors().map(target).collect())
             .collect();
         let mv = basis.blocks.iter().map(|b| vec![0f32; b.v.len()]).collect();
-        let v_chain: Vec<Vec<Option<usize>>> = basis
+        let links = basis.blocks.iter().map(|b| b.v_links()).collect();
+        // The V's of each block grouped by tensor, read with one slice access per tensor.
+        let v_by_param = basis
             .blocks
             .iter()
-            .map(|b| (0..b.v.len()).map(|k| b.v_chain(k)).collect())
+            .map(|b| {
+                let mut g: Vec<VsOfTensor> = vec![];
+                for (k, s) in b.v.iter().enumerate() {
+                    match g.iter_mut().find(|(p, _)| *p == s.param) {
+                        Some((_, ks)) => ks.push((k, s.index)),
+                        None => g.push((s.param.clone(), vec![(k, s.index)])),
+                    }
+                }
+                g
+            })
             .collect();
-        let mut through = vec![];
-        let mut dependents = vec![];
-        for (b, vc) in basis.blocks.iter().zip(&v_chain) {
-            let has = |c: usize, k: usize| b.monomials[c].contains(&(k as u32));
-            through.push(
-                (0..b.v.len())
-                    .map(|k| (0..b.chains()).filter(|&c| has(c, k)).collect())
-                    .collect(),
-            );
-            dependents.push(
-                (0..b.v.len())
-                    .map(|k| {
-                        (k + 1..b.v.len())
-                            .filter(|&d| vc[d].is_some_and(|c| has(c, k)))
-                            .collect()
-                    })
-                    .collect(),
-            );
-        }
         Ok(ProgramRunner {
             basis: basis.clone(),
             targets,
-            v_chain,
-            through,
-            dependents,
+            links,
+            v_by_param,
             momentum: HashMap::new(),
             mv,
             guarded_steps: 0,
@@ -259,14 +251,18 @@ impl ProgramRunner {
         for (bi, (b, ts)) in self.basis.blocks.iter().zip(&self.targets).enumerate() {
             let chains = b.chains();
             let nv = b.v.len();
-            let mut v = Vec::with_capacity(nv);
-            let mut gv = Vec::with_capacity(nv);
-            for s in &b.v {
-                v.push(with_slice(params[&s.param].as_tensor(), |w| w[s.index])? as f64);
-                gv.push(with_slice(&grads[&s.param], |g| g[s.index])? as f64);
+            let (mut v, mut gv) = (vec![0f64; nv], vec![0f64; nv]);
+            for (param, ks) in &self.v_by_param[bi] {
+                with_slice(params[param].as_tensor(), |w| {
+                    ks.iter().for_each(|&(k, i)| v[k] = w[i] as f64)
+                })?;
+                with_slice(&grads[param], |g| {
+                    ks.iter().for_each(|&(k, i)| gv[k] = g[i] as f64)
+                })?;
             }
             let pc = b.chain_values(&v, 1.0);
-            let vchain = &self.v_chain[bi];
+            let links = &self.links[bi];
+            let vchain = &links.chain_of_v;
             // ICR: sigma per chain over the chained scalars that move, then T_k per V from
             // the last to the first (docs/ec-dag.md §5; (V·gV − σ) with one V per chain).
             let mut sigma = vec![0f64; chains];
@@ -280,10 +276,10 @@ impl ProgramRunner {
             let mut tk = vec![0f64; nv];
             for k in (0..nv).rev() {
                 let mut x = v[k] * gv[k];
-                for &c in &self.through[bi][k] {
+                for &c in &links.through[k] {
                     x -= sigma[c];
                 }
-                for &d in &self.dependents[bi][k] {
+                for &d in &links.dependents[k] {
                     x -= tk[d];
                 }
                 tk[k] = x;

@@ -207,21 +207,16 @@ impl EcStep {
                 dp.insert(r.t.param.clone(), d);
             }
             let q = Self::qs(b, &v, &pc);
+            let links = b.v_links();
             let mut t = vec![0f64; v.len()];
             for k in (0..v.len()).rev() {
                 let s = &b.v[k];
                 let mut tk = v[k] * g[&s.param][s.index];
-                for (c, m) in b.monomials.iter().enumerate() {
-                    if m.contains(&(k as u32)) {
-                        tk -= sigma[c];
-                    }
+                for &c in &links.through[k] {
+                    tk -= sigma[c];
                 }
-                for (d, td) in t.iter().enumerate().skip(k + 1) {
-                    if b.v_chain(d)
-                        .is_some_and(|c| b.monomials[c].contains(&(k as u32)))
-                    {
-                        tk -= td;
-                    }
+                for &d in &links.dependents[k] {
+                    tk -= t[d];
                 }
                 t[k] = tk;
             }
