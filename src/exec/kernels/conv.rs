@@ -1,6 +1,8 @@
 //! N-d convolution (1 to 3 spatial axes, any pads, strides, dilations and groups) with
-//! fused bias and ReLU, and its backward pass.
+//! fused bias and ReLU, and its backward pass: through im2col in general, and without it
+//! for stride-1 2-D convolutions (`conv_s1`, most of the convs of a ResNet).
 
+use super::conv_s1::{self, Wide};
 use super::elementwise::{relu_grad, relu_in_place};
 use super::gemm::{gemm, on_threads, per_sample, Mat};
 use super::window::{col2im_one, im2col_one, Window};
@@ -21,9 +23,17 @@ struct Conv {
     m: usize,
     /// A ReLU fused after the bias.
     relu: bool,
+    /// Run stride-1 convolutions without im2col (`conv_s1`); off only to compare the two.
+    direct: bool,
 }
 
 impl Conv {
+    /// The stride-1 geometry, when this convolution has one and `direct` is on.
+    fn wide(&self) -> Option<Wide> {
+        self.direct
+            .then(|| Wide::of(&self.w, self.m, self.group))
+            .flatten()
+    }
     /// (rows of one group's im2col, output channels per group).
     fn dims(&self) -> (usize, usize) {
         (self.w.c / self.group * self.w.k(), self.m / self.group)
@@ -44,6 +54,17 @@ fn conv_fwd<T: Elem>(
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
     let mut y = vec![T::zero(); w.n * op.m * lo];
+    if let Some(wide) = op.wide() {
+        conv_s1::forward(&wide, x, wt, &mut y, |m, row| {
+            if let Some(b) = bias {
+                row.iter_mut().for_each(|v| *v += b[m]);
+            }
+            if op.relu {
+                relu_in_place(row);
+            }
+        });
+        return Ok((T::to_cpu_storage_owned(y), Shape::from(op.w.out_dims(op.m))));
+    }
     per_sample(
         &mut y,
         op.m * lo,
@@ -89,6 +110,12 @@ fn conv_dx<T: Elem>(
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
     let mut dx = vec![T::zero(); w.n * plane];
+    let mut shape = vec![w.n, w.c];
+    shape.extend_from_slice(&w.input[3 - w.ns..]);
+    if let Some(wide) = op.wide() {
+        conv_s1::input_grad(&wide, gy, wt, &mut dx);
+        return Ok((T::to_cpu_storage_owned(dx), Shape::from(shape)));
+    }
     per_sample(&mut dx, plane, w.c * w.k() * lo, |n, dxn, threads, cols| {
         let gn = &gy[n * op.m * lo..][..op.m * lo];
         for g in 0..op.group {
@@ -102,8 +129,6 @@ fn conv_dx<T: Elem>(
         }
         col2im_one(w, cols, dxn);
     });
-    let mut shape = vec![w.n, w.c];
-    shape.extend_from_slice(&w.input[3 - w.ns..]);
     Ok((T::to_cpu_storage_owned(dx), Shape::from(shape)))
 }
 
@@ -122,6 +147,12 @@ fn conv_dw<T: Elem>(
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
     let size = op.m * rows;
+    let mut shape = vec![op.m, w.c / op.group];
+    shape.extend_from_slice(&w.kernel[3 - w.ns..]);
+    if let Some(wide) = op.wide() {
+        let dw = conv_s1::weight_grad(&wide, gy, x);
+        return Ok((T::to_cpu_storage_owned(dw), Shape::from(shape)));
+    }
     let chunks = w.n.div_ceil(DW_CHUNK).max(1);
     let mut parts = vec![T::zero(); chunks * size];
     on_threads(
@@ -150,8 +181,6 @@ fn conv_dw<T: Elem>(
         }
     }
     parts.truncate(size);
-    let mut shape = vec![op.m, w.c / op.group];
-    shape.extend_from_slice(&w.kernel[3 - w.ns..]);
     Ok((T::to_cpu_storage_owned(parts), Shape::from(shape)))
 }
 
@@ -188,7 +217,6 @@ impl ConvFwd {
     }
 }
 
-/// Written as a select, not a branch: a branch on the sign of (random) data mispredicts
 /// N-d convolution with optional bias (added per output channel), and with `relu` a ReLU
 /// fused after it.
 pub fn conv(
@@ -197,6 +225,18 @@ pub fn conv(
     b: Option<&Tensor>,
     a: &ConvAttrs,
     relu: bool,
+) -> crate::Result<Tensor> {
+    conv_with(x, w, b, a, relu, true)
+}
+
+/// [`conv`], with the stride-1 path (`direct`) or always through im2col.
+fn conv_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &ConvAttrs,
+    relu: bool,
+    direct: bool,
 ) -> crate::Result<Tensor> {
     let win = Window::new(
         x.dims(),
@@ -212,6 +252,7 @@ pub fn conv(
         group: a.group,
         m,
         relu,
+        direct,
     });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     Ok(match b {
@@ -224,7 +265,82 @@ pub fn conv(
 mod tests {
     use super::*;
     use crate::exec::kernels::testing::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
+
+    /// The stride-1 path (`conv_s1`) against im2col: outputs and all three gradients, on
+    /// geometries with and without padding, non-square kernels, 1-D, and batches spanning
+    /// several chunks; plus finite differences through it.
+    #[test]
+    fn the_stride_1_path_matches_im2col() {
+        let dev = Device::Cpu;
+        // Random values (seeded): structured ones can put an output exactly at 0, where the
+        // two paths' rounding may fall on either side of the ReLU.
+        let seq = |n: usize, k: usize| -> Vec<f64> {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
+            (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+        };
+        // (x dims, weight dims, pads)
+        let cases: [(&[usize], &[usize], &[usize]); 6] = [
+            (&[3, 4, 7, 6], &[5, 4, 3, 3], &[1, 1, 1, 1]),
+            (&[40, 2, 7, 6], &[3, 2, 3, 3], &[1, 1, 1, 1]),
+            (&[2, 3, 5, 8], &[4, 3, 1, 1], &[0, 0, 0, 0]),
+            (&[2, 3, 6, 5], &[2, 3, 3, 2], &[1, 0, 0, 1]),
+            (&[1, 2, 9, 9], &[3, 2, 5, 5], &[2, 2, 1, 0]),
+            (&[3, 2, 11], &[4, 2, 3], &[1, 1]),
+        ];
+        for (xd, wd, pads) in cases {
+            let ns = xd.len() - 2;
+            let a = ConvAttrs {
+                kernel: wd[2..].to_vec(),
+                strides: vec![1; ns],
+                pads: pads.to_vec(),
+                dilations: vec![1; ns],
+                group: 1,
+            };
+            let n: usize = xd.iter().product();
+            let x = Var::from_tensor(&Tensor::from_vec(seq(n, 7), xd, &dev).unwrap()).unwrap();
+            let nw: usize = wd.iter().product();
+            let w = Var::from_tensor(&Tensor::from_vec(seq(nw, 5), wd, &dev).unwrap()).unwrap();
+            let b =
+                Var::from_tensor(&Tensor::from_vec(seq(wd[0], 3), wd[0], &dev).unwrap()).unwrap();
+            let run = |direct: bool| {
+                let y = conv_with(&x, &w, Some(&b), &a, true, direct).unwrap();
+                let r = Tensor::from_vec(seq(y.elem_count(), 13), y.dims(), &dev).unwrap();
+                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let grads = [&*x, &*w, &*b].map(|p| v(g.get(p).unwrap()));
+                (v(&y), grads)
+            };
+            let (y1, g1) = run(true);
+            let (y0, g0) = run(false);
+            let close = |p: &[f64], q: &[f64], what: &str| {
+                assert_eq!(p.len(), q.len());
+                for (i, (a, b)) in p.iter().zip(q).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                        "{xd:?} {what}[{i}]: {a} vs {b}"
+                    );
+                }
+            };
+            close(&y1, &y0, "y");
+            for (k, what) in ["dx", "dw", "db"].iter().enumerate() {
+                close(&g1[k], &g0[k], what);
+            }
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        let w = Tensor::from_vec(f32s(seq(5 * 4 * 9, 5)), (5, 4, 3, 3), &dev).unwrap();
+        let a = ConvAttrs {
+            kernel: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            group: 1,
+        };
+        grad_check(|x| conv(x, &w, None, &a, true).unwrap(), &[2, 4, 5, 6]);
+        let x = Tensor::from_vec(f32s(seq(2 * 4 * 30, 7)), (2, 4, 5, 6), &dev).unwrap();
+        grad_check(|w| conv(&x, w, None, &a, false).unwrap(), &[5, 4, 3, 3]);
+    }
 
     #[test]
     fn conv_gradient_matches_finite_differences() {

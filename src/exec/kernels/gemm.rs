@@ -3,37 +3,50 @@
 
 use super::Elem;
 
-/// A row-major matrix view for [`gemm`]: pointer, rows, columns, and whether to read it
-/// transposed.
+/// A matrix view for [`gemm`]: pointer, rows, columns, row and column strides (as read).
 #[derive(Clone, Copy)]
 pub(super) struct Mat<T> {
     ptr: *const T,
     rows: usize,
     cols: usize,
-    t: bool,
+    rs: isize,
+    cs: isize,
 }
 
 impl<T> Mat<T> {
+    /// A row-major `rows x cols` matrix at the start of `s`.
     pub(super) fn of(s: &[T], rows: usize, cols: usize) -> Self {
-        assert!(s.len() >= rows * cols);
+        Self::strided(s, rows, cols, cols as isize, 1)
+    }
+    /// A matrix at the start of `s` whose entry (i, j) is `s[i * rs + j * cs]`.
+    pub(super) fn strided(s: &[T], rows: usize, cols: usize, rs: isize, cs: isize) -> Self {
+        assert!(rs >= 0 && cs >= 0, "gemm: negative strides");
+        let last = (rows.max(1) - 1) * rs as usize + (cols.max(1) - 1) * cs as usize;
+        assert!(
+            rows == 0 || cols == 0 || last < s.len(),
+            "gemm: view out of bounds"
+        );
         Mat {
             ptr: s.as_ptr(),
             rows,
             cols,
-            t: false,
+            rs,
+            cs,
         }
     }
+    /// The transpose.
     pub(super) fn t(self) -> Self {
-        Mat { t: !self.t, ..self }
-    }
-    /// (rows, cols, row stride, column stride) as read.
-    pub(super) fn view(&self) -> (usize, usize, isize, isize) {
-        let (r, c) = (self.rows, self.cols);
-        if self.t {
-            (c, r, 1, c as isize)
-        } else {
-            (r, c, c as isize, 1)
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
         }
+    }
+    /// (rows, cols, row stride, column stride).
+    pub(super) fn view(&self) -> (usize, usize, isize, isize) {
+        (self.rows, self.cols, self.rs, self.cs)
     }
 }
 

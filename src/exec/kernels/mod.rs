@@ -148,6 +148,7 @@ macro_rules! layer_op {
 }
 
 mod conv;
+mod conv_s1;
 mod dense;
 mod elementwise;
 mod gemm;

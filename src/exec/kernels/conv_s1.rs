@@ -1,0 +1,279 @@
+//! Stride-1 2-D convolution without im2col (issue 12: the im2col/col2im copies were a fifth
+//! of a ResNet-20 training step).
+//!
+//! A chunk of samples is copied, zero-padded, into a buffer of rows of samples x S values:
+//! each sample's padded plane (Hp x Wp) and `kw - 1` zeros, S = Hp·Wp + kw − 1. On such a
+//! row the input a tap (dy, dx) reads for output position q of the "wide" grid
+//! q = sample·S + oy·Wp + ox is at q + dy·Wp + dx. The buffer holds kw rows per channel,
+//! row (c, dx) shifted left by dx (a kw-fold copy, where im2col is kh·kw-fold), so the taps
+//! of kernel row dy read one strided matrix X_dy (rows (c, dx), start dy·Wp) and the
+//! convolution is one matmul per kernel row, accumulated,
+//! `y_wide (M x Q) += W_dy (M x C·kw) · X_dy (C·kw x Q)`; the wide grid's extra columns
+//! (ox >= Wo, and the rows between samples) are computed and dropped when the result is
+//! copied out. The input gradient is the same convolution of the output gradient with the
+//! kernel flipped and transposed (pads k − 1 − p), the weight gradient one matmul per kernel
+//! row of the output gradient on the wide grid (zeros in the extra columns) with X_dy
+//! transposed.
+
+use super::gemm::{gemm, on_threads, Mat};
+use super::window::Window;
+use super::Elem;
+
+/// Columns of the wide grid per chunk the chunk size aims at: large enough for efficient
+/// matmuls, small enough that a chunk's buffers stay in the cache (ResNet-20 step, batch
+/// 128: 256 to 1024 alike within the machine's noise, 2048 ~8% slower, 8192 ~25%).
+const CHUNK_COLS: usize = 1024;
+
+/// The geometry of a stride-1 convolution on the wide grid.
+#[derive(Debug, Clone)]
+pub(super) struct Wide {
+    n: usize,
+    c: usize,
+    m: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    pt: usize,
+    pl: usize,
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    /// Values per sample in the chunk buffer: Hp·Wp + kw − 1.
+    s: usize,
+    /// Samples per chunk.
+    nb: usize,
+}
+
+impl Wide {
+    /// The geometry of `win` with `m` output channels, when the convolution has stride 1,
+    /// dilation 1, one group, at most 2 spatial axes, and pads smaller than the kernel (so
+    /// that its input gradient is one too); otherwise `None`.
+    pub(super) fn of(win: &Window, m: usize, group: usize) -> Option<Wide> {
+        let ok = group == 1
+            && win.kernel[0] == 1
+            && win.input[0] == 1
+            && win.stride == [1; 3]
+            && win.dil == [1; 3]
+            && (1..3).all(|a| win.pad[a] < win.kernel[a] && win.pad_end[a] < win.kernel[a]);
+        ok.then(|| {
+            Self::new(
+                win.n,
+                win.c,
+                m,
+                [win.input[1], win.input[2]],
+                [win.kernel[1], win.kernel[2]],
+                [win.pad[1], win.pad[2], win.pad_end[1], win.pad_end[2]],
+            )
+        })
+    }
+
+    fn new(n: usize, c: usize, m: usize, hw: [usize; 2], k: [usize; 2], p: [usize; 4]) -> Wide {
+        let (hp, wp) = (hw[0] + p[0] + p[2], hw[1] + p[1] + p[3]);
+        let s = hp * wp + k[1] - 1;
+        Wide {
+            n,
+            c,
+            m,
+            h: hw[0],
+            w: hw[1],
+            kh: k[0],
+            kw: k[1],
+            pt: p[0],
+            pl: p[1],
+            wp,
+            ho: hp + 1 - k[0],
+            wo: wp + 1 - k[1],
+            s,
+            nb: CHUNK_COLS.div_ceil(s).clamp(1, n.max(1)),
+        }
+    }
+
+    /// The convolution whose output is this one's input gradient: input the output
+    /// gradient (M channels, Ho x Wo), kernel flipped and transposed, pads k − 1 − p.
+    fn adjoint(&self) -> Wide {
+        let pb = self.ho + self.kh - 1 - self.h - self.pt;
+        let pr = self.wo + self.kw - 1 - self.w - self.pl;
+        Self::new(
+            self.n,
+            self.m,
+            self.c,
+            [self.ho, self.wo],
+            [self.kh, self.kw],
+            [
+                self.kh - 1 - self.pt,
+                self.kw - 1 - self.pl,
+                self.kh - 1 - pb,
+                self.kw - 1 - pr,
+            ],
+        )
+    }
+
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Columns of the wide grid of a chunk of `nb` samples (the last sample's extra rows
+    /// left out, so every read stays inside the chunk's buffer).
+    fn cols(&self, nb: usize) -> usize {
+        (nb - 1) * self.s + self.ho * self.wp
+    }
+
+    /// Copy samples `n0 .. n0 + nb` of `x` (N, C, H, W) into `buf` as (C·kw, nb·S): row
+    /// c·kw + dx holds the chunk's zero-padded planes of channel c shifted left by dx, so
+    /// that one row block serves a whole kernel row of taps.
+    fn pack<T: Elem>(&self, x: &[T], n0: usize, nb: usize, buf: &mut [T]) {
+        let (plane, span) = (self.h * self.w, nb * self.s);
+        buf[..self.c * self.kw * span].fill(T::zero());
+        for c in 0..self.c {
+            let block = &mut buf[c * self.kw * span..][..self.kw * span];
+            for j in 0..nb {
+                let src = &x[((n0 + j) * self.c + c) * plane..][..plane];
+                let dst = &mut block[j * self.s..][..self.s];
+                for (r, row) in src.chunks(self.w).enumerate() {
+                    dst[(r + self.pt) * self.wp + self.pl..][..self.w].copy_from_slice(row);
+                }
+            }
+            let (first, rest) = block.split_at_mut(span);
+            for (d, row) in rest.chunks_mut(span).enumerate() {
+                row[..span - d - 1].copy_from_slice(&first[d + 1..]);
+            }
+        }
+    }
+
+    /// The weights as (M, kh, C, kw): the block of kernel row dy is one strided matrix
+    /// (M x C·kw) that matches the rows of [`Wide::pack`].
+    fn rows_first<T: Elem>(&self, wt: &[T]) -> Vec<T> {
+        let mut wr = vec![T::zero(); wt.len()];
+        for m in 0..self.m {
+            for c in 0..self.c {
+                for dy in 0..self.kh {
+                    for dx in 0..self.kw {
+                        let to = ((m * self.kh + dy) * self.c + c) * self.kw + dx;
+                        wr[to] = wt[((m * self.c + c) * self.kh + dy) * self.kw + dx];
+                    }
+                }
+            }
+        }
+        wr
+    }
+
+    /// `y_wide (M x cols) = sum over kernel rows dy of W_dy · X_dy` for a chunk packed in
+    /// `xp`, `wr` from [`Wide::rows_first`].
+    fn matmuls<T: Elem>(&self, wr: &[T], xp: &[T], nb: usize, yw: &mut [T], threads: bool) {
+        let (cols, span, ck) = (self.cols(nb), nb * self.s, self.c * self.kw);
+        for dy in 0..self.kh {
+            let a = Mat::strided(&wr[dy * ck..], self.m, ck, (self.kh * ck) as isize, 1);
+            let b = Mat::strided(&xp[dy * self.wp..], ck, cols, span as isize, 1);
+            gemm(&mut yw[..self.m * cols], a, b, dy > 0, threads);
+        }
+    }
+}
+
+/// The forward pass: `y` (N, M, Ho, Wo) from `x` (N, C, H, W) and `wt` (M, C, kh, kw), then
+/// `epilogue(m, row)` on each output row of channel m (bias, ReLU).
+pub(super) fn forward<T: Elem>(
+    g: &Wide,
+    x: &[T],
+    wt: &[T],
+    y: &mut [T],
+    epilogue: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let out = g.m * g.ho * g.wo;
+    let scratch = (g.c * g.kw + g.m) * g.nb * g.s;
+    let wr = g.rows_first(wt);
+    on_threads(
+        y.chunks_mut(g.nb * out).collect(),
+        scratch,
+        |ci, ych: &mut [T], threads, buf| {
+            let nb = ych.len() / out;
+            let (xp, yw) = buf.split_at_mut(g.c * g.kw * nb * g.s);
+            g.pack(x, ci * g.nb, nb, xp);
+            g.matmuls(&wr, xp, nb, yw, threads);
+            let cols = g.cols(nb);
+            for (j, yn) in ych.chunks_mut(out).enumerate() {
+                for (m, ym) in yn.chunks_mut(g.ho * g.wo).enumerate() {
+                    for (oy, row) in ym.chunks_mut(g.wo).enumerate() {
+                        let src = &yw[m * cols + j * g.s + oy * g.wp..][..g.wo];
+                        row.copy_from_slice(src);
+                        epilogue(m, row);
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// The input gradient `dx` (N, C, H, W) from the output gradient `gy` (N, M, Ho, Wo).
+pub(super) fn input_grad<T: Elem>(g: &Wide, gy: &[T], wt: &[T], dx: &mut [T]) {
+    let (k, adj) = (g.taps(), g.adjoint());
+    // w'[c, m, tap] = w[m, c, k - 1 - tap]: transposed, flipped.
+    let mut wf = vec![T::zero(); wt.len()];
+    for m in 0..g.m {
+        for c in 0..g.c {
+            for t in 0..k {
+                wf[(c * g.m + m) * k + t] = wt[(m * g.c + c) * k + k - 1 - t];
+            }
+        }
+    }
+    forward(&adj, gy, &wf, dx, |_, _| {});
+}
+
+/// The weight gradient (M, C, kh, kw) from `gy` (N, M, Ho, Wo) and `x` (N, C, H, W): one
+/// partial sum per chunk, added in chunk order (the result does not depend on the number of
+/// threads).
+pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
+    let (ck, size) = (g.c * g.kw, g.m * g.c * g.taps());
+    let chunks = g.n.div_ceil(g.nb).max(1);
+    let mut parts = vec![T::zero(); chunks * size];
+    let scratch = (g.c * g.kw + g.m) * g.nb * g.s;
+    on_threads(
+        parts.chunks_mut(size).collect(),
+        scratch,
+        |ci, part: &mut [T], threads, buf| {
+            let n0 = ci * g.nb;
+            let nb = g.nb.min(g.n - n0);
+            let span = nb * g.s;
+            let (xp, gw) = buf.split_at_mut(ck * span);
+            g.pack(x, n0, nb, xp);
+            // The output gradient on the wide grid, zeros in its extra columns.
+            gw[..g.m * span].fill(T::zero());
+            let plane = g.ho * g.wo;
+            for j in 0..nb {
+                for m in 0..g.m {
+                    let src = &gy[((n0 + j) * g.m + m) * plane..][..plane];
+                    let dst = &mut gw[m * span + j * g.s..];
+                    for (oy, row) in src.chunks(g.wo).enumerate() {
+                        dst[oy * g.wp..][..g.wo].copy_from_slice(row);
+                    }
+                }
+            }
+            // Kernel row dy: (M x C·kw) = G (M x cols) · X_dy^T.
+            let cols = g.cols(nb);
+            for dy in 0..g.kh {
+                let a = Mat::strided(gw, g.m, cols, span as isize, 1);
+                let b = Mat::strided(&xp[dy * g.wp..], ck, cols, span as isize, 1).t();
+                gemm(&mut part[dy * g.m * ck..][..g.m * ck], a, b, false, threads);
+            }
+        },
+    );
+    // Sum the chunks in order, then (kh, M, C, kw) -> (M, C, kh, kw).
+    let (first, rest) = parts.split_at_mut(size);
+    for part in rest.chunks(size) {
+        for (a, b) in first.iter_mut().zip(part) {
+            *a += *b;
+        }
+    }
+    let mut dw = vec![T::zero(); size];
+    for dy in 0..g.kh {
+        for m in 0..g.m {
+            for c in 0..g.c {
+                for dx in 0..g.kw {
+                    let from = ((dy * g.m + m) * g.c + c) * g.kw + dx;
+                    dw[((m * g.c + c) * g.kh + dy) * g.kw + dx] = first[from];
+                }
+            }
+        }
+    }
+    dw
+}
