@@ -10,7 +10,7 @@ output_K.pb TensorProto files. For each job this script
   2. runs the ONNX checker (full_check, with shape inference) on `exported`, ecc's round
      trip of the model, and runs it in onnxruntime on the same inputs, comparing again.
 Jobs with "ort": false (models of opset 6, which onnxruntime no longer implements) get
-step 2's checker only. Relative error is max|a - b| / max(max|b|, 1e-6); the limit is 1e-4. Prints one line per
+step 2's checker only. Relative error is max|a - b| / max(max|b|, 1e-6); the limit is 5e-6 (worst measured: 1.4e-6, vgg19 with random weights). Prints one line per
 job and exits 1 if any job fails.
 """
 import json
@@ -21,7 +21,7 @@ import onnx
 import onnx.numpy_helper as nh
 import onnxruntime as ort
 
-LIMIT = 1e-4
+LIMIT = 5e-6
 
 
 def load_pb(path):

@@ -220,7 +220,7 @@ pub fn train_steps(
     optimizers: &[crate::train::OptimizerKind],
     mut progress: impl FnMut(&StepCase),
 ) -> Result<(Vec<StepCase>, Vec<StepRatio>)> {
-    use crate::train::{cross_entropy, optimizer_for, OptimizerKind, TrainConfig};
+    use crate::train::{optimizer_for, OptimizerKind, TrainConfig};
     use candle_core::{Device, Tensor};
     use rand::{Rng, SeedableRng};
     let (mut out, mut ratios) = (vec![], vec![]);
@@ -266,17 +266,7 @@ pub fn train_steps(
         let step = |ex: &crate::exec::Executor,
                     opt: &mut Box<dyn crate::train::optim::Optimizer>|
          -> Result<[f64; 4]> {
-            let t0 = Instant::now();
-            let logits = ex.forward_train(std::slice::from_ref(&x), 0)?[0].flatten_from(1)?;
-            let loss = cross_entropy(&logits, &y)?;
-            let t1 = Instant::now();
-            let grads = loss.backward()?;
-            let gmap = ex.grads_by_name(&grads);
-            let t2 = Instant::now();
-            opt.step(ex.params(), &gmap, 1e-3)?;
-            let t3 = Instant::now();
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            Ok([ms(t0, t3), ms(t0, t1), ms(t1, t2), ms(t2, t3)])
+            Ok(crate::train::step(ex, opt.as_mut(), &x, &y, 0, 1e-3)?.ms)
         };
         for (_, ex, opt, _) in runners.iter_mut() {
             for _ in 0..3 {

@@ -28,6 +28,15 @@ impl fmt::Display for NodeRef {
 pub enum ErrorKind {
     #[error("cannot read file: {0}")]
     Io(String),
+    /// A file ecc writes (model, checkpoint, metrics, plan, document) could not be written.
+    #[error("cannot write file: {0}")]
+    Write(String),
+    /// A data file (IDX, CIFAR-10 batch, the embedded digits) is malformed.
+    #[error("invalid data: {0}")]
+    Data(String),
+    /// A training checkpoint is malformed (one of another run is a usage error).
+    #[error("invalid checkpoint: {0}")]
+    Checkpoint(String),
     #[error("not a valid ONNX model: {0}")]
     Parse(String),
     #[error("unsupported op '{0}' (`ecc ops` lists the supported ones)")]
@@ -79,6 +88,12 @@ impl Error {
     }
     pub fn usage(msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Usage(msg.into()))
+    }
+    pub fn data(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Data(msg.into()))
+    }
+    pub fn checkpoint(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Checkpoint(msg.into()))
     }
     /// Attach the node, unless a more precise one is already attached.
     pub fn at_node(mut self, node: NodeRef) -> Self {

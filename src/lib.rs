@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod experiment;
 pub mod export;
+pub mod files;
 pub mod import;
 pub mod inspect;
 pub mod ir;

@@ -205,11 +205,19 @@ struct Builder {
     nodes: Vec<Node>,
     params: Vec<(String, Constant)>,
     cur: String,
+    /// A parameter over the importer's size limit (`ir::MAX_ELEMENTS`), refused by `build`
+    /// instead of allocated.
+    too_large: Option<String>,
 }
 
 impl Builder {
     fn uniform(&mut self, dims: Vec<usize>, fan_in: usize) -> Constant {
         let b = 1.0 / (fan_in as f32).sqrt();
+        let shape = crate::ir::Shape::fixed(dims.clone());
+        if let Err(e) = shape.check("a parameter") {
+            self.too_large.get_or_insert(e.to_string());
+            return Constant::f32(vec![0], vec![]);
+        }
         let n = dims.iter().product();
         Constant::f32(dims, (0..n).map(|_| self.rng.gen_range(-b..b)).collect())
     }
@@ -336,6 +344,7 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
         nodes: vec![],
         params: vec![],
         cur: "input".into(),
+        too_large: None,
     };
     let (mut c, mut h, mut w) = match spec.input.as_slice() {
         [c, h, w] => (*c, *h, *w),
@@ -414,6 +423,9 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
             }
         }
     }
+    if let Some(e) = b.too_large {
+        return Err(Error::usage(format!("model spec: {e}")));
+    }
     // The last node's output is the model output.
     let last = b.nodes.last_mut().expect("a spec has layers");
     last.outputs = vec!["logits".into()];
@@ -458,6 +470,11 @@ mod tests {
         let g = build(&Spec::parse("cnn:1x8x8-c4-p-c6-p-10").unwrap(), 0, false).unwrap();
         assert_eq!(g.param_count(), 4 * 9 + 6 * 4 * 9 + 10 * 6 * 2 * 2);
         assert_eq!(g.shapes["logits"].dims, vec![1, 10]);
+        // Over the importer's size limit: refused before anything is allocated.
+        let e = build(&Spec::parse("mlp:1048576-1048576-10").unwrap(), 0, true).unwrap_err();
+        assert!(e.to_string().contains("absurd size"), "{e}");
+        let e = build(&Spec::parse("cnn:1x100000x100000-c4-10").unwrap(), 0, true).unwrap_err();
+        assert!(e.to_string().contains("absurd size"), "{e}");
     }
 
     /// ResNet-20 (n = 3) and PlainNet-20: 19 3x3 convs and a dense layer (depth 6n + 2),

@@ -1,24 +1,12 @@
 //! MNIST and Fashion-MNIST from the cache of scripts/fetch-data.sh: counts, shapes, labels,
 //! and clean errors on corrupt copies.
 
+mod common;
+
 use ecc::data::{load, load_idx};
 
 fn data_dir() -> Option<std::path::PathBuf> {
-    let d = ecc::data_dir();
-    if d.join("mnist").is_dir() && d.join("fashion-mnist").is_dir() {
-        return Some(d);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "data missing in {} under CI: run scripts/fetch-data.sh",
-            d.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: data not fetched (run scripts/fetch-data.sh); looked in {}",
-        d.display()
-    );
-    None
+    common::data()
 }
 
 #[test]

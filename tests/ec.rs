@@ -103,7 +103,7 @@ fn canonical_form_preserves_the_function() {
             .map(|(a, b)| rel_err(&values(b), &values(a)))
             .fold(0.0, f64::max);
         println!("{name}: canonical vs original outputs, relative error {err:.1e}");
-        assert!(err <= 1e-5, "{name}: {err:e}");
+        assert!(err <= 5e-6, "{name}: {err:e}");
     }
 }
 
@@ -129,7 +129,7 @@ fn equivalent_models_have_the_same_canonical_form() {
             .fold(0.0, f64::max);
         println!("{name}: rescaled copy moved weights by {moved_by:.2}, canonical forms differ by {worst:.1e}");
         assert!(moved_by > 0.1, "{name}: the rescaling did nothing");
-        assert!(worst <= 1e-5, "{name}: canonical forms differ by {worst:e}");
+        assert!(worst <= 2e-6, "{name}: canonical forms differ by {worst:e}");
     }
 }
 
@@ -159,6 +159,7 @@ fn designated_weights_have_magnitude_one() {
             "{name}: {n} designated weights at magnitude 1 in {} blocks",
             p.basis.blocks.len()
         );
+        assert!(n > 0, "{name}: no designated weight: nothing was checked");
     }
 }
 

@@ -668,36 +668,6 @@ fn programs_match_the_reference_step() {
     }
 }
 
-/// A zoo model of the fixture cache at input `shape`, with random weights (the files carry
-/// none): scales 1/sqrt(size) (at least 0.05), BN variances in [0.5, 1.5].
-fn zoo_model(fx: &std::path::Path, name: &str, shape: Vec<usize>) -> Graph {
-    let path = fx.join(format!("onnx/light/light_{name}.onnx"));
-    let input = ecc::import::load_file(&path, &Default::default())
-        .unwrap()
-        .inputs[0]
-        .name
-        .clone();
-    let mut o = ecc::import::ImportOptions::default();
-    o.input_shapes.insert(input, shape);
-    let mut g = ecc::import::load_file(&path, &o).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let stats: Vec<String> = g.bn_statistics().into_iter().cloned().collect();
-    for (k, p) in g.params.iter_mut() {
-        let var = stats.contains(k) && k.contains("var");
-        if let ecc::ir::TensorData::F32(v) = &mut p.data {
-            let b = (1.0 / (v.len() as f32).sqrt()).max(0.05);
-            for x in v.iter_mut() {
-                *x = if var {
-                    rng.gen_range(0.5..1.5)
-                } else {
-                    rng.gen_range(-1.0..1.0) * b
-                };
-            }
-        }
-    }
-    g
-}
-
 /// The zoo models of the fixture cache (random weights, as their files carry none): every
 /// rescaling in a block, the canonical form keeps the function and is canonical.
 #[test]
@@ -711,7 +681,7 @@ fn zoo_models_are_covered_and_canonical() {
         ("resnet50", vec![1, 3, 224, 224]),
         ("densenet121", vec![1, 3, 224, 224]),
     ] {
-        let g = zoo_model(&fx, name, shape);
+        let g = common::zoo_model(&fx, name, shape);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         let a = training(&g);
         let c = conversion(&g);
@@ -875,7 +845,7 @@ fn zoo_dag_models_pass_gradient_balance_icr_and_weight_allocation() {
         ("inception_v1", vec![1, 3, 224, 224], 25, 2),
     ] {
         // Logits (the trailing Softmax dropped, as in training): larger gradients to resolve.
-        let g = ecc::train::logits_graph(&zoo_model(&fx, name, shape));
+        let g = ecc::train::logits_graph(&common::zoo_model(&fx, name, shape));
         let a = training(&g);
         let c = conversion(&g);
         let dag = |b: usize| c.basis.blocks[b].kind == ecc::ec::basis::BlockKind::Dag;

@@ -136,7 +136,7 @@ fn programs_match_the_reference_step() {
             "{name}: 3 program steps vs the f64 reference: relative error {worst:.1e} (lr {:.1e})",
             cfg.lr
         );
-        assert!(worst <= 1e-4, "{name}: {worst:e}");
+        assert!(worst <= 1e-6, "{name}: {worst:e}");
     }
 }
 

@@ -208,3 +208,51 @@ fn bad_descriptions_are_refused_before_any_run() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Ctrl-C stops `ecc experiment` as it stops `ecc train` (issue 14; before, SIGINT killed
+/// it with no message and the partial epoch was lost): the running step finishes, the
+/// checkpoint is written, the process says where it stopped and exits with 130; the same
+/// command then resumes the run and every epoch appears once in the metrics.
+#[test]
+fn ctrl_c_stops_an_experiment_with_its_checkpoint_and_the_rerun_resumes() {
+    use std::io::BufRead;
+    let (dir, file, out) = setup(
+        "sigint",
+        r#"{"name": "sigint", "model": "mlp:64-32-10", "data": "digits", "optimizers": ["sgd"],
+            "seeds": [0], "epochs": 300, "batch": 8, "lr": 0.01, "momentum": 0.9}"#,
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ecc"))
+        .args(["experiment", file.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first epoch line: training is under way.
+    assert!(lines.any(|l| l.unwrap().contains("test loss")));
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopped after step"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.join("sigint/sgd-seed0.safetensors").is_file());
+    let (code, text, err) = exp(&file, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("1 runs complete (1 trained now)"), "{text}");
+    let epochs: Vec<u64> = std::fs::read_to_string(out.join("sigint/sgd-seed0.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, (1..=300).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -121,4 +121,17 @@ fn mutated_models_never_panic() {
         panics.len()
     );
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
+    // The README's totals, pinned (with the fixtures: committed models, mtcnn, the light
+    // zoo and the pytorch cases).
+    if common::fixtures().is_some() {
+        assert_eq!(
+            (models.len(), tried),
+            (FUZZ_MODELS, FUZZ_MUTATIONS),
+            "models, mutations (README)"
+        );
+    }
 }
+
+/// The README's fuzz totals (with the fixtures fetched).
+const FUZZ_MODELS: usize = 134;
+const FUZZ_MUTATIONS: usize = 1896;

@@ -20,9 +20,12 @@ fn light_zoo_models_import_and_run() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let ex = Executor::new(&g).unwrap();
-        let x = Tensor::randn(0f32, 1.0, ex.input_shape(0).with_batch(1), &Device::Cpu).unwrap();
-        let y = ex.forward(&[x]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        // The zoo's reference output was computed with the same constant weights.
+        let xs = common::random_inputs(&g, 1, 3);
+        let y = ex.forward(&xs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The zoo's reference output was computed with the same constant weights: 0.5
+        // everywhere, and a final Softmax, so it is 1/1000 for any input. This checks import,
+        // shapes and that the run ends; the arithmetic of these models is checked against
+        // onnxruntime with random weights (tests/ort.rs).
         let want = read_pb(&dir.join(format!("light_{name}_output_0.pb"))).unwrap();
         let dims = y[0].dims().to_vec();
         println!("{name}: output {dims:?}, {} params", g.param_count());
@@ -137,9 +140,11 @@ fn pytorch_cases_match_reference_outputs() {
         failed.len(),
         skipped.len()
     );
-    assert!(ran > 50, "too few in-scope cases ran: {ran}");
-    assert!(
-        passed as f64 >= 0.95 * ran as f64,
-        "only {passed} of {ran} in-scope cases pass"
+    // The README's numbers, pinned: a case that starts or stops importing, or passing,
+    // changes them (and the README with them).
+    assert_eq!(
+        (ran, passed, skipped.len()),
+        (80, 80, 37),
+        "in scope, passed, skipped (README: 80 of the 117 in scope, 80 pass)"
     );
 }

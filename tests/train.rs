@@ -110,24 +110,21 @@ fn a_diverging_run_stops_with_a_clear_message() {
     let split = digits().unwrap();
     let mut c = cfg(OptimizerKind::Sgd, 3);
     c.lr = 1e12;
-    let e = train(&mlp(), &split, &c, |_| {}).unwrap_err().to_string();
+    let e = train(&mlp(), &split, &c, |_| {}).unwrap_err();
+    assert!(matches!(e.kind, ecc::ErrorKind::Diverged(_)), "{e}");
+    let e = e.to_string();
     assert!(
-        e.contains("the loss became") && e.contains("training stopped"),
+        e.contains("the loss became")
+            && e.contains("learning rate 1000000000000 too large?")
+            && e.contains("training stopped"),
         "{e}"
     );
 }
 
 #[test]
 fn an_imported_mlp_trains_on_mnist_with_ec_sgd() {
-    let dir = ecc::data_dir().join("mnist");
-    if !dir.is_dir() {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "MNIST missing under CI"
-        );
-        eprintln!("SKIPPED: MNIST not fetched (scripts/fetch-data.sh)");
-        return;
-    }
+    let Some(data) = common::data() else { return };
+    let dir = data.join("mnist");
     let split = load(&format!("mnist:{}", dir.display())).unwrap();
     // Built with the onnx package's helpers (scripts/make-foreign-model.py), not by ecc:
     // Gemm(transB=1) as PyTorch exports Linear, and a trailing Softmax.
@@ -255,6 +252,12 @@ fn a_checkpoint_of_another_run_is_refused() {
     batch.batch = 17;
     let mut seed = c.clone();
     seed.seed = 9;
+    let mut lr = c.clone();
+    lr.lr = 0.01;
+    let mut momentum = c.clone();
+    momentum.momentum = 0.0;
+    let mut augment = c.clone();
+    augment.augment = true;
     for (what, cc, g) in [
         (
             "optimizer sgd there, --optimizer ec-sgd here",
@@ -263,11 +266,28 @@ fn a_checkpoint_of_another_run_is_refused() {
         ),
         ("batch 32 there, --batch 17 here", &batch, mlp()),
         ("seed 0 there, --seed 9 here", &seed, mlp()),
+        ("--lr 0.05 there, 0.01 here", &lr, mlp()),
+        ("--momentum 0.9 there, 0 here", &momentum, mlp()),
+        ("--augment false there, true here", &augment, mlp()),
     ] {
         let e = train(&g, &split, cc, |_| {}).unwrap_err();
         assert!(matches!(e.kind, ecc::ErrorKind::Usage(_)), "{e}");
         assert!(e.to_string().contains(what), "{e}");
     }
+    // Another data set (same model, same options).
+    let mut fewer = split.clone();
+    let n = fewer.train.y.len() / 2;
+    fewer.train.y.truncate(n);
+    fewer
+        .train
+        .x
+        .truncate(n * fewer.train.dims.iter().product::<usize>());
+    let e = train(&mlp(), &fewer, &c, |_| {}).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--data digits (1438 train / 359 test) there"),
+        "{e}"
+    );
     // A model without biases against a checkpoint with them.
     let spec = ecc::zoo::Spec::parse("mlp:64-32-10").unwrap();
     let (with, without) = (
@@ -487,12 +507,31 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
         assert!(err.contains("does not exist"), "{flag}: {err}");
         assert!(!out.contains("epoch"), "{flag}: trained first: {out}");
     }
+    // Files that are replaced (model, checkpoint) must not be devices: a rename would put a
+    // regular file in place of /dev/null (as root, of any device). Metrics, appended in
+    // place, may go to one.
+    for flag in ["-o", "--checkpoint"] {
+        let (code, out, err) = common::ecc(&["train", "--optimizer", "sgd", flag, "/dev/null"]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains("special file"), "{flag}: {err}");
+        assert!(!out.contains("epoch"), "{flag}: trained first: {out}");
+    }
+    let (code, _, err) = common::ecc(&[
+        "train",
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "1",
+        "--metrics",
+        "/dev/null",
+    ]);
+    assert_eq!(code, 0, "{err}");
     // A metrics file that cannot be written stops the run (exit 2), not silently.
     if std::path::Path::new("/dev/full").exists() {
         let (code, _, err) =
             common::ecc(&["train", "--optimizer", "sgd", "--metrics", "/dev/full"]);
         assert_eq!(code, 2, "{err}");
-        assert!(err.contains("cannot write the metrics"), "{err}");
+        assert!(err.contains("/dev/full: cannot write file"), "{err}");
     }
     let dir = std::env::temp_dir().join(format!("ecc-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -532,6 +571,23 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
     let (code, _, err) = run("2", true);
     assert_eq!(code, 0, "{err}");
     assert_eq!(lines(&path("m.jsonl")), 2);
+    // A kill after epoch 3's metrics line and before its checkpoint: the resumed run trains
+    // epoch 3 again and its line replaces the orphan (before issue 14 the checkpoint came
+    // first, and a kill there lost the line for good).
+    let m = path("m.jsonl");
+    let mut text = std::fs::read_to_string(&m).unwrap();
+    text.push_str("{\"epoch\":3,\"orphan\":true}\n");
+    std::fs::write(&m, text).unwrap();
+    let (code, _, err) = run("3", true);
+    assert_eq!(code, 0, "{err}");
+    let epochs: Vec<u64> = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .inspect(|v| assert!(v.get("orphan").is_none(), "{v}"))
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2, 3]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -543,4 +599,213 @@ fn empty_data_is_refused() {
     split.test.y.clear();
     let e = train(&mlp(), &split, &cfg(OptimizerKind::Sgd, 1), |_| {}).unwrap_err();
     assert!(e.to_string().contains("the test split is empty"), "{e}");
+}
+
+/// Path-SGD's step against the path-norm formula of Neyshabur et al. (2015), computed here in
+/// f64 without autograd: for the weight w_ij from unit j to unit i, gamma = in(j) * out(i),
+/// where in(j) sums the products of squared weights (and a squared bias at a path's start)
+/// over the paths into j and out(i) over the paths from i to the outputs; a bias b_i has
+/// gamma = out(i). One step without momentum is w - lr * g / gamma.
+#[test]
+fn path_sgd_step_matches_the_path_norm_formula() {
+    let spec = ecc::zoo::Spec::parse("mlp:6-5-4-3").unwrap();
+    let g = ecc::zoo::build(&spec, 3, true).unwrap();
+    let layers: Vec<String> = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, ecc::ir::Op::Gemm { .. }))
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(layers.len(), 3);
+    let f64s = |k: &str| -> Vec<f64> { g.params[k].as_f32().iter().map(|&x| x as f64).collect() };
+    let (ws, bs): (Vec<Vec<f64>>, Vec<Vec<f64>>) = layers
+        .iter()
+        .map(|l| (f64s(&format!("{l}.weight")), f64s(&format!("{l}.bias"))))
+        .unzip();
+    let widths = [6, 5, 4, 3];
+    // in-flows: inputs 1; unit i of layer k: sum_j w_ij^2 in(j) + b_i^2.
+    let mut inflow = vec![vec![1.0; 6]];
+    for k in 0..3 {
+        let (o, n) = (widths[k + 1], widths[k]);
+        let v: Vec<f64> = (0..o)
+            .map(|i| {
+                (0..n)
+                    .map(|j| ws[k][i * n + j].powi(2) * inflow[k][j])
+                    .sum::<f64>()
+                    + bs[k][i].powi(2)
+            })
+            .collect();
+        inflow.push(v);
+    }
+    // out-flows: outputs 1; unit j of layer k: sum_i w_ij^2 out(i).
+    let mut outflow = vec![vec![]; 4];
+    outflow[3] = vec![1.0; 3];
+    for k in (0..3).rev() {
+        let (o, n) = (widths[k + 1], widths[k]);
+        outflow[k] = (0..n)
+            .map(|j| {
+                (0..o)
+                    .map(|i| ws[k][i * n + j].powi(2) * outflow[k + 1][i])
+                    .sum()
+            })
+            .collect();
+    }
+    // One batch, its gradients from a separate executor, then one Path-SGD step.
+    let split = digits().unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let x: Vec<f32> = (0..8 * 6)
+        .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+        .collect();
+    let x = candle_core::Tensor::from_vec(x, (8, 6), &candle_core::Device::Cpu).unwrap();
+    let y = candle_core::Tensor::from_vec(
+        split.train.y[..8]
+            .iter()
+            .map(|c| c % 3)
+            .collect::<Vec<u32>>(),
+        8,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let c = TrainConfig {
+        optimizer: OptimizerKind::PathSgd,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let tg = logits_graph(&g);
+    let ex0 = ecc::exec::Executor::new(&tg).unwrap();
+    let logits = ex0.forward_train(std::slice::from_ref(&x), 0).unwrap()[0].clone();
+    let grads = ex0.grads_by_name(
+        &ecc::train::cross_entropy(&logits, &y)
+            .unwrap()
+            .backward()
+            .unwrap(),
+    );
+    let (start, mut opt) = ecc::train::optimizer_for(&tg, &c).unwrap();
+    let ex = ecc::exec::Executor::new(&start).unwrap();
+    let lr = 1e-3;
+    ecc::train::step(&ex, opt.as_mut(), &x, &y, 0, lr).unwrap();
+    let mut worst = 0f64;
+    for (k, l) in layers.iter().enumerate() {
+        let (o, n) = (widths[k + 1], widths[k]);
+        for (name, w0, gamma) in [
+            (
+                format!("{l}.weight"),
+                &ws[k],
+                (0..o * n)
+                    .map(|e| inflow[k][e % n] * outflow[k + 1][e / n])
+                    .collect::<Vec<_>>(),
+            ),
+            (format!("{l}.bias"), &bs[k], outflow[k + 1].clone()),
+        ] {
+            let gr = grads[&name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let now = common::values(ex.params()[&name].as_tensor());
+            // Norm-wise, relative to the step itself (not to the weights), so that the
+            // formula is what is checked; f32 rounding of the weights is ~3e-8 absolute.
+            let (mut diff, mut step) = (0f64, 0f64);
+            for i in 0..w0.len() {
+                let want = w0[i] - lr * gr[i] as f64 / gamma[i];
+                diff += (now[i] as f64 - want).powi(2);
+                step += (want - w0[i]).powi(2);
+            }
+            worst = worst.max((diff / step).sqrt());
+        }
+    }
+    println!("Path-SGD step vs the path-norm formula: worst error {worst:.1e} of the step");
+    assert!(worst <= 1e-3, "{worst:e}");
+}
+
+/// `--keep-function`: EC-SGD starts from the canonical form, which computes what the model
+/// computes: at step 0 the test loss and accuracy are the imported model's.
+#[test]
+fn keep_function_starts_from_the_same_function() {
+    let split = digits().unwrap();
+    let tg = logits_graph(&mlp());
+    let c = TrainConfig {
+        optimizer: OptimizerKind::EcSgd,
+        skeleton_init: false,
+        ..Default::default()
+    };
+    let (start, _) = ecc::train::optimizer_for(&tg, &c).unwrap();
+    assert_ne!(
+        start.params, tg.params,
+        "the canonical form moved no weight"
+    );
+    let at = |g: &ecc::ir::Graph| {
+        evaluate(&ecc::exec::Executor::new(g).unwrap(), g, &split.test, 512).unwrap()
+    };
+    let ((l0, a0), (l1, a1)) = (at(&tg), at(&start));
+    println!("imported: loss {l0} acc {a0}; canonical start: loss {l1} acc {a1}");
+    assert_eq!(a0, a1);
+    assert!((l0 - l1).abs() <= 1e-5 * l0, "{l0} vs {l1}");
+}
+
+/// The learning-rate schedules against their formulas.
+#[test]
+fn schedules_follow_their_formulas() {
+    use ecc::train::Schedule;
+    let close = |a: f64, b: f64| assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+    let s = Schedule::parse("step:3:0.5").unwrap();
+    for (e, want) in [
+        (0, 0.2),
+        (2, 0.2),
+        (3, 0.1),
+        (5, 0.1),
+        (6, 0.05),
+        (9, 0.025),
+    ] {
+        close(s.lr(0.2, e, 10), want);
+    }
+    let s = Schedule::parse("exp:0.5").unwrap();
+    close(s.lr(0.2, 4, 10), 0.2 * (-2.0f64).exp());
+    let s = Schedule::parse("cosine").unwrap();
+    close(s.lr(0.2, 0, 10), 0.2);
+    close(s.lr(0.2, 5, 10), 0.1);
+    close(s.lr(0.2, 10, 10), 0.0);
+    close(Schedule::parse("constant").unwrap().lr(0.2, 7, 10), 0.2);
+    for bad in [
+        "step:0:0.5",
+        "step:2:nan",
+        "step:2:0",
+        "exp:nan",
+        "exp:inf",
+        "linear",
+    ] {
+        assert!(Schedule::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// The NaN-on-the-last-batch case (issue 14): a step that breaks the weights on the last
+/// batch of an epoch has no later step whose loss would show it; the test loss after the
+/// epoch does, and training stops before that epoch's checkpoint, so the checkpoint keeps the
+/// last good epoch. Here every epoch is one batch, and the schedule multiplies the learning
+/// rate by 1e30 after the first.
+#[test]
+fn weights_broken_on_an_epochs_last_batch_never_reach_the_checkpoint() {
+    let split = digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("ecc-ckpt-last-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("c.safetensors");
+    let _ = std::fs::remove_file(&ckpt);
+    let mut c = cfg(OptimizerKind::Sgd, 2);
+    c.batch = 4096;
+    c.schedule = ecc::train::Schedule::parse("step:1:1e30").unwrap();
+    c.checkpoint = Some(ckpt.clone());
+    let mut epochs = vec![];
+    let e = train(&mlp(), &split, &c, |m| epochs.push(m.epoch)).unwrap_err();
+    assert!(matches!(e.kind, ecc::ErrorKind::Diverged(_)), "{e}");
+    assert!(e.to_string().contains("the test loss became"), "{e}");
+    assert_eq!(epochs, [1], "the broken epoch reported metrics");
+    assert_eq!(ecc::train::checkpoint_epoch(&ckpt).unwrap(), 1);
+    // The checkpoint holds finite weights: resuming evaluates to a finite loss.
+    let t = candle_core::safetensors::load(&ckpt, &candle_core::Device::Cpu).unwrap();
+    for (k, v) in t.iter().filter(|(k, _)| k.starts_with("param/")) {
+        let x = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(x.iter().all(|v| v.is_finite()), "{k}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

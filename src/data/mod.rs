@@ -50,23 +50,23 @@ fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
     let mut out = vec![];
     flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut out)
-        .map_err(|e| Error::invalid(format!("{what}: cannot decompress: {e}")))?;
+        .map_err(|e| Error::data(format!("{what}: cannot decompress: {e}")))?;
     Ok(out)
 }
 
 /// The embedded digits, split with a fixed seed: 1437 train, 360 test.
 pub fn digits() -> Result<Split> {
     let text = String::from_utf8(gunzip(DIGITS, "embedded digits")?)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+        .map_err(|e| Error::data(e.to_string()))?;
     let mut rows: Vec<(Vec<f32>, u32)> = vec![];
     for (i, line) in text.lines().enumerate() {
         let v: Vec<u32> = line
             .split(',')
             .map(|t| t.trim().parse::<u32>())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::invalid(format!("embedded digits line {}: {e}", i + 1)))?;
+            .map_err(|e| Error::data(format!("embedded digits line {}: {e}", i + 1)))?;
         if v.len() != 65 || v[64] > 9 {
-            return Err(Error::invalid(format!(
+            return Err(Error::data(format!(
                 "embedded digits line {}: expected 64 pixels and a label",
                 i + 1
             )));
@@ -107,7 +107,7 @@ pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
         bytes
     };
     if b.len() < 4 || b[0] != 0 || b[1] != 0 {
-        return Err(Error::invalid("not an IDX file: wrong magic number"));
+        return Err(Error::data("not an IDX file: wrong magic number"));
     }
     if b[2] != 0x08 {
         return Err(Error::unsupported(format!(
@@ -117,7 +117,7 @@ pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     }
     let nd = b[3] as usize;
     if nd == 0 || nd > 4 || b.len() < 4 + 4 * nd {
-        return Err(Error::invalid(format!(
+        return Err(Error::data(format!(
             "IDX header with {nd} dimensions is truncated or invalid"
         )));
     }
@@ -127,10 +127,10 @@ pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     let n = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::invalid("IDX dims overflow"))?;
+        .ok_or_else(|| Error::data("IDX dims overflow"))?;
     let data = &b[4 + 4 * nd..];
     if data.len() != n {
-        return Err(Error::invalid(format!(
+        return Err(Error::data(format!(
             "IDX data has {} bytes, dims {dims:?} need {n} (truncated?)",
             data.len()
         )));
@@ -144,13 +144,13 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     let (di, xi) = parse_idx(&read(images)?).map_err(|e| e.in_file(images))?;
     let (dl, yl) = parse_idx(&read(labels)?).map_err(|e| e.in_file(labels))?;
     if di.len() != 3 || dl.len() != 1 {
-        return Err(Error::invalid(format!(
+        return Err(Error::data(format!(
             "expected images N x H x W and labels N, got {di:?} and {dl:?}"
         ))
         .in_file(images));
     }
     if di[0] != dl[0] {
-        return Err(Error::invalid(format!(
+        return Err(Error::data(format!(
             "{} images but {} labels in {}",
             di[0],
             dl[0],
@@ -203,7 +203,7 @@ pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 /// Parse one CIFAR-10 binary batch: raw pixels (0-255) and labels.
 pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u32>)> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
-        return Err(Error::invalid(format!(
+        return Err(Error::data(format!(
             "not a CIFAR-10 batch: {} bytes is not a whole number of {CIFAR_RECORD}-byte records (truncated?)",
             bytes.len()
         )));
@@ -215,7 +215,7 @@ pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u32>)> {
     );
     for (i, r) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
         if r[0] > 9 {
-            return Err(Error::invalid(format!(
+            return Err(Error::data(format!(
                 "record {i} has label {} (CIFAR-10 labels are 0 to 9): not a CIFAR-10 batch?",
                 r[0]
             )));

@@ -232,22 +232,6 @@ pub fn label(model: &str) -> String {
         .collect()
 }
 
-/// Metrics lines already written for epochs up to `upto` (later lines, written after the
-/// last checkpoint, are dropped so that a resumed run does not repeat them).
-fn kept_lines(path: &Path, upto: usize) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["epoch"].as_u64())
-                .is_some_and(|e| e as usize <= upto)
-        })
-        .map(String::from)
-        .collect()
-}
-
 /// Run (or resume) every run of `exp` under `out/<name>/`.
 /// `stop` (set by a Ctrl-C handler) stops the current run after its current step, with its
 /// checkpoint written, as `ecc train` does; the next call resumes it.
@@ -262,15 +246,14 @@ pub fn run(
     let mut outcomes = vec![];
     for (model, optimizer, seed) in exp.runs() {
         let dir = exp.run_dir(out, model);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&dir))?;
+        crate::files::create_dir(&dir)?;
         let mut run = format!("{}-seed{seed}", optimizer.name());
         if let Models::Many(_) = exp.model {
             run = format!("{}/{run}", label(model));
         }
         let metrics = exp.run_file(out, model, optimizer, seed, "jsonl");
         let checkpoint = exp.run_file(out, model, optimizer, seed, "safetensors");
-        let kept = kept_lines(&metrics, exp.epochs);
+        let kept = crate::train::metrics_upto(&metrics, exp.epochs);
         let done = kept.iter().filter(|l| !is_start_row(l)).count();
         let diverged = kept.iter().find_map(|l| diverged_message(l));
         if done >= exp.epochs || diverged.is_some() {
@@ -285,16 +268,8 @@ pub fn run(
             continue;
         }
         // Resume from the checkpoint: keep the metrics of the epochs it holds.
-        let resumed = if checkpoint.is_file() {
-            let t = candle_core::safetensors::load(&checkpoint, &candle_core::Device::Cpu)?;
-            t.get("meta/epoch")
-                .map(|e| e.to_vec1::<u32>())
-                .transpose()?
-                .map_or(0, |v| v[0] as usize)
-        } else {
-            0
-        };
-        let mut lines = kept_lines(&metrics, resumed);
+        let resumed = crate::train::checkpoint_epoch(&checkpoint)?;
+        let mut lines = crate::train::metrics_upto(&metrics, resumed);
         let cfg = TrainConfig {
             optimizer,
             epochs: exp.epochs,
@@ -314,13 +289,8 @@ pub fn run(
             lines.insert(0, start_row(&graph, &split, &cfg)?);
         }
         let write = |lines: &[String]| -> Result<()> {
-            let tmp = metrics.with_extension("jsonl.tmp");
-            std::fs::write(
-                &tmp,
-                lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-            )
-            .and_then(|_| std::fs::rename(&tmp, &metrics))
-            .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&metrics))
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            crate::files::write_bytes(&metrics, text.as_bytes())
         };
         write(&lines)?;
         let mut trained = 0;

@@ -391,7 +391,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 /// Write the charts of every model of `exp` as SVG under `dir`; returns the file names
 /// (relative to `dir`), accuracy then loss per model.
 pub fn write_plots(exp: &Experiment, out: &Path, dir: &Path) -> Result<Vec<String>> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::files::create_dir(dir)?;
     let mut names = vec![];
     for model in exp.model.list() {
         let stem = match exp.model {
@@ -401,7 +401,7 @@ pub fn write_plots(exp: &Experiment, out: &Path, dir: &Path) -> Result<Vec<Strin
         for (chart, what) in charts(exp, out, model)?.iter().zip(["accuracy", "loss"]) {
             let name = format!("{stem}-test-{what}.svg");
             let path = dir.join(&name);
-            std::fs::write(&path, chart.to_svg()).map_err(io_err(&path))?;
+            crate::files::write_bytes(&path, chart.to_svg().as_bytes())?;
             names.push(name);
         }
     }
@@ -455,9 +455,6 @@ pub fn update_doc(doc: &Path, out: &Path) -> Result<Vec<String>> {
         res += "\n<!-- end -->\n";
         done.push(file.to_string());
     }
-    let tmp = doc.with_extension("md.tmp");
-    std::fs::write(&tmp, res)
-        .and_then(|_| std::fs::rename(&tmp, doc))
-        .map_err(io_err(doc))?;
+    crate::files::write_bytes(doc, res.as_bytes())?;
     Ok(done)
 }

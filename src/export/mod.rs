@@ -2,7 +2,7 @@
 //! imports, producer and metadata are kept; attributes are written from the typed ops in the
 //! form the model's opset expects; parameters go out as `raw_data` initializers.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::import::tensor::{dtype, encode};
 use crate::ir::{DimDecl, Graph, Node, Op, ValueInfo};
 use onnx_protobuf::{
@@ -275,11 +275,7 @@ pub fn to_bytes(g: &Graph) -> Result<Vec<u8>> {
         .map_err(|e| Error::exec(format!("cannot serialize the model: {e}")))
 }
 
-/// Write a graph as an ONNX file, atomically (a temporary file renamed into place).
+/// Write a graph as an ONNX file, atomically ([`crate::files::write_atomic`]).
 pub fn write_file(g: &Graph, path: &Path) -> Result<()> {
-    let bytes = to_bytes(g)?;
-    let tmp = path.with_extension("onnx.tmp");
-    let io = |e: std::io::Error| Error::new(ErrorKind::Io(e.to_string())).in_file(path);
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_bytes(path, &to_bytes(g)?)
 }

@@ -218,8 +218,7 @@ pub fn write_pb(path: &std::path::Path, name: &str, c: &Constant) -> Result<()> 
     let bytes = encode(name, c)
         .write_to_bytes()
         .map_err(|e| Error::exec(e.to_string()))?;
-    std::fs::write(path, bytes)
-        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))
+    crate::files::write_bytes(path, &bytes)
 }
 
 #[cfg(test)]

@@ -46,11 +46,18 @@ impl Schedule {
             ["constant"] => Schedule::Constant,
             ["cosine"] => Schedule::Cosine,
             ["exp", k] => Schedule::Exp {
-                k: k.parse().map_err(|_| bad())?,
+                k: k.parse()
+                    .ok()
+                    .filter(|k: &f64| k.is_finite())
+                    .ok_or_else(bad)?,
             },
             ["step", e, g] => Schedule::Step {
                 every: e.parse().ok().filter(|&e| e > 0).ok_or_else(bad)?,
-                gamma: g.parse().map_err(|_| bad())?,
+                gamma: g
+                    .parse()
+                    .ok()
+                    .filter(|g: &f64| g.is_finite() && *g > 0.0)
+                    .ok_or_else(bad)?,
             },
             _ => return Err(bad()),
         })
@@ -185,6 +192,45 @@ fn run_key(cfg: &TrainConfig) -> [u32; 3] {
     [opt, cfg.batch as u32, cfg.seed as u32]
 }
 
+/// What a checkpoint belongs to besides its parameters, as (option, value) pairs: the
+/// optimizer and its settings, the batch size, the seed and the data set. Saved as JSON in
+/// `meta/setup` and compared on resume: a run resumed with other settings would silently
+/// train something else.
+fn setup(cfg: &TrainConfig, split: &Split) -> Vec<(&'static str, String)> {
+    vec![
+        ("--optimizer", cfg.optimizer.name().to_string()),
+        ("--batch", cfg.batch.to_string()),
+        ("--seed", cfg.seed.to_string()),
+        ("--lr", cfg.lr.to_string()),
+        ("--schedule", format!("{:?}", cfg.schedule)),
+        ("--momentum", cfg.momentum.to_string()),
+        ("--weight-decay", cfg.weight_decay.to_string()),
+        ("--keep-function", (!cfg.skeleton_init).to_string()),
+        ("--augment", cfg.augment.to_string()),
+        (
+            "--data",
+            format!(
+                "{} ({} train / {} test)",
+                split.name,
+                split.train.len(),
+                split.test.len()
+            ),
+        ),
+    ]
+}
+
+/// The first differences between a checkpoint's setup and this run's, as "--lr 0.1 there,
+/// 0.05 here" (empty when they agree; fields the checkpoint does not record are not compared).
+fn setup_mismatch(saved: &[u8], now: &[(&'static str, String)]) -> Vec<String> {
+    let saved: HashMap<String, String> = serde_json::from_slice(saved).unwrap_or_default();
+    now.iter()
+        .filter_map(|(k, v)| {
+            let there = saved.get(*k)?;
+            (there != v).then(|| format!("{k} {there} there, {v} here"))
+        })
+        .collect()
+}
+
 /// Write parameters, optimizer state and the run's progress atomically (temporary file,
 /// then rename): a failure leaves the previous checkpoint as it was.
 fn save_checkpoint(
@@ -192,6 +238,7 @@ fn save_checkpoint(
     ex: &Executor,
     opt: &dyn Optimizer,
     cfg: &TrainConfig,
+    split: &Split,
     at: Progress,
 ) -> Result<()> {
     let mut t: HashMap<String, Tensor> = ex
@@ -207,17 +254,44 @@ fn save_checkpoint(
     let counts = [at.seen as u32, at.hits as u32, at.guarded as u32];
     t.insert("meta/counts".into(), Tensor::new(&counts, dev)?);
     t.insert("meta/run".into(), Tensor::new(&run_key(cfg), dev)?);
-    let io =
-        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path);
-    let tmp = path.with_extension("safetensors.tmp");
-    if let Err(e) = candle_core::safetensors::save(&t, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::new(crate::error::ErrorKind::Io(format!(
-            "cannot write the checkpoint: {e}"
-        )))
-        .in_file(path));
+    let fields: HashMap<&str, String> = setup(cfg, split).into_iter().collect();
+    let json = serde_json::to_vec(&fields).map_err(|e| Error::exec(e.to_string()))?;
+    t.insert("meta/setup".into(), Tensor::new(json.as_slice(), dev)?);
+    crate::files::write_atomic(path, |tmp| {
+        candle_core::safetensors::save(&t, tmp).map_err(|e| e.to_string())
+    })
+}
+
+/// The epochs a checkpoint has finished (0 when there is no file): where a resumed run
+/// starts, and so which metrics lines it keeps ([`metrics_upto`]).
+pub fn checkpoint_epoch(path: &std::path::Path) -> Result<usize> {
+    if !path.is_file() {
+        return Ok(0);
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    let t = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::checkpoint(e.to_string()).in_file(path))?;
+    let e = t
+        .get("meta/epoch")
+        .ok_or_else(|| Error::checkpoint("it lacks its epoch").in_file(path))?;
+    Ok(e.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize)
+}
+
+/// The lines of a metrics file (JSON, one per epoch) of epochs up to `upto`. A run writes an
+/// epoch's line before its checkpoint, so a resumed run keeps the lines of the epochs its
+/// checkpoint holds and writes the others again: a kill between the two loses nothing and
+/// repeats nothing.
+pub fn metrics_upto(path: &std::path::Path, upto: usize) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .is_some_and(|e| e as usize <= upto)
+        })
+        .map(String::from)
+        .collect()
 }
 
 /// Load a checkpoint into the executor and optimizer, after checking that it belongs to
@@ -228,9 +302,10 @@ fn load_checkpoint(
     ex: &Executor,
     opt: &mut dyn Optimizer,
     cfg: &TrainConfig,
+    split: &Split,
 ) -> Result<Progress> {
     let t = candle_core::safetensors::load(path, ex.device())
-        .map_err(|e| Error::invalid(format!("checkpoint: {e}")).in_file(path))?;
+        .map_err(|e| Error::checkpoint(e.to_string()).in_file(path))?;
     let mismatch = |what: String| {
         Err(Error::usage(format!("the checkpoint belongs to another run: {what}")).in_file(path))
     };
@@ -250,6 +325,12 @@ fn load_checkpoint(
         }
         if saved.len() == 3 && saved[2] != now[2] {
             return mismatch(format!("seed {} there, --seed {} here", saved[2], now[2]));
+        }
+    }
+    if let Some(saved) = t.get("meta/setup") {
+        let diff = setup_mismatch(&saved.to_vec1::<u8>()?, &setup(cfg, split));
+        if !diff.is_empty() {
+            return mismatch(diff.join("; "));
         }
     }
     for k in t.keys().filter_map(|k| k.strip_prefix("param/")) {
@@ -276,7 +357,7 @@ fn load_checkpoint(
     opt.load_state(&t)?;
     let epoch = t
         .get("meta/epoch")
-        .ok_or_else(|| Error::invalid("checkpoint lacks its epoch").in_file(path))?;
+        .ok_or_else(|| Error::checkpoint("it lacks its epoch").in_file(path))?;
     let first = |k: &str| -> Result<Option<u32>> {
         Ok(t.get(k)
             .map(|s| s.to_vec1::<u32>())
@@ -555,6 +636,100 @@ pub fn check_options(
     Ok(())
 }
 
+/// What one training step did.
+#[derive(Debug, Clone)]
+pub struct StepOut {
+    /// The batch's mean loss before the update.
+    pub loss: f64,
+    /// The predicted class of every sample (empty when the loss was not finite).
+    pub pred: Vec<u32>,
+    /// The optimizer's R guard engaged (EC-SGD).
+    pub guarded: bool,
+    /// Milliseconds: the whole step, forward with the loss, backward, the update.
+    pub ms: [f64; 4],
+}
+
+/// One training step, the same for `ecc train`, `ecc experiment` and `ecc bench`: forward in
+/// training mode (`seed` draws Dropout's masks), cross-entropy against `y`, backward, and the
+/// optimizer's update at `lr`. A non-finite loss leaves the weights as they were.
+pub fn step(
+    ex: &Executor,
+    opt: &mut dyn Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    seed: u64,
+    lr: f64,
+) -> Result<StepOut> {
+    let t0 = Instant::now();
+    let logits = ex.forward_train(std::slice::from_ref(x), seed)?[0].flatten_from(1)?;
+    let loss = cross_entropy(&logits, y)?;
+    let t1 = Instant::now();
+    let l = loss.to_scalar::<f32>()? as f64;
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    if !l.is_finite() {
+        let f = ms(t0, t1);
+        return Ok(StepOut {
+            loss: l,
+            pred: vec![],
+            guarded: false,
+            ms: [f, f, 0.0, 0.0],
+        });
+    }
+    let grads = loss.backward()?;
+    let g = ex.grads_by_name(&grads);
+    let t2 = Instant::now();
+    let guarded = opt.step(ex.params(), &g, lr)? > 0;
+    let t3 = Instant::now();
+    Ok(StepOut {
+        loss: l,
+        pred: logits.argmax(1)?.to_vec1::<u32>()?,
+        guarded,
+        ms: [ms(t0, t3), ms(t0, t1), ms(t1, t2), ms(t2, t3)],
+    })
+}
+
+/// A warning for `--keep-function` with EC-SGD, when the model's free skeleton values V are
+/// small: EC-SGD's step on a weight scales as lr / V² (spec §5, §13), and V (a class
+/// invariant) is tiny in trained networks, so say so before a long run diverges.
+pub fn v_scale_note(g: &Graph, lr: f64) -> Option<String> {
+    let tg = logits_graph(g);
+    let r = crate::ec::convert(&tg).report("", &tg);
+    let med = r.blocks.iter().map(|b| b.v_abs[1]).reduce(f64::min)?;
+    (med < 1e-2).then(|| {
+        format!(
+            "from the canonical form, |V| has median {med:.1e}: EC-SGD's steps scale as lr/V², \
+             so lr {lr} acts like {:.1e}; lr around {:.0e} times your usual one may be needed",
+            lr / (med * med),
+            med * med
+        )
+    })
+}
+
+/// The error of a step whose loss became `l`: names the learning rate (and the weight
+/// decay, when there is one) that most likely caused it.
+fn diverged(l: f64, epoch: usize, lr: f64, weight_decay: f64) -> Error {
+    let num = |v: f64| {
+        if v != 0.0 && v.abs() < 1e-3 {
+            format!("{v:e}")
+        } else {
+            v.to_string()
+        }
+    };
+    let cause = if weight_decay > 0.0 {
+        format!(
+            "learning rate {} or weight decay {}",
+            num(lr),
+            num(weight_decay)
+        )
+    } else {
+        format!("learning rate {}", num(lr))
+    };
+    Error::new(crate::error::ErrorKind::Diverged(format!(
+        "the loss became {l} in epoch {} ({cause} too large?): training stopped",
+        epoch + 1
+    )))
+}
+
 /// [`train`] with hooks for progress and interruption.
 pub fn train_with(
     graph: &Graph,
@@ -582,7 +757,7 @@ pub fn train_with(
     let mut at = Progress::default();
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
         if path.is_file() {
-            at = load_checkpoint(path, &ex, opt.as_mut(), cfg)?;
+            at = load_checkpoint(path, &ex, opt.as_mut(), cfg, split)?;
         }
     }
     let (first, skip) = (at.epoch, at.step);
@@ -606,25 +781,20 @@ pub fn train_with(
             let seed = step_seed(cfg.seed, epoch, s);
             let aug = cfg.augment.then_some(seed);
             let (x, y) = batch_tensors(&split.train, chunk, &dims, ex.device(), aug)?;
-            let logits = ex.forward_train(&[x], seed)?[0].flatten_from(1)?;
-            let loss = cross_entropy(&logits, &y)?;
-            let l = loss.to_scalar::<f32>()? as f64;
-            let pred = logits.argmax(1)?.to_vec1::<u32>()?;
-            hits += pred
+            let out = step(&ex, opt.as_mut(), &x, &y, seed, lr)?;
+            let l = out.loss;
+            hits += out
+                .pred
                 .iter()
                 .zip(chunk.iter())
                 .filter(|(p, &i)| **p == split.train.y[i])
                 .count();
             if !l.is_finite() {
-                return Err(Error::new(crate::error::ErrorKind::Diverged(format!("the loss became {l} in epoch {} (learning rate {} too large?): training stopped", epoch + 1, if lr != 0.0 && lr.abs() < 1e-3 { format!("{lr:e}") } else { lr.to_string() }))));
+                return Err(diverged(l, epoch, lr, cfg.weight_decay));
             }
             total += l * chunk.len() as f64;
             seen += chunk.len();
-            let grads = loss.backward()?;
-            let g = ex.grads_by_name(&grads);
-            if opt.step(ex.params(), &g, lr)? > 0 {
-                guarded_steps += 1;
-            }
+            guarded_steps += out.guarded as usize;
             (hooks.on_step)(&StepInfo {
                 epoch: epoch + 1,
                 step: s + 1,
@@ -648,7 +818,7 @@ pub fn train_with(
                             hits,
                             guarded: guarded_steps,
                         };
-                        save_checkpoint(path, &ex, opt.as_ref(), cfg, here)?;
+                        save_checkpoint(path, &ex, opt.as_ref(), cfg, split, here)?;
                         format!("stopped after step {} of epoch {}; checkpoint in {} (--resume continues)", s + 1, epoch + 1, path.display())
                     }
                     None => format!(
@@ -684,15 +854,16 @@ pub fn train_with(
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
         };
+        // The metrics line first, then the checkpoint (see `metrics_upto`).
+        (hooks.on_epoch)(&m);
         if let Some(path) = &cfg.checkpoint {
             let done = Progress {
                 epoch: epoch + 1,
                 guarded: guarded_steps,
                 ..Progress::default()
             };
-            save_checkpoint(path, &ex, opt.as_ref(), cfg, done)?;
+            save_checkpoint(path, &ex, opt.as_ref(), cfg, split, done)?;
         }
-        (hooks.on_epoch)(&m);
         history.push(m);
     }
     let mut out = graph.clone();

@@ -4,24 +4,37 @@
 use candle_core::Tensor;
 use std::path::PathBuf;
 
-/// The fixture cache written by `scripts/fetch-fixtures.sh`, if it is there. Under CI
-/// (CI=true) a missing cache fails the test; elsewhere the test says so and passes.
+/// True under CI: `CI` set to anything but "", "0" or "false" (`.ci/run` sets it).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// The one skip guard of every test that needs something fetched: `Some(path)` when `ready`
+/// says it is there; otherwise under CI the test fails, and elsewhere it prints a SKIPPED
+/// line naming `what` (and the script that fetches it) and gets `None`.
+pub fn require(path: PathBuf, ready: bool, what: &str) -> Option<PathBuf> {
+    if ready {
+        return Some(path);
+    }
+    if under_ci() {
+        panic!("{what} missing in {} under CI", path.display());
+    }
+    eprintln!("SKIPPED: {what} missing; looked in {}", path.display());
+    None
+}
+
+/// The fixture cache written by `scripts/fetch-fixtures.sh` (see [`require`]).
 pub fn fixtures() -> Option<PathBuf> {
     let dir = ecc::fixture_dir();
-    if dir.join(".complete").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!(
-            "fixtures missing in {} under CI: run scripts/fetch-fixtures.sh",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: fixtures not fetched (run scripts/fetch-fixtures.sh); looked in {}",
-        dir.display()
-    );
-    None
+    let ready = dir.join(".complete").is_file();
+    require(dir, ready, "fixtures (scripts/fetch-fixtures.sh)")
+}
+
+/// The data cache written by `scripts/fetch-data.sh` (see [`require`]).
+pub fn data() -> Option<PathBuf> {
+    let d = ecc::data_dir();
+    let ready = d.join("mnist").is_dir() && d.join("fashion-mnist").is_dir();
+    require(d, ready, "data sets (scripts/fetch-data.sh)")
 }
 
 /// The repository's committed models.
@@ -152,9 +165,12 @@ pub fn calm_lr(step: &EcStep, w: &Tensors, g: &Tensors, frac: f64) -> f64 {
     frac / fastest.max(1e-300)
 }
 
-/// Spec §9.6: take one step of `step` on `w` and compare the recomputed coordinates with
-/// p − lr·m_p and q − lr·m_q. Returns (worst relative error, largest relative move, number
-/// of V's the guard replaced).
+/// Spec §9.6: take one step of `step` on `w` from zero momentum and compare the recomputed
+/// coordinates with what spec §5 says they must be, computed here and not read from the
+/// optimizer: p − lr·(∂L/∂p + λ·p) and V − lr·∂L/∂V (path-space momentum starts at the
+/// first gradient; decay on p only), the gradients by the ICR (itself checked against
+/// finite differences). Returns (worst relative error, largest relative move, number of
+/// V's the guard replaced).
 pub fn weight_allocation_errors(
     step: &EcStep,
     w: &mut Tensors,
@@ -163,6 +179,7 @@ pub fn weight_allocation_errors(
 ) -> (f64, f64, usize) {
     let mut state = EcState::default();
     let (p0, q0) = step.coordinates(w);
+    let icr = step.icr(w, g);
     let guarded = step.step(w, g, &mut state, cfg);
     let (p1, q1) = step.coordinates(w);
     let (mut worst, mut moved) = (0f64, 0f64);
@@ -171,14 +188,14 @@ pub fn weight_allocation_errors(
             if p0[k][i] == 0.0 {
                 continue;
             }
-            let want = p0[k][i] - cfg.lr * state.m[k][i];
+            let want = p0[k][i] - cfg.lr * (icr.dp[k][i] + cfg.weight_decay * p0[k][i]);
             worst = worst.max((ps[i] - want).abs() / want.abs().max(1e-300));
             moved = moved.max((want - p0[k][i]).abs() / p0[k][i].abs());
         }
     }
-    for (qs, (q0s, ms)) in q1.iter().zip(q0.iter().zip(&state.mv)) {
+    for (qs, (q0s, ds)) in q1.iter().zip(q0.iter().zip(&icr.dv)) {
         for c in 0..qs.len() {
-            let want = q0s[c] - cfg.lr * ms[c];
+            let want = q0s[c] - cfg.lr * ds[c];
             worst = worst.max((qs[c] - want).abs() / want.abs());
             moved = moved.max((want - q0s[c]).abs() / q0s[c].abs());
         }
@@ -272,4 +289,41 @@ pub fn icr_check(
         }
     }
     (worst, checked)
+}
+
+/// A zoo model of the fixture cache at input `shape`, with random weights (the files carry
+/// none): scales 1/sqrt(size) (at least 0.05), BN variances in [0.5, 1.5].
+pub fn zoo_model(fx: &std::path::Path, name: &str, shape: Vec<usize>) -> ecc::ir::Graph {
+    use rand::{Rng, SeedableRng};
+    let path = fx.join(format!("onnx/light/light_{name}.onnx"));
+    let input = ecc::import::load_file(&path, &Default::default())
+        .unwrap()
+        .inputs[0]
+        .name
+        .clone();
+    let mut o = ecc::import::ImportOptions::default();
+    o.input_shapes.insert(input, shape);
+    let mut g = ecc::import::load_file(&path, &o).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    // The running variances: input 4 of every BatchNormalization (names vary by model).
+    let vars: Vec<String> = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, ecc::ir::Op::BatchNorm { .. }))
+        .filter_map(|n| n.inputs.get(4).cloned())
+        .collect();
+    for (k, p) in g.params.iter_mut() {
+        let var = vars.contains(k);
+        if let ecc::ir::TensorData::F32(v) = &mut p.data {
+            let b = (1.0 / (v.len() as f32).sqrt()).max(0.05);
+            for x in v.iter_mut() {
+                *x = if var {
+                    rng.gen_range(0.5..1.5)
+                } else {
+                    rng.gen_range(-1.0..1.0) * b
+                };
+            }
+        }
+    }
+    g
 }

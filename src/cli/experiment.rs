@@ -1,0 +1,82 @@
+//! `ecc experiment`: run, summarize or plot an experiment description; regenerate a
+//! results document.
+
+use super::common::{stop_on_ctrl_c, STOP};
+use anyhow::Result;
+use ecc::experiment::{self, Experiment};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(required_unless_present = "doc")]
+    file: Option<PathBuf>,
+    /// Results folder.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Print the results table (Markdown) from the metrics already there; train nothing.
+    #[arg(long)]
+    summary: bool,
+    /// Write the test accuracy and loss plots (SVG) into this folder; train nothing.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Regenerate the generated blocks of this results document; train nothing.
+    #[arg(long, value_name = "DOC", conflicts_with_all = ["file", "summary", "plots"])]
+    doc: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if let Some(doc) = &a.doc {
+        for f in experiment::update_doc(doc, &a.out)? {
+            println!("{}: regenerated the block of {f}", doc.display());
+        }
+        return Ok(());
+    }
+    let file = a.file.as_ref().expect("clap requires FILE without --doc");
+    let exp = Experiment::load(file)?;
+    if a.summary {
+        print!("{}", experiment::summary(&exp, &a.out)?);
+    }
+    if let Some(dir) = &a.plots {
+        for name in experiment::write_plots(&exp, &a.out, dir)? {
+            println!("wrote {}", dir.join(name).display());
+        }
+    }
+    if a.summary || a.plots.is_some() {
+        return Ok(());
+    }
+    train(&exp, &a)
+}
+
+/// Run every (optimizer, seed) of the experiment, skipping finished runs, resuming the rest.
+fn train(exp: &Experiment, a: &Args) -> Result<()> {
+    println!(
+        "experiment {}: {} optimizers x {} seeds x {} epochs",
+        exp.name,
+        exp.optimizers.len(),
+        exp.seeds.len(),
+        exp.epochs
+    );
+    stop_on_ctrl_c();
+    let runs = experiment::run(exp, &a.out, Some(&STOP), |run, m| {
+        println!(
+            "  {run:<18} epoch {:>4}  test loss {:.4}  test acc {:.4}  {:.2}s",
+            m.epoch, m.test_loss, m.test_accuracy, m.seconds
+        );
+    })?;
+    for r in runs.iter().filter(|r| r.diverged.is_some()) {
+        println!(
+            "  {} {} seed {}: diverged: {}",
+            r.model,
+            r.optimizer.name(),
+            r.seed,
+            r.diverged.as_deref().unwrap_or("")
+        );
+    }
+    let fresh = runs.iter().filter(|r| r.trained > 0).count();
+    println!(
+        "{} runs complete ({fresh} trained now) in {}",
+        runs.len(),
+        a.out.join(&exp.name).display()
+    );
+    Ok(())
+}
