@@ -113,4 +113,7 @@ fn user_rules_are_added_and_checked() {
     assert!(err.contains("'sigmoid-pass' is unsound"), "{err}");
     assert!(err.contains("random instance"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for name in ["bad", "dup", "good", "unsound"] {
+        std::fs::remove_dir_all(scratch(name)).unwrap();
+    }
 }

@@ -5,10 +5,8 @@ mod common;
 use common::ecc;
 use ecc::import::{load_file, ImportOptions};
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ecc-convert-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> common::Scratch {
+    common::Scratch::new(&format!("convert-{name}"))
 }
 
 #[test]

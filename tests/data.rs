@@ -31,8 +31,7 @@ fn mnist_and_fashion_mnist_load() {
 #[test]
 fn corrupt_copies_fail_clearly() {
     let Some(d) = data_dir() else { return };
-    let tmp = std::env::temp_dir().join(format!("ecc-data-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = common::Scratch::new("data");
     let images = std::fs::read(d.join("mnist/t10k-images-idx3-ubyte")).unwrap();
     let labels = d.join("mnist/t10k-labels-idx1-ubyte");
     std::fs::write(tmp.join("short"), &images[..images.len() - 100]).unwrap();

@@ -515,6 +515,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("3 images but 2 labels"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(load("cifar100:/x")
             .unwrap_err()
             .to_string()

@@ -709,7 +709,7 @@ pub fn v_scale_note(g: &Graph, lr: f64) -> Option<String> {
 /// decay, when there is one) that most likely caused it.
 fn diverged(l: f64, epoch: usize, lr: f64, weight_decay: f64) -> Error {
     let num = |v: f64| {
-        if v != 0.0 && v.abs() < 1e-3 {
+        if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
             format!("{v:e}")
         } else {
             v.to_string()

@@ -37,6 +37,32 @@ pub fn data() -> Option<PathBuf> {
     require(d, ready, "data sets (scripts/fetch-data.sh)")
 }
 
+/// A fresh scratch folder `<tmp>/ecc-<tag>-<pid>`, removed when the guard is dropped (also
+/// when the test fails), so test runs leave nothing behind.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("ecc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The repository's committed models.
 pub fn committed_models() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
