@@ -287,10 +287,34 @@ fn bad_cifar_batches() {
         assert_eq!(code, 2, "{name}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
         assert!(
-            err.contains("data_batch_3.bin") && err.contains("3073-byte records"),
+            err.contains("data_batch_3.bin: invalid data:") && err.contains("3073-byte records"),
             "{name}: {err}"
         );
     }
+    // A checkpoint that is not one says so (it said "invalid model" before issue 14).
+    let ck = scratch("not-a-checkpoint.safetensors");
+    std::fs::write(&ck, b"not a checkpoint").unwrap();
+    let ckpt = ck.to_str().unwrap();
+    let (code, _, err) = ecc(&[
+        "train",
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "1",
+        "--checkpoint",
+        ckpt,
+        "--resume",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not-a-checkpoint.safetensors: invalid checkpoint:"),
+        "{err}"
+    );
+    // A model spec over the importer's size limit: refused, not an abort on allocation.
+    let big = scratch("big.onnx");
+    let (code, _, err) = ecc(&["new", "mlp:1048576-1048576-10", "-o", big.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("absurd size") && !big.exists(), "{err}");
 }
 
 /// `ecc ops` is the importer's own table (Cast, folded at import, was missing when it was a

@@ -99,3 +99,24 @@ fn an_unsupported_model_fails_with_the_importer_error() {
     assert!(err.contains("not a valid ONNX model"), "{err}");
     assert!(!dir.join("bad.ec.onnx").exists());
 }
+
+/// The plan is written before the model and the old model is removed first: when the plan
+/// cannot be written, no model is left beside a plan of another run (issue 14: convert wrote
+/// the model first, so a failure or kill in between left a new model with an old plan).
+#[test]
+fn a_failed_plan_leaves_no_model_beside_an_old_plan() {
+    let dir = scratch("order");
+    let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
+    let (code, _, err) = ecc(&["convert", cnn, "-o", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // The plan's place is taken by a folder: writing it fails.
+    std::fs::remove_file(dir.join("cnn-mnist.ec.json")).unwrap();
+    std::fs::create_dir(dir.join("cnn-mnist.ec.json")).unwrap();
+    let (code, _, err) = ecc(&["convert", cnn, "-o", dir.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cnn-mnist.ec.json"), "{err}");
+    assert!(
+        !dir.join("cnn-mnist.ec.onnx").exists(),
+        "a model without its plan"
+    );
+}

@@ -799,3 +799,17 @@ fn weights_broken_on_an_epochs_last_batch_never_reach_the_checkpoint() {
         assert!(x.iter().all(|v| v.is_finite()), "{k}");
     }
 }
+
+/// A label the model has no class for is an error naming the data set, the split and the
+/// sample (issue 14: it failed inside the loss, naming nothing).
+#[test]
+fn labels_past_the_models_classes_are_refused() {
+    let mut split = digits().unwrap();
+    split.test.y[5] = 10;
+    let e = train(&mlp(), &split, &cfg(OptimizerKind::Sgd, 1), |_| {}).unwrap_err();
+    assert!(matches!(e.kind, ecc::ErrorKind::Data(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "invalid data: data 'digits': sample 5 of the test split has label 10, but the model has 10 classes"
+    );
+}

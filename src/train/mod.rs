@@ -475,6 +475,25 @@ fn input_dims(g: &Graph, ds: &Dataset) -> Result<Vec<usize>> {
     Ok(dims)
 }
 
+/// Every label must be a class the model outputs: a label past the last one would fail deep
+/// in the loss with no word of the data.
+fn check_labels(g: &Graph, split: &Split) -> Result<()> {
+    let classes: usize = g.shapes[&g.outputs[0].name].dims[1..].iter().product();
+    for (part, ds) in [("training", &split.train), ("test", &split.test)] {
+        if let Some((i, &y)) =
+            ds.y.iter()
+                .enumerate()
+                .find(|(_, &y)| y as usize >= classes)
+        {
+            return Err(Error::data(format!(
+                "data '{}': sample {i} of the {part} split has label {y}, but the model has {classes} classes",
+                split.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Loss and accuracy of a (logits) model on a data set.
 pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
     let dims = input_dims(g, ds)?;
@@ -752,6 +771,7 @@ pub fn train_with(
     }
     let tg = logits_graph(graph);
     let dims = input_dims(&tg, &split.train)?;
+    check_labels(&tg, split)?;
     let (start, mut opt) = optimizer_for(&tg, cfg)?;
     let ex = Executor::new(&start)?;
     let mut at = Progress::default();
