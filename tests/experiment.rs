@@ -59,15 +59,7 @@ fn runs_are_written_skipped_and_resumed() {
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("(1 trained now)"), "{text}");
     let resumed = std::fs::read_to_string(&run).unwrap();
-    let epochs: Vec<u64> = resumed
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(epochs, vec![1, 2, 3]);
+    assert_eq!(common::metric_epochs(&run), vec![1, 2, 3]);
     // Same final test loss as the uninterrupted run (identical weights give identical metrics).
     let last = |s: &str| {
         serde_json::from_str::<serde_json::Value>(s.lines().last().unwrap()).unwrap()["test_loss"]
@@ -244,15 +236,7 @@ fn ctrl_c_stops_an_experiment_with_its_checkpoint_and_the_rerun_resumes() {
     let (code, text, err) = exp(&file, &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("1 runs complete (1 trained now)"), "{text}");
-    let epochs: Vec<u64> = std::fs::read_to_string(out.join("sigint/sgd-seed0.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let epochs = common::metric_epochs(&out.join("sigint/sgd-seed0.jsonl"));
     assert_eq!(epochs, (1..=300).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).unwrap();
 }

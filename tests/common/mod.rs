@@ -63,6 +63,19 @@ impl Drop for Scratch {
     }
 }
 
+/// The `epoch` of every line of a metrics file (JSON lines).
+pub fn metric_epochs(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The repository's committed models.
 pub fn committed_models() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
