@@ -558,12 +558,13 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("nothing to do"), "{out}");
     assert!(!dir.join("out.onnx").exists());
-    let lines = |p: &str| std::fs::read_to_string(p).unwrap().lines().count();
-    assert_eq!(lines(&path("m.jsonl")), 1);
+    let epochs = |p: &str| common::metric_epochs(std::path::Path::new(p));
+    // The epoch-0 row (the model as given) and epoch 1.
+    assert_eq!(epochs(&path("m.jsonl")), [0, 1]);
     // One more epoch: its metrics line follows the first.
     let (code, _, err) = run("2", true);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(lines(&path("m.jsonl")), 2);
+    assert_eq!(epochs(&path("m.jsonl")), [0, 1, 2]);
     // A kill after epoch 3's metrics line and before its checkpoint: the resumed run trains
     // epoch 3 again and its line replaces the orphan (before issue 14 the checkpoint came
     // first, and a kill there lost the line for good).
@@ -574,7 +575,7 @@ fn bad_training_options_and_finished_resumes_fail_loudly_or_do_nothing() {
     let (code, _, err) = run("3", true);
     assert_eq!(code, 0, "{err}");
     assert!(!std::fs::read_to_string(&m).unwrap().contains("orphan"));
-    assert_eq!(common::metric_epochs(std::path::Path::new(&m)), [1, 2, 3]);
+    assert_eq!(epochs(&m), [0, 1, 2, 3]);
 }
 
 /// Empty data is an error naming the split, not a run reporting loss 0 (issue 14).
@@ -806,4 +807,98 @@ fn labels_past_the_models_classes_are_refused() {
         e.to_string(),
         "invalid data: data 'digits': sample 5 of the test split has label 10, but the model has 10 classes"
     );
+}
+
+/// Issue 15, item 1: before the first step `ecc train` evaluates the model as given and, when
+/// the optimizer starts from another function (EC-SGD's skeleton reset), that start too;
+/// both are printed and recorded as epoch-0 rows, and a start worse than the given model is
+/// said in words. A resumed run does not repeat them.
+#[test]
+fn epoch_zero_shows_the_given_model_and_the_start() {
+    let dir = common::Scratch::new("epoch0");
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let trained = path("trained.onnx");
+    let (code, _, err) = common::ecc(&[
+        "train",
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "5",
+        "-o",
+        &trained,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows = |m: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(m)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let m = path("m.jsonl");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["train", &trained, "--optimizer", "ec-sgd"];
+        if !extra.contains(&"--epochs") {
+            a.extend(["--epochs", "1"]);
+        }
+        a.extend_from_slice(extra);
+        common::ecc(&a)
+    };
+    let (code, out, err) = run(&["--metrics", &m]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("epoch   0") && out.contains("the model as given"),
+        "{out}"
+    );
+    assert!(out.contains("after the skeleton reset"), "{out}");
+    let r = rows(&m);
+    let starts: Vec<&str> = r
+        .iter()
+        .map(|v| v["start"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(starts, ["given", "skeleton-reset", "-"]);
+    let epochs: Vec<u64> = r.iter().map(|v| v["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [0, 0, 1]);
+    let (given, reset) = (
+        r[0]["test_accuracy"].as_f64().unwrap(),
+        r[1]["test_accuracy"].as_f64().unwrap(),
+    );
+    assert!(given > 0.8, "the model was trained: {given}");
+    // The reset changes a trained model's function; here it makes it worse, and says so.
+    assert_ne!(given, reset);
+    if reset < given - 0.005 {
+        assert!(out.contains("note: ec-sgd's start"), "{out}");
+    }
+    // The given model's row is what `ecc eval` reports.
+    let (_, eval, _) = common::ecc(&["eval", &trained]);
+    assert!(
+        eval.contains(&format!("accuracy {given:.4}")),
+        "{eval} vs {given}"
+    );
+    // From the model's own function: one epoch-0 row (at a learning rate EC-SGD survives
+    // from a trained model's canonical form: the V's are small, spec §13).
+    let (code, _, err) = run(&["--metrics", &m, "--keep-function", "--lr", "1e-6"]);
+    assert_eq!(code, 0, "{err}");
+    let starts: Vec<String> = rows(&m).iter().map(|v| v["start"].to_string()).collect();
+    assert_eq!(starts, ["\"given\"", "null"]);
+    // A resumed run keeps its epoch-0 rows and adds none.
+    let ck = path("ck.safetensors");
+    let (code, _, err) = run(&["--metrics", &m, "--checkpoint", &ck]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&[
+        "--metrics",
+        &m,
+        "--checkpoint",
+        &ck,
+        "--resume",
+        "--epochs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("epoch   0"), "{out}");
+    let epochs: Vec<u64> = rows(&m)
+        .iter()
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0, 0, 1, 2]);
 }

@@ -155,6 +155,10 @@ fn train_one(
     sink: &mut Metrics,
 ) -> Result<Option<Vec<EpochMetrics>>> {
     let label = cfg.optimizer.name();
+    let resuming = cfg.resume && cfg.checkpoint.as_ref().is_some_and(|c| c.is_file());
+    if !resuming {
+        start_rows(g, split, cfg, sink)?;
+    }
     let bar = RefCell::new(Bar::default());
     let sink = RefCell::new(sink);
     let hooks = Hooks {
@@ -184,6 +188,45 @@ fn train_one(
         println!("wrote {}", o.display());
     }
     Ok(Some(hist))
+}
+
+/// Epoch 0, before the first step: the model as given and, when the optimizer starts from
+/// another function (EC-SGD's skeleton reset), that one too, printed and recorded in the
+/// metrics; a start that is worse than the given model is said in words (issue 15: a trained
+/// model is never made worse without the user being told).
+fn start_rows(
+    g: &ecc::ir::Graph,
+    split: &ecc::data::Split,
+    cfg: &TrainConfig,
+    sink: &mut Metrics,
+) -> Result<()> {
+    let rows = ecc::train::start_metrics(g, split, cfg, false)?;
+    for m in &rows {
+        let what = match m.start {
+            Some(ecc::train::Start::SkeletonReset) => "after the skeleton reset (the start)",
+            _ => "the model as given",
+        };
+        println!(
+            "  {:<7} epoch   0  test loss {:.4}  test acc {:.4}  {what}",
+            cfg.optimizer.name(),
+            m.test_loss,
+            m.test_accuracy
+        );
+        sink.write(m);
+    }
+    sink.check()?;
+    if let [given, reset] = rows.as_slice() {
+        if reset.test_accuracy < given.test_accuracy - 0.005 {
+            println!(
+                "  note: {}'s start (the skeleton reset: its chains' weights at ±1) changes this \
+                 model:\n        test acc {:.4} -> {:.4}; --keep-function trains from the model's own function",
+                cfg.optimizer.name(),
+                given.test_accuracy,
+                reset.test_accuracy
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_table(rows: &[Vec<EpochMetrics>]) {
@@ -219,11 +262,11 @@ impl Metrics {
         let (Some(p), true) = (&a.metrics, a.resume) else {
             return Self::open_at(a.metrics.as_ref(), false);
         };
-        let done = match &a.checkpoint {
-            Some(c) => ecc::train::checkpoint_epoch(c)?,
-            None => 0,
+        // Without a checkpoint file the run starts over (its epoch-0 rows included).
+        let kept = match a.checkpoint.as_ref().filter(|c| c.is_file()) {
+            Some(c) => ecc::train::metrics_upto(p, ecc::train::checkpoint_epoch(c)?),
+            None => vec![],
         };
-        let kept = ecc::train::metrics_upto(p, done);
         let regular = std::fs::metadata(p).is_ok_and(|m| m.is_file());
         if regular {
             let text: String = kept.iter().map(|l| format!("{l}\n")).collect();

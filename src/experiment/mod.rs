@@ -354,26 +354,13 @@ fn is_start_row(line: &str) -> bool {
 }
 
 /// The epoch-0 metrics line: the model as the optimizer starts from it (for EC-SGD with
-/// `keep_function`, the canonical form), before any step.
+/// `keep_function`, the model's own function), before any step.
 fn start_row(
     graph: &crate::ir::Graph,
     split: &crate::data::Split,
     cfg: &TrainConfig,
 ) -> Result<String> {
-    let g = crate::train::logits_graph(graph);
-    let (start, _) = crate::train::optimizer_for(&g, cfg)?;
-    let ex = crate::exec::Executor::new(&start)?;
-    let (train_loss, _) = crate::train::evaluate(&ex, &start, &split.train, 512)?;
-    let (test_loss, test_accuracy) = crate::train::evaluate(&ex, &start, &split.test, 512)?;
-    let m = EpochMetrics {
-        optimizer: cfg.optimizer,
-        epoch: 0,
-        lr: cfg.lr,
-        train_loss,
-        test_loss,
-        test_accuracy,
-        seconds: 0.0,
-        guarded_steps: 0,
-    };
-    Ok(serde_json::to_string(&m).unwrap_or_default())
+    let rows = crate::train::start_metrics(graph, split, cfg, true)?;
+    let m = rows.last().expect("the given model's row");
+    Ok(serde_json::to_string(m).unwrap_or_default())
 }

@@ -395,6 +395,70 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// EC-SGD steps in which the R guard engaged.
     pub guarded_steps: usize,
+    /// Epoch-0 rows only: which model the row evaluates ([`start_metrics`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
+}
+
+/// The model an epoch-0 row evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// The model as given.
+    Given,
+    /// The model after the skeleton reset EC-SGD and the control start from (every fixed
+    /// skeleton weight and V at ±1, spec §4 and the reference's initialization): another
+    /// function.
+    SkeletonReset,
+}
+
+/// True when training with `cfg` starts from another function than the model's own: the
+/// skeleton reset of EC-SGD and `sgd-ec-init` without `--keep-function`.
+pub fn start_changes_function(cfg: &TrainConfig) -> bool {
+    cfg.skeleton_init
+        && matches!(
+            cfg.optimizer,
+            OptimizerKind::EcSgd | OptimizerKind::SgdEcInit
+        )
+}
+
+/// Epoch-0 rows: the model as given and, when the optimizer's start changes the function
+/// ([`start_changes_function`]), the model it starts from, each with its test loss and
+/// accuracy (and training loss when `train_loss`, else NaN, written as null), so that a start
+/// that makes a trained model worse is shown before the first step (issue 15).
+pub fn start_metrics(
+    graph: &Graph,
+    split: &Split,
+    cfg: &TrainConfig,
+    train_loss: bool,
+) -> Result<Vec<EpochMetrics>> {
+    let tg = logits_graph(graph);
+    let mut models = vec![(Start::Given, tg.clone())];
+    if start_changes_function(cfg) {
+        models.push((Start::SkeletonReset, optimizer_for(&tg, cfg)?.0));
+    }
+    models
+        .into_iter()
+        .map(|(start, g)| {
+            let ex = Executor::new(&g)?;
+            let (test_loss, test_accuracy) = evaluate(&ex, &g, &split.test, 512)?;
+            let train_loss = match train_loss {
+                true => evaluate(&ex, &g, &split.train, 512)?.0,
+                false => f64::NAN,
+            };
+            Ok(EpochMetrics {
+                optimizer: cfg.optimizer,
+                epoch: 0,
+                lr: cfg.lr,
+                train_loss,
+                test_loss,
+                test_accuracy,
+                seconds: 0.0,
+                guarded_steps: 0,
+                start: Some(start),
+            })
+        })
+        .collect()
 }
 
 /// The graph to train: a trailing Softmax or LogSoftmax is dropped so the output is logits.
@@ -873,6 +937,7 @@ pub fn train_with(
             test_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
+            start: None,
         };
         // The metrics line first, then the checkpoint (see `metrics_upto`).
         (hooks.on_epoch)(&m);
