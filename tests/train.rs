@@ -901,4 +901,10 @@ fn epoch_zero_shows_the_given_model_and_the_start() {
         .map(|v| v["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(epochs, [0, 0, 1, 2]);
+    // Data that does not fit the model is refused before any row.
+    let mnist_mlp = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mlp-mnist.onnx");
+    let (code, out, err) = common::ecc(&["train", mnist_mlp, "--epochs", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("784 features per sample"), "{err}");
+    assert!(!out.contains("epoch   0"), "{out}");
 }

@@ -433,6 +433,7 @@ pub fn start_metrics(
     train_loss: bool,
 ) -> Result<Vec<EpochMetrics>> {
     let tg = logits_graph(graph);
+    check_data(&tg, split)?;
     let mut models = vec![(Start::Given, tg.clone())];
     if start_changes_function(cfg) {
         models.push((Start::SkeletonReset, optimizer_for(&tg, cfg)?.0));
@@ -536,6 +537,28 @@ fn input_dims(g: &Graph, ds: &Dataset) -> Result<Vec<usize>> {
             ds.dims
         )));
     }
+    Ok(dims)
+}
+
+/// The data must fit the (logits) model before anything runs: neither split empty, the
+/// model's input takes a sample's features, every label is one of its classes. Returns the
+/// per-sample input dims.
+fn check_data(tg: &Graph, split: &Split) -> Result<Vec<usize>> {
+    if split.train.is_empty() || split.test.is_empty() {
+        return Err(Error::usage(format!(
+            "data '{}': the {} split is empty ({} training, {} test samples)",
+            split.name,
+            if split.train.is_empty() {
+                "training"
+            } else {
+                "test"
+            },
+            split.train.len(),
+            split.test.len()
+        )));
+    }
+    let dims = input_dims(tg, &split.train)?;
+    check_labels(tg, split)?;
     Ok(dims)
 }
 
@@ -820,22 +843,8 @@ pub fn train_with(
     cfg: &TrainConfig,
     mut hooks: Hooks,
 ) -> Result<(Graph, Vec<EpochMetrics>)> {
-    if split.train.is_empty() || split.test.is_empty() {
-        return Err(Error::usage(format!(
-            "data '{}': the {} split is empty ({} training, {} test samples)",
-            split.name,
-            if split.train.is_empty() {
-                "training"
-            } else {
-                "test"
-            },
-            split.train.len(),
-            split.test.len()
-        )));
-    }
     let tg = logits_graph(graph);
-    let dims = input_dims(&tg, &split.train)?;
-    check_labels(&tg, split)?;
+    let dims = check_data(&tg, split)?;
     let (start, mut opt) = optimizer_for(&tg, cfg)?;
     let ex = Executor::new(&start)?;
     let mut at = Progress::default();
