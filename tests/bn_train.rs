@@ -58,10 +58,13 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
         "every parameter is compared"
     );
     let mut kinds = HashSet::new();
+    let mut worst = 0f64;
     for (name, want) in &after {
         let got = values(ex.params()[name].as_tensor());
         let e = rel_err(&got, &values(want));
-        assert!(e < 1e-4, "{name}: relative error {e:.2e} after the step");
+        worst = worst.max(e);
+        // The issue asked for 1e-4; the README states the bound asserted here.
+        assert!(e < 1e-6, "{name}: relative error {e:.2e} after the step");
         // The step moved it (so the comparison says something), except the conv bias right
         // before a training-mode BN: its gradient is zero (spec §11, a redundant bias).
         if name == "conv1.bias" {
@@ -76,6 +79,7 @@ fn one_sgd_step_matches_pytorch_in_train_mode() {
         );
         kinds.insert(name.rsplit('.').next().unwrap().to_string());
     }
+    println!("one SGD step vs PyTorch's: worst relative error {worst:.1e}");
     for k in ["weight", "bias", "running_mean", "running_var"] {
         assert!(kinds.contains(k), "no {k} compared");
     }
