@@ -1,6 +1,6 @@
 //! What several commands share: the model arguments, the checks every command makes before
 //! any work (numeric options through [`ecc::train::check_options`], output paths through
-//! [`check_output`]), and Ctrl-C.
+//! [`check_output`], [`check_appended`]), and Ctrl-C.
 
 use anyhow::Result;
 use ecc::import::{self, ImportOptions};
@@ -51,14 +51,24 @@ impl ModelArgs {
     }
 }
 
-/// An output file given by option `flag` must be writable where it is named (its folder
-/// exists, it is not a folder, and, except for the appended `--metrics`, not a device),
-/// checked before a long run starts, not after.
+/// An output file given by option `flag`, which ecc replaces (write, then rename), must be
+/// writable where it is named: its folder exists, it is not a folder or a device. Checked
+/// before a long run starts, not after.
 pub fn check_output(flag: &str, path: Option<&Path>) -> ecc::Result<()> {
-    let check = match flag {
-        "--metrics" => ecc::files::check_append_target,
-        _ => ecc::files::check_target,
-    };
+    checked(flag, path, ecc::files::check_target)
+}
+
+/// [`check_output`] for a file that ecc appends to in place (`--metrics`): a device or pipe
+/// is fine there.
+pub fn check_appended(flag: &str, path: Option<&Path>) -> ecc::Result<()> {
+    checked(flag, path, ecc::files::check_append_target)
+}
+
+fn checked(
+    flag: &str,
+    path: Option<&Path>,
+    check: fn(&Path) -> ecc::Result<()>,
+) -> ecc::Result<()> {
     match path {
         Some(p) => check(p).map_err(|e| ecc::Error::usage(format!("{flag} {}", e.kind))),
         None => Ok(()),

@@ -1,7 +1,7 @@
 //! `ecc train`: train a model with one or several optimizers, with progress, metrics,
 //! checkpoints and a results table.
 
-use super::common::{check_output, stop_on_ctrl_c, STOP};
+use super::common::{check_appended, check_output, stop_on_ctrl_c, STOP};
 use anyhow::Result;
 use ecc::import::{self, ImportOptions};
 use ecc::train::{EpochMetrics, Hooks, OptimizerKind, Schedule, StepInfo, TrainConfig};
@@ -72,7 +72,7 @@ fn check(a: &Args) -> Result<(Vec<OptimizerKind>, Schedule)> {
     ecc::train::check_options(a.epochs, a.batch, a.lr, a.momentum, a.weight_decay)?;
     check_output("-o", a.output.as_deref())?;
     check_output("--checkpoint", a.checkpoint.as_deref())?;
-    check_output("--metrics", a.metrics.as_deref())?;
+    check_appended("--metrics", a.metrics.as_deref())?;
     let kinds = match a.optimizer.as_str() {
         "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
         "compare" => vec![
