@@ -4,7 +4,9 @@
 use super::common::{check_appended, check_output, stop_on_ctrl_c, STOP};
 use anyhow::Result;
 use ecc::import::{self, ImportOptions};
-use ecc::train::{EpochMetrics, Hooks, OptimizerKind, Schedule, StepInfo, TrainConfig};
+use ecc::train::{
+    start_row, EpochMetrics, Hooks, OptimizerKind, Schedule, Start, StepInfo, TrainConfig,
+};
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
@@ -123,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("note: {note}");
         }
     }
-    let mut rows = vec![];
+    let (mut rows, mut seen) = (vec![], vec![]);
     for kind in kinds {
         let cfg = TrainConfig {
             optimizer: kind,
@@ -139,7 +141,7 @@ pub fn run(a: Args) -> Result<()> {
             resume: a.resume,
             augment: a.augment,
         };
-        rows.extend(train_one(&g, &split, &cfg, &a, &mut sink)?);
+        rows.extend(train_one(&g, &split, &cfg, &a, &mut sink, &mut seen)?);
     }
     print_table(&rows);
     Ok(())
@@ -153,11 +155,12 @@ fn train_one(
     cfg: &TrainConfig,
     a: &Args,
     sink: &mut Metrics,
+    seen: &mut Vec<EpochMetrics>,
 ) -> Result<Option<Vec<EpochMetrics>>> {
     let label = cfg.optimizer.name();
     let resuming = cfg.resume && cfg.checkpoint.as_ref().is_some_and(|c| c.is_file());
     if !resuming {
-        start_rows(g, split, cfg, sink)?;
+        start_rows(g, split, cfg, sink, seen)?;
     }
     let bar = RefCell::new(Bar::default());
     let sink = RefCell::new(sink);
@@ -199,11 +202,19 @@ fn start_rows(
     split: &ecc::data::Split,
     cfg: &TrainConfig,
     sink: &mut Metrics,
+    seen: &mut Vec<EpochMetrics>,
 ) -> Result<()> {
-    let rows = ecc::train::start_metrics(g, split, cfg, false)?;
+    let mut rows = vec![Start::Given];
+    if ecc::train::start_changes_function(cfg) {
+        rows.push(Start::SkeletonReset);
+    }
+    let rows = rows
+        .into_iter()
+        .map(|start| seen_row(g, split, cfg, start, seen))
+        .collect::<Result<Vec<_>>>()?;
     for m in &rows {
         let what = match m.start {
-            Some(ecc::train::Start::SkeletonReset) => "after the skeleton reset (the start)",
+            Some(Start::SkeletonReset) => "after the skeleton reset (the start)",
             _ => "the model as given",
         };
         println!(
@@ -227,6 +238,31 @@ fn start_rows(
         }
     }
     Ok(())
+}
+
+/// The epoch-0 row of `start`: the model as given, and the skeleton-reset start (which EC-SGD
+/// and `sgd-ec-init` share), are the same models for every optimizer of the run, so each is
+/// evaluated once and kept in `seen`.
+fn seen_row(
+    g: &ecc::ir::Graph,
+    split: &ecc::data::Split,
+    cfg: &TrainConfig,
+    start: Start,
+    seen: &mut Vec<EpochMetrics>,
+) -> Result<EpochMetrics> {
+    let m = match seen.iter().find(|m| m.start == Some(start)) {
+        Some(m) => m.clone(),
+        None => {
+            let m = start_row(g, split, cfg, start, false)?;
+            seen.push(m.clone());
+            m
+        }
+    };
+    Ok(EpochMetrics {
+        optimizer: cfg.optimizer,
+        lr: cfg.lr,
+        ..m
+    })
 }
 
 fn print_table(rows: &[Vec<EpochMetrics>]) {

@@ -423,43 +423,60 @@ pub fn start_changes_function(cfg: &TrainConfig) -> bool {
 }
 
 /// Epoch-0 rows: the model as given and, when the optimizer's start changes the function
-/// ([`start_changes_function`]), the model it starts from, each with its test loss and
-/// accuracy (and training loss when `train_loss`, else NaN, written as null), so that a start
-/// that makes a trained model worse is shown before the first step (issue 15).
+/// ([`start_changes_function`]), the model it starts from ([`start_row`] each), so that a
+/// start that makes a trained model worse is shown before the first step (issue 15).
 pub fn start_metrics(
     graph: &Graph,
     split: &Split,
     cfg: &TrainConfig,
     train_loss: bool,
 ) -> Result<Vec<EpochMetrics>> {
+    let mut rows = vec![start_row(graph, split, cfg, Start::Given, train_loss)?];
+    if start_changes_function(cfg) {
+        rows.push(start_row(
+            graph,
+            split,
+            cfg,
+            Start::SkeletonReset,
+            train_loss,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// One epoch-0 row: the test loss and accuracy of the model `start` names (the model as
+/// given, or the skeleton-reset start of `cfg`'s optimizer), and its training loss when
+/// `train_loss` (else NaN, written as null). The data is checked against the model first.
+pub fn start_row(
+    graph: &Graph,
+    split: &Split,
+    cfg: &TrainConfig,
+    start: Start,
+    train_loss: bool,
+) -> Result<EpochMetrics> {
     let tg = logits_graph(graph);
     check_data(&tg, split)?;
-    let mut models = vec![(Start::Given, tg.clone())];
-    if start_changes_function(cfg) {
-        models.push((Start::SkeletonReset, optimizer_for(&tg, cfg)?.0));
-    }
-    models
-        .into_iter()
-        .map(|(start, g)| {
-            let ex = Executor::new(&g)?;
-            let (test_loss, test_accuracy) = evaluate(&ex, &g, &split.test, 512)?;
-            let train_loss = match train_loss {
-                true => evaluate(&ex, &g, &split.train, 512)?.0,
-                false => f64::NAN,
-            };
-            Ok(EpochMetrics {
-                optimizer: cfg.optimizer,
-                epoch: 0,
-                lr: cfg.lr,
-                train_loss,
-                test_loss,
-                test_accuracy,
-                seconds: 0.0,
-                guarded_steps: 0,
-                start: Some(start),
-            })
-        })
-        .collect()
+    let g = match start {
+        Start::Given => tg,
+        Start::SkeletonReset => optimizer_for(&tg, cfg)?.0,
+    };
+    let ex = Executor::new(&g)?;
+    let (test_loss, test_accuracy) = evaluate(&ex, &g, &split.test, 512)?;
+    let train_loss = match train_loss {
+        true => evaluate(&ex, &g, &split.train, 512)?.0,
+        false => f64::NAN,
+    };
+    Ok(EpochMetrics {
+        optimizer: cfg.optimizer,
+        epoch: 0,
+        lr: cfg.lr,
+        train_loss,
+        test_loss,
+        test_accuracy,
+        seconds: 0.0,
+        guarded_steps: 0,
+        start: Some(start),
+    })
 }
 
 /// The graph to train: a trailing Softmax or LogSoftmax is dropped so the output is logits.
