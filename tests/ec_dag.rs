@@ -595,20 +595,27 @@ fn icr_matches_finite_differences_in_training_mode() {
 
 /// Spec §9.6: after one step with momentum and decay, the recomputed coordinates are
 /// p - lr·m_p and V - lr·m_V.
+/// Spec §9.6 with the step these tests share (momentum 0.5, decay 1e-3, R floored at 0.1, a
+/// learning rate that moves each V by at most 1% of itself): one step from `w` (a copy),
+/// against spec §5's coordinates ([`common::weight_allocation_errors`]).
+fn weight_allocation(step: &EcStep, w: &Tensors, grads: &Tensors) -> (f64, f64, usize) {
+    let cfg = StepConfig {
+        lr: common::calm_lr(step, w, grads, 1e-2),
+        momentum: 0.5,
+        weight_decay: 1e-3,
+        r_floor: 0.1,
+    };
+    common::weight_allocation_errors(step, &mut w.clone(), grads, &cfg)
+}
+
 #[test]
 fn weight_allocation_lands_on_the_updated_coordinates() {
     for (name, g) in models() {
         let c = conversion(&g);
         let step = EcStep::new(&c.basis);
-        let mut w = f64s(&c.canon);
+        let w = f64s(&c.canon);
         let grads = Loss::new(&c.canon).grads(&w);
-        let cfg = StepConfig {
-            lr: common::calm_lr(&step, &w, &grads, 1e-2),
-            momentum: 0.5,
-            weight_decay: 1e-3,
-            r_floor: 0.1,
-        };
-        let (worst, moved, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        let (worst, moved, guarded) = weight_allocation(&step, &w, &grads);
         assert_eq!(guarded, 0);
         println!("{name}: WA worst relative error {worst:.1e}, largest move {moved:.1e}");
         assert!(moved >= 1e-4, "{name}: the step barely moved");
@@ -811,14 +818,7 @@ fn full_size_resnet20_and_plainnet20() {
             icr_worst = icr_worst.max(common::rel_diff(fd, an, floor));
         }
         // §9.6
-        let mut w = w0.clone();
-        let cfg = StepConfig {
-            lr: common::calm_lr(&step, &w, &grads, 1e-2),
-            momentum: 0.5,
-            weight_decay: 1e-3,
-            r_floor: 0.1,
-        };
-        let (wa, moved_by, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        let (wa, moved_by, guarded) = weight_allocation(&step, &w0, &grads);
         println!(
             "{spec}: {} blocks; rescaled copy's coordinates differ by {coords:.1e}; ICR vs finite differences {icr_worst:.1e}; WA {wa:.1e} (largest move {moved_by:.1e})",
             r.blocks.len()
@@ -874,14 +874,7 @@ fn zoo_dag_models_pass_gradient_balance_icr_and_weight_allocation() {
         let (icr_worst, checked) =
             common::icr_check(name, &icr, &l_at, &pc, &qc, &params, per, picks, floor);
         // §9.6
-        let mut w = w0.clone();
-        let cfg = StepConfig {
-            lr: common::calm_lr(&step, &w, &grads, 1e-2),
-            momentum: 0.5,
-            weight_decay: 1e-3,
-            r_floor: 0.1,
-        };
-        let (wa, moved, guarded) = common::weight_allocation_errors(&step, &mut w, &grads, &cfg);
+        let (wa, moved, guarded) = weight_allocation(&step, &w0, &grads);
         println!(
             "{name}: gradient balance {balance:.1e} over {} groups; ICR {icr_worst:.1e} over {checked} coordinates; WA {wa:.1e} (largest move {moved:.1e})",
             a.groups.len()
