@@ -9,6 +9,7 @@
 mod attrs;
 mod fold;
 mod ops;
+pub mod versions;
 pub use ops::op_names;
 pub mod tensor;
 
@@ -145,17 +146,9 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
 /// Import a parsed model.
 pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
     let meta = meta_of(model);
-    if !(3..=10).contains(&meta.ir_version) {
-        return Err(Error::unsupported(format!(
-            "IR version {} (ecc reads 3 to 10)",
-            meta.ir_version
-        )));
-    }
     let opset = meta.opset();
-    if !(6..=20).contains(&opset) {
-        return Err(Error::unsupported(format!(
-            "default-domain opset {opset} (ecc reads 6 to 20)"
-        )));
+    if let Some(why) = versions::check(meta.ir_version, opset) {
+        return Err(Error::unsupported(why));
     }
     let Some(g) = model.graph.as_ref() else {
         return Err(Error::invalid("the model has no graph"));
@@ -688,5 +681,48 @@ mod tests {
             again.meta.metadata,
             vec![("author".to_string(), "someone".to_string())]
         );
+    }
+
+    /// A Relu made with today's `onnx.helper.make_model` defaults (IR 14, opset 28)
+    /// imports and runs; one stamped newer than ecc knows is refused with a line that says
+    /// so (issue 16).
+    #[test]
+    fn the_newest_stamps_import_and_newer_ones_are_named() {
+        let model = |ir: i64, opset: i64| {
+            let mut g = GraphProto::new();
+            g.name = "g".into();
+            g.input
+                .push(input("x", &[DimDecl::Value(2), DimDecl::Value(3)]));
+            g.node.push(node("Relu", &["x"], "y", vec![]));
+            g.output
+                .push(input("y", &[DimDecl::Value(2), DimDecl::Value(3)]));
+            let mut m = ModelProto::new();
+            m.ir_version = ir;
+            let mut o = OperatorSetIdProto::new();
+            o.version = opset;
+            m.opset_import.push(o);
+            m.graph = protobuf::MessageField::some(g);
+            m
+        };
+        let g = import_model(&model(14, 28), &ImportOptions::default()).unwrap();
+        let ex = crate::exec::Executor::new(&g).unwrap();
+        let x = candle_core::Tensor::new(
+            &[[-1f32, 2.0, -3.0], [4.0, -5.0, 6.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let y = ex.forward(&[x]).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(y, [0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
+        for (ir, opset, want) in [
+            (15, 28, "IR version 15: newer"),
+            (14, 29, "opset 29: newer"),
+        ] {
+            let e = import_model(&model(ir, opset), &ImportOptions::default()).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 }
