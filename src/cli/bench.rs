@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64, requires = "model")]
     batch: usize,
     /// The optimizers to time, in turns of 10 steps each (comma-separated: sgd, ec-sgd,
-    /// path-sgd, sgd-ec-init). Every other optimizer's time is also given over SGD's.
+    /// path-sgd, sgd-ec-init, balanced-sgd). Every other optimizer's time is also given over SGD's.
     #[arg(long, value_delimiter = ',', default_value = "sgd,ec-sgd,path-sgd")]
     optimizers: Vec<String>,
     #[arg(long)]
@@ -90,7 +90,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let (cases, ratios) = ecc::bench::train_steps(a.runs, &models, &kinds, |c| {
         if std::mem::take(&mut header) {
             println!(
-                "{:<20} {:<8} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7}",
+                "{:<20} {:<12} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7}",
                 "case",
                 "optimizer",
                 "batch",
@@ -119,7 +119,7 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn print_case(c: &StepCase) {
     println!(
-        "{:<20} {:<8} {:>6} {:>9} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>8.1} {:>6.0}M",
+        "{:<20} {:<12} {:>6} {:>9} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>8.1} {:>6.0}M",
         c.name,
         c.optimizer,
         c.batch,

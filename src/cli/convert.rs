@@ -45,6 +45,10 @@ pub fn run(a: Args) -> Result<()> {
             for (i, b) in conv.basis.blocks.iter().enumerate() {
                 print!("{}", ecc::ec::program::text(i, b));
             }
+            match ecc::ec::balance::Balance::new(&g, &conv.analysis) {
+                Ok(plan) => print!("{}", plan.text()),
+                Err(e) => println!("program balanced-sgd: not available: {e}"),
+            }
         }
     }
     println!("wrote        {} and {}", onnx.display(), json.display());

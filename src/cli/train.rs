@@ -24,31 +24,39 @@ pub struct Args {
     /// cifar10:DIR (the binary batches, data_batch_1.bin ... test_batch.bin).
     #[arg(long, default_value = "digits")]
     data: String,
-    /// sgd, ec-sgd, path-sgd or sgd-ec-init (a control: SGD from the model EC-SGD starts
+    /// sgd, ec-sgd, path-sgd, sgd-ec-init (a control: SGD from the model EC-SGD starts
     /// from, skeleton weights at ±1, which separates the effect of the update rule from
-    /// that of the initialization); or several side by side: both (sgd, ec-sgd), compare
-    /// (sgd, ec-sgd, sgd-ec-init) or all (sgd, ec-sgd, path-sgd, sgd-ec-init).
-    #[arg(long, default_value = "compare")]
-    optimizer: String,
+    /// that of the initialization) or balanced-sgd (SGD on the class's balanced
+    /// representative, for fine-tuning: docs/balanced-sgd.md); or several side by side:
+    /// both (sgd, ec-sgd), compare (sgd, ec-sgd, sgd-ec-init), finetune (sgd,
+    /// balanced-sgd) or all. [default: compare; finetune for a trained model, see
+    /// --keep-function]
+    #[arg(long)]
+    optimizer: Option<String>,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    /// [default: 0.05; 0.01 for a trained model]
+    #[arg(long)]
+    lr: Option<f64>,
     /// constant, step:EVERY:GAMMA, exp:K (lr * exp(-K * epoch)) or cosine.
     #[arg(long, default_value = "constant")]
     schedule: String,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
+    /// [default: 0.9; 0 for a trained model]
+    #[arg(long)]
+    momentum: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
     /// Seed of the shuffle (same seed, same weights).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// EC-SGD: keep the imported model's function at the start (the canonical form)
-    /// instead of setting the free skeleton values to ±1 as the reference does for a
-    /// fresh model. See the README on the scale of V.
+    /// EC-SGD, sgd-ec-init and balanced-sgd: keep the imported model's function at the
+    /// start (EC-SGD: the canonical form) instead of setting the free skeleton values to ±1
+    /// as the reference does for a fresh model. See the README on the scale of V. A model
+    /// that is already trained (its test loss below half that of a uniform guess) gets the
+    /// fine-tuning defaults for the options not given, this one too when --optimizer is
+    /// not given (README, "Fine-tuning").
     #[arg(long)]
     keep_function: bool,
     /// Write metrics as JSON lines.
@@ -69,37 +77,105 @@ pub struct Args {
     augment: bool,
 }
 
-/// Every option checked before any work; returns the optimizers and the schedule.
-fn check(a: &Args) -> Result<(Vec<OptimizerKind>, Schedule)> {
-    ecc::train::check_options(a.epochs, a.batch, a.lr, a.momentum, a.weight_decay)?;
-    check_output("-o", a.output.as_deref())?;
-    check_output("--checkpoint", a.checkpoint.as_deref())?;
-    check_appended("--metrics", a.metrics.as_deref())?;
-    let kinds = match a.optimizer.as_str() {
+/// The defaults for a fresh model and, for a model that looks trained
+/// (`ecc::train::looks_trained`), the fine-tuning ones: plain SGD and balanced SGD, both from
+/// the model's own function, at a fifth of the learning rate and without momentum (issue
+/// 15: the fresh defaults, lr 0.05 with momentum 0.9, make a trained MNIST MLP worse in its
+/// first epoch).
+const FRESH: (&str, f64, f64) = ("compare", 0.05, 0.9);
+const FINE_TUNE: (&str, f64, f64) = ("finetune", 0.01, 0.0);
+
+/// The optimizers of an --optimizer value.
+fn kinds_of(name: &str) -> Result<Vec<OptimizerKind>> {
+    Ok(match name {
         "both" => vec![OptimizerKind::Sgd, OptimizerKind::EcSgd],
         "compare" => vec![
             OptimizerKind::Sgd,
             OptimizerKind::EcSgd,
             OptimizerKind::SgdEcInit,
         ],
+        "finetune" => vec![OptimizerKind::Sgd, OptimizerKind::BalancedSgd],
         "all" => OptimizerKind::ALL.to_vec(),
         one => vec![OptimizerKind::from_name(one).ok_or_else(|| {
             ecc::Error::usage(format!(
-                "--optimizer '{one}': sgd, ec-sgd, path-sgd, sgd-ec-init, both, compare or all"
+                "--optimizer '{one}': sgd, ec-sgd, path-sgd, sgd-ec-init, balanced-sgd, both, \
+                 compare, finetune or all"
             ))
         })?],
-    };
+    })
+}
+
+/// Every option checked before any work (the defaults that depend on the model are valid
+/// either way); returns the schedule.
+fn check(a: &Args) -> Result<Schedule> {
+    for (lr, momentum) in [(FRESH.1, FRESH.2), (FINE_TUNE.1, FINE_TUNE.2)] {
+        let (lr, momentum) = (a.lr.unwrap_or(lr), a.momentum.unwrap_or(momentum));
+        ecc::train::check_options(a.epochs, a.batch, lr, momentum, a.weight_decay)?;
+    }
+    check_output("-o", a.output.as_deref())?;
+    check_output("--checkpoint", a.checkpoint.as_deref())?;
+    check_appended("--metrics", a.metrics.as_deref())?;
+    let kinds = kinds_of(a.optimizer.as_deref().unwrap_or(FRESH.0))?;
     if (a.output.is_some() || a.checkpoint.is_some()) && kinds.len() > 1 {
         return Err(ecc::Error::usage(
-            "-o and --checkpoint are for one optimizer: choose --optimizer sgd, ec-sgd, path-sgd or sgd-ec-init",
+            "-o and --checkpoint are for one optimizer: choose --optimizer sgd, ec-sgd, path-sgd, sgd-ec-init or balanced-sgd",
         )
         .into());
     }
-    Ok((kinds, Schedule::parse(&a.schedule)?))
+    Ok(Schedule::parse(&a.schedule)?)
+}
+
+/// The run's optimizers, lr, momentum and start: the options given, the others from the
+/// fresh or the fine-tuning defaults, by the given model's epoch-0 test loss (said in a
+/// note when the fine-tuning ones are used).
+struct Settings {
+    kinds: Vec<OptimizerKind>,
+    lr: f64,
+    momentum: f64,
+    keep_function: bool,
+}
+
+fn settings(a: &Args, given: &EpochMetrics, classes: usize) -> Result<Settings> {
+    let chosen = |d: (&str, f64, f64), keep: bool| -> Result<Settings> {
+        Ok(Settings {
+            kinds: kinds_of(a.optimizer.as_deref().unwrap_or(d.0))?,
+            lr: a.lr.unwrap_or(d.1),
+            momentum: a.momentum.unwrap_or(d.2),
+            keep_function: a.keep_function || keep,
+        })
+    };
+    if !ecc::train::looks_trained(given.test_loss, classes) {
+        return chosen(FRESH, false);
+    }
+    let mut used = vec![];
+    if a.optimizer.is_none() {
+        used.push(format!("--optimizer {}", FINE_TUNE.0));
+    }
+    if a.lr.is_none() {
+        used.push(format!("--lr {}", FINE_TUNE.1));
+    }
+    if a.momentum.is_none() {
+        used.push(format!("--momentum {}", FINE_TUNE.2));
+    }
+    // The start follows --optimizer: the fine-tuning set keeps the function; an optimizer
+    // chosen by name starts as documented for it (the skeleton reset is shown and named).
+    let keep = a.optimizer.is_none();
+    if keep && !a.keep_function {
+        used.push("--keep-function".into());
+    }
+    if !used.is_empty() {
+        println!(
+            "note: the model as given is trained (test loss {:.4} < ½ ln {classes}): fine-tuning \
+             defaults {} (give an option to choose it)",
+            given.test_loss,
+            used.join(" ")
+        );
+    }
+    chosen(FINE_TUNE, keep)
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (kinds, schedule) = check(&a)?;
+    let schedule = check(&a)?;
     stop_on_ctrl_c();
     let g = match &a.model {
         Some(p) => import::load_file(p, &ImportOptions::default())?,
@@ -110,41 +186,72 @@ pub fn run(a: Args) -> Result<()> {
         || "models/mlp-digits.onnx (embedded)".into(),
         |p| p.display().to_string(),
     );
+    // The given model's epoch-0 row decides the defaults; every optimizer's row reuses it.
+    let mut seen = vec![];
+    let probe = TrainConfig {
+        batch: a.batch,
+        ..TrainConfig::default()
+    };
+    let given = seen_row(&g, &split, &probe, Start::Given, &mut seen)?;
+    let classes = ecc::train::classes(&g);
+    let set = settings(&a, &given, classes)?;
     println!(
-        "model {name}, data {} ({} train / {} test), {} epochs, batch {}, lr {}",
+        "model {name}, data {} ({} train / {} test), {} epochs, batch {}, lr {}, momentum {}",
         split.name,
         split.train.len(),
         split.test.len(),
         a.epochs,
         a.batch,
-        a.lr
+        set.lr,
+        set.momentum
     );
     let mut sink = Metrics::open(&a)?;
-    if a.keep_function && kinds.contains(&OptimizerKind::EcSgd) {
-        if let Some(note) = ecc::train::v_scale_note(&g, a.lr) {
+    if set.keep_function && set.kinds.contains(&OptimizerKind::EcSgd) {
+        if let Some(note) = ecc::train::v_scale_note(&g, set.lr) {
             println!("note: {note}");
         }
     }
-    let (mut rows, mut seen) = (vec![], vec![]);
-    for kind in kinds {
+    let (mut rows, mut diverged) = (vec![], vec![]);
+    let several = set.kinds.len() > 1;
+    for kind in set.kinds {
         let cfg = TrainConfig {
             optimizer: kind,
             epochs: a.epochs,
             batch: a.batch,
-            lr: a.lr,
+            lr: set.lr,
             schedule,
-            momentum: a.momentum,
+            momentum: set.momentum,
             weight_decay: a.weight_decay,
             seed: a.seed,
-            skeleton_init: !a.keep_function,
+            skeleton_init: !set.keep_function,
             checkpoint: a.checkpoint.clone(),
             resume: a.resume,
             augment: a.augment,
         };
-        rows.extend(train_one(&g, &split, &cfg, &a, &mut sink, &mut seen)?);
+        match train_one(&g, &split, &cfg, &a, &mut sink, &mut seen) {
+            Ok(r) => rows.extend(r),
+            // Side by side, one optimizer's divergence is a result: the others still run.
+            Err(e) if several && is_diverged(&e) => {
+                println!("  {:<7} {e}", kind.name());
+                diverged.push(kind);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    print_table(&rows);
-    Ok(())
+    print_table(&rows, &diverged);
+    match diverged.as_slice() {
+        [] => Ok(()),
+        d => Err(ecc::Error::new(ecc::ErrorKind::Diverged(format!(
+            "{}; the other optimizers finished (table above)",
+            d.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        )))
+        .into()),
+    }
+}
+
+fn is_diverged(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ecc::Error>()
+        .is_some_and(|e| matches!(e.kind, ecc::ErrorKind::Diverged(_)))
 }
 
 /// Train with one optimizer: a progress bar, a line and a metrics record per epoch, the
@@ -265,9 +372,9 @@ fn seen_row(
     })
 }
 
-fn print_table(rows: &[Vec<EpochMetrics>]) {
+fn print_table(rows: &[Vec<EpochMetrics>], diverged: &[OptimizerKind]) {
     println!(
-        "\n{:<11} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "\n{:<12} {:>9} {:>9} {:>9} {:>10} {:>8}",
         "optimizer", "test acc", "best acc", "test loss", "s/epoch", "guarded"
     );
     for h in rows.iter().filter(|h| !h.is_empty()) {
@@ -275,12 +382,15 @@ fn print_table(rows: &[Vec<EpochMetrics>]) {
         let best = h.iter().map(|m| m.test_accuracy).fold(0.0, f64::max);
         let secs = h.iter().map(|m| m.seconds).sum::<f64>() / h.len() as f64;
         println!(
-            "{:<11} {:>9.4} {best:>9.4} {:>9.4} {secs:>10.3} {:>8}",
+            "{:<12} {:>9.4} {best:>9.4} {:>9.4} {secs:>10.3} {:>8}",
             last.optimizer.name(),
             last.test_accuracy,
             last.test_loss,
             last.guarded_steps
         );
+    }
+    for k in diverged {
+        println!("{:<12} {:>9}", k.name(), "diverged");
     }
 }
 

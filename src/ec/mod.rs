@@ -12,6 +12,7 @@
 //! the centre tap, flattened channels the centre position of their block of features. The
 //! designated weights are chosen during normalization, so the plan holds them after it.
 
+pub mod balance;
 pub mod basis;
 mod dag;
 mod gauge;

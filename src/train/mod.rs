@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::ir::{Graph, Op};
 use candle_core::{Device, Tensor, D};
-use optim::{EcSgd, Optimizer, PathSgd, Sgd};
+use optim::{BalancedSgd, EcSgd, Optimizer, PathSgd, Sgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -85,14 +85,18 @@ pub enum OptimizerKind {
     /// or the canonical form with `keep_function`), to tell the optimizer's effect from
     /// that of its initialization.
     SgdEcInit,
+    /// SGD on the balanced representative of the class, rebalanced after every step
+    /// (docs/balanced-sgd.md): a function of the class at SGD's scale, for fine-tuning.
+    BalancedSgd,
 }
 
 impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 4] = [
+    pub const ALL: [OptimizerKind; 5] = [
         OptimizerKind::Sgd,
         OptimizerKind::EcSgd,
         OptimizerKind::PathSgd,
         OptimizerKind::SgdEcInit,
+        OptimizerKind::BalancedSgd,
     ];
 
     /// The optimizer of a [`name`](Self::name).
@@ -107,6 +111,7 @@ impl OptimizerKind {
             OptimizerKind::EcSgd => "ec-sgd",
             OptimizerKind::PathSgd => "path-sgd",
             OptimizerKind::SgdEcInit => "sgd-ec-init",
+            OptimizerKind::BalancedSgd => "balanced-sgd",
         }
     }
 }
@@ -418,8 +423,24 @@ pub fn start_changes_function(cfg: &TrainConfig) -> bool {
     cfg.skeleton_init
         && matches!(
             cfg.optimizer,
-            OptimizerKind::EcSgd | OptimizerKind::SgdEcInit
+            OptimizerKind::EcSgd | OptimizerKind::SgdEcInit | OptimizerKind::BalancedSgd
         )
+}
+
+/// The number of classes a model outputs: the product of its first output's axes after the
+/// batch axis.
+pub fn classes(g: &Graph) -> usize {
+    g.outputs
+        .first()
+        .and_then(|o| g.shapes.get(&o.name))
+        .map_or(0, |s| s.dims.iter().skip(1).product())
+}
+
+/// Whether a model whose test loss (cross-entropy, `classes` classes) is `test_loss` looks
+/// trained: below half of ln(classes), the loss of a uniform guess, which a fresh model
+/// starts near. `ecc train` then uses its fine-tuning defaults (README, "Fine-tuning").
+pub fn looks_trained(test_loss: f64, classes: usize) -> bool {
+    classes >= 2 && test_loss < 0.5 * (classes as f64).ln()
 }
 
 /// Epoch-0 rows: the model as given and, when the optimizer's start changes the function
@@ -582,7 +603,7 @@ fn check_data(tg: &Graph, split: &Split) -> Result<Vec<usize>> {
 /// Every label must be a class the model outputs: a label past the last one would fail deep
 /// in the loss with no word of the data.
 fn check_labels(g: &Graph, split: &Split) -> Result<()> {
-    let classes: usize = g.shapes[&g.outputs[0].name].dims[1..].iter().product();
+    let classes = classes(g);
     for (part, ds) in [("training", &split.train), ("test", &split.test)] {
         if let Some((i, &y)) =
             ds.y.iter()
@@ -651,20 +672,8 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
         }
         OptimizerKind::EcSgd => {
             let crate::ec::Conversion { basis, canon, .. } = crate::ec::convert(tg);
-            // The reference's initialization: every skeleton weight of the fresh model set to
-            // ±1 (fixed ones and V alike), the other weights as initialized. Otherwise the
-            // canonical model, which keeps the function.
             let start = if cfg.skeleton_init {
-                let mut fresh = tg.clone();
-                for t in basis.blocks.iter().flat_map(|b| b.tensors()) {
-                    let w = fresh.params.get_mut(&t.param).expect("block tensor");
-                    if let crate::ir::TensorData::F32(v) = &mut w.data {
-                        for &i in &t.fixed {
-                            v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
-                        }
-                    }
-                }
-                fresh
+                skeleton_reset(tg, &basis)
             } else {
                 canon
             };
@@ -683,7 +692,41 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             };
             (start, Box::new(EcSgd::new(runner, rest, step)))
         }
+        OptimizerKind::BalancedSgd => {
+            let crate::ec::Conversion {
+                basis, analysis, ..
+            } = crate::ec::convert(tg);
+            let mut start = if cfg.skeleton_init {
+                skeleton_reset(tg, &basis)
+            } else {
+                tg.clone()
+            };
+            let plan = crate::ec::balance::Balance::new(&start, &analysis)?;
+            plan.balance(&mut start, BALANCE_TOL, BALANCE_MAX);
+            let opt = BalancedSgd::new(plan, trainable, cfg.momentum, cfg.weight_decay);
+            (start, Box::new(opt))
+        }
     })
+}
+
+/// Balanced SGD's start is balanced until no group's coordinate step ¼|ln(O/I)| exceeds
+/// this, or for at most `BALANCE_MAX` iterations.
+pub const BALANCE_TOL: f64 = 1e-6;
+pub const BALANCE_MAX: usize = 20_000;
+
+/// The reference's initialization: every skeleton weight of the fresh model set to ±1
+/// (fixed ones and V alike), the other weights as initialized; another function.
+fn skeleton_reset(tg: &Graph, basis: &crate::ec::Basis) -> Graph {
+    let mut fresh = tg.clone();
+    for t in basis.blocks.iter().flat_map(|b| b.tensors()) {
+        let w = fresh.params.get_mut(&t.param).expect("block tensor");
+        if let crate::ir::TensorData::F32(v) = &mut w.data {
+            for &i in &t.fixed {
+                v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
+            }
+        }
+    }
+    fresh
 }
 
 /// Train `graph` on `split`. Returns the trained model (with its original output, a

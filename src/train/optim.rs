@@ -93,25 +93,37 @@ impl Optimizer for Sgd {
         self.update(params, grads, None, lr)
     }
     fn state(&self) -> HashMap<String, Tensor> {
-        self.buf
-            .iter()
-            .filter_map(|(k, v)| {
-                Tensor::new(v.as_slice(), &candle_core::Device::Cpu)
-                    .ok()
-                    .map(|t| (format!("sgd/{k}"), t))
-            })
-            .collect()
+        save_buffers(&self.buf)
     }
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        self.buf.clear();
-        for (k, v) in state {
-            if let Some(name) = k.strip_prefix("sgd/") {
-                self.buf
-                    .insert(name.to_string(), v.flatten_all()?.to_vec1::<f32>()?);
-            }
-        }
+        self.buf = load_buffers(state, |_| true)?;
         Ok(())
     }
+}
+
+/// Momentum buffers by parameter as checkpoint state, keys `sgd/<parameter>`.
+fn save_buffers(buf: &HashMap<String, Vec<f32>>) -> HashMap<String, Tensor> {
+    buf.iter()
+        .filter_map(|(k, v)| {
+            Tensor::new(v.as_slice(), &candle_core::Device::Cpu)
+                .ok()
+                .map(|t| (format!("sgd/{k}"), t))
+        })
+        .collect()
+}
+
+/// The momentum buffers of the parameters `keep` accepts from checkpoint state.
+fn load_buffers(
+    state: &HashMap<String, Tensor>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut buf = HashMap::new();
+    for (k, v) in state {
+        if let Some(name) = k.strip_prefix("sgd/").filter(|n| keep(n)) {
+            buf.insert(name.to_string(), v.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(buf)
 }
 
 /// EC-SGD: update programs for block parameters, SGD for every other trainable one.
@@ -150,6 +162,146 @@ impl Optimizer for EcSgd {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.rest.load_state(state)?;
         self.runner.load_state(state)
+    }
+}
+
+/// Balanced SGD (docs/balanced-sgd.md): SGD (momentum, weight decay) on the balanced
+/// representative of the class, then one damped balancing iteration
+/// ([`crate::ec::balance`]) that moves the parameters and the momentum buffers (as
+/// displacements: by the same factors) back towards the balanced section. The start is
+/// balanced by `train::optimizer_for`, so the run is a function of the class.
+pub struct BalancedSgd {
+    plan: crate::ec::balance::Balance,
+    /// SGD for the trainable parameters the plan does not rescale.
+    rest: Sgd,
+    momentum: f64,
+    weight_decay: f64,
+    trainable: HashSet<String>,
+    /// Momentum buffers of the rescaled parameters.
+    buf: HashMap<String, Vec<f32>>,
+    /// The groups' squared norms (I, O) of the parameters as the last step left them
+    /// (measured in its pass; after a resume, measured again, which gives the same values).
+    norms: Option<(Vec<f64>, Vec<f64>)>,
+    /// The imbalance max_k ¼|ln(O_k / I_k)| the last step's balancing iteration started from.
+    pub imbalance: f64,
+}
+
+impl BalancedSgd {
+    pub fn new(
+        plan: crate::ec::balance::Balance,
+        trainable: HashSet<String>,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> Self {
+        let mine: HashSet<String> = plan.params().map(str::to_string).collect();
+        BalancedSgd {
+            rest: Sgd::new(
+                trainable.difference(&mine).cloned().collect(),
+                momentum,
+                weight_decay,
+            ),
+            plan,
+            momentum,
+            weight_decay,
+            trainable,
+            buf: HashMap::new(),
+            norms: None,
+            imbalance: 0.0,
+        }
+    }
+
+    /// One pass over the rescaled parameters: with `step` = (log-factors, gradients, lr),
+    /// SGD and the rescaling by the factors; without, only their norms. Returns the norms
+    /// of the result.
+    fn pass(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        step: Option<(&[f64], &HashMap<String, Tensor>, f64)>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        use crate::exec::kernels::update::{balanced_pass, with_slice, with_slice_mut, SgdArgs};
+        let (mut inn, mut out) = self.plan.zeros();
+        let names: Vec<String> = self.plan.params().map(str::to_string).collect();
+        let c = step.map(|(s, _, _)| crate::ec::balance::exp(s));
+        for name in names {
+            let Some(var) = params.get(&name) else {
+                continue;
+            };
+            let f = self
+                .plan
+                .factors(&name, c.as_deref())
+                .expect("a parameter of the plan");
+            let grad = step
+                .filter(|_| self.trainable.contains(&name))
+                .and_then(|(_, grads, lr)| grads.get(&name).map(|g| (g, lr)));
+            let (rows, cols) = match grad {
+                Some((g, lr)) => {
+                    let g = g.contiguous()?;
+                    let m = self.buf.entry(name.clone()).or_default();
+                    if m.len() != g.elem_count() {
+                        *m = vec![0.0; g.elem_count()];
+                    }
+                    with_slice(&g, |gs| {
+                        let mut res = (vec![], vec![]);
+                        with_slice_mut(var.as_tensor(), |w| {
+                            let sgd = SgdArgs {
+                                m,
+                                g: gs,
+                                lr: lr as f32,
+                                mu: self.momentum as f32,
+                                wd: self.weight_decay as f32,
+                            };
+                            res = balanced_pass(w, Some(sgd), &f.rows, &f.cols, f.count);
+                        })
+                        .map(|_| res)
+                    })??
+                }
+                None => {
+                    let mut res = (vec![], vec![]);
+                    with_slice_mut(var.as_tensor(), |w| {
+                        res = balanced_pass(w, None, &f.rows, &f.cols, f.count)
+                    })?;
+                    res
+                }
+            };
+            self.plan
+                .add_squares(&name, &rows, &cols, (&mut inn, &mut out));
+        }
+        Ok((inn, out))
+    }
+}
+
+impl Optimizer for BalancedSgd {
+    fn name(&self) -> &'static str {
+        "balanced-sgd"
+    }
+    /// SGD and one damped balancing iteration, in one pass per tensor: the iteration's
+    /// factors come from the norms the last step left (docs/balanced-sgd.md).
+    fn step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<usize> {
+        let (inn, out) = match self.norms.take() {
+            Some(n) => n,
+            None => self.pass(params, None)?,
+        };
+        let (s, worst) = crate::ec::balance::Balance::step_of(&inn, &out);
+        self.imbalance = worst;
+        self.norms = Some(self.pass(params, Some((&s, grads, lr)))?);
+        self.rest.step(params, grads, lr)?;
+        Ok(0)
+    }
+    fn state(&self) -> HashMap<String, Tensor> {
+        let mut s = self.rest.state();
+        s.extend(save_buffers(&self.buf));
+        s
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.norms = None;
+        self.rest.load_state(state)?;
+        self.buf = load_buffers(state, |n| self.plan.params().any(|p| p == n))?;
+        Ok(())
     }
 }
 

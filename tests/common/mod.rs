@@ -1,6 +1,8 @@
 //! Shared test helpers: where the fetched fixtures are, and output comparison.
 #![allow(dead_code)]
 
+pub mod mlp64;
+
 use candle_core::Tensor;
 use std::path::PathBuf;
 

@@ -35,6 +35,31 @@ pub fn with_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     Ok(f(&data[a..b]))
 }
 
+/// Run `f` on the data of a contiguous f32 CPU tensor in place (a parameter's `Var`).
+pub fn with_slice_mut(t: &Tensor, f: impl FnMut(&mut [f32])) -> Result<()> {
+    struct Mutate<F>(std::sync::Mutex<F>);
+    impl<F: FnMut(&mut [f32])> candle_core::InplaceOp1 for Mutate<F> {
+        fn name(&self) -> &'static str {
+            "ecc-mutate"
+        }
+        fn cpu_fwd(
+            &self,
+            storage: &mut candle_core::CpuStorage,
+            layout: &candle_core::Layout,
+        ) -> candle_core::Result<()> {
+            let candle_core::CpuStorage::F32(data) = storage else {
+                candle_core::bail!("in-place updates run in f32")
+            };
+            let (a, b) = layout
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+            (self.0.lock().expect("in-place closure"))(&mut data[a..b]);
+            Ok(())
+        }
+    }
+    Ok(t.inplace_op1(&Mutate(std::sync::Mutex::new(f)))?)
+}
+
 /// One SGD step on a parameter, in place, in one (multi-threaded) pass: with
 /// d = g + wd * w, m <- mu * m + d, w <- w - lr * m (PyTorch's SGD; `m` starts at 0, so the
 /// first step is w - lr * d). The same kernel as the update programs' unchained tensors.
@@ -82,7 +107,7 @@ pub fn sgd_in_place(
                 mu,
                 wd,
             };
-            w.inplace_op1(&op)
+            with_slice_mut(w, |d| op.run(d))
         };
         match &gamma {
             Some(y) => with_slice(y, |ys| run(Some(ys))),
@@ -275,23 +300,10 @@ struct FusedUpdate<'a> {
     wd: f32,
 }
 
-impl candle_core::InplaceOp1 for FusedUpdate<'_> {
-    fn name(&self) -> &'static str {
-        "ecc-ec-sgd-update"
-    }
-    fn cpu_fwd(
-        &self,
-        storage: &mut candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
+impl FusedUpdate<'_> {
+    /// The update of one tensor's data `w`, in place (through [`with_slice_mut`]).
+    fn run(&self, w: &mut [f32]) {
         use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("update programs run in f32")
-        };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-        let w = &mut data[a..b];
         let mut guard = self.m.lock().expect("momentum lock");
         let m: &mut Vec<f32> = &mut guard;
         let t = self.t;
@@ -358,7 +370,6 @@ impl candle_core::InplaceOp1 for FusedUpdate<'_> {
         for &(k, i) in &t.v {
             w[i] *= self.rv[k as usize];
         }
-        Ok(())
     }
 }
 
@@ -453,7 +464,216 @@ pub fn fused_update(
             mu,
             wd,
         };
-        w.inplace_op1(&op)
+        with_slice_mut(w, |d| op.run(d))
     })??;
     Ok(())
+}
+
+/// The SGD half of [`balanced_pass`]: momentum buffer, gradient and settings.
+pub struct SgdArgs<'a> {
+    pub m: &'a mut [f32],
+    pub g: &'a [f32],
+    pub lr: f32,
+    pub mu: f32,
+    pub wd: f32,
+}
+
+/// Scalars per block of rows in [`balanced_pass`], and the tensor size from which the
+/// blocks run on all threads.
+const BALANCE_BLOCK: usize = 8192;
+const BALANCE_PARALLEL_FROM: usize = 32768;
+
+/// Balanced SGD's pass over one tensor of `rows.len()` rows (`ec::balance`, one damped
+/// balancing iteration): with `sgd`, first SGD as in [`sgd_in_place`] (m ← μm + g + λw,
+/// w ← w − ηm), then w (and m) times `rows[r]` · `cols[j]`, `cols` one line of factors for
+/// the scalars of a row, or one per scalar of the tensor (a grouped conv). Returns the
+/// squares of the new w summed per row (with `count.0`) and per position of `cols` (with
+/// `count.1`), empty otherwise. One pass,
+/// in blocks of rows (on all threads for large tensors) whose sums are added in block
+/// order, so the result does not depend on the number of threads.
+pub fn balanced_pass(
+    w: &mut [f32],
+    sgd: Option<SgdArgs<'_>>,
+    rows: &[f32],
+    cols: &[f32],
+    count: (bool, bool),
+) -> (Vec<f64>, Vec<f64>) {
+    use rayon::prelude::*;
+    let (count_rows, count) = count;
+    let d0 = rows.len().max(1);
+    let len = w.len() / d0;
+    assert!(
+        w.len() == d0 * len && (cols.len() == len || cols.len() == w.len()),
+        "balanced_pass: factors of another shape"
+    );
+    let per_row = cols.len() == w.len() && d0 > 1;
+    let rows_per = (BALANCE_BLOCK / len.max(1)).max(1);
+    let (lr, mu, wd) = sgd.as_ref().map_or((0.0, 0.0, 0.0), |a| (a.lr, a.mu, a.wd));
+    let block = |b: usize, wc: &mut [f32], mut mc: Option<&mut [f32]>, gc: &[f32]| {
+        let n = wc.len() / len.max(1);
+        let mut sq = vec![
+            0f32;
+            if !count {
+                0
+            } else if per_row {
+                wc.len()
+            } else {
+                len
+            }
+        ];
+        let mut sums = Vec::with_capacity(if count_rows { n } else { 0 });
+        for i in 0..n {
+            let r = b * rows_per + i;
+            let f = if per_row {
+                &cols[r * len..][..len]
+            } else {
+                cols
+            };
+            let s = if per_row && count {
+                &mut sq[i * len..][..len]
+            } else {
+                &mut sq[..]
+            };
+            let q = match mc.as_deref_mut() {
+                Some(m) => balanced_row(
+                    &mut wc[i * len..][..len],
+                    &mut m[i * len..][..len],
+                    &gc[i * len..][..len],
+                    f,
+                    rows[r],
+                    lr,
+                    mu,
+                    wd,
+                    s,
+                    count_rows,
+                ),
+                None => balanced_row(
+                    &mut wc[i * len..][..len],
+                    &mut [],
+                    &[],
+                    f,
+                    rows[r],
+                    0.0,
+                    0.0,
+                    0.0,
+                    s,
+                    count_rows,
+                ),
+            };
+            if count_rows {
+                sums.push(q as f64);
+            }
+        }
+        (sums, sq)
+    };
+    let chunk = rows_per * len.max(1);
+    let big = w.len() >= BALANCE_PARALLEL_FROM;
+    let parts: Vec<(Vec<f64>, Vec<f32>)> = match sgd {
+        Some(a) => {
+            assert!(
+                a.m.len() == w.len() && a.g.len() == w.len(),
+                "balanced_pass: sizes"
+            );
+            let items = w
+                .chunks_mut(chunk)
+                .zip(a.m.chunks_mut(chunk))
+                .zip(a.g.chunks(chunk));
+            if big {
+                let items: Vec<_> = items.enumerate().collect();
+                items
+                    .into_par_iter()
+                    .map(|(b, ((wc, mc), gc))| block(b, wc, Some(mc), gc))
+                    .collect()
+            } else {
+                items
+                    .enumerate()
+                    .map(|(b, ((wc, mc), gc))| block(b, wc, Some(mc), gc))
+                    .collect()
+            }
+        }
+        None => {
+            if big {
+                w.par_chunks_mut(chunk)
+                    .enumerate()
+                    .map(|(b, wc)| block(b, wc, None, &[]))
+                    .collect()
+            } else {
+                w.chunks_mut(chunk)
+                    .enumerate()
+                    .map(|(b, wc)| block(b, wc, None, &[]))
+                    .collect()
+            }
+        }
+    };
+    let mut sums = Vec::with_capacity(if count_rows { d0 } else { 0 });
+    let mut sq = vec![0f64; if !count { 0 } else { cols.len() }];
+    let mut at = 0;
+    for (s, q) in parts {
+        sums.extend(s);
+        if per_row {
+            for (a, b) in sq[at..].iter_mut().zip(&q) {
+                *a += *b as f64;
+            }
+            at += q.len();
+        } else {
+            for (a, b) in sq.iter_mut().zip(&q) {
+                *a += *b as f64;
+            }
+        }
+    }
+    (sums, sq)
+}
+
+wide_fn! {
+    /// One row of [`balanced_pass`]: SGD unless `m` is empty, the factors `fr · f[j]` (on m
+    /// too), the squares of the new w added to `sq` (unless it is empty) and, with `total`,
+    /// summed in eight lanes.
+    #[allow(clippy::too_many_arguments)]
+    fn balanced_row(
+        w: &mut [f32],
+        m: &mut [f32],
+        g: &[f32],
+        f: &[f32],
+        fr: f32,
+        lr: f32,
+        mu: f32,
+        wd: f32,
+        sq: &mut [f32],
+        total: bool,
+    ) -> f32 {
+        if m.is_empty() {
+            for (wi, fi) in w.iter_mut().zip(f) {
+                *wi *= fr * fi;
+            }
+        } else {
+            for (((wi, mi), gi), fi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(f) {
+                *mi = mu * *mi + gi + wd * *wi;
+                *wi -= lr * *mi;
+                let k = fr * fi;
+                *wi *= k;
+                *mi *= k;
+            }
+        }
+        for (s, wi) in sq.iter_mut().zip(w.iter()) {
+            *s += wi * wi;
+        }
+        if !total {
+            return 0.0;
+        }
+        let mut lanes = [0f32; 8];
+        let chunks = w.chunks_exact(8);
+        let mut total = 0f32;
+        for x in chunks.remainder() {
+            total += x * x;
+        }
+        for c in chunks {
+            for (l, x) in lanes.iter_mut().zip(c) {
+                *l += x * x;
+            }
+        }
+        for l in lanes {
+            total += l;
+        }
+        total
+    }
 }
