@@ -13,19 +13,35 @@ use onnx_protobuf::{
 use protobuf::{EnumOrUnknown, Message, MessageField};
 use std::path::Path;
 
+/// AttributeProto's field numbers for `f` and `i` (onnx.proto).
+const ATTR_F: u32 = 2;
+const ATTR_I: u32 = 3;
+
+/// An INT attribute. Its value is always on the wire: onnx.proto is proto2, where a reader
+/// may test the field's presence (onnx2torch reads an absent `transA` as set), but the
+/// generated code is proto3-style and omits a 0, so a 0 is written as an explicit field.
 fn attr_int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = EnumOrUnknown::new(AttributeType::INT);
     a.i = v;
+    if v == 0 {
+        a.special_fields.mut_unknown_fields().add_varint(ATTR_I, 0);
+    }
     a
 }
 
+/// A FLOAT attribute, its value always on the wire (see [`attr_int`]).
 fn attr_float(name: &str, v: f32) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = EnumOrUnknown::new(AttributeType::FLOAT);
     a.f = v;
+    if v == 0.0 {
+        a.special_fields
+            .mut_unknown_fields()
+            .add_fixed32(ATTR_F, v.to_bits());
+    }
     a
 }
 
