@@ -59,8 +59,10 @@ enum Cmd {
     /// DIR/<stem>.ec.json, and print a summary. BatchNormalization is analysed in training
     /// mode, as `ecc train` runs it; the canonical model keeps the inference function.
     Convert(convert::Args),
-    /// Train a model on real data with SGD and/or EC-SGD. With no arguments: the committed
-    /// digits MLP on the embedded 8x8 digits, SGD and EC-SGD side by side, and a comparison.
+    /// Train a model on real data with SGD, EC-SGD and the other optimizers. With no
+    /// arguments: the committed digits MLP on the embedded 8x8 digits, SGD and EC-SGD side
+    /// by side, and a comparison. A model that is already trained is fine-tuned: SGD and
+    /// balanced SGD from its own function at a smaller step, unless options say otherwise.
     Train(train::Args),
     /// Run every (optimizer, seed) of an experiment description (JSON; see
     /// experiments/*.json), writing metrics as JSON lines and checkpoints under
