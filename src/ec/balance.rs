@@ -31,10 +31,6 @@ use std::collections::HashMap;
 /// No group at this position.
 const NONE: u32 = u32::MAX;
 
-/// The damping of an iteration: s_k moves by this fraction of the coordinate minimizer
-/// ¼ ln(O_k / I_k).
-pub const DAMPING: f64 = 0.5;
-
 /// Which group owns each position along one axis of a tensor (along axis 1 of a grouped
 /// conv: each position of each row, d0 x d1), and the exponent of its factor there (+1
 /// in-slices, −1 out-slices).
@@ -68,7 +64,7 @@ pub struct Balance {
 
 /// The factors of one parameter for an iteration, laid out for
 /// [`balanced_pass`]: one per row (axis 0), and one per scalar of a row
-/// (d1 x inner; d0 x d1 x inner in a grouped conv).
+/// (d1 x inner; d0 x d1 x inner in a grouped conv; none when no group owns a column).
 pub struct Factors {
     pub rows: Vec<f32>,
     pub cols: Vec<f32>,
@@ -201,7 +197,12 @@ impl Balance {
         let per_row = p.roles[1]
             .as_ref()
             .is_some_and(|r| (0..p.d0).any(|x| r.group[x * p.d1..][..p.d1] != r.group[..p.d1]));
-        let lines = if per_row { p.d0 } else { 1 };
+        // No column role: no column factors (the pass multiplies by the row's alone).
+        let lines = match (&p.roles[1], per_row) {
+            (None, _) => 0,
+            (_, true) => p.d0,
+            _ => 1,
+        };
         let mut cols = Vec::with_capacity(lines * p.d1 * p.inner);
         for r in 0..lines {
             for c in 0..p.d1 {
@@ -260,34 +261,34 @@ impl Balance {
         }
     }
 
-    /// The log-factors of one damped iteration from the norms, s_k = ⅛ ln(O_k / I_k) (0
-    /// where a norm is zero or not finite), and the imbalance max_k ¼ |ln(O_k / I_k)| (the
-    /// largest coordinate step left).
+    /// The factors of one damped iteration from the norms, c_k = e^(s_k) with
+    /// s_k = ⅛ ln(O_k / I_k), computed as the eighth root (three square roots: no logarithm
+    /// or exponential per group in a step); 1 where a norm is zero or a ratio not finite.
+    /// And the imbalance max_k ¼ |ln(O_k / I_k)| (the largest coordinate step left).
     pub fn step_of(inn: &[f64], out: &[f64]) -> (Vec<f64>, f64) {
-        let mut worst = 0f64;
-        let s = inn
+        let mut spread = 1f64;
+        let c = inn
             .iter()
             .zip(out)
             .map(|(&i, &o)| {
-                let full = 0.25 * (o / i).ln();
-                if i > 0.0 && o > 0.0 && full.is_finite() {
-                    worst = worst.max(full.abs());
-                    DAMPING * full
+                let r = o / i;
+                if i > 0.0 && o > 0.0 && r.is_finite() {
+                    spread = spread.max(r).max(1.0 / r);
+                    r.sqrt().sqrt().sqrt()
                 } else {
-                    0.0
+                    1.0
                 }
             })
             .collect();
-        (s, worst)
+        (c, 0.25 * spread.ln())
     }
 
-    /// One pass over the f32 parameters of `g`: rescale by `s` (if given) and return the
-    /// norms (I, O) of the result.
-    pub fn pass(&self, g: &mut Graph, s: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+    /// One pass over the f32 parameters of `g`: rescale by the groups' factors `c` (if
+    /// given) and return the norms (I, O) of the result.
+    pub fn pass(&self, g: &mut Graph, c: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
         let (mut inn, mut out) = self.zeros();
-        let c = s.map(exp);
         for p in &self.parts {
-            let Some(f) = self.factors(&p.param, c.as_deref()) else {
+            let Some(f) = self.factors(&p.param, c) else {
                 continue;
             };
             let Some(TensorData::F32(w)) = g.params.get_mut(&p.param).map(|c| &mut c.data) else {
@@ -305,12 +306,12 @@ impl Balance {
         iterate(tol, max, |s| self.pass(g, s))
     }
 
-    /// The reference (f64, plain loops): one pass over `w` by name, rescaling by `s` (if
-    /// given); returns the norms of the result.
+    /// The reference (f64, plain loops): one pass over `w` by name, rescaling by the
+    /// groups' factors `c` (if given); returns the norms of the result.
     pub fn pass_f64(
         &self,
         w: &mut HashMap<String, Vec<f64>>,
-        s: Option<&[f64]>,
+        c: Option<&[f64]>,
     ) -> (Vec<f64>, Vec<f64>) {
         let (mut inn, mut out) = self.zeros();
         for p in &self.parts {
@@ -318,15 +319,15 @@ impl Balance {
                 continue;
             };
             for r in 0..p.d0 {
-                for c in 0..p.d1 {
-                    let roles = p.at(r, c);
+                for col in 0..p.d1 {
+                    let roles = p.at(r, col);
                     let f: f64 = roles
                         .iter()
                         .flatten()
-                        .map(|&(k, e)| s.map_or(0.0, |s| s[k] * e as f64))
-                        .sum();
-                    let cell = &mut v[(r * p.d1 + c) * p.inner..][..p.inner];
-                    cell.iter_mut().for_each(|x| *x *= f.exp());
+                        .map(|&(k, e)| c.map_or(1.0, |c| c[k].powi(e)))
+                        .product();
+                    let cell = &mut v[(r * p.d1 + col) * p.inner..][..p.inner];
+                    cell.iter_mut().for_each(|x| *x *= f);
                     let q: f64 = p.weight * cell.iter().map(|x| x * x).sum::<f64>();
                     for &(k, e) in roles.iter().flatten().filter(|_| p.counted) {
                         let to = if e > 0 { &mut inn } else { &mut out };
@@ -351,7 +352,7 @@ impl Balance {
         norms: &(Vec<f64>, Vec<f64>),
         (lr, mu, wd): (f64, f64, f64),
     ) -> (Vec<f64>, Vec<f64>) {
-        let (s, _) = Self::step_of(&norms.0, &norms.1);
+        let (c, _) = Self::step_of(&norms.0, &norms.1);
         for (k, wk) in w.iter_mut() {
             let Some(gk) = g.get(k) else { continue };
             let mk = m.entry(k.clone()).or_insert_with(|| vec![0.0; wk.len()]);
@@ -360,8 +361,8 @@ impl Balance {
                 *x -= lr * *v;
             }
         }
-        self.pass_f64(m, Some(&s));
-        self.pass_f64(w, Some(&s))
+        self.pass_f64(m, Some(&c));
+        self.pass_f64(w, Some(&c))
     }
 
     /// N(w) = Σ α_T |w_T|² over the tensors the plan rescales: what balancing minimizes.
@@ -389,10 +390,11 @@ impl Balance {
             self.groups,
             self.parts.len()
         );
-        s += "  (I, O) := the groups' squared in-/out-norms the last step left\n";
-        s += "  s := ⅛ ln(O / I)   (0 where I or O is 0)\n";
+        s += "  (I, O) := the groups' weighted squared in-/out-norms the last step left\n";
+        s += "  c := (O / I)^(1/8), i.e. e^s with s = ⅛ ln(O / I)   (1 where I or O is 0)\n";
         s += "  each tensor below, one pass: m := μm + g + λw;  w := (w − η m)·c_row·c_col;\n";
-        s += "    m := m·c_row·c_col;  (I, O) += w² by row and column   (c = e^(±s))\n";
+        s +=
+            "    m := m·c_row·c_col;  (I, O) += αw² by row and column   (c_row, c_col: c or 1/c)\n";
         s += "  every other tensor: SGD\n";
         for p in &self.parts {
             let role = |r: &Option<Role>| match r {
@@ -445,26 +447,21 @@ fn weigh(parts: &mut [Part], g: &Graph) {
     }
 }
 
-/// e^s for every entry: the groups' factors for log-factors `s`.
-pub fn exp(s: &[f64]) -> Vec<f64> {
-    s.iter().map(|x| x.exp()).collect()
-}
-
-/// Damped iterations of `pass` (which rescales by the log-factors given and returns the
-/// norms after) until the imbalance is at most `tol` or `max` iterations are done.
+/// Damped iterations of `pass` (which rescales by the factors given and returns the norms
+/// after) until the imbalance is at most `tol` or `max` iterations are done.
 fn iterate(
     tol: f64,
     max: usize,
     mut pass: impl FnMut(Option<&[f64]>) -> (Vec<f64>, Vec<f64>),
 ) -> (usize, f64) {
-    let mut s: Option<Vec<f64>> = None;
+    let mut c: Option<Vec<f64>> = None;
     for it in 0..=max {
-        let (inn, out) = pass(s.as_deref());
+        let (inn, out) = pass(c.as_deref());
         let (next, worst) = Balance::step_of(&inn, &out);
         if worst <= tol || it == max {
             return (it, worst);
         }
-        s = Some(next);
+        c = Some(next);
     }
     unreachable!("the loop returns at it == max")
 }

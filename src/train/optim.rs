@@ -210,7 +210,7 @@ impl BalancedSgd {
         }
     }
 
-    /// One pass over the rescaled parameters: with `step` = (log-factors, gradients, lr),
+    /// One pass over the rescaled parameters: with `step` = (the groups' factors, gradients, lr),
     /// SGD and the rescaling by the factors; without, only their norms. Returns the norms
     /// of the result.
     fn pass(
@@ -221,14 +221,14 @@ impl BalancedSgd {
         use crate::exec::kernels::update::{balanced_pass, with_slice, with_slice_mut, SgdArgs};
         let (mut inn, mut out) = self.plan.zeros();
         let names: Vec<String> = self.plan.params().map(str::to_string).collect();
-        let c = step.map(|(s, _, _)| crate::ec::balance::exp(s));
+        let c = step.map(|(c, _, _)| c);
         for name in names {
             let Some(var) = params.get(&name) else {
                 continue;
             };
             let f = self
                 .plan
-                .factors(&name, c.as_deref())
+                .factors(&name, c)
                 .expect("a parameter of the plan");
             let grad = step
                 .filter(|_| self.trainable.contains(&name))
@@ -286,9 +286,9 @@ impl Optimizer for BalancedSgd {
             Some(n) => n,
             None => self.pass(params, None)?,
         };
-        let (s, worst) = crate::ec::balance::Balance::step_of(&inn, &out);
+        let (c, worst) = crate::ec::balance::Balance::step_of(&inn, &out);
         self.imbalance = worst;
-        self.norms = Some(self.pass(params, Some((&s, grads, lr)))?);
+        self.norms = Some(self.pass(params, Some((&c, grads, lr)))?);
         self.rest.step(params, grads, lr)?;
         Ok(0)
     }
