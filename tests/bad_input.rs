@@ -17,10 +17,16 @@ fn digits_model() -> ModelProto {
     ModelProto::parse_from_bytes(&bytes).unwrap()
 }
 
+/// A path in this test's scratch folder: one folder per test thread, removed when the
+/// thread (the test) ends.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ecc-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static DIR: common::Scratch =
+            common::Scratch::new(&format!("bad-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    }
+    DIR.with(|d| d.join(name))
 }
 
 fn write(name: &str, bytes: &[u8]) -> PathBuf {
