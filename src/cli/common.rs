@@ -42,12 +42,22 @@ impl ModelArgs {
 
     /// Import the model.
     pub fn load(&self) -> Result<ecc::ir::Graph> {
-        Ok(import::load_file(&self.model, &self.options()?)?)
+        let g = import::load_file(&self.model, &self.options()?)?;
+        print_notes(&g, &self.name());
+        Ok(g)
     }
 
     /// The model's name in reports: its path as given.
     pub fn name(&self) -> String {
         self.model.display().to_string()
+    }
+}
+
+/// What import changed that the user should know (`ModelMeta::notes`), one `note:` line
+/// each on stderr (stdout may be JSON).
+pub fn print_notes(g: &ecc::ir::Graph, name: &str) {
+    for n in &g.meta.notes {
+        eprintln!("note: {name}: {n}");
     }
 }
 

@@ -186,6 +186,7 @@ pub fn run(a: Args) -> Result<()> {
         || "models/mlp-digits.onnx (embedded)".into(),
         |p| p.display().to_string(),
     );
+    super::common::print_notes(&g, &name);
     // The given model's epoch-0 row decides the defaults; every optimizer's row reuses it.
     let mut seen = vec![];
     let probe = TrainConfig {

@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, NodeRef, Result};
 use crate::ir::{Constant, DimDecl, Graph, ModelMeta, Node, Op, Shape, ValueInfo};
 use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
 use protobuf::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 pub use ops::Built;
@@ -128,6 +128,7 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
             .iter()
             .map(|o| (o.domain.clone(), o.version))
             .collect(),
+        notes: vec![],
         producer_name: m.producer_name.clone(),
         producer_version: m.producer_version.clone(),
         domain: m.domain.clone(),
@@ -162,9 +163,18 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         consts: HashMap::new(),
         unavailable: HashMap::new(),
     };
+    // Float values stored wider or narrower than f32, which ecc computes and writes in f32:
+    // said in one note, never silently (issue 16).
+    let mut narrowed: Vec<String> = vec![];
+    let mut other_floats = BTreeMap::<&str, usize>::new();
     for t in &g.initializer {
         if t.name.is_empty() {
             return Err(Error::invalid("an initializer has no name"));
+        }
+        if is_float(t.data_type) && t.data_type != tensor::dtype::FLOAT {
+            *other_floats
+                .entry(tensor::dtype::name(t.data_type))
+                .or_default() += 1;
         }
         let c = tensor::decode(t)?;
         scope
@@ -194,7 +204,14 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
             )));
         }
         // ecc computes in f32: wider and narrower floats are converted, and the model is
-        // written back in f32.
+        // written back in f32 (the note says so).
+        if elem_type != tensor::dtype::FLOAT {
+            narrowed.push(format!(
+                "input '{}' ({})",
+                v.name,
+                tensor::dtype::name(elem_type)
+            ));
+        }
         let info = ValueInfo {
             name: v.name.clone(),
             declared,
@@ -240,6 +257,12 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
             op_type: np.op_type.clone(),
             opset,
         };
+        if np.op_type == "Cast" {
+            let to = attrs::Attrs::new(np).int("to", 0) as i32;
+            if is_float(to) && to != tensor::dtype::FLOAT {
+                narrowed.push(format!("a Cast to {}", tensor::dtype::name(to)));
+            }
+        }
         let parts = desugar(np, opset, &scope).map_err(|e| e.at_node(nref.clone()))?;
         for np in parts.as_deref().unwrap_or(std::slice::from_ref(np)) {
             if let Some(node) =
@@ -272,6 +295,13 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
                 None => Error::invalid(format!("output '{}' is not produced by any node", v.name)),
             });
         }
+        if elem_type != tensor::dtype::FLOAT {
+            narrowed.push(format!(
+                "output '{}' ({})",
+                v.name,
+                tensor::dtype::name(elem_type)
+            ));
+        }
         outputs.push(ValueInfo {
             name: v.name.clone(),
             declared,
@@ -282,6 +312,19 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         return Err(Error::invalid("the graph has no outputs"));
     }
 
+    for (ty, n) in other_floats {
+        narrowed.push(format!(
+            "{n} {ty} initializer{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    let mut meta = meta;
+    if !narrowed.is_empty() {
+        meta.notes.push(format!(
+            "computed in float32 and written back as float32 (ecc computes in f32): {}",
+            narrowed.join(", ")
+        ));
+    }
     // Constants read as data are parameters; those read as static operands are consts.
     let mut graph = Graph {
         meta,
@@ -724,5 +767,72 @@ mod tests {
             let e = import_model(&model(ir, opset), &ImportOptions::default()).unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
         }
+    }
+
+    /// A float64 model with Casts at run time (what skl2onnx writes on an input): the Casts
+    /// between float types are identities, and the float64 values computed in float32 are
+    /// named in one note, never silently (issue 16 item 2).
+    #[test]
+    fn float64_values_and_runtime_casts_are_stated() {
+        let mut g = GraphProto::new();
+        g.name = "g".into();
+        let d = [DimDecl::Value(2), DimDecl::Value(3)];
+        g.input
+            .push(crate::export::value_info("x", tensor::dtype::DOUBLE, &d));
+        let mut b = onnx_protobuf::TensorProto::new();
+        b.name = "b".into();
+        b.dims = vec![3];
+        b.data_type = tensor::dtype::DOUBLE;
+        b.double_data = vec![0.5, -0.5, 1.0];
+        g.initializer.push(b);
+        let cast = |to: i32| {
+            let mut a = AttributeProto::new();
+            a.name = "to".into();
+            a.type_ = protobuf::EnumOrUnknown::new(AttributeType::INT);
+            a.i = to as i64;
+            a
+        };
+        g.node
+            .push(node("Cast", &["x"], "xf", vec![cast(tensor::dtype::FLOAT)]));
+        g.node.push(node("Add", &["xf", "b"], "s", vec![]));
+        g.node.push(node("Relu", &["s"], "r", vec![]));
+        g.node
+            .push(node("Cast", &["r"], "y", vec![cast(tensor::dtype::DOUBLE)]));
+        g.output
+            .push(crate::export::value_info("y", tensor::dtype::DOUBLE, &d));
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut o = OperatorSetIdProto::new();
+        o.version = 13;
+        m.opset_import.push(o);
+        m.graph = protobuf::MessageField::some(g);
+        let graph = import_model(&m, &ImportOptions::default()).unwrap();
+        assert_eq!(graph.meta.notes.len(), 1, "{:?}", graph.meta.notes);
+        let note = &graph.meta.notes[0];
+        for part in [
+            "float32",
+            "input 'x' (double)",
+            "output 'y' (double)",
+            "a Cast to double",
+            "1 double initializer",
+        ] {
+            assert!(note.contains(part), "{part}: {note}");
+        }
+        let ex = crate::exec::Executor::new(&graph).unwrap();
+        let x = candle_core::Tensor::new(
+            &[[-1f32, 2.0, -3.0], [4.0, -5.0, 6.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let y = ex.forward(&[x]).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(y, [0.0, 1.5, 0.0, 4.5, 0.0, 7.0]);
+        // A float32 model has no note.
+        let f32_model = crate::export::to_bytes(&graph).unwrap();
+        let again = load_bytes(&f32_model, &ImportOptions::default()).unwrap();
+        assert!(again.meta.notes.is_empty());
     }
 }

@@ -145,12 +145,12 @@ pub fn op_names() -> Vec<String> {
     let folded = ["Constant", "ConstantOfShape", "Shape", "Gather", "Cast"];
     let mut v: Vec<String> = TABLE
         .iter()
-        .map(|(n, _)| {
-            if folded.contains(n) && !matches!(*n, "Constant" | "ConstantOfShape") {
+        .map(|(n, _)| match *n {
+            "Cast" => "Cast (constant inputs; between float types at run time)".to_string(),
+            n if folded.contains(&n) && !matches!(n, "Constant" | "ConstantOfShape") => {
                 format!("{n} (constant inputs)")
-            } else {
-                n.to_string()
             }
+            n => n.to_string(),
         })
         .collect();
     v.push("ReduceMean (over the spatial axes)".into());

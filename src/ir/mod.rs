@@ -112,6 +112,9 @@ pub struct ModelMeta {
     pub graph_name: String,
     pub graph_doc: String,
     pub metadata: Vec<(String, String)>,
+    /// What import changed that the user should be told (e.g. float64 values computed in
+    /// float32); not written on export. The CLI prints each as a `note:` line.
+    pub notes: Vec<String>,
 }
 
 impl ModelMeta {
