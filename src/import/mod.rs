@@ -726,6 +726,21 @@ mod tests {
         );
     }
 
+    /// The outputs of a model of one 2x3 input on [[-1, 2, -3], [4, -5, 6]], flattened.
+    fn run_2x3(g: &Graph) -> Vec<f32> {
+        let ex = crate::exec::Executor::new(g).unwrap();
+        let x = candle_core::Tensor::new(
+            &[[-1f32, 2.0, -3.0], [4.0, -5.0, 6.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        ex.forward(&[x]).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
     /// A Relu made with today's `onnx.helper.make_model` defaults (IR 14, opset 28)
     /// imports and runs; one stamped newer than ecc knows is refused with a line that says
     /// so (issue 16).
@@ -748,18 +763,7 @@ mod tests {
             m
         };
         let g = import_model(&model(14, 28), &ImportOptions::default()).unwrap();
-        let ex = crate::exec::Executor::new(&g).unwrap();
-        let x = candle_core::Tensor::new(
-            &[[-1f32, 2.0, -3.0], [4.0, -5.0, 6.0]],
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let y = ex.forward(&[x]).unwrap()[0]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(y, [0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
+        assert_eq!(run_2x3(&g), [0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
         for (ir, opset, want) in [
             (15, 28, "IR version 15: newer"),
             (14, 29, "opset 29: newer"),
@@ -818,18 +822,7 @@ mod tests {
         ] {
             assert!(note.contains(part), "{part}: {note}");
         }
-        let ex = crate::exec::Executor::new(&graph).unwrap();
-        let x = candle_core::Tensor::new(
-            &[[-1f32, 2.0, -3.0], [4.0, -5.0, 6.0]],
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let y = ex.forward(&[x]).unwrap()[0]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(y, [0.0, 1.5, 0.0, 4.5, 0.0, 7.0]);
+        assert_eq!(run_2x3(&graph), [0.0, 1.5, 0.0, 4.5, 0.0, 7.0]);
         // A float32 model has no note.
         let f32_model = crate::export::to_bytes(&graph).unwrap();
         let again = load_bytes(&f32_model, &ImportOptions::default()).unwrap();
