@@ -48,10 +48,11 @@ struct Part {
     d1: usize,
     inner: usize,
     roles: [Option<Role>; 2],
-    /// Whether its squares count in the norm (trainable parameters; BN running statistics
-    /// are rescaled but do not count).
-    counted: bool,
-    /// α: the weight of its squares in the norm, 1 / fan-in (0 when not counted).
+    /// Whether the rows' column maps differ (a grouped conv): then every row has its own
+    /// line of column factors.
+    per_row: bool,
+    /// α: the weight of its squares in the norm, 1 / fan-in; 0 for a tensor that does not
+    /// count (not trainable: BN running statistics are rescaled but not counted).
     weight: f64,
 }
 
@@ -74,6 +75,11 @@ pub struct Factors {
 }
 
 impl Part {
+    /// Whether its squares count in the norm (it is trainable).
+    fn counted(&self) -> bool {
+        self.weight > 0.0
+    }
+
     /// The (group, exponent) of the row and of the column of scalar (r, c, ·).
     fn at(&self, r: usize, c: usize) -> [Option<(usize, i32)>; 2] {
         let get = |a: usize, i: usize| {
@@ -112,7 +118,7 @@ impl Balance {
                         d1: dims.get(1).copied().unwrap_or(1),
                         inner: dims.iter().skip(2).product(),
                         roles: [None, None],
-                        counted: trainable.contains(&e.param),
+                        per_row: false,
                         weight: 1.0,
                     });
                     parts.len() - 1
@@ -155,21 +161,27 @@ impl Balance {
                 }
             }
         }
-        weigh(&mut parts, g);
+        for p in parts.iter_mut() {
+            p.per_row = p.roles[1]
+                .as_ref()
+                .is_some_and(|r| (0..p.d0).any(|x| r.group[x * p.d1..][..p.d1] != r.group[..p.d1]));
+        }
+        weigh(&mut parts, g, &trainable);
         Ok(Balance {
             parts,
             groups: a.groups.len(),
         })
     }
 
-    /// The parameters the plan rescales.
+    /// The parameters the plan rescales, by index (the `i` of [`Balance::factors`] and
+    /// [`Balance::add_squares`]).
     pub fn params(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().map(|p| p.param.as_str())
     }
 
-    /// The number of rescaling groups it balances.
-    pub fn groups(&self) -> usize {
-        self.groups
+    /// Whether parameter `i` of the plan is trainable (its squares count in the norm).
+    pub fn trains(&self, i: usize) -> bool {
+        self.parts[i].counted()
     }
 
     /// Fresh accumulators for the groups' squared in- and out-norms (I, O).
@@ -177,14 +189,10 @@ impl Balance {
         (vec![0f64; self.groups], vec![0f64; self.groups])
     }
 
-    fn part(&self, param: &str) -> Option<&Part> {
-        self.parts.iter().find(|p| p.param == param)
-    }
-
-    /// The factors of parameter `param` for the groups' factors `c` = e^s (all 1 without
-    /// `c`), or None when the plan does not rescale it.
-    pub fn factors(&self, param: &str, c: Option<&[f64]>) -> Option<Factors> {
-        let p = self.part(param)?;
+    /// The factors of parameter `i` of the plan for the groups' factors `c` = e^s (all 1
+    /// without `c`).
+    pub fn factors(&self, i: usize, c: Option<&[f64]>) -> Factors {
+        let p = &self.parts[i];
         let f = |role: &Option<Role>, at: usize| match (role, c) {
             (Some(r), Some(c)) if r.group[at] != NONE => {
                 let k = c[r.group[at] as usize];
@@ -193,12 +201,9 @@ impl Balance {
             _ => 1.0,
         };
         let rows = (0..p.d0).map(|r| f(&p.roles[0], r)).collect();
-        // One line of column factors serves every row unless the rows' maps differ.
-        let per_row = p.roles[1]
-            .as_ref()
-            .is_some_and(|r| (0..p.d0).any(|x| r.group[x * p.d1..][..p.d1] != r.group[..p.d1]));
-        // No column role: no column factors (the pass multiplies by the row's alone).
-        let lines = match (&p.roles[1], per_row) {
+        // One line of column factors serves every row unless the rows' maps differ; no
+        // column role, no column factors (the pass multiplies by the row's alone).
+        let lines = match (&p.roles[1], p.per_row) {
             (None, _) => 0,
             (_, true) => p.d0,
             _ => 1,
@@ -211,24 +216,25 @@ impl Balance {
             }
         }
         let count = (
-            p.counted && p.roles[0].is_some(),
-            p.counted && p.roles[1].is_some(),
+            p.counted() && p.roles[0].is_some(),
+            p.counted() && p.roles[1].is_some(),
         );
-        Some(Factors { rows, cols, count })
+        Factors { rows, cols, count }
     }
 
-    /// Add the squares [`balanced_pass`] returned for parameter `param` (per row, and per
-    /// scalar of a row or of the tensor, as its factors were laid out) to the norms.
+    /// Add the squares [`balanced_pass`] returned for parameter `i` of the plan (per row,
+    /// and per scalar of a row or of the tensor, as its factors were laid out) to the norms.
     pub fn add_squares(
         &self,
-        param: &str,
+        i: usize,
         rows: &[f64],
         cols: &[f64],
         norms: (&mut [f64], &mut [f64]),
     ) {
-        let Some(p) = self.part(param).filter(|p| p.counted) else {
+        let p = &self.parts[i];
+        if !p.counted() {
             return;
-        };
+        }
         let (inn, out) = norms;
         let alpha = p.weight;
         let mut add = |role: &Role, at: usize, q: f64| {
@@ -287,15 +293,13 @@ impl Balance {
     /// given) and return the norms (I, O) of the result.
     pub fn pass(&self, g: &mut Graph, c: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
         let (mut inn, mut out) = self.zeros();
-        for p in &self.parts {
-            let Some(f) = self.factors(&p.param, c) else {
-                continue;
-            };
+        for (i, p) in self.parts.iter().enumerate() {
             let Some(TensorData::F32(w)) = g.params.get_mut(&p.param).map(|c| &mut c.data) else {
                 continue;
             };
+            let f = self.factors(i, c);
             let (rows, cols) = balanced_pass(w, None, &f.rows, &f.cols, f.count);
-            self.add_squares(&p.param, &rows, &cols, (&mut inn, &mut out));
+            self.add_squares(i, &rows, &cols, (&mut inn, &mut out));
         }
         (inn, out)
     }
@@ -329,7 +333,7 @@ impl Balance {
                     let cell = &mut v[(r * p.d1 + col) * p.inner..][..p.inner];
                     cell.iter_mut().for_each(|x| *x *= f);
                     let q: f64 = p.weight * cell.iter().map(|x| x * x).sum::<f64>();
-                    for &(k, e) in roles.iter().flatten().filter(|_| p.counted) {
+                    for &(k, e) in roles.iter().flatten().filter(|_| p.counted()) {
                         let to = if e > 0 { &mut inn } else { &mut out };
                         to[k] += q;
                     }
@@ -410,17 +414,17 @@ impl Balance {
                 p.inner,
                 role(&p.roles[0]),
                 role(&p.roles[1]),
-                if p.counted { "" } else { "  (not counted)" }
+                if p.counted() { "" } else { "  (not counted)" }
             );
         }
         s
     }
 }
 
-/// Set every part's weight α = 1 / fan-in (0 when it does not count): a weight's fan-in is
-/// its number of scalars per output channel (along the axis its in-role is on, or the one
+/// Set every part's weight α = 1 / fan-in (0 when it is not `trainable`): a weight's fan-in
+/// is its number of scalars per output channel (along the axis its in-role is on, or the one
 /// its out-role is not on), a bias's that of the weight of its node.
-fn weigh(parts: &mut [Part], g: &Graph) {
+fn weigh(parts: &mut [Part], g: &Graph, trainable: &std::collections::HashSet<String>) {
     let fan_in: HashMap<String, f64> = g
         .nodes
         .iter()
@@ -443,7 +447,11 @@ fn weigh(parts: &mut [Part], g: &Graph) {
         } else {
             n / (if out_axis == 0 { p.d0 } else { p.d1 }) as f64
         };
-        p.weight = if p.counted { 1.0 / fi } else { 0.0 };
+        p.weight = if trainable.contains(&p.param) {
+            1.0 / fi
+        } else {
+            0.0
+        };
     }
 }
 

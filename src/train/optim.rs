@@ -93,7 +93,7 @@ impl Optimizer for Sgd {
         self.update(params, grads, None, lr)
     }
     fn state(&self) -> HashMap<String, Tensor> {
-        save_buffers(&self.buf)
+        save_buffers(self.buf.iter().map(|(k, m)| (k.as_str(), m.as_slice())))
     }
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.buf = load_buffers(state, |_| true)?;
@@ -102,14 +102,13 @@ impl Optimizer for Sgd {
 }
 
 /// Momentum buffers by parameter as checkpoint state, keys `sgd/<parameter>`.
-fn save_buffers(buf: &HashMap<String, Vec<f32>>) -> HashMap<String, Tensor> {
-    buf.iter()
-        .filter_map(|(k, v)| {
-            Tensor::new(v.as_slice(), &candle_core::Device::Cpu)
-                .ok()
-                .map(|t| (format!("sgd/{k}"), t))
-        })
-        .collect()
+fn save_buffers<'a>(buf: impl Iterator<Item = (&'a str, &'a [f32])>) -> HashMap<String, Tensor> {
+    buf.filter_map(|(k, v)| {
+        Tensor::new(v, &candle_core::Device::Cpu)
+            .ok()
+            .map(|t| (format!("sgd/{k}"), t))
+    })
+    .collect()
 }
 
 /// The momentum buffers of the parameters `keep` accepts from checkpoint state.
@@ -172,18 +171,14 @@ impl Optimizer for EcSgd {
 /// balanced by `train::optimizer_for`, so the run is a function of the class.
 pub struct BalancedSgd {
     plan: crate::ec::balance::Balance,
-    /// SGD for the trainable parameters the plan does not rescale.
+    /// SGD for the trainable parameters the plan does not rescale; its momentum and weight
+    /// decay are the run's.
     rest: Sgd,
-    momentum: f64,
-    weight_decay: f64,
-    trainable: HashSet<String>,
-    /// Momentum buffers of the rescaled parameters.
-    buf: HashMap<String, Vec<f32>>,
+    /// Momentum buffers of the rescaled parameters, by their index in the plan.
+    buf: Vec<Vec<f32>>,
     /// The groups' squared norms (I, O) of the parameters as the last step left them
     /// (measured in its pass; after a resume, measured again, which gives the same values).
     norms: Option<(Vec<f64>, Vec<f64>)>,
-    /// The imbalance max_k ¼|ln(O_k / I_k)| the last step's balancing iteration started from.
-    pub imbalance: f64,
 }
 
 impl BalancedSgd {
@@ -200,19 +195,15 @@ impl BalancedSgd {
                 momentum,
                 weight_decay,
             ),
+            buf: vec![vec![]; mine.len()],
             plan,
-            momentum,
-            weight_decay,
-            trainable,
-            buf: HashMap::new(),
             norms: None,
-            imbalance: 0.0,
         }
     }
 
-    /// One pass over the rescaled parameters: with `step` = (the groups' factors, gradients, lr),
-    /// SGD and the rescaling by the factors; without, only their norms. Returns the norms
-    /// of the result.
+    /// One pass over the rescaled parameters: with `step` = (the groups' factors,
+    /// gradients, lr), SGD and the rescaling by the factors; without, only their norms.
+    /// Returns the norms of the result.
     fn pass(
         &mut self,
         params: &BTreeMap<String, Var>,
@@ -220,51 +211,43 @@ impl BalancedSgd {
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         use crate::exec::kernels::update::{balanced_pass, with_slice, with_slice_mut, SgdArgs};
         let (mut inn, mut out) = self.plan.zeros();
-        let names: Vec<String> = self.plan.params().map(str::to_string).collect();
         let c = step.map(|(c, _, _)| c);
-        for name in names {
-            let Some(var) = params.get(&name) else {
+        let (mu, wd) = (self.rest.momentum as f32, self.rest.weight_decay as f32);
+        for (i, name) in self.plan.params().enumerate() {
+            let Some(var) = params.get(name) else {
                 continue;
             };
-            let f = self
-                .plan
-                .factors(&name, c)
-                .expect("a parameter of the plan");
+            let f = self.plan.factors(i, c);
             let grad = step
-                .filter(|_| self.trainable.contains(&name))
-                .and_then(|(_, grads, lr)| grads.get(&name).map(|g| (g, lr)));
-            let (rows, cols) = match grad {
+                .filter(|_| self.plan.trains(i))
+                .and_then(|(_, grads, lr)| grads.get(name).map(|g| (g, lr)));
+            let mut res = (vec![], vec![]);
+            match grad {
                 Some((g, lr)) => {
                     let g = g.contiguous()?;
-                    let m = self.buf.entry(name.clone()).or_default();
+                    let m = &mut self.buf[i];
                     if m.len() != g.elem_count() {
                         *m = vec![0.0; g.elem_count()];
                     }
-                    with_slice(&g, |gs| {
-                        let mut res = (vec![], vec![]);
+                    with_slice(&g, |g| {
                         with_slice_mut(var.as_tensor(), |w| {
                             let sgd = SgdArgs {
                                 m,
-                                g: gs,
+                                g,
                                 lr: lr as f32,
-                                mu: self.momentum as f32,
-                                wd: self.weight_decay as f32,
+                                mu,
+                                wd,
                             };
                             res = balanced_pass(w, Some(sgd), &f.rows, &f.cols, f.count);
                         })
-                        .map(|_| res)
-                    })??
+                    })??;
                 }
-                None => {
-                    let mut res = (vec![], vec![]);
-                    with_slice_mut(var.as_tensor(), |w| {
-                        res = balanced_pass(w, None, &f.rows, &f.cols, f.count)
-                    })?;
-                    res
-                }
-            };
+                None => with_slice_mut(var.as_tensor(), |w| {
+                    res = balanced_pass(w, None, &f.rows, &f.cols, f.count)
+                })?,
+            }
             self.plan
-                .add_squares(&name, &rows, &cols, (&mut inn, &mut out));
+                .add_squares(i, &res.0, &res.1, (&mut inn, &mut out));
         }
         Ok((inn, out))
     }
@@ -286,21 +269,30 @@ impl Optimizer for BalancedSgd {
             Some(n) => n,
             None => self.pass(params, None)?,
         };
-        let (c, worst) = crate::ec::balance::Balance::step_of(&inn, &out);
-        self.imbalance = worst;
+        let (c, _) = crate::ec::balance::Balance::step_of(&inn, &out);
         self.norms = Some(self.pass(params, Some((&c, grads, lr)))?);
         self.rest.step(params, grads, lr)?;
         Ok(0)
     }
     fn state(&self) -> HashMap<String, Tensor> {
         let mut s = self.rest.state();
-        s.extend(save_buffers(&self.buf));
+        let mine = self
+            .plan
+            .params()
+            .zip(&self.buf)
+            .filter(|(_, m)| !m.is_empty());
+        s.extend(save_buffers(mine.map(|(k, m)| (k, m.as_slice()))));
         s
     }
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.norms = None;
         self.rest.load_state(state)?;
-        self.buf = load_buffers(state, |n| self.plan.params().any(|p| p == n))?;
+        let mut loaded = load_buffers(state, |n| self.plan.params().any(|p| p == n))?;
+        self.buf = self
+            .plan
+            .params()
+            .map(|n| loaded.remove(n).unwrap_or_default())
+            .collect();
         Ok(())
     }
 }

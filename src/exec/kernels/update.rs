@@ -483,16 +483,19 @@ pub struct SgdArgs<'a> {
 /// the 784 x 64 layer of the small MLP bench case took 0.048 ms per update in one thread
 /// and 0.058-0.073 ms in two).
 const BALANCE_BLOCK: usize = 8192;
+
+/// A block of rows in [`balanced_pass`]: w, and m and g (empty without SGD).
+type Rows<'a> = (&'a mut [f32], &'a mut [f32], &'a [f32]);
 const BALANCE_PARALLEL_FROM: usize = 131_072;
 
 /// Balanced SGD's pass over one tensor of `rows.len()` rows (`ec::balance`, one damped
 /// balancing iteration): with `sgd`, first SGD as in [`sgd_in_place`] (m ← μm + g + λw,
 /// w ← w − ηm), then w (and m) times `rows[r]` · `cols[j]`, `cols` one line of factors for
-/// the scalars of a row, one per scalar of the tensor (a grouped conv), or none (all 1). Returns the
-/// squares of the new w summed per row (with `count.0`) and per position of `cols` (with
-/// `count.1`), empty otherwise. One pass,
-/// in blocks of rows (on all threads for large tensors) whose sums are added in block
-/// order, so the result does not depend on the number of threads.
+/// the scalars of a row, one per scalar of the tensor (a grouped conv), or none (all 1).
+/// Returns the squares of the new w summed per row (with `count.0`) and per position of
+/// `cols` (with `count.1`), empty otherwise. One pass, in blocks of rows (on all threads for
+/// large tensors) whose sums are added in block order, so the result does not depend on the
+/// number of threads.
 pub fn balanced_pass(
     w: &mut [f32],
     sgd: Option<SgdArgs<'_>>,
@@ -511,7 +514,9 @@ pub fn balanced_pass(
     let per_row = cols.len() == w.len() && d0 > 1 && len > 0;
     let rows_per = (BALANCE_BLOCK / len.max(1)).max(1);
     let (lr, mu, wd) = sgd.as_ref().map_or((0.0, 0.0, 0.0), |a| (a.lr, a.mu, a.wd));
-    let block = |b: usize, wc: &mut [f32], mut mc: Option<&mut [f32]>, gc: &[f32]| {
+    let big = w.len() >= BALANCE_PARALLEL_FROM;
+    // Block b of rows: its w, and its m and g (empty without SGD).
+    let block = |(b, (wc, mc, gc)): (usize, Rows<'_>)| {
         let n = wc.len() / len.max(1);
         let mut sq = vec![
             0f32;
@@ -536,32 +541,12 @@ pub fn balanced_pass(
             } else {
                 &mut sq[..]
             };
-            let q = match mc.as_deref_mut() {
-                Some(m) => balanced_row(
-                    &mut wc[i * len..][..len],
-                    &mut m[i * len..][..len],
-                    &gc[i * len..][..len],
-                    f,
-                    rows[r],
-                    lr,
-                    mu,
-                    wd,
-                    s,
-                    count_rows,
-                ),
-                None => balanced_row(
-                    &mut wc[i * len..][..len],
-                    &mut [],
-                    &[],
-                    f,
-                    rows[r],
-                    0.0,
-                    0.0,
-                    0.0,
-                    s,
-                    count_rows,
-                ),
+            let row = i * len..(i + 1) * len;
+            let (m, g) = match mc.is_empty() {
+                true => (&mut [][..], &[][..]),
+                false => (&mut mc[row.clone()], &gc[row.clone()]),
             };
+            let q = balanced_row(&mut wc[row], m, g, f, rows[r], lr, mu, wd, s, count_rows);
             if count_rows {
                 sums.push(q as f64);
             }
@@ -569,43 +554,27 @@ pub fn balanced_pass(
         (sums, sq)
     };
     let chunk = rows_per * len.max(1);
-    let big = w.len() >= BALANCE_PARALLEL_FROM;
-    let parts: Vec<(Vec<f64>, Vec<f32>)> = match sgd {
+    let items: Vec<Rows<'_>> = match sgd {
         Some(a) => {
             assert!(
                 a.m.len() == w.len() && a.g.len() == w.len(),
                 "balanced_pass: sizes"
             );
-            let items = w
-                .chunks_mut(chunk)
+            w.chunks_mut(chunk)
                 .zip(a.m.chunks_mut(chunk))
-                .zip(a.g.chunks(chunk));
-            if big {
-                let items: Vec<_> = items.enumerate().collect();
-                items
-                    .into_par_iter()
-                    .map(|(b, ((wc, mc), gc))| block(b, wc, Some(mc), gc))
-                    .collect()
-            } else {
-                items
-                    .enumerate()
-                    .map(|(b, ((wc, mc), gc))| block(b, wc, Some(mc), gc))
-                    .collect()
-            }
+                .zip(a.g.chunks(chunk))
+                .map(|((wc, mc), gc)| (wc, mc, gc))
+                .collect()
         }
-        None => {
-            if big {
-                w.par_chunks_mut(chunk)
-                    .enumerate()
-                    .map(|(b, wc)| block(b, wc, None, &[]))
-                    .collect()
-            } else {
-                w.chunks_mut(chunk)
-                    .enumerate()
-                    .map(|(b, wc)| block(b, wc, None, &[]))
-                    .collect()
-            }
-        }
+        None => w
+            .chunks_mut(chunk)
+            .map(|wc| (wc, &mut [][..], &[][..]))
+            .collect(),
+    };
+    let parts: Vec<(Vec<f64>, Vec<f32>)> = if big {
+        items.into_par_iter().enumerate().map(block).collect()
+    } else {
+        items.into_iter().enumerate().map(block).collect()
     };
     let mut sums = Vec::with_capacity(if count_rows { d0 } else { 0 });
     let mut sq = vec![0f64; if !count { 0 } else { cols.len() }];
