@@ -63,13 +63,6 @@ pub const OPS: &[(&str, &[i64])] = &[
     ("Unsqueeze", &[1, 11, 13, 21, 23, 24, 25]),
 ];
 
-/// The version of `op`'s definition a model of default-domain opset `opset` uses: its
-/// latest `since_version` at or below `opset` (None for an op not in [`OPS`]).
-pub fn op_version(op: &str, opset: i64) -> Option<i64> {
-    let (_, since) = OPS.iter().find(|(n, _)| *n == op)?;
-    since.iter().copied().filter(|&v| v <= opset).max()
-}
-
 /// Why a model's IR version or default-domain opset cannot be read, if it cannot.
 pub fn check(ir_version: i64, opset: i64) -> Option<String> {
     let what = |name: &str, v: i64, r: &RangeInclusive<i64>| {
@@ -92,6 +85,13 @@ pub fn check(ir_version: i64, opset: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The version of `op`'s definition a model of default-domain opset `opset` uses: its
+    /// latest `since_version` at or below `opset` (None for an op not in [`OPS`]).
+    fn op_version(op: &str, opset: i64) -> Option<i64> {
+        let (_, since) = OPS.iter().find(|(n, _)| *n == op)?;
+        since.iter().copied().filter(|&v| v <= opset).max()
+    }
 
     /// Every op the importer builds has its versions here, and no list goes past the newest
     /// opset ecc reads or is out of order.
