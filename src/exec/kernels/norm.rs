@@ -10,6 +10,7 @@
 //! channel) planes.
 
 use super::{contiguous, contiguous3, Elem};
+use crate::exec::cpu::vectorized;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -37,7 +38,7 @@ fn channel_sums<T: Elem>(
 ) -> Vec<f64> {
     (0..c)
         .into_par_iter()
-        .map(|ch| (0..n).map(|i| f(ch, &x[(i * c + ch) * s..][..s])).sum())
+        .map(|ch| vectorized(|| (0..n).map(|i| f(ch, &x[(i * c + ch) * s..][..s])).sum()))
         .collect()
 }
 
@@ -57,6 +58,26 @@ fn plane_sum<T: Elem>(v: &[T], f: impl Fn(T) -> T) -> f64 {
         }
     }
     acc.iter().map(|&a| wide(a)).sum::<f64>() + tail
+}
+
+/// A new vector of `len` values written plane by plane (`s` values each, the last may be
+/// shorter) by `f(plane, its values)`, the planes in parallel, each loop compiled wide
+/// ([`wide`]); every value must be written (no zero fill first: the output of every
+/// elementwise pass here is written whole).
+fn planes<T: Elem>(
+    len: usize,
+    s: usize,
+    f: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(s.max(1))
+        .enumerate()
+        .for_each(|(p, chunk)| vectorized(|| f(p, chunk)));
+    // SAFETY: `f` wrote every value of every plane (its contract; the callers' loops run over
+    // the whole chunk), so the first `len` values are initialized.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The batch statistics of `x` (N x C x ...): per channel mean and biased variance, in f64
@@ -132,24 +153,21 @@ fn bn_fwd<T: Elem>(
             cast(wide(beta[ch]) - kf * op.mean[ch])
         })
         .collect();
-    let mut y = vec![T::zero(); x.len()];
     let zero = T::zero();
-    y.par_chunks_mut(s.max(1))
-        .zip(x.par_chunks(s.max(1)))
-        .enumerate()
-        .for_each(|(p, (yp, xp))| {
-            let (k, b) = (k[p % c], b[p % c]);
-            if op.relu {
-                for (y, &x) in yp.iter_mut().zip(xp) {
-                    let v = k * x + b;
-                    *y = if v < zero { zero } else { v };
-                }
-            } else {
-                for (y, &x) in yp.iter_mut().zip(xp) {
-                    *y = k * x + b;
-                }
+    let y = planes(x.len(), s, |p, yp| {
+        let (k, b) = (k[p % c], b[p % c]);
+        let xp = &x[p * s..][..yp.len()];
+        if op.relu {
+            for (y, &x) in yp.iter_mut().zip(xp) {
+                let v = k * x + b;
+                y.write(if v < zero { zero } else { v });
             }
-        });
+        } else {
+            for (y, &x) in yp.iter_mut().zip(xp) {
+                y.write(k * x + b);
+            }
+        }
+    });
     Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
 }
 
@@ -189,31 +207,33 @@ fn bn_sums<T: Elem>(
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mu = T::from(op.mean[ch]).expect("a float");
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for i in 0..n {
-                let o = (i * c + ch) * s;
-                let (g, x, y) = (&g[o..o + s], &x[o..o + s], &y[o..o + s]);
-                // Σ g and Σ g (x - mean) in LANES partial sums (see `plane_sum`).
-                let (mut ag, mut agx) = ([T::zero(); LANES], [T::zero(); LANES]);
-                let mut k = 0;
-                while k + LANES <= s {
-                    for j in 0..LANES {
-                        let gm = masked(op.relu, g[k + j], y[k + j]);
-                        ag[j] += gm;
-                        agx[j] += gm * (x[k + j] - mu);
+            vectorized(|| {
+                let mu = T::from(op.mean[ch]).expect("a float");
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..n {
+                    let o = (i * c + ch) * s;
+                    let (g, x, y) = (&g[o..o + s], &x[o..o + s], &y[o..o + s]);
+                    // Σ g and Σ g (x - mean) in LANES partial sums (see `plane_sum`).
+                    let (mut ag, mut agx) = ([T::zero(); LANES], [T::zero(); LANES]);
+                    let mut k = 0;
+                    while k + LANES <= s {
+                        for j in 0..LANES {
+                            let gm = masked(op.relu, g[k + j], y[k + j]);
+                            ag[j] += gm;
+                            agx[j] += gm * (x[k + j] - mu);
+                        }
+                        k += LANES;
                     }
-                    k += LANES;
+                    for j in k..s {
+                        let gm = masked(op.relu, g[j], y[j]);
+                        sg += wide(gm);
+                        sgx += wide(gm * (x[j] - mu));
+                    }
+                    sg += ag.iter().map(|&a| wide(a)).sum::<f64>();
+                    sgx += agx.iter().map(|&a| wide(a)).sum::<f64>();
                 }
-                for j in k..s {
-                    let gm = masked(op.relu, g[j], y[j]);
-                    sg += wide(gm);
-                    sgx += wide(gm * (x[j] - mu));
-                }
-                sg += ag.iter().map(|&a| wide(a)).sum::<f64>();
-                sgx += agx.iter().map(|&a| wide(a)).sum::<f64>();
-            }
-            (sg, sgx * op.inv_std[ch])
+                (sg, sgx * op.inv_std[ch])
+            })
         })
         .collect();
     let out: Vec<T> = per
@@ -250,8 +270,7 @@ fn bn_dx<T: Elem>(
             (cast(a), cast(b), cast(d))
         })
         .collect();
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(s.max(1)).enumerate().for_each(|(p, dp)| {
+    let dx = planes(x.len(), s, |p, dp| {
         let (a, b, d) = coef[p % c];
         let o = p * s;
         for (((dx, &g), &x), &y) in dp
@@ -260,7 +279,7 @@ fn bn_dx<T: Elem>(
             .zip(&x[o..o + s])
             .zip(&y[o..o + s])
         {
-            *dx = a * masked(bn.relu, g, y) + b * x + d;
+            dx.write(a * masked(bn.relu, g, y) + b * x + d);
         }
     });
     Ok((T::to_cpu_storage_owned(dx), xl.shape().clone()))
