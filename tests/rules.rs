@@ -43,6 +43,11 @@ bn-no-mean:      (batch-norm (scale ?s ?x) ?g ?b ?m ?v) => (scale ?s (batch-norm
 conv-no-bias:    (conv ?g ?x (pscale ?s (param ?w)) ?b) => (scale ?s (conv ?g ?x (param ?w) ?b))
 lrn-pass:        (lrn (scale ?s ?x)) => (scale ?s (lrn ?x))
 softmax-pass:    (softmax (scale ?s ?x)) => (scale ?s (softmax ?x))
+max-untied:      (max (scale ?s ?x) ?y) => (scale ?s (max ?x ?y))
+min-untied:      (min ?x (scale ?s ?y)) => (scale ?s (min ?x ?y))
+hard-sigmoid:    (hard-sigmoid (scale ?s ?x)) => (scale ?s (hard-sigmoid ?x))
+hard-swish:      (hard-swish (scale ?s ?x)) => (scale ?s (hard-swish ?x))
+gelu-pass:       (gelu (scale ?s ?x)) => (scale ?s (gelu ?x))
 mixing:          (channel-mixing-reshape (scale ?s ?x)) => (scale (spread ?s) (channel-mixing-reshape ?x))
 ";
     for r in parse_rules("wrong.rules", wrong).unwrap() {

@@ -452,6 +452,13 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
         }
         Ec::Sigmoid(_) => Val::T(t(ev(0, d, env)?)?.map(|x| 1.0 / (1.0 + (-x).exp()))),
         Ec::Tanh(_) => Val::T(t(ev(0, d, env)?)?.map(f64::tanh)),
+        Ec::HardSigmoid(_) => Val::T(t(ev(0, d, env)?)?.map(|x| (0.2 * x + 0.5).clamp(0.0, 1.0))),
+        Ec::HardSwish(_) => Val::T(t(ev(0, d, env)?)?.map(|x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0))),
+        // The tanh form: the check compares a rule's two sides, for which either form serves.
+        Ec::Gelu(_) => Val::T(t(ev(0, d, env)?)?.map(|x| {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+        })),
         Ec::Softmax(_) => Val::T(softmax(&t(ev(0, d, env)?)?, false)),
         Ec::LogSoftmax(_) => Val::T(softmax(&t(ev(0, d, env)?)?, true)),
         Ec::Lrn(_) => {
@@ -554,7 +561,7 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
             y.v.extend_from_slice(&b.v);
             Val::T(y)
         }
-        Ec::Add(_) | Ec::Sub(_) | Ec::Mul(_) | Ec::Div(_) => {
+        Ec::Add(_) | Ec::Sub(_) | Ec::Mul(_) | Ec::Div(_) | Ec::Max(_) | Ec::Min(_) => {
             let pk = if matches!(node, Ec::Div(_)) {
                 PKind::PosChannel4d
             } else {
@@ -573,6 +580,8 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
                 Ec::Add(_) => binary(&a, &b, |x, y| x + y)?,
                 Ec::Sub(_) => binary(&a, &b, |x, y| x - y)?,
                 Ec::Mul(_) => binary(&a, &b, |x, y| x * y)?,
+                Ec::Max(_) => binary(&a, &b, f64::max)?,
+                Ec::Min(_) => binary(&a, &b, f64::min)?,
                 _ => binary(&a, &b, |x, y| x / y)?,
             })
         }

@@ -33,6 +33,9 @@ define_language! {
         "clip" = Clip([Id; 3]),
         "sigmoid" = Sigmoid(Id),
         "tanh" = Tanh(Id),
+        "hard-sigmoid" = HardSigmoid(Id),
+        "hard-swish" = HardSwish(Id),
+        "gelu" = Gelu(Id),
         "softmax" = Softmax(Id),
         "log-softmax" = LogSoftmax(Id),
         "lrn" = Lrn(Id),
@@ -57,6 +60,9 @@ define_language! {
         "sub" = Sub([Id; 2]),
         "mul" = Mul([Id; 2]),
         "div" = Div([Id; 2]),
+        // Elementwise Max and Min of two inputs (of more: nested, as Sum's adds).
+        "max" = Max([Id; 2]),
+        "min" = Min([Id; 2]),
         // (gemm x w b): x·wᵀ + b, Gemm with transB=1 (PyTorch's Linear); (gemm-n x w b): x·w + b.
         "gemm" = Gemm([Id; 3]),
         "gemm-n" = GemmN([Id; 3]),

@@ -163,6 +163,9 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::Clip { min, max } => format!("(clip {} {} {})", a[0], leaf_of(*min), leaf_of(*max)),
         Op::Sigmoid => un("sigmoid"),
         Op::Tanh => un("tanh"),
+        Op::HardSigmoid { .. } => un("hard-sigmoid"),
+        Op::HardSwish => un("hard-swish"),
+        Op::Gelu { .. } => un("gelu"),
         Op::Softmax { .. } => un("softmax"),
         Op::LogSoftmax { .. } => un("log-softmax"),
         Op::Lrn { .. } => un("lrn"),
@@ -182,10 +185,16 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
             let k = format!("{kind:?}").to_lowercase();
             format!("({k} {} {})", a[0], a[1])
         }
-        Op::Sum => {
+        // Mean is Sum times 1/n: the same scale behaviour (a tie of its inputs).
+        Op::Sum | Op::Mean | Op::Max | Op::Min => {
+            let f = match op {
+                Op::Max => "max",
+                Op::Min => "min",
+                _ => "add",
+            };
             let mut t = a[a.len() - 1].clone();
             for x in a[..a.len() - 1].iter().rev() {
-                t = format!("(add {x} {t})");
+                t = format!("({f} {x} {t})");
             }
             t
         }

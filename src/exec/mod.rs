@@ -409,10 +409,23 @@ impl Executor {
                     BinaryKind::Div => x[0].broadcast_div(&b)?,
                 }
             }
-            Op::Sum => {
+            Op::Sum | Op::Mean => {
                 let mut y = x[0].clone();
                 for t in &x[1..] {
                     y = y.broadcast_add(t)?;
+                }
+                match node.op {
+                    Op::Mean => (y / x.len() as f64)?,
+                    _ => y,
+                }
+            }
+            Op::Max | Op::Min => {
+                let mut y = x[0].clone();
+                for t in &x[1..] {
+                    y = match node.op {
+                        Op::Max => y.broadcast_maximum(t)?,
+                        _ => y.broadcast_minimum(t)?,
+                    };
                 }
                 y
             }
@@ -449,6 +462,9 @@ impl Executor {
             }
             Op::Sigmoid => x[0].neg()?.exp()?.affine(1.0, 1.0)?.recip()?,
             Op::Tanh => x[0].tanh()?,
+            Op::HardSigmoid { alpha, beta } => hard_sigmoid(x[0], *alpha as f64, *beta as f64)?,
+            Op::HardSwish => (x[0] * hard_sigmoid(x[0], 1.0 / 6.0, 0.5)?)?,
+            Op::Gelu { tanh } => gelu(x[0], *tanh)?,
             Op::Softmax { axis, legacy } => softmax(x[0], *axis, *legacy, false)?,
             Op::LogSoftmax { axis, legacy } => softmax(x[0], *axis, *legacy, true)?,
             Op::BatchNorm { epsilon, .. } => {
@@ -479,6 +495,27 @@ impl Executor {
             } => lrn(x[0], *alpha, *beta, *bias, *size)?,
         })
     }
+}
+
+/// HardSigmoid: max(0, min(1, alpha x + beta)).
+fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
+    Ok(x.affine(alpha, beta)?.maximum(0.0)?.minimum(1.0)?)
+}
+
+/// Gelu as ONNX defines it, x/2 (1 + erf(x/√2)), or with `tanh`,
+/// x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))); composed of ops whose derivatives autograd
+/// has in closed form, so the gradient is exact (candle's fused gelu ops differentiate with
+/// six-digit constants).
+fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
+    let inner = if tanh {
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        (x + ((x.sqr()? * x)? * 0.044715)?)?
+            .affine(k, 0.0)?
+            .tanh()?
+    } else {
+        x.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()?
+    };
+    Ok((x * inner.affine(0.5, 0.5)?)?)
 }
 
 /// ONNX MatMul: numpy semantics, 1-D operands promoted and squeezed back.

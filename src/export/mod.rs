@@ -45,6 +45,14 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
     a
 }
 
+fn attr_string(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::STRING);
+    a.s = v.as_bytes().to_vec();
+    a
+}
+
 fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
@@ -114,6 +122,11 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             }
         }
         Op::LeakyRelu { alpha } => a.push(attr_float("alpha", *alpha)),
+        Op::HardSigmoid { alpha, beta } => {
+            a.push(attr_float("alpha", *alpha));
+            a.push(attr_float("beta", *beta));
+        }
+        Op::Gelu { tanh: true } => a.push(attr_string("approximate", "tanh")),
         Op::Clip { min, max } if opset < 11 => {
             a.push(attr_float("min", *min));
             a.push(attr_float("max", *max));

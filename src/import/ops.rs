@@ -98,6 +98,9 @@ const TABLE: &[(&str, Builder)] = &[
     ("Mul", |c| binary(c, BinaryKind::Mul)),
     ("Div", |c| binary(c, BinaryKind::Div)),
     ("Sum", |_| Ok(Built::Op(Op::Sum))),
+    ("Max", |_| Ok(Built::Op(Op::Max))),
+    ("Min", |_| Ok(Built::Op(Op::Min))),
+    ("Mean", |_| Ok(Built::Op(Op::Mean))),
     ("Conv", conv),
     ("MaxPool", max_pool),
     ("AveragePool", average_pool),
@@ -115,6 +118,14 @@ const TABLE: &[(&str, Builder)] = &[
     ("Clip", clip),
     ("Sigmoid", |_| Ok(Built::Op(Op::Sigmoid))),
     ("Tanh", |_| Ok(Built::Op(Op::Tanh))),
+    ("HardSigmoid", |c| {
+        Ok(Built::Op(Op::HardSigmoid {
+            alpha: c.attrs.float("alpha", 0.2),
+            beta: c.attrs.float("beta", 0.5),
+        }))
+    }),
+    ("HardSwish", |_| Ok(Built::Op(Op::HardSwish))),
+    ("Gelu", gelu),
     ("Softmax", |c| softmax(c, false)),
     ("LogSoftmax", |c| softmax(c, true)),
     ("BatchNormalization", batch_norm),
@@ -355,6 +366,16 @@ fn clip(c: &NodeCtx) -> Result<Built> {
         )
     };
     Ok(Built::Op(Op::Clip { min, max }))
+}
+
+fn gelu(c: &NodeCtx) -> Result<Built> {
+    match c.attrs.string("approximate", "none").as_str() {
+        "none" => Ok(Built::Op(Op::Gelu { tanh: false })),
+        "tanh" => Ok(Built::Op(Op::Gelu { tanh: true })),
+        other => Err(Error::invalid(format!(
+            "approximate \"{other}\" (expected \"none\" or \"tanh\")"
+        ))),
+    }
 }
 
 fn softmax(c: &NodeCtx, log: bool) -> Result<Built> {

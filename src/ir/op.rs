@@ -47,6 +47,10 @@ pub enum Op {
         legacy_axis: Option<usize>,
     },
     Sum,
+    /// Elementwise maximum, minimum and mean of one or more inputs (with broadcasting).
+    Max,
+    Min,
+    Mean,
     Conv(ConvAttrs),
     MaxPool(PoolAttrs),
     AveragePool {
@@ -66,6 +70,18 @@ pub enum Op {
     },
     Sigmoid,
     Tanh,
+    /// max(0, min(1, alpha x + beta)).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// x · max(0, min(1, x / 6 + 1/2)).
+    HardSwish,
+    /// x Φ(x), Φ the standard normal CDF (`approximate = "none"`), or its tanh
+    /// approximation (`"tanh"`).
+    Gelu {
+        tanh: bool,
+    },
     /// `legacy`: opset < 13, where the input is coerced to 2-D at `axis`.
     Softmax {
         axis: i64,
@@ -129,6 +145,9 @@ impl Op {
                 BinaryKind::Div => "Div",
             },
             Op::Sum => "Sum",
+            Op::Max => "Max",
+            Op::Min => "Min",
+            Op::Mean => "Mean",
             Op::Conv(_) => "Conv",
             Op::MaxPool(_) => "MaxPool",
             Op::AveragePool { .. } => "AveragePool",
@@ -140,6 +159,9 @@ impl Op {
             Op::Clip { .. } => "Clip",
             Op::Sigmoid => "Sigmoid",
             Op::Tanh => "Tanh",
+            Op::HardSigmoid { .. } => "HardSigmoid",
+            Op::HardSwish => "HardSwish",
+            Op::Gelu { .. } => "Gelu",
             Op::Softmax { .. } => "Softmax",
             Op::LogSoftmax { .. } => "LogSoftmax",
             Op::BatchNorm { .. } => "BatchNormalization",

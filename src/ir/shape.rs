@@ -369,7 +369,7 @@ impl Op {
                     None => broadcast(a, b)?,
                 }
             }
-            Op::Sum => {
+            Op::Sum | Op::Max | Op::Min | Op::Mean => {
                 need(1)?;
                 let mut s = ins[0].clone();
                 for b in &ins[1..] {
@@ -455,6 +455,9 @@ impl Op {
             | Op::Clip { .. }
             | Op::Sigmoid
             | Op::Tanh
+            | Op::HardSigmoid { .. }
+            | Op::HardSwish
+            | Op::Gelu { .. }
             | Op::Dropout { .. }
             | Op::Identity => {
                 need(1)?;

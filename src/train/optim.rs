@@ -331,6 +331,11 @@ impl PathSgd {
                 Op::GlobalMaxPool => Op::GlobalAveragePool,
                 Op::Sigmoid
                 | Op::Tanh
+                | Op::HardSigmoid { .. }
+                | Op::HardSwish
+                | Op::Gelu { .. }
+                | Op::Max
+                | Op::Min
                 | Op::Softmax { .. }
                 | Op::LogSoftmax { .. }
                 | Op::Lrn { .. }

@@ -1,0 +1,310 @@
+//! The elementwise ops of issue 16 item 4: HardSigmoid, HardSwish, Gelu (both forms), and
+//! Max, Min, Mean of several inputs with broadcasting. Each is imported from a model written
+//! here, run in f64 against its ONNX formula, differentiated against central differences
+//! (f64), and exported and read back with its attributes. Their symmetry rules (Max and Min
+//! tie their inputs as Add does; the three activations block a scale) are checked
+//! numerically in tests/rules.rs.
+
+use candle_core::{DType, Device, Tensor, Var};
+use ecc::import::{load_bytes, ImportOptions};
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_proto, tensor_shape_proto, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
+use protobuf::{EnumOrUnknown, Message, MessageField};
+
+fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for &d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d));
+        shape.dim.push(dim);
+    }
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = 1;
+    t.shape = MessageField::some(shape);
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(t));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = MessageField::some(ty);
+    v
+}
+
+fn float_attr(name: &str, f: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::FLOAT);
+    a.f = f;
+    a
+}
+
+fn string_attr(name: &str, s: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::STRING);
+    a.s = s.as_bytes().to_vec();
+    a
+}
+
+const DIMS: [i64; 4] = [2, 3, 2, 2];
+
+/// One node `op` on inputs x0.. (all of DIMS) and, with `bias`, a constant of shape (3,1,1)
+/// broadcast against them; output y.
+fn model(op: &str, inputs: usize, bias: bool, attrs: Vec<AttributeProto>, opset: i64) -> Vec<u8> {
+    let mut g = GraphProto::new();
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = "n".into();
+    for k in 0..inputs {
+        g.input.push(value(&format!("x{k}"), &DIMS));
+        n.input.push(format!("x{k}"));
+    }
+    if bias {
+        let mut t = TensorProto::new();
+        t.name = "c".into();
+        t.dims = vec![3, 1, 1];
+        t.data_type = tensor_proto::DataType::FLOAT as i32;
+        t.float_data = vec![0.25, -0.5, 1.5];
+        g.initializer.push(t);
+        n.input.push("c".into());
+    }
+    n.output.push("y".into());
+    n.attribute = attrs;
+    g.node.push(n);
+    g.output.push(value("y", &DIMS));
+    let mut m = ModelProto::new();
+    m.ir_version = 10;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    m.graph = MessageField::some(g);
+    m.write_to_bytes().unwrap()
+}
+
+fn erf(x: f64) -> f64 {
+    // erf by its Maclaurin series (|x| < 3 here): enough terms for 1e-15.
+    let mut term = x;
+    let mut sum = x;
+    for k in 1..200 {
+        term *= -x * x / k as f64;
+        sum += term / (2 * k + 1) as f64;
+    }
+    2.0 / std::f64::consts::PI.sqrt() * sum
+}
+
+struct Case {
+    op: &'static str,
+    inputs: usize,
+    bias: bool,
+    attrs: Vec<AttributeProto>,
+    opset: i64,
+    /// The ONNX formula over the inputs' values at one position (the bias value last).
+    f: fn(&[f64]) -> f64,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            op: "HardSigmoid",
+            inputs: 1,
+            bias: false,
+            attrs: vec![float_attr("alpha", 0.3), float_attr("beta", 0.4)],
+            opset: 6,
+            f: |v| (0.3f32 as f64 * v[0] + 0.4f32 as f64).clamp(0.0, 1.0),
+        },
+        Case {
+            op: "HardSigmoid",
+            inputs: 1,
+            bias: false,
+            attrs: vec![],
+            opset: 22,
+            f: |v| (0.2f32 as f64 * v[0] + 0.5).clamp(0.0, 1.0),
+        },
+        Case {
+            op: "HardSwish",
+            inputs: 1,
+            bias: false,
+            attrs: vec![],
+            opset: 14,
+            f: |v| v[0] * (v[0] / 6.0 + 0.5).clamp(0.0, 1.0),
+        },
+        Case {
+            op: "Gelu",
+            inputs: 1,
+            bias: false,
+            attrs: vec![],
+            opset: 20,
+            f: |v| 0.5 * v[0] * (1.0 + erf(v[0] / 2f64.sqrt())),
+        },
+        Case {
+            op: "Gelu",
+            inputs: 1,
+            bias: false,
+            attrs: vec![string_attr("approximate", "tanh")],
+            opset: 20,
+            f: |v| {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * v[0] * (1.0 + (k * (v[0] + 0.044715 * v[0] * v[0] * v[0])).tanh())
+            },
+        },
+        Case {
+            op: "Max",
+            inputs: 2,
+            bias: true,
+            attrs: vec![],
+            opset: 13,
+            f: |v| v[0].max(v[1]).max(v[2]),
+        },
+        Case {
+            op: "Min",
+            inputs: 2,
+            bias: true,
+            attrs: vec![],
+            opset: 8,
+            f: |v| v[0].min(v[1]).min(v[2]),
+        },
+        Case {
+            op: "Mean",
+            inputs: 3,
+            bias: false,
+            attrs: vec![],
+            opset: 13,
+            f: |v| (v[0] + v[1] + v[2]) / 3.0,
+        },
+        Case {
+            op: "Max",
+            inputs: 1,
+            bias: false,
+            attrs: vec![],
+            opset: 13,
+            f: |v| v[0],
+        },
+    ]
+}
+
+/// Input k's values: spread over [-2.5, 2.5], away from the kinks of HardSigmoid/HardSwish
+/// (where central differences would straddle a corner) and with no ties between inputs.
+fn input(k: usize) -> Vec<f64> {
+    let n: usize = DIMS.iter().product::<i64>() as usize;
+    (0..n)
+        .map(|i| {
+            let t = ((i * 7 + k * 5) % n) as f64 / n as f64;
+            -2.5 + 5.0 * t + 0.013 * (k as f64 + 1.0)
+        })
+        .collect()
+}
+
+fn bias_at(i: usize) -> f64 {
+    let per = (DIMS[2] * DIMS[3]) as usize;
+    [0.25, -0.5, 1.5][(i / per) % 3]
+}
+
+#[test]
+fn elementwise_ops_match_their_formulas_and_gradients() {
+    let dev = Device::Cpu;
+    let dims: Vec<usize> = DIMS.iter().map(|&d| d as usize).collect();
+    for case in cases() {
+        let what = format!("{} opset {}", case.op, case.opset);
+        let bytes = model(
+            case.op,
+            case.inputs,
+            case.bias,
+            case.attrs.clone(),
+            case.opset,
+        );
+        let g =
+            load_bytes(&bytes, &ImportOptions::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ex = ecc::exec::Executor::with_dtype(&g, DType::F64).unwrap();
+        let xs: Vec<Vec<f64>> = (0..case.inputs).map(input).collect();
+        let run = |xs: &[Vec<f64>]| -> Vec<f64> {
+            let ts: Vec<Tensor> = xs
+                .iter()
+                .map(|v| Tensor::from_vec(v.clone(), dims.as_slice(), &dev).unwrap())
+                .collect();
+            ex.forward(&ts).unwrap()[0]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        // Forward: the formula, position by position.
+        let y = run(&xs);
+        for (i, &yi) in y.iter().enumerate() {
+            let mut at: Vec<f64> = xs.iter().map(|x| x[i]).collect();
+            if case.bias {
+                at.push(bias_at(i));
+            }
+            let want = (case.f)(&at);
+            assert!(
+                (yi - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "{what} [{i}]: {yi} vs {want}"
+            );
+        }
+        // Backward: d(sum(y * r))/dx_k by autograd against central differences.
+        let r: Vec<f64> = (0..y.len()).map(|i| 0.5 + (i % 5) as f64 * 0.3).collect();
+        let vars: Vec<Var> = xs
+            .iter()
+            .map(|v| {
+                Var::from_tensor(&Tensor::from_vec(v.clone(), dims.as_slice(), &dev).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let rt = Tensor::from_vec(r.clone(), dims.as_slice(), &dev).unwrap();
+        let loss = (&ex.forward(&ts).unwrap()[0] * &rt)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let h = 1e-6;
+        for (k, v) in vars.iter().enumerate() {
+            let auto = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for i in 0..auto.len() {
+                let at = |d: f64| {
+                    let mut p = xs.clone();
+                    p[k][i] += d;
+                    run(&p).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h);
+                assert!(
+                    (auto[i] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{what} d/dx{k}[{i}]: autograd {} vs fd {fd}",
+                    auto[i]
+                );
+            }
+        }
+        // Export and read back: the same op and attributes.
+        let back = load_bytes(
+            &ecc::export::to_bytes(&g).unwrap(),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(back.nodes[0].op, g.nodes[0].op, "{what}");
+    }
+}
+
+#[test]
+fn gelu_with_an_unknown_approximation_is_refused() {
+    let bytes = model(
+        "Gelu",
+        1,
+        false,
+        vec![string_attr("approximate", "cubic")],
+        20,
+    );
+    let e = load_bytes(&bytes, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("approximate \"cubic\"") && e.contains("\"tanh\""),
+        "{e}"
+    );
+}
