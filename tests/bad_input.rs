@@ -246,6 +246,37 @@ fn batch_norm_with_mismatched_parameters_and_unsupported_reductions() {
     expect_error(&p, &["ReduceMean", "axes [1]", "spatial axes"]);
 }
 
+/// A Cast to a 16-bit float at run time (it would round, which ecc does not do): one line
+/// naming the node and the type, exit 2. (A Cast to float or double is the identity.)
+#[test]
+fn run_time_cast_to_a_16_bit_float() {
+    for (to, name) in [(10, "float16"), (16, "bfloat16")] {
+        let mut m = digits_model();
+        let g = m.graph.as_mut().unwrap();
+        let x = g.input[0].name.clone();
+        for n in g.node.iter_mut() {
+            for i in n.input.iter_mut() {
+                if *i == x {
+                    *i = "x16".into();
+                }
+            }
+        }
+        let mut cast = onnx_protobuf::NodeProto::new();
+        cast.op_type = "Cast".into();
+        cast.name = "to16".into();
+        cast.input = vec![x];
+        cast.output = vec!["x16".into()];
+        let mut a = onnx_protobuf::AttributeProto::new();
+        a.name = "to".into();
+        a.type_ = protobuf::EnumOrUnknown::new(onnx_protobuf::attribute_proto::AttributeType::INT);
+        a.i = to;
+        cast.attribute.push(a);
+        g.node.insert(0, cast);
+        let p = write_model(&format!("cast-{name}.onnx"), &m);
+        expect_error(&p, &["to16", "Cast", name, "at run time"]);
+    }
+}
+
 /// CIFAR-10 batches that are truncated or of the wrong size: one line naming the file, exit 2.
 #[test]
 fn bad_cifar_batches() {

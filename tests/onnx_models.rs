@@ -62,18 +62,22 @@ fn run_cases(dir: &std::path::Path) -> (usize, Vec<String>, Vec<String>, Vec<Str
                 continue;
             }
         };
-        ran += 1;
         let data = case.join("test_data_set_0");
         let ex = Executor::new(&g).unwrap();
-        let xs: Vec<Tensor> = (0..ex.input_names().len())
-            .map(|k| {
-                constant_tensor(
-                    &read_pb(&data.join(format!("input_{k}.pb"))).unwrap(),
-                    &Device::Cpu,
-                )
-                .unwrap()
-            })
+        // Inputs ecc refuses (float64 values outside float32's range) put a case out of scope.
+        let xs: Result<Vec<Tensor>, _> = (0..ex.input_names().len())
+            .map(|k| read_pb(&data.join(format!("input_{k}.pb"))))
+            .map(|c| c.map(|c| constant_tensor(&c, &Device::Cpu).unwrap()))
             .collect();
+        let xs = match xs {
+            Ok(xs) => xs,
+            Err(e) if e.is_unsupported() => {
+                skipped.push(format!("{name}: input: {}", e.kind));
+                continue;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        ran += 1;
         match ex.forward(&xs) {
             Err(e) => failed.push(format!("{name}: run: {e}")),
             Ok(ys) => {
@@ -144,7 +148,7 @@ fn pytorch_cases_match_reference_outputs() {
     // changes them (and the README with them).
     assert_eq!(
         (ran, passed, skipped.len()),
-        (82, 82, 35),
-        "in scope, passed, skipped (README: 82 of the 117 in scope, 82 pass)"
+        (77, 77, 40),
+        "in scope, passed, skipped (README: 77 of the 117 in scope, 77 pass)"
     );
 }

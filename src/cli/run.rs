@@ -52,7 +52,7 @@ fn inputs(ex: &Executor, a: &Args) -> Result<Vec<Tensor>> {
     for (k, name) in ex.input_names().iter().enumerate() {
         let t = match &a.inputs {
             Some(dir) => constant_tensor(
-                &tensor::read_pb(&dir.join(format!("input_{k}.pb")))?,
+                &tensor::read_pb_float(&dir.join(format!("input_{k}.pb")))?,
                 ex.device(),
             )?,
             None => {

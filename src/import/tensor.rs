@@ -57,6 +57,40 @@ fn raw_chunks<const N: usize>(raw: &[u8], n: usize, what: &str) -> Result<Vec<[u
 }
 
 /// Decode a TensorProto into a constant.
+/// float64 values as f32, which ecc computes in: a value that f32 cannot hold (one that
+/// would become infinite, or a non-zero one that would become 0) is refused, not changed.
+fn narrow(v: &[f64], name: &str) -> Result<Vec<f32>> {
+    let lost = v.iter().find(|&&x| {
+        let y = x as f32;
+        (x.is_finite() && y.is_infinite()) || (x != 0.0 && y == 0.0)
+    });
+    if let Some(x) = lost {
+        return Err(Error::unsupported(format!(
+            "tensor '{name}' holds the float64 value {x:e}, outside float32's range (ecc computes in float32)"
+        )));
+    }
+    Ok(v.iter().map(|&x| x as f32).collect())
+}
+
+/// Read a serialized TensorProto file that must hold floats (a model input): integer data
+/// is refused with its type named.
+pub fn read_pb_float(path: &std::path::Path) -> Result<Constant> {
+    use protobuf::Message;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Io(e.to_string())).in_file(path))?;
+    let t = TensorProto::parse_from_bytes(&bytes)
+        .map_err(|e| Error::new(crate::error::ErrorKind::Parse(e.to_string())).in_file(path))?;
+    use dtype::*;
+    if !matches!(t.data_type, FLOAT | DOUBLE | FLOAT16 | BFLOAT16) {
+        return Err(Error::unsupported(format!(
+            "the file holds {} values, the model's input is a float tensor",
+            dtype::name(t.data_type)
+        ))
+        .in_file(path));
+    }
+    decode(&t).map_err(|e| e.in_file(path))
+}
+
 pub fn decode(t: &TensorProto) -> Result<Constant> {
     let name = if t.name.is_empty() {
         "<unnamed>"
@@ -94,14 +128,17 @@ pub fn decode(t: &TensorProto) -> Result<Constant> {
         } else {
             t.float_data.clone()
         }),
-        DOUBLE => TensorData::F32(if !raw.is_empty() {
-            raw_chunks::<8>(raw, n, name)?
-                .into_iter()
-                .map(|b| f64::from_le_bytes(b) as f32)
-                .collect()
-        } else {
-            t.double_data.iter().map(|&x| x as f32).collect()
-        }),
+        DOUBLE => {
+            let wide: Vec<f64> = if !raw.is_empty() {
+                raw_chunks::<8>(raw, n, name)?
+                    .into_iter()
+                    .map(f64::from_le_bytes)
+                    .collect()
+            } else {
+                t.double_data.clone()
+            };
+            TensorData::F32(narrow(&wide, name)?)
+        }
         FLOAT16 | BFLOAT16 => {
             let bits: Vec<u16> = if !raw.is_empty() {
                 raw_chunks::<2>(raw, n, name)?
@@ -224,6 +261,51 @@ pub fn write_pb(path: &std::path::Path, name: &str, c: &Constant) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// float64 tensors become f32 only when f32 holds their values: 1e300 (inf in f32) and
+    /// 6.9e-310 (0 in f32) are refused with the value named; 0, inf, NaN and 1e-30 pass.
+    #[test]
+    fn float64_values_outside_float32_are_refused() {
+        let t = |v: Vec<f64>| {
+            let mut t = TensorProto::new();
+            t.name = "x".into();
+            t.dims = vec![v.len() as i64];
+            t.data_type = dtype::DOUBLE;
+            t.double_data = v;
+            decode(&t)
+        };
+        let ok = t(vec![0.0, f64::INFINITY, 1e-30, -2.5]).unwrap();
+        assert_eq!(ok.as_f32(), vec![0.0, f32::INFINITY, 1e-30, -2.5]);
+        assert!(t(vec![f64::NAN]).unwrap().as_f32()[0].is_nan());
+        for (v, shown) in [
+            (1e300, "1e300"),
+            (-6.94648680255427e-310, "-6.94648680255427e-310"),
+        ] {
+            let e = t(vec![1.0, v]).unwrap_err().to_string();
+            assert!(
+                e.contains(shown) && e.contains("outside float32's range"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A model input read from a file of integers (old test data stores bfloat16 as uint16)
+    /// is refused with the file's type named, not read as numbers.
+    #[test]
+    fn integer_files_are_not_float_inputs() {
+        use protobuf::Message;
+        let dir = std::env::temp_dir().join(format!("ecc-pb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("input_0.pb");
+        let mut t = TensorProto::new();
+        t.dims = vec![2];
+        t.data_type = dtype::UINT16;
+        t.int32_data = vec![16256, 16384];
+        std::fs::write(&path, t.write_to_bytes().unwrap()).unwrap();
+        let e = read_pb_float(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("uint16") && e.contains("input_0.pb"), "{e}");
+    }
 
     #[test]
     fn raw_and_typed_fields_agree() {
