@@ -13,6 +13,12 @@ Suites (written out by scripts/conformance.sh):
             pytorch-converted, pytorch-operator, simple, real: the ones with data sets)
   debian    Debian's libonnx-testdata node cases (files)
 
+Integer inputs: ecc reads shapes, axes, pads and bounds as constants, while the node cases
+feed them as graph inputs. A case whose graph inputs include integer or bool tensors, or
+scalars (rank 0: Pad's constant value, Clip's bounds, Dropout's ratio), is run with those
+inputs baked into the model as initializers, from the data set (named "+const" in listings);
+its other inputs stay inputs.
+
 Tolerances: the case's own (onnx's backend test defaults rtol 1e-3, atol 1e-7, or the
 case's), as onnx's backend runner applies them. A case with several data sets uses all.
 
@@ -46,8 +52,47 @@ def case_ops(model_path):
     return ops or ["(no nodes)"]
 
 
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+          onnx.TensorProto.BFLOAT16}
+
+
+def bake(model_path, ds, work):
+    """The model with its integer/bool tensor inputs made initializers from data set `ds`, and
+    a data set of the remaining inputs; None when there is nothing to bake."""
+    m = onnx.load(str(model_path), load_external_data=False)
+    ins = list(m.graph.input)
+    init = {t.name for t in m.graph.initializer}
+    real = [i for i in ins if i.name not in init]
+    def scalar(i):
+        tt = i.type.tensor_type
+        return tt.HasField("shape") and len(tt.shape.dim) == 0
+    bake_idx = [k for k, i in enumerate(real)
+                if i.type.HasField("tensor_type")
+                and (i.type.tensor_type.elem_type not in FLOATS or scalar(i))]
+    if not bake_idx or len(bake_idx) == len(real):
+        return None
+    out_ds = work / ds.name
+    out_ds.mkdir(parents=True)
+    kept = 0
+    for k, i in enumerate(real):
+        t = onnx.TensorProto()
+        t.ParseFromString((ds / f"input_{k}.pb").read_bytes())
+        if k in bake_idx:
+            t.name = i.name
+            m.graph.initializer.append(t)
+            m.graph.input.remove(i)
+        else:
+            (out_ds / f"input_{kept}.pb").write_bytes(t.SerializeToString())
+            kept += 1
+    for f in ds.glob("output_*.pb"):
+        (out_ds / f.name).write_bytes(f.read_bytes())
+    path = work / f"model-{ds.name}.onnx"
+    onnx.save(m, str(path))
+    return path, out_ds
+
+
 def run_case(ecc, case_dir, timeout):
-    """(outcome, detail) of one case directory (model.onnx, test_data_set_*/)."""
+    """(outcome, detail, baked) of one case directory (model.onnx, test_data_set_*/)."""
     model = case_dir / "model.onnx"
     sets = sorted(p for p in case_dir.glob("test_data_set_*") if p.is_dir())
     if not sets:
@@ -57,32 +102,38 @@ def run_case(ecc, case_dir, timeout):
     if meta.exists():
         t = json.loads(meta.read_text())
         rtol, atol = t.get("rtol", rtol), t.get("atol", atol)
+    baked = False
     for ds in sets:
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as work:
+            run_model = model
+            b = bake(model, ds, Path(work))
+            if b is not None:
+                run_model, ds = b
+                baked = True
             try:
                 r = subprocess.run(
-                    [ecc, "run", str(model), "--inputs", str(ds), "--save", out],
+                    [ecc, "run", str(run_model), "--inputs", str(ds), "--save", out],
                     capture_output=True,
                     text=True,
                     timeout=timeout,
                 )
             except subprocess.TimeoutExpired:
-                return "panic", f"timeout after {timeout} s"
+                return "panic", f"timeout after {timeout} s", baked
             if r.returncode == 2:
                 lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-                return "rejected", lines[-1] if lines else "(no message)"
+                return "rejected", (lines[-1] if lines else "(no message)"), baked
             if r.returncode != 0:
                 tail = r.stderr.strip().splitlines()[-1:] or ["(no message)"]
-                return "panic", f"exit {r.returncode}: {tail[0]}"
+                return "panic", f"exit {r.returncode}: {tail[0]}", baked
             k = 0
             while (ds / f"output_{k}.pb").exists():
                 want = read_pb(ds / f"output_{k}.pb")
                 got_path = Path(out) / f"output_{k}.pb"
                 if not got_path.exists():
-                    return "wrong", f"output {k} not written"
+                    return "wrong", f"output {k} not written", baked
                 got = read_pb(got_path)
                 if got.shape != want.shape:
-                    return "wrong", f"output {k}: shape {got.shape}, expected {want.shape}"
+                    return "wrong", f"output {k}: shape {got.shape}, expected {want.shape}", baked
                 if want.dtype.kind not in "fc":
                     ok = np.array_equal(got.astype(want.dtype), want)
                 else:
@@ -92,9 +143,9 @@ def run_case(ecc, case_dir, timeout):
                     g = got.astype(np.float64)
                     w = want.astype(np.float64)
                     err = float(np.max(np.abs(g - w))) if g.size else 0.0
-                    return "wrong", f"output {k}: max abs error {err:.3g} ({want.dtype})"
+                    return "wrong", f"output {k}: max abs error {err:.3g} ({want.dtype})", baked
                 k += 1
-    return "pass", ""
+    return "pass", "", baked
 
 
 def main():
@@ -116,9 +167,9 @@ def main():
             res = run_case(a.ecc, d, a.timeout)
             if res is None:
                 continue
-            outcome, detail = res
+            outcome, detail, baked = res
             ops = case_ops(d / "model.onnx")
-            name = f"{root.name}/{d.relative_to(root)}"
+            name = f"{root.name}/{d.relative_to(root)}" + ("+const" if baked else "")
             cases.append({"case": name, "ops": ops, "outcome": outcome, "detail": detail})
             per_suite[root.name][outcome] += 1
             # A node case is counted under its op; a model case under each op it uses.

@@ -507,6 +507,30 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
             }
             Val::T(y)
         }
+        // Pad the last axis by one at each end (zeros, or ones for pad-value); Slice takes
+        // positions 1.. of it.
+        Ec::Pad(_) | Ec::PadValue(_) | Ec::Slice(_) => {
+            let x = t(ev(0, Role::Data(4), env)?)?;
+            let w = x.dims[3];
+            let fill = if matches!(node, Ec::PadValue(_)) {
+                1.0
+            } else {
+                0.0
+            };
+            let mut v = vec![];
+            for row in x.v.chunks(w) {
+                if matches!(node, Ec::Slice(_)) {
+                    v.extend_from_slice(&row[1..]);
+                } else {
+                    v.push(fill);
+                    v.extend_from_slice(row);
+                    v.push(fill);
+                }
+            }
+            let mut dims = x.dims.clone();
+            dims[3] = v.len() / (x.v.len() / w);
+            Val::T(T { dims, v, ..x })
+        }
         Ec::Transpose(_) => {
             let x = t(ev(0, Role::Data(4), env)?)?;
             let (n, c, h, w) = (x.dims[0], x.dims[1], x.dims[2], x.dims[3]);

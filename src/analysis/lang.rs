@@ -52,6 +52,11 @@ define_language! {
         // A reshape or flatten that splits the channel axis or merges it into the batch.
         "channel-mixing-reshape" = MixingReshape(Id),
         "transpose" = Transpose(Id),
+        // Pad off the channel axis with zeros (or reflect, edge, wrap), with another
+        // constant, and Slice off the channel axis.
+        "pad" = Pad(Id),
+        "pad-value" = PadValue(Id),
+        "slice" = Slice(Id),
         // (concat before x after): x is one input of a channel-axis concatenation.
         "concat" = Concat([Id; 3]),
         // A concatenation along an axis other than the channel axis.

@@ -181,6 +181,14 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::Squeeze { .. } => un("squeeze"),
         Op::Unsqueeze { .. } => un("unsqueeze"),
         Op::Transpose { .. } => un("transpose"),
+        // Off the channel axis (on it, `mixing` above): zeros, mirrored, nearest or wrapped
+        // values scale with the input; another constant does not.
+        Op::Pad {
+            mode: crate::ir::PadMode::Constant(v),
+            ..
+        } if *v != 0.0 => un("pad-value"),
+        Op::Pad { .. } => un("pad"),
+        Op::Slice { .. } => un("slice"),
         Op::Binary { kind, .. } => {
             let k = format!("{kind:?}").to_lowercase();
             format!("({k} {} {})", a[0], a[1])
@@ -586,6 +594,12 @@ fn pass(
             .iter()
             .position(|&p| p == m.axis)
             .map(|j| (j, m.outer, m.block)),
+        // Padding or slicing the channel axis changes which position holds which channel.
+        Op::Pad { pads, .. } => {
+            let r = in_shape.rank();
+            (pads[m.axis] == 0 && pads[m.axis + r] == 0).then_some((m.axis, m.outer, m.block))
+        }
+        Op::Slice { axes, .. } => (!axes.contains(&m.axis)).then_some((m.axis, m.outer, m.block)),
         _ => {
             // Broadcasting ops keep the axis, shifted by the rank difference; an op that
             // drops axes (a MatMul with a 1-D operand) loses the channel layout.

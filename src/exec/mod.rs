@@ -483,6 +483,27 @@ impl Executor {
                 x[0].reshape(out_dims)?
             }
             Op::Transpose { perm } => x[0].permute(perm.as_slice())?.contiguous()?,
+            Op::Pad { pads, mode } => pad(x[0], pads, *mode)?,
+            Op::Slice {
+                axes,
+                starts,
+                steps,
+                lens,
+            } => {
+                let mut y = x[0].clone();
+                for k in 0..axes.len() {
+                    let (a, s, n) = (axes[k], starts[k], lens[k]);
+                    y = if steps[k] == 1 {
+                        y.narrow(a, s, n)?
+                    } else {
+                        let at: Vec<u32> = (0..n as i64)
+                            .map(|j| (s as i64 + j * steps[k]) as u32)
+                            .collect();
+                        y.index_select(&Tensor::new(at, y.device())?, a)?
+                    };
+                }
+                y.contiguous()?
+            }
             Op::Concat { axis } => {
                 let a = crate::ir::norm_axis(*axis, x[0].rank())?;
                 Tensor::cat(x, a)?
@@ -495,6 +516,72 @@ impl Executor {
             } => lrn(x[0], *alpha, *beta, *bias, *size)?,
         })
     }
+}
+
+/// ONNX Pad on every axis in turn: negative pads crop (narrow); positive ones add constants
+/// (concatenated) or, for reflect, edge and wrap, the values at the mirrored, nearest or
+/// wrapped-around positions of the cropped axis (one gather).
+fn pad(x: &Tensor, pads: &[i64], mode: crate::ir::PadMode) -> Result<Tensor> {
+    use crate::ir::PadMode;
+    let r = x.rank();
+    let mut y = x.clone();
+    for a in 0..r {
+        let (b, e) = (pads[a], pads[a + r]);
+        if b == 0 && e == 0 {
+            continue;
+        }
+        let (cb, ce) = ((-b).max(0) as usize, (-e).max(0) as usize);
+        if cb > 0 || ce > 0 {
+            let d = y.dims()[a];
+            y = y.narrow(a, cb, d - cb - ce)?;
+        }
+        let (pb, pe) = (b.max(0) as usize, e.max(0) as usize);
+        if pb == 0 && pe == 0 {
+            continue;
+        }
+        y = match mode {
+            PadMode::Constant(v) => {
+                let block = |n: usize| -> Result<Tensor> {
+                    let mut d = y.dims().to_vec();
+                    d[a] = n;
+                    Ok((Tensor::zeros(d, y.dtype(), y.device())? + v as f64)?)
+                };
+                let mut parts = vec![];
+                if pb > 0 {
+                    parts.push(block(pb)?);
+                }
+                parts.push(y.clone());
+                if pe > 0 {
+                    parts.push(block(pe)?);
+                }
+                Tensor::cat(&parts, a)?
+            }
+            _ => {
+                let n = y.dims()[a] as i64;
+                let at: Vec<u32> = (-(pb as i64)..n + pe as i64)
+                    .map(|j| {
+                        (match mode {
+                            PadMode::Edge => j.clamp(0, n - 1),
+                            PadMode::Wrap => j.rem_euclid(n),
+                            // Reflect: mirrored about the edge values (not repeated), again
+                            // and again past the far edge, as numpy does.
+                            _ if n == 1 => 0,
+                            _ => {
+                                let k = j.rem_euclid(2 * (n - 1));
+                                if k >= n {
+                                    2 * (n - 1) - k
+                                } else {
+                                    k
+                                }
+                            }
+                        }) as u32
+                    })
+                    .collect();
+                y.index_select(&Tensor::new(at, y.device())?, a)?
+            }
+        };
+    }
+    Ok(y.contiguous()?)
 }
 
 /// HardSigmoid: max(0, min(1, alpha x + beta)).

@@ -127,6 +127,33 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             a.push(attr_float("beta", *beta));
         }
         Op::Gelu { tanh: true } => a.push(attr_string("approximate", "tanh")),
+        Op::Pad { pads, mode } => {
+            let (name, value) = match mode {
+                crate::ir::PadMode::Constant(v) => ("constant", *v),
+                crate::ir::PadMode::Reflect => ("reflect", 0.0),
+                crate::ir::PadMode::Edge => ("edge", 0.0),
+                crate::ir::PadMode::Wrap => ("wrap", 0.0),
+            };
+            a.push(attr_string("mode", name));
+            if opset < 11 {
+                a.push(attr_ints("pads", pads.iter().copied()));
+                a.push(attr_float("value", value));
+            }
+        }
+        Op::Slice {
+            axes,
+            starts,
+            steps,
+            lens,
+        } if opset < 10 => {
+            // Only steps of 1 exist before opset 10.
+            a.push(sizes("starts", starts));
+            let ends: Vec<i64> = (0..axes.len())
+                .map(|k| (starts[k] as i64) + steps[k] * lens[k] as i64)
+                .collect();
+            a.push(attr_ints("ends", ends));
+            a.push(sizes("axes", axes));
+        }
         Op::Clip { min, max } if opset < 11 => {
             a.push(attr_float("min", *min));
             a.push(attr_float("max", *max));

@@ -5,7 +5,7 @@
 use super::attrs::Attrs;
 use super::fold;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ir::{conv_out_len, BinaryKind, Constant, ConvAttrs, Op, PoolAttrs, Shape};
+use crate::ir::{conv_out_len, BinaryKind, Constant, ConvAttrs, Op, PadMode, PoolAttrs, Shape};
 use onnx_protobuf::NodeProto;
 use std::collections::HashMap;
 
@@ -137,6 +137,8 @@ const TABLE: &[(&str, Builder)] = &[
         }))
     }),
     ("Reshape", reshape),
+    ("Pad", pad),
+    ("Slice", slice),
     ("Transpose", transpose),
     ("Concat", concat),
     ("Squeeze", |c| axes_op(c, true)),
@@ -429,7 +431,154 @@ fn dropout(c: &NodeCtx) -> Result<Built> {
             "ratio {ratio} (expected 0 <= ratio < 1)"
         )));
     }
+    // training_mode (opset 12+): a model that drops at inference computes a random
+    // function; ecc applies Dropout only while it trains.
+    if c.opset >= 12 {
+        if let Some(t) = c.static_input(2, "Dropout training_mode")? {
+            if t.as_i64().first().is_some_and(|&v| v != 0) && ratio > 0.0 {
+                return Err(Error::unsupported(
+                    "Dropout with training_mode=1 in the model (random at inference; ecc drops only while training)",
+                ));
+            }
+        }
+    }
     Ok(Built::Op(Op::Dropout { ratio }))
+}
+
+/// Pad: pads and mode as attributes before opset 11, as constant inputs from 11 (with the
+/// optional constant value, and from 18 the optional axes the pads apply to).
+fn pad(c: &NodeCtx) -> Result<Built> {
+    let rank = c.shape(0)?.rank();
+    let (mut pads, value) = if c.opset < 11 {
+        let p = c
+            .attrs
+            .ints("pads")
+            .ok_or_else(|| Error::invalid("attribute 'pads' is required"))?;
+        (p, c.attrs.float("value", 0.0))
+    } else {
+        let p = c
+            .static_input(1, "Pad pads")?
+            .ok_or_else(|| Error::invalid("Pad needs a pads input"))?
+            .as_i64();
+        let v = scalar(
+            c.static_input(2, "Pad constant_value")?,
+            "Pad constant_value",
+        )?;
+        (p, v.unwrap_or(0.0))
+    };
+    if let Some(axes) = c.static_input(3, "Pad axes")? {
+        let axes = axes.as_i64();
+        if pads.len() != 2 * axes.len() {
+            return Err(Error::invalid(format!(
+                "{} pads for {} axes (expected two per axis)",
+                pads.len(),
+                axes.len()
+            )));
+        }
+        let mut full = vec![0; 2 * rank];
+        for (k, &a) in axes.iter().enumerate() {
+            let a = crate::ir::norm_axis(a, rank)?;
+            full[a] = pads[k];
+            full[a + rank] = pads[k + axes.len()];
+        }
+        pads = full;
+    }
+    if pads.len() != 2 * rank {
+        return Err(Error::invalid(format!(
+            "{} pads for a rank-{rank} input (expected {})",
+            pads.len(),
+            2 * rank
+        )));
+    }
+    let mode = match c.attrs.string("mode", "constant").as_str() {
+        "constant" => PadMode::Constant(value),
+        "reflect" => PadMode::Reflect,
+        "edge" => PadMode::Edge,
+        "wrap" if c.opset >= 19 => PadMode::Wrap,
+        other => {
+            return Err(Error::invalid(format!(
+                "mode \"{other}\" (expected constant, reflect, edge{})",
+                if c.opset >= 19 { " or wrap" } else { "" }
+            )))
+        }
+    };
+    Ok(Built::Op(Op::Pad { pads, mode }))
+}
+
+/// Slice: starts, ends, axes (and from opset 10 steps) as attributes before opset 10, as
+/// constant inputs from 10; resolved against the input's static shape (numpy's rules for
+/// out-of-range and negative values). The batch axis cannot be sliced.
+fn slice(c: &NodeCtx) -> Result<Built> {
+    let x = c.shape(0)?;
+    let rank = x.rank();
+    let get = |i: usize, attr: &str| -> Result<Option<Vec<i64>>> {
+        if c.opset < 10 {
+            Ok(c.attrs.ints(attr))
+        } else {
+            Ok(c.static_input(i, &format!("Slice {attr}"))?
+                .map(|t| t.as_i64()))
+        }
+    };
+    let starts = get(1, "starts")?.ok_or_else(|| Error::invalid("Slice needs starts"))?;
+    let ends = get(2, "ends")?.ok_or_else(|| Error::invalid("Slice needs ends"))?;
+    let axes = get(3, "axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps =
+        if c.opset < 10 { None } else { get(4, "steps")? }.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(Error::invalid(format!(
+            "Slice with {} starts, {} ends, {} axes, {} steps (expected as many of each)",
+            starts.len(),
+            ends.len(),
+            axes.len(),
+            steps.len()
+        )));
+    }
+    let mut out = (vec![], vec![], vec![], vec![]);
+    for k in 0..starts.len() {
+        let a = crate::ir::norm_axis(axes[k], rank)?;
+        if out.0.contains(&a) {
+            return Err(Error::invalid(format!("Slice axis {a} given twice")));
+        }
+        let (d, step) = (x.dims[a] as i64, steps[k]);
+        if step == 0 {
+            return Err(Error::invalid("Slice step 0"));
+        }
+        let clamp = |v: i64, lo: i64, hi: i64| {
+            let v = if v < 0 { v + d } else { v };
+            v.clamp(lo, hi)
+        };
+        let (start, end) = if step > 0 {
+            (clamp(starts[k], 0, d), clamp(ends[k], 0, d))
+        } else {
+            (clamp(starts[k], 0, d - 1), clamp(ends[k], -1, d - 1))
+        };
+        let len = if step > 0 {
+            (end - start + step - 1).max(0) / step
+        } else {
+            (start - end - step - 1).max(0) / -step
+        };
+        let whole = start == 0 && step == 1 && len == d;
+        if x.batch == Some(a) && !whole {
+            return Err(Error::unsupported(format!(
+                "Slice along the batch axis {a}"
+            )));
+        }
+        if len == 0 {
+            return Err(Error::unsupported(format!(
+                "Slice that leaves axis {a} empty"
+            )));
+        }
+        out.0.push(a);
+        out.1.push(start as usize);
+        out.2.push(step);
+        out.3.push(len as usize);
+    }
+    Ok(Built::Op(Op::Slice {
+        axes: out.0,
+        starts: out.1,
+        steps: out.2,
+        lens: out.3,
+    }))
 }
 
 fn reshape(c: &NodeCtx) -> Result<Built> {

@@ -13,7 +13,7 @@ mod op;
 mod shape;
 
 pub use layer::{layer_axes, Layer};
-pub use op::{BinaryKind, ConvAttrs, Op, PoolAttrs};
+pub use op::{BinaryKind, ConvAttrs, Op, PadMode, PoolAttrs};
 pub use shape::{conv_out_len, norm_axis, reshape_dims, Shape, MAX_ELEMENTS};
 
 use std::collections::{BTreeMap, HashMap};

@@ -31,6 +31,15 @@ pub struct PoolAttrs {
     pub ceil_mode: bool,
 }
 
+/// How Pad fills what it adds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    Constant(f32),
+    Reflect,
+    Edge,
+    Wrap,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Gemm {
@@ -121,6 +130,19 @@ pub enum Op {
     Squeeze {
         axes: Vec<i64>,
     },
+    /// `pads`: for every axis, begins then ends (ONNX order); negative values crop.
+    Pad {
+        pads: Vec<i64>,
+        mode: PadMode,
+    },
+    /// Per sliced axis (never the batch axis): the first index, the step and the number of
+    /// elements taken, resolved against the input's static shape at import.
+    Slice {
+        axes: Vec<usize>,
+        starts: Vec<usize>,
+        steps: Vec<i64>,
+        lens: Vec<usize>,
+    },
     Unsqueeze {
         axes: Vec<i64>,
     },
@@ -169,6 +191,8 @@ impl Op {
             Op::Identity => "Identity",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
+            Op::Pad { .. } => "Pad",
+            Op::Slice { .. } => "Slice",
             Op::Transpose { .. } => "Transpose",
             Op::Concat { .. } => "Concat",
             Op::Squeeze { .. } => "Squeeze",
@@ -184,6 +208,8 @@ impl Op {
             Op::Reshape { .. }
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
+            | Op::Pad { .. }
+            | Op::Slice { .. }
             | Op::Clip { .. }
             | Op::Dropout { .. } => 1.min(n),
             _ => n,

@@ -561,6 +561,51 @@ impl Op {
                     batch: x.batch.filter(|&b| b != a),
                 }
             }
+            Op::Pad { pads, mode } => {
+                need(1)?;
+                let x = ins[0];
+                let r = x.rank();
+                let mut dims = x.dims.clone();
+                for (a, d) in dims.iter_mut().enumerate() {
+                    let (b, e) = (pads[a], pads[a + r]);
+                    let n = *d as i64 + b + e;
+                    if n < 1 {
+                        return Err(Error::shape(format!(
+                            "Pad {b}, {e} leaves axis {a} of {x} empty"
+                        )));
+                    }
+                    // Reflect, edge and wrap read the cropped axis, which must keep a value.
+                    let kept = *d as i64 + b.min(0) + e.min(0);
+                    if kept < 1 && !matches!(mode, crate::ir::PadMode::Constant(_)) {
+                        return Err(Error::shape(format!(
+                            "Pad {b}, {e} on axis {a} of {x} crops it empty before {mode:?} padding"
+                        )));
+                    }
+                    *d = n as usize;
+                }
+                if x.batch.is_some_and(|b| pads[b] != 0 || pads[b + r] != 0) {
+                    return Err(Error::unsupported("Pad along the batch axis"));
+                }
+                Shape {
+                    dims,
+                    batch: x.batch,
+                }
+            }
+            Op::Slice { axes, lens, .. } => {
+                need(1)?;
+                let x = ins[0];
+                let mut dims = x.dims.clone();
+                for (&a, &n) in axes.iter().zip(lens) {
+                    if a >= dims.len() {
+                        return Err(Error::shape(format!("Slice axis {a} of {x}")));
+                    }
+                    dims[a] = n;
+                }
+                Shape {
+                    dims,
+                    batch: x.batch,
+                }
+            }
             Op::Squeeze { axes } => {
                 need(1)?;
                 let x = ins[0];

@@ -345,6 +345,14 @@ impl PathSgd {
                         n.op.onnx_name()
                     )))
                 }
+                Op::Pad {
+                    mode: crate::ir::PadMode::Constant(v),
+                    ..
+                } if *v != 0.0 => {
+                    return Err(crate::Error::unsupported(
+                        "Path-SGD through a Pad with a non-zero constant",
+                    ))
+                }
                 other => other.clone(),
             };
         }
