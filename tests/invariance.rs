@@ -205,3 +205,97 @@ fn zoo_models_with_random_weights_are_invariant() {
         assert_invariant(name, &g, 1);
     }
 }
+
+/// cnn-mnist with a Pad and a Slice after its first ReLU (`pads` on the spatial axes, then
+/// `starts` of a slice back to 28 x 28). A zero (or reflect, edge, wrap) pad passes the
+/// rescaling of conv1's units (the model stays invariant under every reported group); a
+/// pad with 1.0 that stays in the output blocks them, and rescaling one changes the output.
+#[test]
+fn pad_and_slice_pass_or_block_rescalings() {
+    use onnx_protobuf::{
+        attribute_proto::AttributeType, tensor_proto, AttributeProto, Message, ModelProto,
+        NodeProto, TensorProto,
+    };
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/cnn-mnist.onnx"
+    ))
+    .unwrap();
+    let with_pad = |mode: &str, value: f32, pads: [i64; 8], starts: [i64; 2]| -> Graph {
+        let mut m = ModelProto::parse_from_bytes(&bytes).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        let relu = g.node.iter().position(|n| n.op_type == "Relu").unwrap();
+        let r = g.node[relu].output[0].clone();
+        for n in g.node.iter_mut().skip(relu + 1) {
+            for i in n.input.iter_mut() {
+                if *i == r {
+                    *i = "sliced".into();
+                }
+            }
+        }
+        let int64 = |name: &str, v: &[i64]| {
+            let mut t = TensorProto::new();
+            t.name = name.into();
+            t.dims = vec![v.len() as i64];
+            t.data_type = tensor_proto::DataType::INT64 as i32;
+            t.int64_data = v.to_vec();
+            t
+        };
+        g.initializer.push(int64("pads", &pads));
+        let mut cv = TensorProto::new();
+        cv.name = "pad_value".into();
+        cv.data_type = tensor_proto::DataType::FLOAT as i32;
+        cv.float_data = vec![value];
+        g.initializer.push(cv);
+        g.initializer.push(int64("starts", &starts));
+        g.initializer
+            .push(int64("ends", &[starts[0] + 28, starts[1] + 28]));
+        g.initializer.push(int64("axes", &[2, 3]));
+        let mut pad = NodeProto::new();
+        pad.op_type = "Pad".into();
+        pad.name = "pad".into();
+        pad.input = vec![r, "pads".into(), "pad_value".into()];
+        pad.output = vec!["padded".into()];
+        let mut a = AttributeProto::new();
+        a.name = "mode".into();
+        a.type_ = protobuf::EnumOrUnknown::new(AttributeType::STRING);
+        a.s = mode.as_bytes().to_vec();
+        pad.attribute.push(a);
+        let mut slice = NodeProto::new();
+        slice.op_type = "Slice".into();
+        slice.name = "slice".into();
+        slice.input = vec![
+            "padded".into(),
+            "starts".into(),
+            "ends".into(),
+            "axes".into(),
+        ];
+        slice.output = vec!["sliced".into()];
+        g.node.insert(relu + 1, slice);
+        g.node.insert(relu + 1, pad);
+        ecc::import::load_bytes(&m.write_to_bytes().unwrap(), &ImportOptions::default()).unwrap()
+    };
+    let plain = analyze(
+        &with_pad("constant", 0.0, [0; 8], [0, 0]),
+        &RuleSet::default_rules(),
+    )
+    .rescalings();
+    for mode in ["constant", "reflect", "edge"] {
+        let g = with_pad(mode, 0.0, [0, 0, 2, 1, 0, 0, 0, 1], [1, 2]);
+        let h = analyze(&g, &RuleSet::default_rules()).rescalings();
+        assert_eq!(
+            h, plain,
+            "{mode}: a pad off the channel axis passes every rescaling"
+        );
+        assert_invariant(mode, &g, 2);
+    }
+    // One row of 1.0 on top, kept by the slice: conv1's 8 units are blocked at the pad.
+    let g = with_pad("constant", 1.0, [0, 0, 1, 0, 0, 0, 0, 0], [0, 0]);
+    let a = analyze(&g, &RuleSet::default_rules());
+    let pad = g.nodes.iter().position(|n| n.name == "pad").unwrap();
+    let blocked = (0..a.unit_count())
+        .filter(|&u| a.blocked(u).is_some_and(|b| b.node == pad))
+        .count();
+    assert_eq!((blocked, a.rescalings()), (8, plain - 8));
+    assert_invariant("pad with 1.0", &g, 2);
+}
