@@ -30,6 +30,20 @@ pub fn run(a: Args) -> Result<()> {
         return Err(ecc::Error::usage("--batch 0: the batch size must be at least 1").into());
     }
     let g = a.m.load()?;
+    // Outputs the model computes in nodes ecc keeps without running: saving the others in
+    // the test-case layout would misnumber them.
+    if let (Some(dir), Some(t)) = (&a.save, &g.meta.tail) {
+        if t.outputs
+            .iter()
+            .any(|o| matches!(o, ecc::ir::TailOutput::Kept(_)))
+        {
+            return Err(ecc::Error::unsupported(format!(
+                "--save {}: some of the model's outputs come from nodes after the outputs that ecc keeps but does not run",
+                dir.display()
+            ))
+            .into());
+        }
+    }
     let ex = Executor::new(&g)?;
     let xs = inputs(&ex, &a)?;
     let ys = ex.forward(&xs)?;

@@ -287,9 +287,10 @@ pub fn to_model(g: &Graph) -> ModelProto {
             gp.input.push(value_info(name, et, &dims));
         }
     }
-    for o in &g.outputs {
-        gp.output
-            .push(value_info(&o.name, o.elem_type, &output_dims(g, o)));
+    let computed = |o: &ValueInfo| value_info(&o.name, o.elem_type, &output_dims(g, o));
+    match &g.meta.tail {
+        None => gp.output = g.outputs.iter().map(computed).collect(),
+        Some(t) => attach_tail(&mut gp, g, t, &computed),
     }
     let mut m = ModelProto::new();
     m.ir_version = g.meta.ir_version;
@@ -322,6 +323,56 @@ pub fn to_model(g: &Graph) -> ModelProto {
         .collect();
     m.graph = MessageField::some(gp);
     m
+}
+
+/// Write the import's tail (post-processing nodes ecc kept without running) back after the
+/// graph: its nodes and initializers as read, the model's outputs in their original order,
+/// without the values ecc output only for the tail (`crate::ir::Tail`).
+fn attach_tail(
+    gp: &mut GraphProto,
+    g: &Graph,
+    t: &crate::ir::Tail,
+    computed: &dyn Fn(&ValueInfo) -> ValueInfoProto,
+) {
+    use crate::ir::TailOutput;
+    use onnx_protobuf::TensorProto;
+    gp.node.extend(
+        t.nodes
+            .iter()
+            .filter_map(|b| NodeProto::parse_from_bytes(b).ok()),
+    );
+    for b in &t.initializers {
+        let Ok(init) = TensorProto::parse_from_bytes(b) else {
+            continue;
+        };
+        if g.meta.ir_version < 4 {
+            let dims: Vec<DimDecl> = init.dims.iter().map(|&d| DimDecl::Value(d)).collect();
+            gp.input.push(value_info(&init.name, init.data_type, &dims));
+        }
+        gp.initializer.push(init);
+    }
+    let mut written: Vec<&str> = vec![];
+    for o in &t.outputs {
+        match o {
+            TailOutput::Computed(name) => {
+                if let Some(v) = g.outputs.iter().find(|v| &v.name == name) {
+                    gp.output.push(computed(v));
+                    written.push(name);
+                }
+            }
+            TailOutput::Kept(b) => {
+                if let Ok(v) = ValueInfoProto::parse_from_bytes(b) {
+                    gp.output.push(v);
+                }
+            }
+        }
+    }
+    // Outputs of ecc's graph the original did not have (and that the tail does not read).
+    for v in &g.outputs {
+        if !written.contains(&v.name.as_str()) && !t.hidden.contains(&v.name) {
+            gp.output.push(computed(v));
+        }
+    }
 }
 
 /// Serialize a graph to ONNX bytes.

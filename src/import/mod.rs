@@ -129,6 +129,7 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
             .map(|o| (o.domain.clone(), o.version))
             .collect(),
         notes: vec![],
+        tail: None,
         producer_name: m.producer_name.clone(),
         producer_version: m.producer_version.clone(),
         domain: m.domain.clone(),
@@ -144,8 +145,158 @@ fn meta_of(m: &ModelProto) -> ModelMeta {
     }
 }
 
-/// Import a parsed model.
+/// Ops that only post-process outputs, which ecc keeps without running when they come after
+/// the part it runs (with every node downstream of them): these, and any op of the
+/// `ai.onnx.ml` domain.
+const POST_PROCESSING: &[&str] = &["ArgMax", "ArgMin", "TopK"];
+
+/// Split off the tail of post-processing nodes (see [`crate::ir::Tail`]): the first node
+/// ecc does not read that is a post-processing op, and every node downstream of one. Any
+/// other op ecc does not read stays in the graph (and import names it). Returns the model
+/// without the tail, its outputs the values ecc computes: the model's own that the tail
+/// does not compute, and the values the tail reads.
+fn split_tail(model: &ModelProto) -> Result<Option<(ModelProto, crate::ir::Tail)>> {
+    use crate::ir::{Tail, TailOutput};
+    let Some(g) = model.graph.as_ref() else {
+        return Ok(None);
+    };
+    let default = |d: &str| d.is_empty() || d == "ai.onnx";
+    let post = |n: &NodeProto| {
+        n.domain == "ai.onnx.ml"
+            || (default(&n.domain)
+                && !ops::reads(&n.op_type)
+                && POST_PROCESSING.contains(&n.op_type.as_str()))
+    };
+    let mut tail_values: HashSet<&str> = HashSet::new();
+    let mut in_tail = vec![false; g.node.len()];
+    for (i, n) in g.node.iter().enumerate() {
+        if post(n) || n.input.iter().any(|x| tail_values.contains(x.as_str())) {
+            in_tail[i] = true;
+            tail_values.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    if !in_tail.contains(&true) {
+        return Ok(None);
+    }
+    let read_by = |tail: bool| -> HashSet<&str> {
+        g.node
+            .iter()
+            .zip(&in_tail)
+            .filter(|(_, &t)| t == tail)
+            .flat_map(|(n, _)| n.input.iter().map(String::as_str))
+            .collect()
+    };
+    let (tail_reads, ecc_reads) = (read_by(true), read_by(false));
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    // Values the tail reads from ecc's part (not constants) that the model does not output.
+    let mut hidden: Vec<String> = g
+        .node
+        .iter()
+        .zip(&in_tail)
+        .filter(|(_, &t)| !t)
+        .flat_map(|(n, _)| n.output.iter())
+        .filter(|v| tail_reads.contains(v.as_str()) && !outputs.contains(v.as_str()))
+        .cloned()
+        .collect();
+    hidden.dedup();
+    let mut tail = Tail {
+        hidden: hidden.clone(),
+        ..Default::default()
+    };
+    let mut trimmed = model.clone();
+    let tg = trimmed.graph.as_mut().expect("a graph");
+    let mut kept_nodes = vec![];
+    for (n, &t) in g.node.iter().zip(&in_tail) {
+        if t {
+            tail.nodes.push(
+                n.write_to_bytes()
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            );
+        } else {
+            kept_nodes.push(n.clone());
+        }
+    }
+    tg.node = kept_nodes;
+    tg.initializer.clear();
+    for t in &g.initializer {
+        if tail_reads.contains(t.name.as_str()) && !ecc_reads.contains(t.name.as_str()) {
+            tail.initializers.push(
+                t.write_to_bytes()
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            );
+        } else {
+            tg.initializer.push(t.clone());
+        }
+    }
+    // IR 3 lists initializers among the inputs: the tail's go with it.
+    tg.input.retain(|v| {
+        !(inits.contains(v.name.as_str())
+            && tail_reads.contains(v.name.as_str())
+            && !ecc_reads.contains(v.name.as_str()))
+    });
+    tg.output.clear();
+    for o in &g.output {
+        if tail_values.contains(o.name.as_str()) {
+            tail.outputs.push(TailOutput::Kept(
+                o.write_to_bytes()
+                    .map_err(|e| Error::invalid(e.to_string()))?,
+            ));
+        } else {
+            tail.outputs.push(TailOutput::Computed(o.name.clone()));
+            tg.output.push(o.clone());
+        }
+    }
+    for h in &hidden {
+        let mut v = ValueInfoProto::new();
+        v.name = h.clone();
+        let mut t = onnx_protobuf::type_proto::Tensor::new();
+        t.elem_type = tensor::dtype::FLOAT;
+        let mut ty = onnx_protobuf::TypeProto::new();
+        ty.value = Some(onnx_protobuf::type_proto::Value::TensorType(t));
+        v.type_ = protobuf::MessageField::some(ty);
+        tg.output.push(v);
+    }
+    Ok(Some((trimmed, tail)))
+}
+
+/// Import a parsed model: the part ecc runs, with a tail of post-processing nodes after its
+/// outputs kept for export ([`split_tail`]).
 pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
+    let Some((trimmed, tail)) = split_tail(model)? else {
+        return import_graph(model, opts);
+    };
+    let mut g = import_graph(&trimmed, opts)?;
+    let ops: BTreeMap<String, usize> = tail
+        .nodes
+        .iter()
+        .filter_map(|b| NodeProto::parse_from_bytes(b).ok())
+        .fold(BTreeMap::new(), |mut m, n| {
+            *m.entry(n.op_type).or_default() += 1;
+            m
+        });
+    let list: Vec<String> = ops
+        .iter()
+        .map(|(k, n)| {
+            if *n > 1 {
+                format!("{n} {k}")
+            } else {
+                k.clone()
+            }
+        })
+        .collect();
+    g.meta.notes.push(format!(
+        "{} node{} after the outputs ({}) kept for export, not run",
+        tail.nodes.len(),
+        if tail.nodes.len() == 1 { "" } else { "s" },
+        list.join(", ")
+    ));
+    g.meta.tail = Some(tail);
+    Ok(g)
+}
+
+/// Import a parsed model that ecc runs whole.
+fn import_graph(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
     let meta = meta_of(model);
     let opset = meta.opset();
     if let Some(why) = versions::check(meta.ir_version, opset) {

@@ -171,6 +171,11 @@ pub fn op_names() -> Vec<String> {
     v
 }
 
+/// Whether the importer builds `op_type` (of the default domain), or folds or rewrites it.
+pub fn reads(op_type: &str) -> bool {
+    op_type == "ReduceMean" || TABLE.iter().any(|(name, _)| *name == op_type)
+}
+
 /// Build the op for a node through the table.
 pub fn build(ctx: &NodeCtx) -> Result<Built> {
     let op_type = ctx.node.op_type.as_str();

@@ -115,6 +115,31 @@ pub struct ModelMeta {
     /// What import changed that the user should be told (e.g. float64 values computed in
     /// float32); not written on export. The CLI prints each as a `note:` line.
     pub notes: Vec<String>,
+    /// The nodes after the outputs that ecc keeps but does not run, if any.
+    pub tail: Option<Tail>,
+}
+
+/// Post-processing after the outputs that ecc does not run (issue 16 item 3: an ArgMax, the
+/// `ai.onnx.ml` label branch of a scikit-learn model): kept as read and written back by
+/// export after ecc's graph, so a trained model keeps its interface.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tail {
+    /// The nodes, as serialized NodeProtos, in graph order.
+    pub nodes: Vec<Vec<u8>>,
+    /// Initializers only these nodes read, as serialized TensorProtos.
+    pub initializers: Vec<Vec<u8>>,
+    /// The model's outputs in their order: computed by ecc (its name), or by the tail (its
+    /// serialized ValueInfoProto).
+    pub outputs: Vec<TailOutput>,
+    /// Values the tail reads that the model does not output: ecc's graph outputs them, and
+    /// export drops them from the outputs again.
+    pub hidden: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailOutput {
+    Computed(String),
+    Kept(Vec<u8>),
 }
 
 impl ModelMeta {
