@@ -166,3 +166,48 @@ fn run_saves_only_what_it_computes() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("keeps but does not run"), "{err}");
 }
+
+/// The scikit-learn MLP that skl2onnx writes (`scripts/make-skl2onnx-mlp.py`: a Cast on the
+/// input, the network, Softmax, then ArgMax / ArrayFeatureExtractor / Reshape / Cast for the
+/// label and ZipMap for the probabilities): imports with its six post-processing nodes kept,
+/// trains, and the trained export keeps both of skl2onnx's outputs and their nodes.
+#[test]
+fn the_scikit_learn_mlp_trains_and_keeps_its_label_output() {
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/skl-mlp-digits.onnx"
+    );
+    let dir = common::Scratch::new("skl");
+    let out = dir.join("trained.onnx");
+    let (code, stdout, err) = ecc(&[
+        "train",
+        src,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "6 nodes after the outputs (ArgMax, ArrayFeatureExtractor, 2 Cast, Reshape, ZipMap)"
+        ),
+        "{err}"
+    );
+    // Trained by scikit-learn: ecc says so and starts from it (epoch 0).
+    assert!(stdout.contains("the model as given"), "{stdout}");
+    let original = ModelProto::parse_from_bytes(&std::fs::read(src).unwrap()).unwrap();
+    let back = ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(outputs(&back), ["output_label", "output_probability"]);
+    assert_eq!(outputs(&back), outputs(&original));
+    for op in ["ArgMax", "ZipMap", "ArrayFeatureExtractor"] {
+        assert!(back.graph.node.iter().any(|n| n.op_type == op), "{op}");
+    }
+    let trained = load_bytes(&std::fs::read(&out).unwrap(), &ImportOptions::default()).unwrap();
+    let before = load_bytes(&std::fs::read(src).unwrap(), &ImportOptions::default()).unwrap();
+    assert_ne!(trained.params, before.params, "the network trained");
+}
