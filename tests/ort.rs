@@ -91,6 +91,17 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     let path = work.join("bn-folded.ec.onnx");
     ecc::export::write_file(&canon, &path).unwrap();
     jobs.push(job("bn-folded.ec", &path, &no, 3, &work, 5));
+    // Today's PyTorch exporter (dynamo, opset 20; scripts/make-torch-exports.py) and the
+    // canonical forms.
+    for name in ["mlp", "cnn-prelu", "bn-mean"] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/torch-export/{name}.onnx"));
+        jobs.push(job(&format!("torch-{name}"), &p, &no, 3, &work, 5));
+        let canon = ecc::ec::convert(&load_file(&p, &no).unwrap()).canon;
+        let path = work.join(format!("torch-{name}.ec.onnx"));
+        ecc::export::write_file(&canon, &path).unwrap();
+        jobs.push(job(&format!("torch-{name}.ec"), &path, &no, 3, &work, 5));
+    }
     // Models trained by ecc, written back as ONNX: same predictions in onnxruntime.
     std::fs::create_dir_all(&work).unwrap();
     let digits = ecc::data::digits().unwrap();
