@@ -362,7 +362,8 @@ fn ecc_ops_lists_what_the_importer_reads() {
     let (code, out, err) = ecc(&["ops"]);
     assert_eq!(code, 0, "{err}");
     for op in [
-        "Cast (constant inputs; between float types at run time)",
+        "Cast (constant inputs; to float or double at run time)",
+        "Split (read as one Slice per output)",
         "ReduceMean (over the spatial axes)",
         "Gemm",
         "Conv",

@@ -471,3 +471,78 @@ fn pad_and_slice_match_the_onnx_examples() {
         assert_eq!(back.nodes[0].op, g.nodes[0].op, "case {k}");
     }
 }
+
+/// Split, read as one Slice per output: sizes from the `split` input (opset 13) or equal
+/// parts (opset 11), on axes 1 and 2 of a (1, 3, 2) input; the outputs as documented, and
+/// the export (Slices) computes the same.
+#[test]
+fn split_is_read_as_slices() {
+    let data = vec![1.0, 1.2, 2.3, 3.4, 4.5, 5.7];
+    let build = |opset: i64, axis: i64, sizes: Option<Vec<i64>>, outs: usize| -> Vec<u8> {
+        let mut g = GraphProto::new();
+        g.input.push(value("x", &[1, 3, 2]));
+        let mut n = NodeProto::new();
+        n.op_type = "Split".into();
+        n.name = "split".into();
+        n.input.push("x".into());
+        if let Some(s) = sizes {
+            let mut t = TensorProto::new();
+            t.name = "sizes".into();
+            t.dims = vec![s.len() as i64];
+            t.data_type = tensor_proto::DataType::INT64 as i32;
+            t.int64_data = s;
+            g.initializer.push(t);
+            n.input.push("sizes".into());
+        }
+        let mut a = AttributeProto::new();
+        a.name = "axis".into();
+        a.type_ = EnumOrUnknown::new(AttributeType::INT);
+        a.i = axis;
+        n.attribute.push(a);
+        for k in 0..outs {
+            n.output.push(format!("y{k}"));
+            g.output.push(value(&format!("y{k}"), &[]));
+        }
+        g.node.push(n);
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut o = OperatorSetIdProto::new();
+        o.version = opset;
+        m.opset_import.push(o);
+        m.graph = MessageField::some(g);
+        m.write_to_bytes().unwrap()
+    };
+    let dev = Device::Cpu;
+    let cases: Vec<(Vec<u8>, Vec<Vec<f64>>)> = vec![
+        (
+            build(13, 1, Some(vec![1, 2]), 2),
+            vec![vec![1.0, 1.2], vec![2.3, 3.4, 4.5, 5.7]],
+        ),
+        (
+            build(11, -1, None, 2),
+            vec![vec![1.0, 2.3, 4.5], vec![1.2, 3.4, 5.7]],
+        ),
+    ];
+    for (k, (bytes, want)) in cases.into_iter().enumerate() {
+        let g = load_bytes(&bytes, &ImportOptions::default()).unwrap();
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.onnx_name()).collect();
+        assert_eq!(ops, ["Slice", "Slice"], "case {k}");
+        let x = Tensor::from_vec(data.clone(), (1, 3, 2), &dev).unwrap();
+        let run = |g: &ecc::ir::Graph| -> Vec<Vec<f64>> {
+            ecc::exec::Executor::with_dtype(g, DType::F64)
+                .unwrap()
+                .forward(std::slice::from_ref(&x))
+                .unwrap()
+                .iter()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                .collect()
+        };
+        assert_eq!(run(&g), want, "case {k}");
+        let back = load_bytes(
+            &ecc::export::to_bytes(&g).unwrap(),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(run(&back), want, "case {k}: export");
+    }
+}

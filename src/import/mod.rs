@@ -414,7 +414,7 @@ fn import_graph(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
                 narrowed.push(format!("a Cast to {}", tensor::dtype::name(to)));
             }
         }
-        let parts = desugar(np, opset, &scope).map_err(|e| e.at_node(nref.clone()))?;
+        let parts = desugar(np, opset, &mut scope).map_err(|e| e.at_node(nref.clone()))?;
         for np in parts.as_deref().unwrap_or(std::slice::from_ref(np)) {
             if let Some(node) =
                 import_node(np, opset, &mut scope).map_err(|e| e.at_node(nref.clone()))?
@@ -616,10 +616,110 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
 /// N x C x ... tensor (what `torch.onnx.export` writes for `AdaptiveAvgPool2d(1)` and
 /// `mean((2, 3))`) is GlobalAveragePool, followed with keepdims=0 by Flatten(axis=1), so
 /// the analysis's rules and the pooling kernel serve it. Other reductions are refused.
-fn desugar(np: &NodeProto, opset: i64, scope: &Scope) -> Result<Option<Vec<NodeProto>>> {
-    if np.op_type != "ReduceMean" || !(np.domain.is_empty() || np.domain == "ai.onnx") {
+fn desugar(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Vec<NodeProto>>> {
+    if !(np.domain.is_empty() || np.domain == "ai.onnx") {
         return Ok(None);
     }
+    match np.op_type.as_str() {
+        "ReduceMean" => reduce_mean(np, opset, scope),
+        "Split" => split(np, opset, scope),
+        _ => Ok(None),
+    }
+}
+
+/// Split as one Slice per output (opset 10+ form: starts, ends and axes as constants added
+/// to the scope, named after the output). Sizes from the `split` attribute (before opset
+/// 13) or input (from 13), or equal parts of the axis (`num_outputs` from opset 18, the
+/// last part smaller when the axis does not divide).
+fn split(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Vec<NodeProto>>> {
+    let Some(x) = np.input.first().filter(|x| !x.is_empty()) else {
+        return Err(Error::invalid("Split needs an input"));
+    };
+    let Some(shape) = scope.shapes.get(x) else {
+        return Ok(None);
+    };
+    let attrs = attrs::Attrs::new(np);
+    let rank = shape.rank();
+    let axis = crate::ir::norm_axis(attrs.int("axis", 0), rank)?;
+    let d = shape.dims[axis] as i64;
+    let n = np.output.len() as i64;
+    let sizes: Vec<i64> = match if opset < 13 {
+        attrs.ints("split")
+    } else {
+        match np.input.get(1).filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => Some(
+                scope
+                    .consts
+                    .get(a)
+                    .ok_or_else(|| {
+                        Error::unsupported(format!(
+                            "Split sizes (input '{a}') are computed at run time; ecc needs them constant"
+                        ))
+                    })?
+                    .as_i64(),
+            ),
+        }
+    } {
+        Some(s) => s,
+        None => {
+            let k = if opset >= 18 && attrs.has("num_outputs") {
+                attrs.int("num_outputs", n)
+            } else {
+                n
+            };
+            if k < 1 || (opset < 18 && d % k != 0) {
+                return Err(Error::invalid(format!(
+                    "Split of an axis of {d} into {k} equal parts"
+                )));
+            }
+            let part = (d + k - 1) / k;
+            (0..k).map(|i| part.min(d - i * part).max(0)).collect()
+        }
+    };
+    if sizes.len() as i64 != n || sizes.iter().any(|&s| s < 0) || sizes.iter().sum::<i64>() != d {
+        return Err(Error::invalid(format!(
+            "Split sizes {sizes:?} for {n} outputs of an axis of {d}"
+        )));
+    }
+    let mut nodes = vec![];
+    let mut at = 0;
+    for (out, &size) in np.output.iter().zip(&sizes) {
+        let (start, end) = (at, at + size);
+        at = end;
+        if out.is_empty() {
+            continue;
+        }
+        let mut s = NodeProto::new();
+        s.op_type = "Slice".into();
+        s.name = format!("{}::{out}", np.name);
+        s.input = vec![x.clone()];
+        for (what, v) in [("starts", start), ("ends", end), ("axes", axis as i64)] {
+            if opset < 10 {
+                let mut a = onnx_protobuf::AttributeProto::new();
+                a.name = what.into();
+                a.type_ = protobuf::EnumOrUnknown::new(
+                    onnx_protobuf::attribute_proto::AttributeType::INTS,
+                );
+                a.ints = vec![v];
+                s.attribute.push(a);
+                continue;
+            }
+            let name = format!("{out}::{what}");
+            scope
+                .consts
+                .insert(name.clone(), Constant::i64(vec![1], vec![v]));
+            scope.shapes.insert(name.clone(), Shape::fixed(vec![1]));
+            s.input.push(name);
+        }
+        s.output = vec![out.clone()];
+        nodes.push(s);
+    }
+    Ok(Some(nodes))
+}
+
+/// ReduceMean over every spatial axis as GlobalAveragePool [+ Flatten].
+fn reduce_mean(np: &NodeProto, opset: i64, scope: &Scope) -> Result<Option<Vec<NodeProto>>> {
     let Some(x) = np.input.first().filter(|x| !x.is_empty()) else {
         return Err(Error::invalid("ReduceMean needs an input"));
     };

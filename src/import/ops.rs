@@ -159,7 +159,7 @@ pub fn op_names() -> Vec<String> {
     let mut v: Vec<String> = TABLE
         .iter()
         .map(|(n, _)| match *n {
-            "Cast" => "Cast (constant inputs; between float types at run time)".to_string(),
+            "Cast" => "Cast (constant inputs; to float or double at run time)".to_string(),
             n if folded.contains(&n) && !matches!(n, "Constant" | "ConstantOfShape") => {
                 format!("{n} (constant inputs)")
             }
@@ -167,13 +167,14 @@ pub fn op_names() -> Vec<String> {
         })
         .collect();
     v.push("ReduceMean (over the spatial axes)".into());
+    v.push("Split (read as one Slice per output)".into());
     v.sort();
     v
 }
 
 /// Whether the importer builds `op_type` (of the default domain), or folds or rewrites it.
 pub fn reads(op_type: &str) -> bool {
-    op_type == "ReduceMean" || TABLE.iter().any(|(name, _)| *name == op_type)
+    matches!(op_type, "ReduceMean" | "Split") || TABLE.iter().any(|(name, _)| *name == op_type)
 }
 
 /// Build the op for a node through the table.
