@@ -258,7 +258,6 @@ fn elementwise_ops_match_their_formulas_and_gradients() {
             .sum_all()
             .unwrap();
         let grads = loss.backward().unwrap();
-        let h = 1e-6;
         for (k, v) in vars.iter().enumerate() {
             let auto = grads
                 .get(v.as_tensor())
@@ -267,28 +266,38 @@ fn elementwise_ops_match_their_formulas_and_gradients() {
                 .unwrap()
                 .to_vec1::<f64>()
                 .unwrap();
-            for i in 0..auto.len() {
-                let at = |d: f64| {
-                    let mut p = xs.clone();
-                    p[k][i] += d;
-                    run(&p).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
-                };
-                let fd = (at(h) - at(-h)) / (2.0 * h);
-                assert!(
-                    (auto[i] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
-                    "{what} d/dx{k}[{i}]: autograd {} vs fd {fd}",
-                    auto[i]
-                );
-            }
+            let loss = |i: usize, d: f64| {
+                let mut p = xs.clone();
+                p[k][i] += d;
+                run(&p).iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+            };
+            assert_fd(&auto, loss, &format!("{what} d/dx{k}"));
         }
-        // Export and read back: the same op and attributes.
-        let back = load_bytes(
-            &ecc::export::to_bytes(&g).unwrap(),
-            &ImportOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(back.nodes[0].op, g.nodes[0].op, "{what}");
+        assert_round_trip(&g, &what);
     }
+}
+
+/// Autograd's gradient `auto` against central differences of `loss(i, d)` (the loss with
+/// input scalar i moved by d), in f64.
+fn assert_fd(auto: &[f64], loss: impl Fn(usize, f64) -> f64, what: &str) {
+    let h = 1e-6;
+    for (i, &a) in auto.iter().enumerate() {
+        let fd = (loss(i, h) - loss(i, -h)) / (2.0 * h);
+        assert!(
+            (a - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "{what} [{i}]: autograd {a} vs fd {fd}"
+        );
+    }
+}
+
+/// Export and read back: the same op and attributes.
+fn assert_round_trip(g: &ecc::ir::Graph, what: &str) {
+    let back = load_bytes(
+        &ecc::export::to_bytes(g).unwrap(),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(back.nodes[0].op, g.nodes[0].op, "{what}");
 }
 
 #[test]
@@ -449,26 +458,14 @@ fn pad_and_slice_match_the_onnx_examples() {
             .unwrap()
             .to_vec1::<f64>()
             .unwrap();
-        for i in 0..data.len() {
-            let at = |d: f64| {
-                let mut x = data.clone();
-                x[i] += d;
-                let y = run(&x).flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                y.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
-            };
-            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-            assert!(
-                (auto[i] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "case {k} [{i}]: {} vs {fd}",
-                auto[i]
-            );
-        }
-        let back = load_bytes(
-            &ecc::export::to_bytes(&g).unwrap(),
-            &ImportOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(back.nodes[0].op, g.nodes[0].op, "case {k}");
+        let loss = |i: usize, d: f64| {
+            let mut x = data.clone();
+            x[i] += d;
+            let y = run(&x).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            y.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
+        };
+        assert_fd(&auto, loss, &format!("case {k}"));
+        assert_round_trip(&g, &format!("case {k}"));
     }
 }
 

@@ -643,24 +643,7 @@ fn split(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Vec<Nod
     let axis = crate::ir::norm_axis(attrs.int("axis", 0), rank)?;
     let d = shape.dims[axis] as i64;
     let n = np.output.len() as i64;
-    let sizes: Vec<i64> = match if opset < 13 {
-        attrs.ints("split")
-    } else {
-        match np.input.get(1).filter(|a| !a.is_empty()) {
-            None => None,
-            Some(a) => Some(
-                scope
-                    .consts
-                    .get(a)
-                    .ok_or_else(|| {
-                        Error::unsupported(format!(
-                            "Split sizes (input '{a}') are computed at run time; ecc needs them constant"
-                        ))
-                    })?
-                    .as_i64(),
-            ),
-        }
-    } {
+    let sizes: Vec<i64> = match ints_operand(np, opset, 13, "split", "Split sizes", scope)? {
         Some(s) => s,
         None => {
             let k = if opset >= 18 && attrs.has("num_outputs") {
@@ -718,6 +701,35 @@ fn split(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<Vec<Nod
     Ok(Some(nodes))
 }
 
+/// A list of ints that a node has as the attribute `attr` before opset `since` and as its
+/// second input from then on, which must then be a constant (`what` names it in the error).
+fn ints_operand(
+    np: &NodeProto,
+    opset: i64,
+    since: i64,
+    attr: &str,
+    what: &str,
+    scope: &Scope,
+) -> Result<Option<Vec<i64>>> {
+    if opset < since {
+        return Ok(attrs::Attrs::new(np).ints(attr));
+    }
+    match np.input.get(1).filter(|a| !a.is_empty()) {
+        None => Ok(None),
+        Some(a) => Ok(Some(
+            scope
+                .consts
+                .get(a)
+                .ok_or_else(|| {
+                    Error::unsupported(format!(
+                        "{what} (input '{a}') are computed at run time; ecc needs them constant"
+                    ))
+                })?
+                .as_i64(),
+        )),
+    }
+}
+
 /// ReduceMean over every spatial axis as GlobalAveragePool [+ Flatten].
 fn reduce_mean(np: &NodeProto, opset: i64, scope: &Scope) -> Result<Option<Vec<NodeProto>>> {
     let Some(x) = np.input.first().filter(|x| !x.is_empty()) else {
@@ -728,24 +740,7 @@ fn reduce_mean(np: &NodeProto, opset: i64, scope: &Scope) -> Result<Option<Vec<N
     };
     let attrs = attrs::Attrs::new(np);
     let rank = shape.rank() as i64;
-    let axes: Option<Vec<i64>> = if opset < 18 {
-        attrs.ints("axes")
-    } else {
-        match np.input.get(1).filter(|a| !a.is_empty()) {
-            None => None,
-            Some(a) => Some(
-                scope
-                    .consts
-                    .get(a)
-                    .ok_or_else(|| {
-                        Error::unsupported(format!(
-                            "ReduceMean axes (input '{a}') are computed at run time; ecc needs them constant"
-                        ))
-                    })?
-                    .as_i64(),
-            ),
-        }
-    };
+    let axes = ints_operand(np, opset, 18, "axes", "ReduceMean axes", scope)?;
     let Some(axes) = axes.filter(|a| !a.is_empty()) else {
         return Err(Error::unsupported(
             "ReduceMean over all axes (ecc reads the mean over the spatial axes)",
