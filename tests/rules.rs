@@ -49,6 +49,8 @@ hard-sigmoid:    (hard-sigmoid (scale ?s ?x)) => (scale ?s (hard-sigmoid ?x))
 hard-swish:      (hard-swish (scale ?s ?x)) => (scale ?s (hard-swish ?x))
 gelu-pass:       (gelu (scale ?s ?x)) => (scale ?s (gelu ?x))
 pad-value-pass:  (pad-value (scale ?s ?x)) => (scale ?s (pad-value ?x))
+in-pass:         (instance-norm (scale ?s ?x)) => (scale ?s (instance-norm ?x))
+in-vanish:       (instance-norm (scale ?s ?x)) => (instance-norm ?x)
 mixing:          (channel-mixing-reshape (scale ?s ?x)) => (scale (spread ?s) (channel-mixing-reshape ?x))
 ";
     for r in parse_rules("wrong.rules", wrong).unwrap() {

@@ -455,6 +455,20 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
         Ec::HardSigmoid(_) => Val::T(t(ev(0, d, env)?)?.map(|x| (0.2 * x + 0.5).clamp(0.0, 1.0))),
         Ec::HardSwish(_) => Val::T(t(ev(0, d, env)?)?.map(|x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0))),
         // The tanh form: the check compares a rule's two sides, for which either form serves.
+        // Per sample and channel over the spatial positions, epsilon 1e-5.
+        Ec::InstanceNorm(_) => {
+            let x = t(ev(0, Role::Data(4), env)?)?;
+            let s = x.dims[2] * x.dims[3];
+            let mut y = x.clone();
+            for plane in y.v.chunks_mut(s) {
+                let m = plane.iter().sum::<f64>() / s as f64;
+                let var = plane.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / s as f64;
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = (*v - m) / (var + 1e-5).sqrt());
+            }
+            Val::T(y)
+        }
         Ec::Gelu(_) => Val::T(t(ev(0, d, env)?)?.map(|x| {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())

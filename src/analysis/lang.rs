@@ -36,6 +36,9 @@ define_language! {
         "hard-sigmoid" = HardSigmoid(Id),
         "hard-swish" = HardSwish(Id),
         "gelu" = Gelu(Id),
+        // InstanceNormalization's normalization (no rule: a scale does not pass it; with
+        // epsilon > 0 it does not vanish exactly either).
+        "instance-norm" = InstanceNorm(Id),
         "softmax" = Softmax(Id),
         "log-softmax" = LogSoftmax(Id),
         "lrn" = Lrn(Id),

@@ -166,6 +166,7 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::HardSigmoid { .. } => un("hard-sigmoid"),
         Op::HardSwish => un("hard-swish"),
         Op::Gelu { .. } => un("gelu"),
+        Op::InstanceNorm { .. } => un("instance-norm"),
         Op::Softmax { .. } => un("softmax"),
         Op::LogSoftmax { .. } => un("log-softmax"),
         Op::Lrn { .. } => un("lrn"),

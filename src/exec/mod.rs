@@ -478,6 +478,19 @@ impl Executor {
                     .broadcast_mul(&k)?
                     .broadcast_add(&bias.reshape(d.as_slice())?)?
             }
+            Op::InstanceNorm { epsilon } => {
+                let (t, scale, bias) = (x[0], x[1], x[2]);
+                let flat = t.flatten_from(2)?;
+                let mean = flat.mean_keepdim(2)?;
+                let centred = flat.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim(2)?;
+                let y = centred.broadcast_div(&(var + *epsilon as f64)?.sqrt()?)?;
+                let mut d = vec![1; 2];
+                d[0] = t.dims()[1];
+                y.broadcast_mul(&scale.reshape(d.as_slice())?)?
+                    .broadcast_add(&bias.reshape(d.as_slice())?)?
+                    .reshape(t.dims())?
+            }
             Op::Dropout { .. } | Op::Identity => x[0].clone(),
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
                 x[0].reshape(out_dims)?

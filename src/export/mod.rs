@@ -127,6 +127,7 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             a.push(attr_float("beta", *beta));
         }
         Op::Gelu { tanh: true } => a.push(attr_string("approximate", "tanh")),
+        Op::InstanceNorm { epsilon } => a.push(attr_float("epsilon", *epsilon)),
         Op::Pad { pads, mode } => {
             let (name, value) = match mode {
                 crate::ir::PadMode::Constant(v) => ("constant", *v),

@@ -129,6 +129,11 @@ const TABLE: &[(&str, Builder)] = &[
     ("Softmax", |c| softmax(c, false)),
     ("LogSoftmax", |c| softmax(c, true)),
     ("BatchNormalization", batch_norm),
+    ("InstanceNormalization", |c| {
+        Ok(Built::Op(Op::InstanceNorm {
+            epsilon: c.attrs.float("epsilon", 1e-5),
+        }))
+    }),
     ("Dropout", dropout),
     ("Identity", |_| Ok(Built::Op(Op::Identity))),
     ("Flatten", |c| {

@@ -45,6 +45,7 @@ pub const OPS: &[(&str, &[i64])] = &[
     ("HardSigmoid", &[1, 6, 22]),
     ("HardSwish", &[14, 22]),
     ("Identity", &[1, 13, 14, 16, 19, 21, 23, 24, 25]),
+    ("InstanceNormalization", &[1, 6, 22]),
     ("LRN", &[1, 13]),
     ("LeakyRelu", &[1, 6, 16]),
     ("LogSoftmax", &[1, 11, 13]),

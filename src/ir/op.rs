@@ -107,6 +107,11 @@ pub enum Op {
         epsilon: f32,
         momentum: f32,
     },
+    /// Inputs X, scale, B: per sample and channel, (x - mean) / sqrt(var + epsilon) over
+    /// the spatial axes (biased variance), then scale and B per channel.
+    InstanceNorm {
+        epsilon: f32,
+    },
     /// Identity in inference; in training, zeroes each element with probability `ratio`
     /// and scales the rest by 1 / (1 - ratio).
     Dropout {
@@ -188,6 +193,7 @@ impl Op {
             Op::LogSoftmax { .. } => "LogSoftmax",
             Op::BatchNorm { .. } => "BatchNormalization",
             Op::Dropout { .. } => "Dropout",
+            Op::InstanceNorm { .. } => "InstanceNormalization",
             Op::Identity => "Identity",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",

@@ -458,6 +458,7 @@ impl Op {
             | Op::HardSigmoid { .. }
             | Op::HardSwish
             | Op::Gelu { .. }
+            | Op::InstanceNorm { .. }
             | Op::Dropout { .. }
             | Op::Identity => {
                 need(1)?;

@@ -334,6 +334,7 @@ impl PathSgd {
                 | Op::HardSigmoid { .. }
                 | Op::HardSwish
                 | Op::Gelu { .. }
+                | Op::InstanceNorm { .. }
                 | Op::Max
                 | Op::Min
                 | Op::Softmax { .. }
