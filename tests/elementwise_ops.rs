@@ -290,6 +290,33 @@ fn assert_fd(auto: &[f64], loss: impl Fn(usize, f64) -> f64, what: &str) {
     }
 }
 
+/// d(sum(y * r))/dx by autograd, for the one-input model `ex` at `x` (of shape `x_dims`;
+/// y of shape `y_dims`), in f64.
+fn weighted_sum_grad(
+    ex: &ecc::exec::Executor,
+    x: &[f64],
+    x_dims: &[usize],
+    r: &[f64],
+    y_dims: &[usize],
+) -> Vec<f64> {
+    let dev = Device::Cpu;
+    let v = Var::from_tensor(&Tensor::from_vec(x.to_vec(), x_dims, &dev).unwrap()).unwrap();
+    let rt = Tensor::from_vec(r.to_vec(), y_dims, &dev).unwrap();
+    let grads = (&ex.forward(&[v.as_tensor().clone()]).unwrap()[0] * &rt)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    grads
+        .get(v.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
 /// Export and read back: the same op and attributes.
 fn assert_round_trip(g: &ecc::ir::Graph, what: &str) {
     let back = load_bytes(
@@ -441,23 +468,7 @@ fn pad_and_slice_match_the_onnx_examples() {
         );
         // Gradient of sum(y * r): autograd against central differences.
         let r: Vec<f64> = (0..got.len()).map(|i| 0.3 + i as f64 * 0.7).collect();
-        let rt = Tensor::from_vec(r.clone(), dims.as_slice(), &dev).unwrap();
-        let v =
-            Var::from_tensor(&Tensor::from_vec(data.clone(), (1, 3, 2), &dev).unwrap()).unwrap();
-        let out = ex.forward(&[v.as_tensor().clone()]).unwrap();
-        let grads = (&out[0] * &rt)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let auto = grads
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let auto = weighted_sum_grad(&ex, &data, &[1, 3, 2], &r, &dims);
         let loss = |i: usize, d: f64| {
             let mut x = data.clone();
             x[i] += d;
@@ -605,22 +616,7 @@ fn instance_normalization_matches_its_formula_and_gradients() {
         }
     }
     let r: Vec<f64> = (0..y.len()).map(|i| 0.5 + (i % 5) as f64 * 0.3).collect();
-    let v =
-        Var::from_tensor(&Tensor::from_vec(x0.clone(), dims.as_slice(), &dev).unwrap()).unwrap();
-    let rt = Tensor::from_vec(r.clone(), dims.as_slice(), &dev).unwrap();
-    let grads = (&ex.forward(&[v.as_tensor().clone()]).unwrap()[0] * &rt)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let auto = grads
-        .get(v.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let auto = weighted_sum_grad(&ex, &x0, &dims, &r, &dims);
     let loss = |i: usize, d: f64| {
         let mut x = x0.clone();
         x[i] += d;

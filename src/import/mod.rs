@@ -190,7 +190,7 @@ fn split_tail(model: &ModelProto) -> Result<Option<(ModelProto, crate::ir::Tail)
     let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     // Values the tail reads from ecc's part (not constants) that the model does not output.
-    let mut hidden: Vec<String> = g
+    let hidden: Vec<String> = g
         .node
         .iter()
         .zip(&in_tail)
@@ -199,7 +199,6 @@ fn split_tail(model: &ModelProto) -> Result<Option<(ModelProto, crate::ir::Tail)
         .filter(|v| tail_reads.contains(v.as_str()) && !outputs.contains(v.as_str()))
         .cloned()
         .collect();
-    hidden.dedup();
     let mut tail = Tail {
         hidden: hidden.clone(),
         ..Default::default()
