@@ -14,10 +14,11 @@ Suites (written out by scripts/conformance.sh):
   debian    Debian's libonnx-testdata node cases (files)
 
 Integer inputs: ecc reads shapes, axes, pads and bounds as constants, while the node cases
-feed them as graph inputs. A case whose graph inputs include integer or bool tensors, or
-scalars (rank 0: Pad's constant value, Clip's bounds, Dropout's ratio), is run with those
-inputs baked into the model as initializers, from the data set (named "+const" in listings);
-its other inputs stay inputs.
+feed them as graph inputs. A case whose graph inputs include integer or bool tensors,
+scalars (rank 0: Pad's constant value, Clip's bounds, Dropout's ratio), or float operands
+(Resize's roi and scales, Upsample's scales) is run with those inputs baked into the model
+as initializers, from the data set (named "+const" in listings); its other inputs stay
+inputs.
 
 Tolerances: the case's own (onnx's backend test defaults rtol 1e-3, atol 1e-7, or the
 case's), as onnx's backend runner applies them. A case with several data sets uses all.
@@ -56,6 +57,11 @@ FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOA
           onnx.TensorProto.BFLOAT16}
 
 
+# Float operands ecc reads as constants: inputs from this index on (Resize's roi and scales,
+# Upsample's scales).
+OPERAND_FROM = {"Resize": 1, "Upsample": 1}
+
+
 def bake(model_path, ds, work):
     """The model with its integer/bool tensor inputs made initializers from data set `ds`, and
     a data set of the remaining inputs; None when there is nothing to bake."""
@@ -66,9 +72,12 @@ def bake(model_path, ds, work):
     def scalar(i):
         tt = i.type.tensor_type
         return tt.HasField("shape") and len(tt.shape.dim) == 0
+    def operand(i):
+        uses = [(n.op_type, k) for n in m.graph.node for k, x in enumerate(n.input) if x == i.name]
+        return uses and all(k >= OPERAND_FROM.get(op, 99) for op, k in uses)
     bake_idx = [k for k, i in enumerate(real)
                 if i.type.HasField("tensor_type")
-                and (i.type.tensor_type.elem_type not in FLOATS or scalar(i))]
+                and (i.type.tensor_type.elem_type not in FLOATS or scalar(i) or operand(i))]
     if not bake_idx or len(bake_idx) == len(real):
         return None
     out_ds = work / ds.name

@@ -7,15 +7,22 @@ with its defaults (the dynamo exporter in torch 2.15, opset 18+), from eval mode
   cnn-prelu.onnx Conv 1->8 (3x3, pad 1), PReLU(8), MaxPool 2, Dropout(0.25), Flatten, Linear
   bn-mean.onnx   Conv-BN-ReLU twice, then x.mean((2, 3)) (what AdaptiveAvgPool2d(1) and
                  mean((2, 3)) export as: ReduceMean), Linear
+  decoder.onnx   Conv 1->8 stride 2, ReLU, ConvTranspose 8->4 (stride 2, output_padding 1),
+                 ReLU, Upsample x2 bilinear, Conv 4->6, ReLU, interpolate x0.5 nearest,
+                 mean, Linear (ConvTranspose and Resize as the exporter writes them)
 
 Each with a reference: input_0.pb (4 digits images, seed 0) and PyTorch's output_0.pb, in
 <name>/test_data_set_0/. Written to tests/fixtures/torch-export/ (small; committed). Needs
 PyTorch 2.15 and onnxscript from PyPI in ~/.cache/ecc/torch-venv (scripts/peer-bench.sh
 makes it; `pip install onnxscript` adds the exporter's dependency):
 
-    ~/.cache/ecc/torch-venv/bin/python scripts/make-torch-exports.py
+    ~/.cache/ecc/torch-venv/bin/python scripts/make-torch-exports.py [NAME...]
+
+With names, only those models are written (each model's weights and input come from its own
+seed, so one can be added without changing the others).
 """
 import os
+import sys
 from pathlib import Path
 
 import onnx
@@ -40,6 +47,23 @@ class BnMean(nn.Module):
         return self.fc(self.f(x).mean((2, 3)))
 
 
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.resize = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.down(x))
+        x = torch.relu(self.up(x))
+        x = torch.relu(self.conv(self.resize(x)))
+        x = nn.functional.interpolate(x, scale_factor=0.5, mode="nearest")
+        return self.fc(x.mean((2, 3)))
+
+
 models = {
     "mlp": (nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), (64,)),
     "cnn-prelu": (
@@ -51,7 +75,28 @@ models = {
     ),
     "bn-mean": (BnMean(), (1, 8, 8)),
 }
-for name, (m, shape) in models.items():
+# Models added later, each from its own seed (the ones above share seed 0 in order).
+later = {"decoder": (1, Decoder, (1, 8, 8))}
+
+
+def built():
+    for name, (m, shape) in models.items():
+        yield name, m, shape
+    for name, (seed, make, shape) in later.items():
+        torch.manual_seed(seed)
+        yield name, make(), shape
+
+
+only = set(sys.argv[1:])
+for name, m, shape in built():
+    if only and name not in only:
+        # Keep the shared seed's sequence: draw what this model's input would have drawn.
+        if name in models:
+            if name == "bn-mean":
+                for _ in range(5):
+                    torch.rand(32, *shape)
+            torch.rand(4, *shape)
+        continue
     if name == "bn-mean":
         # Running statistics that are not the defaults, so eval-mode BN does something.
         m.train()

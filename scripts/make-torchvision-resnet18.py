@@ -1,5 +1,5 @@
 """A torchvision resnet18 (random init, seed 0: no weights are downloaded) exported to ONNX
-the two ways PyTorch users do, for the coverage table of docs/ec-dag.md:
+the two ways PyTorch users do (for the coverage table of docs/ec-dag.md and the tests):
   resnet18-bn.onnx      TorchScript exporter, TrainingMode.TRAINING: BatchNormalization kept
   resnet18-folded.onnx  the default (dynamo) exporter from eval mode: every BN folded into
                         the conv before it (a residual network without BN)
@@ -7,7 +7,9 @@ Written to $ECC_CACHE/fixtures/torchvision (default ~/.cache/ecc), outside the s
 (45 MB each). Needs PyTorch and torchvision from PyPI in ~/.cache/ecc/torch-venv:
   ~/.cache/ecc/torch-venv/bin/pip install torchvision==0.29.2 --no-deps; pip install pillow
   ~/.cache/ecc/torch-venv/bin/python scripts/make-torchvision-resnet18.py
-No test needs these files; scripts/coverage.sh uses them when they are there."""
+The tests do not need these files; when they are there, tests/torch_exports.rs imports,
+analyzes, converts and trains both (at 3x32x32), tests/ort.rs runs them and their canonical
+forms in onnxruntime (at 224x224), and scripts/coverage.sh counts them."""
 import os
 import torch
 import torchvision

@@ -125,9 +125,11 @@ fn macs_per_sample(g: &Graph) -> (f64, f64) {
     for l in g.weight_layers() {
         let n = &g.nodes[l.node];
         let weights: usize = g.params[l.weight].dims.iter().product();
-        // Dense: one MAC per weight; conv: per weight and output position.
+        // Dense: one MAC per weight; conv: per weight and output position; transposed
+        // conv: per weight and input position.
         let positions: usize = match n.op {
             Op::Conv(_) => g.shapes[&n.outputs[0]].dims[2..].iter().product(),
+            Op::ConvTranspose(_) => g.shapes[&n.inputs[0]].dims[2..].iter().product(),
             _ => 1,
         };
         layers.push((weights * positions) as f64);

@@ -54,6 +54,18 @@ fn models() -> Vec<(String, Graph)> {
         }
         v.push((spec.to_string(), g));
     }
+    // ConvTranspose and Resize (PyTorch's export of a small decoder).
+    v.push((
+        "torch decoder".into(),
+        load_file(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/torch-export/decoder.onnx"
+            )),
+            &ImportOptions::default(),
+        )
+        .unwrap(),
+    ));
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         pnet.input_shapes

@@ -487,14 +487,25 @@ fn gradient_balance_on_unequal_widths_and_the_residual_branch() {
     }
 }
 
-/// The CNN of models/ and the named mtcnn models (when the fixtures are fetched); pnet at
+/// The CNN of models/, PyTorch's decoder (ConvTranspose, Resize) and the named mtcnn models (when the fixtures are fetched); pnet at
 /// 14x14.
 fn conv_models(mtcnn: &[&str]) -> Vec<(String, Graph)> {
     let cnn = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cnn-mnist.onnx");
-    let mut models = vec![(
-        "cnn-mnist".to_string(),
-        ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
-    )];
+    let decoder = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/torch-export/decoder.onnx"
+    );
+    let mut models = vec![
+        (
+            "cnn-mnist".to_string(),
+            ecc::import::load_file(std::path::Path::new(cnn), &Default::default()).unwrap(),
+        ),
+        // ConvTranspose and Resize.
+        (
+            "torch decoder".to_string(),
+            ecc::import::load_file(std::path::Path::new(decoder), &Default::default()).unwrap(),
+        ),
+    ];
     if let Some(fx) = common::fixtures() {
         for &name in mtcnn {
             let mut o = ecc::import::ImportOptions::default();

@@ -5,48 +5,16 @@
 //! tie their inputs as Add does; the three activations block a scale) are checked
 //! numerically in tests/rules.rs.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::onnx::{assert_fd, assert_round_trip, float_attr, string_attr, value};
 use ecc::import::{load_bytes, ImportOptions};
 use onnx_protobuf::{
-    attribute_proto::AttributeType, tensor_proto, tensor_shape_proto, type_proto, AttributeProto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto,
 };
 use protobuf::{EnumOrUnknown, Message, MessageField};
-
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    for &d in dims {
-        let mut dim = tensor_shape_proto::Dimension::new();
-        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d));
-        shape.dim.push(dim);
-    }
-    let mut t = type_proto::Tensor::new();
-    t.elem_type = 1;
-    t.shape = MessageField::some(shape);
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(t));
-    let mut v = ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = MessageField::some(ty);
-    v
-}
-
-fn float_attr(name: &str, f: f32) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = EnumOrUnknown::new(AttributeType::FLOAT);
-    a.f = f;
-    a
-}
-
-fn string_attr(name: &str, s: &str) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.into();
-    a.type_ = EnumOrUnknown::new(AttributeType::STRING);
-    a.s = s.as_bytes().to_vec();
-    a
-}
 
 const DIMS: [i64; 4] = [2, 3, 2, 2];
 
@@ -277,19 +245,6 @@ fn elementwise_ops_match_their_formulas_and_gradients() {
     }
 }
 
-/// Autograd's gradient `auto` against central differences of `loss(i, d)` (the loss with
-/// input scalar i moved by d), in f64.
-fn assert_fd(auto: &[f64], loss: impl Fn(usize, f64) -> f64, what: &str) {
-    let h = 1e-6;
-    for (i, &a) in auto.iter().enumerate() {
-        let fd = (loss(i, h) - loss(i, -h)) / (2.0 * h);
-        assert!(
-            (a - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
-            "{what} [{i}]: autograd {a} vs fd {fd}"
-        );
-    }
-}
-
 /// d(sum(y * r))/dx by autograd, for the one-input model `ex` at `x` (of shape `x_dims`;
 /// y of shape `y_dims`), in f64.
 fn weighted_sum_grad(
@@ -315,16 +270,6 @@ fn weighted_sum_grad(
         .unwrap()
         .to_vec1::<f64>()
         .unwrap()
-}
-
-/// Export and read back: the same op and attributes.
-fn assert_round_trip(g: &ecc::ir::Graph, what: &str) {
-    let back = load_bytes(
-        &ecc::export::to_bytes(g).unwrap(),
-        &ImportOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(back.nodes[0].op, g.nodes[0].op, "{what}");
 }
 
 #[test]

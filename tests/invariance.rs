@@ -299,3 +299,121 @@ fn pad_and_slice_pass_or_block_rescalings() {
     assert_eq!((blocked, a.rescalings()), (8, plain - 8));
     assert_invariant("pad with 1.0", &g, 2);
 }
+
+/// conv (1 -> 4, stride 2) -> ReLU -> ConvTranspose (4 -> 4, stride 2, `group`) -> ReLU ->
+/// Resize (linear, `scales`) -> conv 1x1 (-> 2) -> ReLU -> global pool -> Gemm, opset 13,
+/// seeded weights.
+fn resample_net(group: i64, scales: [f32; 4]) -> Graph {
+    use common::onnx::{float_attr, float_init, int_attr, ints_attr, string_attr, value};
+    use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut g = GraphProto::new();
+    let mut init = |name: &str, dims: &[i64]| {
+        let n: i64 = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-0.5..0.5)).collect();
+        float_init(name, dims, &v)
+    };
+    let mid = 4 * scales[1] as i64;
+    let inits = [
+        init("w1", &[4, 1, 3, 3]),
+        init("b1", &[4]),
+        init("w2", &[4, 4 / group, 3, 3]),
+        init("b2", &[4]),
+        init("w3", &[2, mid, 1, 1]),
+        init("b3", &[2]),
+        init("w4", &[3, 2]),
+        init("b4", &[3]),
+        float_init("scales", &[4], &scales),
+    ];
+    g.initializer.extend(inits);
+    let node = |op: &str, ins: &[&str], out: &str, attrs: Vec<_>| {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = out.into();
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.into()];
+        n.attribute = attrs;
+        n
+    };
+    g.node = vec![
+        node(
+            "Conv",
+            &["x", "w1", "b1"],
+            "c1",
+            vec![
+                ints_attr("strides", &[2, 2]),
+                ints_attr("pads", &[1, 1, 1, 1]),
+            ],
+        ),
+        node("Relu", &["c1"], "r1", vec![]),
+        node(
+            "ConvTranspose",
+            &["r1", "w2", "b2"],
+            "t",
+            vec![
+                ints_attr("strides", &[2, 2]),
+                ints_attr("pads", &[1, 1, 1, 1]),
+                ints_attr("output_padding", &[1, 1]),
+                int_attr("group", group),
+            ],
+        ),
+        node("Relu", &["t"], "r2", vec![]),
+        node(
+            "Resize",
+            &["r2", "", "scales"],
+            "up",
+            vec![string_attr("mode", "linear")],
+        ),
+        node("Conv", &["up", "w3", "b3"], "c3", vec![]),
+        node("Relu", &["c3"], "r3", vec![]),
+        node("GlobalAveragePool", &["r3"], "p", vec![]),
+        node("Flatten", &["p"], "f", vec![]),
+        node(
+            "Gemm",
+            &["f", "w4", "b4"],
+            "y",
+            vec![int_attr("transB", 1), float_attr("alpha", 1.0)],
+        ),
+    ];
+    g.input.push(value("x", &[1, 1, 6, 6]));
+    g.output.push(value("y", &[1, 3]));
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut o = OperatorSetIdProto::new();
+    o.version = 13;
+    m.opset_import.push(o);
+    m.graph = protobuf::MessageField::some(g);
+    ecc::import::load_bytes(&m.write_to_bytes().unwrap(), &ImportOptions::default()).unwrap()
+}
+
+/// ConvTranspose (group 1) is a layer: its input channels absorb a scale (the weights that
+/// read channel c are W[c, ..]) and its output channels are units; a Resize off the channel
+/// axis passes a scale. A grouped ConvTranspose is not followed (it blocks what reaches it
+/// and has no units), and a Resize that scales the channel axis mixes channels (it blocks).
+/// PyTorch's export of a decoder (both ops as its exporter writes them) is invariant too.
+#[test]
+fn conv_transpose_and_resize_pass_or_block_rescalings() {
+    let rescalings = |g: &Graph| analyze(g, &RuleSet::default_rules()).rescalings();
+    let g = resample_net(1, [1.0, 1.0, 2.0, 2.0]);
+    assert_eq!(rescalings(&g), 4 + 4 + 2);
+    assert_invariant("conv-transpose, resize", &g, 2);
+    let g = resample_net(2, [1.0, 1.0, 2.0, 2.0]);
+    assert_eq!(
+        rescalings(&g),
+        2,
+        "conv1 blocked, the grouped transpose has no units"
+    );
+    assert_invariant("grouped conv-transpose", &g, 2);
+    let g = resample_net(1, [1.0, 2.0, 2.0, 2.0]);
+    assert_eq!(
+        rescalings(&g),
+        4 + 2,
+        "the transpose's units blocked at the resize"
+    );
+    assert_invariant("resize of the channel axis", &g, 2);
+    let decoder =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch-export/decoder.onnx");
+    let g = load_file(&decoder, &ImportOptions::default()).unwrap();
+    assert_eq!(rescalings(&g), 18);
+    assert_invariant("torch decoder", &g, 2);
+}

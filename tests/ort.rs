@@ -93,7 +93,7 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     jobs.push(job("bn-folded.ec", &path, &no, 3, &work, 5));
     // Today's PyTorch exporter (dynamo, opset 20; scripts/make-torch-exports.py) and the
     // canonical forms.
-    for name in ["mlp", "cnn-prelu", "bn-mean"] {
+    for name in ["mlp", "cnn-prelu", "bn-mean", "decoder"] {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("tests/fixtures/torch-export/{name}.onnx"));
         jobs.push(job(&format!("torch-{name}"), &p, &no, 3, &work, 5));
@@ -101,6 +101,21 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         let path = work.join(format!("torch-{name}.ec.onnx"));
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("torch-{name}.ec"), &path, &no, 3, &work, 5));
+    }
+    // torchvision's resnet18 (both exports), when scripts/make-torchvision-resnet18.py has
+    // written them (45 MB each; not committed), at 224x224, and the canonical forms.
+    let tv = ecc::cache_dir().join("fixtures/torchvision");
+    for name in ["resnet18-bn", "resnet18-folded"] {
+        let p = tv.join(format!("{name}.onnx"));
+        if !p.is_file() {
+            println!("skipped {name}: not made (scripts/make-torchvision-resnet18.py)");
+            continue;
+        }
+        jobs.push(job(&format!("tv-{name}"), &p, &no, 1, &work, 9));
+        let canon = ecc::ec::convert(&load_file(&p, &no).unwrap()).canon;
+        let path = work.join(format!("tv-{name}.ec.onnx"));
+        ecc::export::write_file(&canon, &path).unwrap();
+        jobs.push(job(&format!("tv-{name}.ec"), &path, &no, 1, &work, 9));
     }
     // Models trained by ecc, written back as ONNX: same predictions in onnxruntime.
     std::fs::create_dir_all(&work).unwrap();

@@ -51,6 +51,9 @@ gelu-pass:       (gelu (scale ?s ?x)) => (scale ?s (gelu ?x))
 pad-value-pass:  (pad-value (scale ?s ?x)) => (scale ?s (pad-value ?x))
 in-pass:         (instance-norm (scale ?s ?x)) => (scale ?s (instance-norm ?x))
 in-vanish:       (instance-norm (scale ?s ?x)) => (instance-norm ?x)
+convt-as-conv:   (conv-transpose (scale ?s ?x) (param ?w) ?b) => (conv-transpose ?x (pscale ?s (param ?w)) ?b)
+convt-no-bias:   (conv-transpose ?x (pscale ?s (param ?w)) ?b) => (scale ?s (conv-transpose ?x (param ?w) ?b))
+resize-vanish:   (resize (scale ?s ?x)) => (resize ?x)
 mixing:          (channel-mixing-reshape (scale ?s ?x)) => (scale (spread ?s) (channel-mixing-reshape ?x))
 ";
     for r in parse_rules("wrong.rules", wrong).unwrap() {

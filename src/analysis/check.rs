@@ -87,6 +87,8 @@ enum PKind {
     Matrix,
     Bias,
     ConvW,
+    /// A group-1 ConvTranspose weight (in, out, 3, 3).
+    ConvTW,
     Channel4d,
     PosChannel4d,
     Stat,
@@ -131,6 +133,7 @@ impl Env {
                     vec![C, C / self.group, 3, 3],
                     randn(rng, C * C / self.group * 9),
                 ),
+                PKind::ConvTW => T::new(vec![C, C, 3, 3], randn(rng, C * C * 9)),
                 PKind::Channel4d => T::new(vec![C, 1, 1], randn(rng, C)),
                 PKind::PosChannel4d => T::new(
                     vec![C, 1, 1],
@@ -545,6 +548,23 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
             dims[3] = v.len() / (x.v.len() / w);
             Val::T(T { dims, v, ..x })
         }
+        // Interpolate the last axis: every position and the midpoints between neighbours.
+        Ec::Resize(_) => {
+            let x = t(ev(0, Role::Data(4), env)?)?;
+            let w = x.dims[3];
+            let mut v = vec![];
+            for row in x.v.chunks(w) {
+                for i in 0..w {
+                    v.push(row[i]);
+                    if i + 1 < w {
+                        v.push(0.5 * (row[i] + row[i + 1]));
+                    }
+                }
+            }
+            let mut dims = x.dims.clone();
+            dims[3] = 2 * w - 1;
+            Val::T(T { dims, v, ..x })
+        }
         Ec::Transpose(_) => {
             let x = t(ev(0, Role::Data(4), env)?)?;
             let (n, c, h, w) = (x.dims[0], x.dims[1], x.dims[2], x.dims[3]);
@@ -657,6 +677,26 @@ fn eval(p: &[ENodeOrVar<Ec>], id: usize, role: Role, env: &mut Env) -> R<Val> {
                 .ok_or("absent weight")?;
             let b = param(ev(3, Role::Param(PKind::Bias), env)?, 0, 0, None)?;
             Val::T(conv(&x, &w, b, g)?)
+        }
+        Ec::ConvTranspose(_) => {
+            let x = t(ev(0, Role::Data(4), env)?)?;
+            let w = param(ev(1, Role::Param(PKind::ConvTW), env)?, 1, 0, None)?
+                .ok_or("absent weight")?;
+            let b = param(ev(2, Role::Param(PKind::Bias), env)?, 0, 0, None)?;
+            // Stride 1, pads 1, 3x3: the conv with the kernel flipped and its axes swapped.
+            let mut wf = w.clone();
+            wf.dims = vec![w.dims[1], w.dims[0], 3, 3];
+            for i in 0..w.dims[0] {
+                for o in 0..w.dims[1] {
+                    for k in 0..9 {
+                        wf.v[(o * w.dims[0] + i) * 9 + 8 - k] = w.v[(i * w.dims[1] + o) * 9 + k];
+                    }
+                }
+            }
+            Val::T(conv(&x, &wf, b, 1)?)
+        }
+        Ec::ConvTransposeGrouped(_) | Ec::ResizeValue(_) => {
+            return Err(format!("{node:?} has no evaluator (no rule uses it)"))
         }
         Ec::BatchNorm(_) => {
             let x = t(ev(0, Role::Data(4), env)?)?;

@@ -60,6 +60,11 @@ define_language! {
         "pad" = Pad(Id),
         "pad-value" = PadValue(Id),
         "slice" = Slice(Id),
+        // Resize / Upsample off the channel axis: each output a fixed combination of input
+        // positions of its channel (nearest, linear, cubic).
+        "resize" = Resize(Id),
+        // tf_crop_and_resize with a non-zero extrapolation value (no rule).
+        "resize-value" = ResizeValue(Id),
         // (concat before x after): x is one input of a channel-axis concatenation.
         "concat" = Concat([Id; 3]),
         // A concatenation along an axis other than the channel axis.
@@ -79,6 +84,10 @@ define_language! {
         "matmul" = MatMul([Id; 2]),
         // (conv group x w b)
         "conv" = Conv([Id; 4]),
+        // (conv-transpose x w b): ConvTranspose of group 1, weight (in, out, k..).
+        "conv-transpose" = ConvTranspose([Id; 3]),
+        // A grouped ConvTranspose, which ecc does not follow (no rule).
+        "conv-transpose-grouped" = ConvTransposeGrouped([Id; 3]),
         // (batch-norm x scale bias mean var), inference form.
         "batch-norm" = BatchNorm([Id; 5]),
         // Batch normalization with batch statistics (training mode), affine part left out.

@@ -1,4 +1,5 @@
-//! The structural walk: follows every unit (an output channel of a Gemm, MatMul or Conv)
+//! The structural walk: follows every unit (an output channel of a Gemm, MatMul, Conv or
+//! ConvTranspose)
 //! through the graph, asking the [`Oracle`] at each op what happens to a scale on it, and
 //! collects for each unit the parameter slices a rescaling multiplies (its incoming
 //! weights, bias, statistics it passes through) and divides (its outgoing weights), the
@@ -190,6 +191,9 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         } if *v != 0.0 => un("pad-value"),
         Op::Pad { .. } => un("pad"),
         Op::Slice { .. } => un("slice"),
+        // Outputs cropped outside the input take a constant: one other than 0 does not scale.
+        Op::Resize(r) if r.roi.is_some() && r.extrapolation != 0.0 => un("resize-value"),
+        Op::Resize(_) => un("resize"),
         Op::Binary { kind, .. } => {
             let k = format!("{kind:?}").to_lowercase();
             format!("({k} {} {})", a[0], a[1])
@@ -212,6 +216,14 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::Gemm { trans_b: false, .. } => format!("(gemm-n {} {} {})", a[0], a[1], bias(2)),
         Op::MatMul => format!("(matmul {} {})", a[0], a[1]),
         Op::Conv(c) => format!("(conv g{} {} {} {})", c.group, a[0], a[1], bias(2)),
+        Op::ConvTranspose(c) => {
+            let head = if c.group == 1 {
+                "conv-transpose"
+            } else {
+                "conv-transpose-grouped"
+            };
+            format!("({head} {} {} {})", a[0], a[1], bias(2))
+        }
         Op::BatchNorm { .. } => {
             format!("(batch-norm {} {} {} {} {})", a[0], a[1], a[2], a[3], a[4])
         }
@@ -457,12 +469,9 @@ fn absorb(
     let args: Vec<String> = (0..ins.len()).map(|i| arg(i, i == 0)).collect();
     let v = oracle.ask(&term(&node.op, &args, false));
     let x_rank = g.shapes[&ins[0]].rank();
-    let feature_axis = if matches!(node.op, Op::Conv(_)) {
-        1
-    } else {
-        x_rank - 1
-    };
-    let fits = m.axis == feature_axis && (m.plain() || !matches!(node.op, Op::Conv(_)));
+    let conv = matches!(node.op, Op::Conv(_) | Op::ConvTranspose(_));
+    let feature_axis = if conv { 1 } else { x_rank - 1 };
+    let fits = m.axis == feature_axis && (m.plain() || !conv);
     for (c, slot) in m.slots.iter().enumerate() {
         let Some(u) = *slot else { continue };
         w.step(u, ni, &v);
@@ -601,6 +610,9 @@ fn pass(
             (pads[m.axis] == 0 && pads[m.axis + r] == 0).then_some((m.axis, m.outer, m.block))
         }
         Op::Slice { axes, .. } => (!axes.contains(&m.axis)).then_some((m.axis, m.outer, m.block)),
+        // Resizing the channel axis mixes channels.
+        Op::Resize(r) => (r.out[m.axis] == in_shape.dims[m.axis] && r.scales[m.axis] == 1.0)
+            .then_some((m.axis, m.outer, m.block)),
         _ => {
             // Broadcasting ops keep the axis, shifted by the rank difference; an op that
             // drops axes (a MatMul with a 1-D operand) loses the channel layout.

@@ -118,11 +118,12 @@ impl Executor {
                         legacy_axis: None
                     }
                 ) && same_shapes();
-                (add || matches!(n.op, Op::Gemm { .. } | Op::Conv(_) | Op::BatchNorm { .. }))
-                    && next.is_some_and(|r| {
-                        matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
-                    })
-                    && readers.get(n.outputs[0].as_str()) == Some(&1)
+                (add || matches!(
+                    n.op,
+                    Op::Gemm { .. } | Op::Conv(_) | Op::ConvTranspose(_) | Op::BatchNorm { .. }
+                )) && next.is_some_and(|r| {
+                    matches!(r.op, Op::Relu) && r.data_inputs() == [n.outputs[0].as_str()]
+                }) && readers.get(n.outputs[0].as_str()) == Some(&1)
                     && !outputs.contains(&n.outputs[0])
             })
             .collect();
@@ -367,7 +368,7 @@ impl Executor {
                 kind: BinaryKind::Add,
                 ..
             } if relu => kernels::add_relu(x[0], x[1])?,
-            op if relu && !matches!(op, Op::Conv(_)) => {
+            op if relu && !matches!(op, Op::Conv(_) | Op::ConvTranspose(_)) => {
                 self.run_node(i, x, out_dims, false, mode)?.relu()?
             }
             Op::Gemm {
@@ -430,7 +431,11 @@ impl Executor {
                 y
             }
             Op::Conv(a) => kernels::conv(x[0], x[1], x.get(2).copied(), a, relu)?,
+            Op::ConvTranspose(a) => {
+                kernels::conv_transpose(x[0], x[1], x.get(2).copied(), a, relu)?
+            }
             Op::MaxPool(p) => kernels::max_pool(x[0], p)?,
+            Op::Resize(r) => kernels::resize(x[0], r)?,
             Op::AveragePool {
                 pool,
                 count_include_pad,

@@ -101,6 +101,72 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             a.push(sizes("dilations", &c.dilations));
             a.push(attr_int("group", c.group as i64));
         }
+        // A negative end pad is written as output_padding.
+        Op::ConvTranspose(c) => {
+            let ns = c.kernel.len();
+            let pads: Vec<usize> = c.pads.iter().map(|&p| p.max(0) as usize).collect();
+            let extra: Vec<usize> = c.pads[ns..].iter().map(|&p| (-p).max(0) as usize).collect();
+            a.push(sizes("kernel_shape", &c.kernel));
+            a.push(sizes("strides", &c.strides));
+            a.push(sizes("pads", &pads));
+            a.push(sizes("dilations", &c.dilations));
+            a.push(attr_int("group", c.group as i64));
+            if extra.iter().any(|&e| e > 0) {
+                a.push(sizes("output_padding", &extra));
+            }
+        }
+        // The scales / sizes / roi operands are the node's own constant inputs, written back
+        // as read; the attributes as the opset spells them (defaults left out).
+        Op::Resize(r) => {
+            use crate::ir::{Interp, NearestMode};
+            let mode = match r.interp {
+                Interp::Nearest(_) => "nearest",
+                Interp::Linear => "linear",
+                Interp::Cubic(_) => "cubic",
+            };
+            a.push(attr_string("mode", mode));
+            if let Some(s) = &r.attr_scales {
+                let mut f = AttributeProto::new();
+                f.name = "scales".into();
+                f.type_ = EnumOrUnknown::new(AttributeType::FLOATS);
+                f.floats = s.clone();
+                a.push(f);
+            }
+            if !r.upsample && opset >= 11 {
+                if r.coords != "half_pixel" {
+                    a.push(attr_string("coordinate_transformation_mode", &r.coords));
+                }
+                match r.interp {
+                    Interp::Nearest(m) if m != NearestMode::RoundPreferFloor => {
+                        let m = match m {
+                            NearestMode::RoundPreferCeil => "round_prefer_ceil",
+                            NearestMode::Floor => "floor",
+                            _ => "ceil",
+                        };
+                        a.push(attr_string("nearest_mode", m));
+                    }
+                    Interp::Cubic(c) if c != -0.75 => a.push(attr_float("cubic_coeff_a", c)),
+                    _ => {}
+                }
+                if r.exclude_outside {
+                    a.push(attr_int("exclude_outside", 1));
+                }
+                if r.extrapolation != 0.0 {
+                    a.push(attr_float("extrapolation_value", r.extrapolation));
+                }
+            }
+            if !r.upsample && opset >= 18 {
+                if r.antialias {
+                    a.push(attr_int("antialias", 1));
+                }
+                if r.keep_aspect != "stretch" {
+                    a.push(attr_string("keep_aspect_ratio_policy", &r.keep_aspect));
+                }
+                if let Some(axes) = &r.axes {
+                    a.push(attr_ints("axes", axes.iter().copied()));
+                }
+            }
+        }
         Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
             a.push(sizes("kernel_shape", &p.kernel));
             a.push(sizes("strides", &p.strides));

@@ -33,6 +33,10 @@ impl<'a> Attrs<'a> {
         self.get(name).map(|a| a.ints.clone())
     }
 
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.get(name).map(|a| a.floats.clone())
+    }
+
     pub fn string(&self, name: &str, default: &str) -> String {
         self.get(name)
             .map(|a| String::from_utf8_lossy(&a.s).into_owned())

@@ -5,7 +5,10 @@
 use super::attrs::Attrs;
 use super::fold;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ir::{conv_out_len, BinaryKind, Constant, ConvAttrs, Op, PadMode, PoolAttrs, Shape};
+use crate::ir::{
+    conv_out_len, BinaryKind, Constant, ConvAttrs, ConvTransposeAttrs, Interp, NearestMode, Op,
+    PadMode, PoolAttrs, ResizeAttrs, Shape,
+};
 use onnx_protobuf::NodeProto;
 use std::collections::HashMap;
 
@@ -102,6 +105,7 @@ const TABLE: &[(&str, Builder)] = &[
     ("Min", |_| Ok(Built::Op(Op::Min))),
     ("Mean", |_| Ok(Built::Op(Op::Mean))),
     ("Conv", conv),
+    ("ConvTranspose", conv_transpose),
     ("MaxPool", max_pool),
     ("AveragePool", average_pool),
     ("GlobalAveragePool", |_| {
@@ -143,6 +147,8 @@ const TABLE: &[(&str, Builder)] = &[
     }),
     ("Reshape", reshape),
     ("Pad", pad),
+    ("Resize", |c| resize(c, false)),
+    ("Upsample", |c| resize(c, true)),
     ("Slice", slice),
     ("Transpose", transpose),
     ("Concat", concat),
@@ -305,6 +311,115 @@ fn conv(c: &NodeCtx) -> Result<Built> {
     })))
 }
 
+/// ConvTranspose, with `output_shape`, `output_padding` and `auto_pad` resolved into pads
+/// as the ONNX reference does: explicit pads (default 0) give stride (in - 1) +
+/// output_padding + dilation (kernel - 1) + 1 - pads elements; `output_shape` fixes the
+/// length, and with SAME_UPPER / SAME_LOWER (or no pads) the padding it implies is split
+/// between the two ends, the larger half at the end (SAME_UPPER) or the beginning.
+fn conv_transpose(c: &NodeCtx) -> Result<Built> {
+    let x = c.shape(0)?;
+    let w = c.shape(1)?;
+    if w.rank() < 3 {
+        return Err(Error::shape(format!(
+            "ConvTranspose weight {w} needs rank >= 3"
+        )));
+    }
+    let kernel = match c.attrs.sizes("kernel_shape")? {
+        Some(k) => k,
+        None => w.dims[2..].to_vec(),
+    };
+    let n = kernel.len();
+    if x.rank() != n + 2 {
+        return Err(Error::shape(format!("input {x} for a {n}-D window")));
+    }
+    if kernel.contains(&0) {
+        return Err(Error::invalid(format!(
+            "attribute 'kernel_shape' has a zero entry: {kernel:?}"
+        )));
+    }
+    let strides = c.attrs.sizes_n("strides", n, 1)?;
+    let dilations = c.attrs.sizes_n("dilations", n, 1)?;
+    if strides.contains(&0) || dilations.contains(&0) {
+        return Err(Error::invalid("strides and dilations must be positive"));
+    }
+    let out_pad = c.attrs.sizes_n("output_padding", n, 0)?;
+    let group = c.attrs.int("group", 1);
+    if group < 1 {
+        return Err(Error::invalid(format!("attribute 'group' is {group}")));
+    }
+    let output_shape = match c.attrs.sizes("output_shape")? {
+        None => None,
+        // Some writers include the batch and channel dimensions.
+        Some(s) if s.len() == n || s.len() == n + 2 => Some(s[s.len() - n..].to_vec()),
+        Some(s) => {
+            return Err(Error::invalid(format!(
+                "attribute 'output_shape' {s:?} for a {n}-D kernel"
+            )))
+        }
+    };
+    let auto = c.attrs.string("auto_pad", "NOTSET");
+    let same = match auto.as_str() {
+        "NOTSET" | "" | "VALID" => None,
+        "SAME_UPPER" => Some(true),
+        "SAME_LOWER" => Some(false),
+        other => {
+            return Err(Error::invalid(format!(
+                "attribute 'auto_pad' has an unknown value '{other}'"
+            )))
+        }
+    };
+    let explicit = if auto == "VALID" {
+        Some(vec![0; 2 * n])
+    } else if same.is_none() && c.attrs.has("pads") {
+        Some(c.attrs.sizes_n("pads", 2 * n, 0)?)
+    } else {
+        None
+    };
+    let mut pads = vec![0i64; 2 * n];
+    for i in 0..n {
+        let full =
+            (strides[i] * (x.dims[2 + i].max(1) - 1) + dilations[i] * (kernel[i] - 1) + 1) as i64;
+        let (begin, len) = match (&explicit, &output_shape) {
+            (Some(p), Some(o)) => (p[i] as i64, o[i] as i64),
+            (Some(p), None) => (
+                p[i] as i64,
+                full + out_pad[i] as i64 - p[i] as i64 - p[n + i] as i64,
+            ),
+            (None, o) => {
+                let len = match (o, same) {
+                    (Some(o), _) => o[i] as i64,
+                    (None, Some(_)) => (x.dims[2 + i] * strides[i]) as i64,
+                    (None, None) => full + out_pad[i] as i64,
+                };
+                let total = full + out_pad[i] as i64 - len;
+                let half = total.div_euclid(2);
+                (
+                    if same == Some(true) {
+                        half
+                    } else {
+                        total - half
+                    },
+                    len,
+                )
+            }
+        };
+        if begin < 0 {
+            return Err(Error::unsupported(format!(
+                "ConvTranspose whose output starts before the full result (begin pad {begin} on spatial axis {i})"
+            )));
+        }
+        pads[i] = begin;
+        pads[n + i] = full - begin - len;
+    }
+    Ok(Built::Op(Op::ConvTranspose(ConvTransposeAttrs {
+        kernel,
+        strides,
+        pads,
+        dilations,
+        group: group as usize,
+    })))
+}
+
 fn pool_attrs(c: &NodeCtx) -> Result<PoolAttrs> {
     let x = c.shape(0)?;
     let kernel = c
@@ -454,6 +569,218 @@ fn dropout(c: &NodeCtx) -> Result<Built> {
         }
     }
     Ok(Built::Op(Op::Dropout { ratio }))
+}
+
+/// Resize (opset 10: X, scales; 11+: X, roi, scales, sizes; 18+: `axes`,
+/// `keep_aspect_ratio_policy`, `antialias`) and Upsample (opset 7: `scales` attribute; 9:
+/// input), resolved against the input's static shape as the ONNX reference does: with
+/// scales, output length floor(scale * in); with sizes, scale out / in (adjusted for
+/// `keep_aspect_ratio_policy`). Resize-10 and Upsample use asymmetric coordinates and, for
+/// nearest, floor (what onnx's version converter writes for them at opset 11). The batch
+/// axis is never resized.
+fn resize(c: &NodeCtx, upsample: bool) -> Result<Built> {
+    if upsample && !(7..10).contains(&c.opset) {
+        return Err(Error::unsupported(format!(
+            "Upsample at opset {} (ecc reads its opset 7-9 definitions; it is experimental before 7 and deprecated from 10, where Resize replaces it)",
+            c.opset
+        )));
+    }
+    let x = c.shape(0)?;
+    let r = x.rank();
+    let legacy = upsample || c.opset < 11;
+    let mode = c.attrs.string("mode", "nearest");
+    let coords = if legacy {
+        "asymmetric".to_string()
+    } else {
+        c.attrs
+            .string("coordinate_transformation_mode", "half_pixel")
+    };
+    let nearest = if legacy {
+        "floor".to_string()
+    } else {
+        c.attrs.string("nearest_mode", "round_prefer_floor")
+    };
+    let interp = match mode.as_str() {
+        "nearest" => Interp::Nearest(match nearest.as_str() {
+            "round_prefer_floor" => NearestMode::RoundPreferFloor,
+            "round_prefer_ceil" => NearestMode::RoundPreferCeil,
+            "floor" => NearestMode::Floor,
+            "ceil" => NearestMode::Ceil,
+            other => {
+                return Err(Error::invalid(format!(
+                    "nearest_mode \"{other}\" (expected round_prefer_floor, round_prefer_ceil, floor or ceil)"
+                )))
+            }
+        }),
+        "linear" | "bilinear" | "trilinear" => Interp::Linear,
+        "cubic" if !legacy => Interp::Cubic(c.attrs.float("cubic_coeff_a", -0.75)),
+        other => {
+            return Err(Error::invalid(format!(
+                "mode \"{other}\" (expected nearest, linear{})",
+                if legacy { "" } else { " or cubic" }
+            )))
+        }
+    };
+    match coords.as_str() {
+        "half_pixel"
+        | "half_pixel_symmetric"
+        | "pytorch_half_pixel"
+        | "align_corners"
+        | "asymmetric"
+        | "tf_crop_and_resize" => {}
+        "tf_half_pixel_for_nn" if c.opset < 13 => {}
+        other => {
+            return Err(Error::invalid(format!(
+                "coordinate_transformation_mode \"{other}\""
+            )))
+        }
+    }
+    let antialias = !legacy && c.opset >= 18 && c.attrs.int("antialias", 0) != 0;
+    if antialias && matches!(interp, Interp::Nearest(_)) {
+        return Err(Error::invalid("antialias with mode nearest"));
+    }
+    let exclude_outside = !legacy && c.attrs.int("exclude_outside", 0) != 0;
+    let keep_aspect = if c.opset >= 18 && !legacy {
+        c.attrs.string("keep_aspect_ratio_policy", "stretch")
+    } else {
+        "stretch".to_string()
+    };
+    let axes_attr = if c.opset >= 18 && !legacy {
+        c.attrs.ints("axes")
+    } else {
+        None
+    };
+    let axes: Vec<usize> = match &axes_attr {
+        Some(a) => a
+            .iter()
+            .map(|&a| crate::ir::norm_axis(a, r))
+            .collect::<Result<_>>()?,
+        None => (0..r).collect(),
+    };
+    // The scales or sizes operand (Upsample 7: the scales attribute, kept for export).
+    let attr_scales = if upsample && c.opset < 9 {
+        Some(
+            c.attrs
+                .floats("scales")
+                .ok_or_else(|| Error::invalid("attribute 'scales' is required"))?,
+        )
+    } else {
+        None
+    };
+    let (scales_in, sizes_in) = if let Some(s) = &attr_scales {
+        (Some(s.clone()), None)
+    } else if legacy {
+        let s = c
+            .static_input(1, "scales")?
+            .ok_or_else(|| Error::invalid("a scales input is required"))?;
+        (Some(s.as_f32()), None)
+    } else {
+        let s = c
+            .static_input(2, "Resize scales")?
+            .filter(|t| !t.is_empty());
+        let z = c.static_input(3, "Resize sizes")?.filter(|t| !t.is_empty());
+        match (s, z) {
+            (Some(s), None) => (Some(s.as_f32()), None),
+            (None, Some(z)) => (None, Some(z.as_i64())),
+            (Some(_), Some(_)) => return Err(Error::invalid("Resize with both scales and sizes")),
+            (None, None) => return Err(Error::invalid("Resize needs scales or sizes")),
+        }
+    };
+    let given = scales_in
+        .as_ref()
+        .map(Vec::len)
+        .or(sizes_in.as_ref().map(Vec::len))
+        .unwrap_or(0);
+    if given != axes.len() {
+        return Err(Error::invalid(format!(
+            "{given} scales or sizes for {} axes",
+            axes.len()
+        )));
+    }
+    let mut scales = vec![1.0f64; r];
+    let mut out = x.dims.clone();
+    if let Some(s) = &scales_in {
+        for (k, &a) in axes.iter().enumerate() {
+            if s[k].is_nan() || s[k] <= 0.0 || !s[k].is_finite() {
+                return Err(Error::invalid(format!("scale {} on axis {a}", s[k])));
+            }
+            scales[a] = s[k] as f64;
+            out[a] = (s[k] as f64 * x.dims[a] as f64) as usize;
+        }
+    }
+    if let Some(z) = &sizes_in {
+        for (k, &a) in axes.iter().enumerate() {
+            if z[k] < 1 {
+                return Err(Error::invalid(format!("size {} on axis {a}", z[k])));
+            }
+            scales[a] = z[k] as f64 / x.dims[a] as f64;
+            out[a] = z[k] as usize;
+        }
+        if keep_aspect != "stretch" {
+            let it = axes.iter().map(|&a| scales[a]);
+            let s = match keep_aspect.as_str() {
+                "not_larger" => it.fold(f64::INFINITY, f64::min),
+                "not_smaller" => it.fold(0.0, f64::max),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "keep_aspect_ratio_policy \"{other}\""
+                    )))
+                }
+            };
+            for &a in &axes {
+                scales[a] = s;
+                out[a] = (s * x.dims[a] as f64 + 0.5) as usize;
+            }
+        }
+    }
+    // The region of interest, read only by tf_crop_and_resize: starts then ends, for every
+    // axis or for `axes`.
+    let roi = if coords == "tf_crop_and_resize" {
+        let v = c
+            .static_input(1, "Resize roi")?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::invalid("tf_crop_and_resize needs a roi input"))?
+            .as_f32();
+        if v.len() != 2 * axes.len() {
+            return Err(Error::invalid(format!(
+                "roi of {} values for {} axes",
+                v.len(),
+                axes.len()
+            )));
+        }
+        let mut full = vec![(0.0, 1.0); r];
+        for (k, &a) in axes.iter().enumerate() {
+            full[a] = (v[k] as f64, v[k + axes.len()] as f64);
+        }
+        Some(full)
+    } else {
+        None
+    };
+    if let Some(b) = x.batch {
+        let cropped = roi.as_ref().is_some_and(|q| q[b] != (0.0, 1.0));
+        if scales[b] != 1.0 || out[b] != x.dims[b] || cropped {
+            return Err(Error::unsupported("Resize along the batch axis"));
+        }
+    }
+    if out.contains(&0) {
+        return Err(Error::invalid(format!(
+            "Resize of {x} to an empty shape {out:?}"
+        )));
+    }
+    Ok(Built::Op(Op::Resize(ResizeAttrs {
+        upsample,
+        interp,
+        coords,
+        roi,
+        extrapolation: c.attrs.float("extrapolation_value", 0.0),
+        antialias,
+        exclude_outside,
+        keep_aspect,
+        axes: axes_attr,
+        attr_scales,
+        scales,
+        out,
+    })))
 }
 
 /// Pad: pads and mode as attributes before opset 11, as constant inputs from 11 (with the

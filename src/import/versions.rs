@@ -34,6 +34,7 @@ pub const OPS: &[(&str, &[i64])] = &[
     ("Constant", &[1, 9, 11, 12, 13, 19, 21, 23, 24, 25]),
     ("ConstantOfShape", &[9, 20, 21, 23, 24, 25]),
     ("Conv", &[1, 11, 22]),
+    ("ConvTranspose", &[1, 11, 22]),
     ("Div", &[1, 6, 7, 13, 14]),
     ("Dropout", &[1, 6, 7, 10, 12, 13, 22]),
     ("Flatten", &[1, 9, 11, 13, 21, 23, 24, 25]),
@@ -58,6 +59,7 @@ pub const OPS: &[(&str, &[i64])] = &[
     ("PRelu", &[1, 6, 7, 9, 16]),
     ("Pad", &[1, 2, 11, 13, 18, 19, 21, 23, 24, 25]),
     ("ReduceMean", &[1, 11, 13, 18]),
+    ("Resize", &[10, 11, 13, 18, 19]),
     ("Relu", &[1, 6, 13, 14]),
     ("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25]),
     ("Shape", &[1, 13, 15, 19, 21, 23, 24, 25]),
@@ -71,6 +73,7 @@ pub const OPS: &[(&str, &[i64])] = &[
     ("Tanh", &[1, 6, 13]),
     ("Transpose", &[1, 13, 21, 23, 24, 25]),
     ("Unsqueeze", &[1, 11, 13, 21, 23, 24, 25]),
+    ("Upsample", &[1, 7, 9, 10]),
 ];
 
 /// Why a model's IR version or default-domain opset cannot be read, if it cannot.

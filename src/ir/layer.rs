@@ -5,7 +5,7 @@
 
 use super::{Graph, Op};
 
-/// One layer of a graph: a Gemm, MatMul or Conv whose weight is a parameter, or a
+/// One layer of a graph: a Gemm, MatMul, Conv or ConvTranspose (group 1) whose weight is a parameter, or a
 /// BatchNormalization whose scale is one (a diagonal layer: gamma is its weight, beta its
 /// bias, and there is no input axis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub fn layer_axes(op: &Op, out_rank: usize) -> Option<(usize, Option<usize>, usi
         } => Some((1, Some(0), 1)),
         Op::MatMul => Some((1, Some(0), out_rank.saturating_sub(1))),
         Op::Conv(_) => Some((0, Some(1), 1)),
+        // Weight (in, out, k..); a grouped one is not followed (its output channels' weights
+        // are blocks of rows, not slices of one axis).
+        Op::ConvTranspose(c) if c.group == 1 => Some((1, Some(0), 1)),
         Op::BatchNorm { .. } => Some((0, None, 1)),
         _ => None,
     }

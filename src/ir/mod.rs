@@ -13,8 +13,13 @@ mod op;
 mod shape;
 
 pub use layer::{layer_axes, Layer};
-pub use op::{BinaryKind, ConvAttrs, Op, PadMode, PoolAttrs};
-pub use shape::{conv_out_len, norm_axis, reshape_dims, Shape, MAX_ELEMENTS};
+pub use op::{
+    BinaryKind, ConvAttrs, ConvTransposeAttrs, Interp, NearestMode, Op, PadMode, PoolAttrs,
+    ResizeAttrs,
+};
+pub use shape::{
+    conv_out_len, conv_transpose_out_len, norm_axis, reshape_dims, Shape, MAX_ELEMENTS,
+};
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -21,6 +21,68 @@ pub struct ConvAttrs {
     pub group: usize,
 }
 
+/// ConvTranspose attributes, with `output_shape`, `output_padding` and `auto_pad` resolved
+/// into pads: along each spatial axis the output has (in - 1) stride + (kernel - 1) dilation
+/// plus 1 - begin - end elements, output position o receiving x[i] w[k] where
+/// o = i stride + k dilation - begin. Begins are never negative; an end is negative where the
+/// output extends past the full result (`output_padding`, or a larger `output_shape`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvTransposeAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// ONNX order: all begins, then all ends.
+    pub pads: Vec<i64>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+}
+
+/// How Resize computes an output element from the input positions near its source
+/// coordinate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Interp {
+    /// `nearest_mode`: round_prefer_floor, round_prefer_ceil, floor, ceil.
+    Nearest(NearestMode),
+    Linear,
+    /// Keys' cubic with coefficient `a` (`cubic_coeff_a`).
+    Cubic(f32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// Resize and Upsample, with their operands resolved: along each axis of the input, the
+/// output length and the scale the source coordinates are computed with (out / in where the
+/// model gave sizes). Separable: each axis is interpolated in turn, as the ONNX reference does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizeAttrs {
+    /// Written as Upsample (opsets 7-9) rather than Resize.
+    pub upsample: bool,
+    pub interp: Interp,
+    /// `coordinate_transformation_mode`: half_pixel, half_pixel_symmetric,
+    /// pytorch_half_pixel, align_corners, asymmetric, tf_crop_and_resize, or (opset 11)
+    /// tf_half_pixel_for_nn.
+    pub coords: String,
+    /// tf_crop_and_resize: the region of interest per input axis (start, end, as fractions
+    /// of the input), and the value of outputs whose source lies outside the input.
+    pub roi: Option<Vec<(f64, f64)>>,
+    pub extrapolation: f32,
+    pub antialias: bool,
+    pub exclude_outside: bool,
+    /// Attributes kept as read, for export: `keep_aspect_ratio_policy` and `axes`.
+    pub keep_aspect: String,
+    pub axes: Option<Vec<i64>>,
+    /// Upsample's `scales` attribute (before opset 9), written back as such.
+    pub attr_scales: Option<Vec<f32>>,
+    /// Per input axis.
+    pub scales: Vec<f64>,
+    pub out: Vec<usize>,
+}
+
 /// Pooling window attributes, with `auto_pad` resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolAttrs {
@@ -61,6 +123,9 @@ pub enum Op {
     Min,
     Mean,
     Conv(ConvAttrs),
+    Resize(ResizeAttrs),
+    /// Weight (C_in, C_out / group, kernel...): the adjoint of a Conv with that weight.
+    ConvTranspose(ConvTransposeAttrs),
     MaxPool(PoolAttrs),
     AveragePool {
         pool: PoolAttrs,
@@ -176,6 +241,9 @@ impl Op {
             Op::Min => "Min",
             Op::Mean => "Mean",
             Op::Conv(_) => "Conv",
+            Op::Resize(r) if r.upsample => "Upsample",
+            Op::Resize(_) => "Resize",
+            Op::ConvTranspose(_) => "ConvTranspose",
             Op::MaxPool(_) => "MaxPool",
             Op::AveragePool { .. } => "AveragePool",
             Op::GlobalAveragePool => "GlobalAveragePool",
@@ -216,6 +284,7 @@ impl Op {
             | Op::Unsqueeze { .. }
             | Op::Pad { .. }
             | Op::Slice { .. }
+            | Op::Resize(_)
             | Op::Clip { .. }
             | Op::Dropout { .. } => 1.min(n),
             _ => n,

@@ -92,6 +92,26 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
 }
 
 /// Output length of a conv or pooling window along one axis.
+/// The output length of a transposed convolution along one axis (see
+/// [`crate::ir::ConvTransposeAttrs`]): stride (len - 1) + dilation (kernel - 1) + 1 - pads.
+pub fn conv_transpose_out_len(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: i64,
+    pad_end: i64,
+) -> Result<usize> {
+    let full = (stride * (len.max(1) - 1) + dilation * (kernel.max(1) - 1) + 1) as i64;
+    let out = full - pad_begin - pad_end;
+    if len == 0 || out < 1 || pad_begin < 0 {
+        return Err(Error::shape(format!(
+            "transposed window (kernel {kernel}, stride {stride}, dilation {dilation}) over input length {len} with pads {pad_begin}+{pad_end} leaves no output"
+        )));
+    }
+    Ok(out as usize)
+}
+
 pub fn conv_out_len(
     len: usize,
     kernel: usize,
@@ -417,6 +437,52 @@ impl Op {
                     w.dims[0],
                 )?
             }
+            Op::ConvTranspose(c) => {
+                need(2)?;
+                let (x, w) = (ins[0], ins[1]);
+                same_rank(x, w, "ConvTranspose input and weight")?;
+                let ns = c.kernel.len();
+                if x.rank() != ns + 2 {
+                    return Err(Error::shape(format!(
+                        "ConvTranspose input {x} for a {ns}-D kernel"
+                    )));
+                }
+                if c.group == 0 || x.dims[1] != w.dims[0] || w.dims[0] % c.group != 0 {
+                    return Err(Error::shape(format!(
+                        "ConvTranspose input {x} has {} channels, weight {w} with group {} reads {}",
+                        x.dims[1], c.group, w.dims[0]
+                    )));
+                }
+                if w.dims[2..] != c.kernel[..] {
+                    return Err(Error::shape(format!(
+                        "ConvTranspose weight {w} vs kernel_shape {:?}",
+                        c.kernel
+                    )));
+                }
+                let m = w.dims[1] * c.group;
+                if let Some(b) = ins.get(2) {
+                    if b.dims != [m] {
+                        return Err(Error::shape(format!(
+                            "ConvTranspose bias {b} for {m} output channels"
+                        )));
+                    }
+                }
+                let mut dims = vec![x.dims[0], m];
+                for i in 0..ns {
+                    dims.push(conv_transpose_out_len(
+                        x.dims[2 + i],
+                        c.kernel[i],
+                        c.strides[i],
+                        c.dilations[i],
+                        c.pads[i],
+                        c.pads[ns + i],
+                    )?);
+                }
+                Shape {
+                    dims,
+                    batch: x.batch,
+                }
+            }
             Op::MaxPool(p) | Op::AveragePool { pool: p, .. } => {
                 need(1)?;
                 let x = ins[0];
@@ -586,6 +652,25 @@ impl Op {
                 }
                 if x.batch.is_some_and(|b| pads[b] != 0 || pads[b + r] != 0) {
                     return Err(Error::unsupported("Pad along the batch axis"));
+                }
+                Shape {
+                    dims,
+                    batch: x.batch,
+                }
+            }
+            Op::Resize(r) => {
+                need(1)?;
+                let x = ins[0];
+                if r.out.len() != x.rank() {
+                    return Err(Error::shape(format!(
+                        "Resize to {} axes of a rank-{} input {x}",
+                        r.out.len(),
+                        x.rank()
+                    )));
+                }
+                let mut dims = r.out.clone();
+                if let Some(b) = x.batch {
+                    dims[b] = x.dims[b];
                 }
                 Shape {
                     dims,

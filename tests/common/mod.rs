@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mlp64;
+pub mod onnx;
 
 use candle_core::Tensor;
 use std::path::PathBuf;

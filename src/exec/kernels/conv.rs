@@ -7,7 +7,7 @@ use super::elementwise::{relu_grad, relu_in_place};
 use super::gemm::{gemm, on_threads, per_sample, Mat};
 use super::window::{col2im_one, im2col_one, Window};
 use super::{contiguous, Elem};
-use crate::ir::ConvAttrs;
+use crate::ir::{ConvAttrs, ConvTransposeAttrs};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -259,6 +259,89 @@ fn conv_with(
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
         None => x.apply_op2(&w, op)?,
     })
+}
+
+/// Transposed convolution (see [`ConvTransposeAttrs`]) with optional bias and fused ReLU,
+/// computed as the convolution it is the adjoint of: the input spread out by the strides
+/// (stride - 1 zeros between neighbours), the kernel flipped along every spatial axis with
+/// its two channel axes swapped per group, and a stride-1 convolution with dilation d and
+/// pads d (k - 1) - begin before, output length - spread length + begin after (a negative
+/// pad crops). Every step is a differentiable tensor op or [`conv`], so the backward pass is
+/// exact. The spreading costs stride^n times the multiply-adds of a direct kernel; ecc's
+/// models use ConvTranspose rarely, so it is not specialised.
+pub fn conv_transpose(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &ConvTransposeAttrs,
+    relu: bool,
+) -> crate::Result<Tensor> {
+    let ns = a.kernel.len();
+    let (cin, mg) = (w.dims()[0], w.dims()[1]);
+    let g = a.group;
+    // Spread: (.., L, ..) -> (.., L, 1, ..) -> pad to (.., L, s, ..) -> (.., L s, ..) -> first
+    // (L - 1) s + 1.
+    let mut z = x.contiguous()?;
+    for i in 0..ns {
+        let (ax, s) = (2 + i, a.strides[i]);
+        if s == 1 {
+            continue;
+        }
+        let len = z.dims()[ax];
+        let mut spread = z.dims().to_vec();
+        spread[ax] = len * s;
+        z = z
+            .unsqueeze(ax + 1)?
+            .pad_with_zeros(ax + 1, 0, s - 1)?
+            .reshape(spread)?
+            .narrow(ax, 0, (len - 1) * s + 1)?;
+    }
+    // Kernel: (cin, mg, k..) -> (g, cin/g, mg, k..) -> (g, mg, cin/g, k..) -> (m, cin/g, k..),
+    // flipped.
+    let mut grouped = vec![g, cin / g, mg];
+    grouped.extend_from_slice(&a.kernel);
+    let mut conv_dims = vec![g * mg, cin / g];
+    conv_dims.extend_from_slice(&a.kernel);
+    let mut wk = w
+        .reshape(grouped)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(conv_dims)?;
+    for i in 0..ns {
+        let k = a.kernel[i];
+        if k > 1 {
+            let rev: Vec<u32> = (0..k as u32).rev().collect();
+            let idx = Tensor::new(rev.as_slice(), w.device())?;
+            wk = wk.index_select(&idx, 2 + i)?;
+        }
+    }
+    // Pads of the stride-1 convolution; negative ones crop the spread input.
+    let mut pads = vec![0usize; 2 * ns];
+    for i in 0..ns {
+        let (ax, d, k) = (2 + i, a.dilations[i] as i64, a.kernel[i] as i64);
+        let len = z.dims()[ax] as i64;
+        let full = len + d * (k - 1);
+        let out = full - a.pads[i] - a.pads[ns + i];
+        let begin = d * (k - 1) - a.pads[i];
+        let end = out - len - begin + d * (k - 1);
+        if begin < 0 {
+            z = z.narrow(ax, (-begin) as usize, (len + begin) as usize)?;
+        }
+        if end < 0 {
+            let now = z.dims()[ax];
+            z = z.narrow(ax, 0, (now as i64 + end) as usize)?;
+        }
+        pads[i] = begin.max(0) as usize;
+        pads[ns + i] = end.max(0) as usize;
+    }
+    let c = ConvAttrs {
+        kernel: a.kernel.clone(),
+        strides: vec![1; ns],
+        pads,
+        dilations: a.dilations.clone(),
+        group: g,
+    };
+    conv(&z.contiguous()?, &wk, b, &c, relu)
 }
 
 #[cfg(test)]

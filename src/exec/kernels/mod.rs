@@ -154,14 +154,16 @@ mod elementwise;
 mod gemm;
 mod norm;
 mod pool;
+mod resize;
 #[cfg(test)]
 mod testing;
 pub mod update;
 mod window;
 
-pub use conv::conv;
+pub use conv::{conv, conv_transpose};
 pub use dense::dense;
 pub use elementwise::{add_relu, square_into};
 pub use norm::batch_norm_train;
 pub use pool::{average_pool, max_pool};
+pub use resize::resize;
 pub use window::Window;
