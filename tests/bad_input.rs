@@ -312,6 +312,29 @@ fn bad_cifar_batches() {
     let (code, out, err) = train(&["--epochs", "1", "--optimizer", "sgd", "--batch", "2"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cifar10 (10 train / 1 test)"), "{out}");
+    // A ResNet made for 16x16 (global pooling: its layers take any size) refuses 32x32 data
+    // with the option that fits it, and trains with it.
+    let r16 = scratch("cifar-resnet16.onnx");
+    let (code, _, err) = ecc(&["new", "resnet:3x16x16-n1", "-o", r16.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let base = [
+        "train",
+        r16.to_str().unwrap(),
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+    ];
+    let (code, _, err) = ecc(&[&base[..], &["--optimizer", "sgd"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--input-shape input=1x3x32x32"), "{err}");
+    let (code, out, err) = ecc(&[
+        &base[..],
+        &["--optimizer", "sgd", "--input-shape", "input=1x3x32x32"],
+    ]
+    .concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("test acc"), "{out}");
     for (name, bytes) in [
         (
             "truncated",

@@ -125,7 +125,9 @@ fn torchvision_resnet18_imports_analyzes_converts_and_trains() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     let mut set = |n: usize| Dataset {
         dims: vec![3, 32, 32],
-        x: (0..n * 3 * 32 * 32).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+        x: (0..n * 3 * 32 * 32)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect(),
         y: (0..n).map(|_| rng.gen_range(0..10)).collect(),
         black: vec![0.0; 3],
     };

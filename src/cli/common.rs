@@ -18,26 +18,31 @@ pub struct ModelArgs {
     pub input_shapes: Vec<String>,
 }
 
+/// Import options from `--input-shape NAME=DxDx...` arguments.
+pub fn input_shape_options(args: &[String]) -> Result<ImportOptions> {
+    let mut input_shapes = HashMap::new();
+    for s in args {
+        let (name, dims) = s.rsplit_once('=').ok_or_else(|| {
+            ecc::Error::usage(format!("--input-shape '{s}': expected NAME=DxDx..."))
+        })?;
+        let dims = dims
+            .split('x')
+            .map(|d| d.parse::<usize>().ok().filter(|&v| v > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ecc::Error::usage(format!(
+                    "--input-shape '{s}': dims must be positive numbers"
+                ))
+            })?;
+        input_shapes.insert(name.to_string(), dims);
+    }
+    Ok(ImportOptions { input_shapes })
+}
+
 impl ModelArgs {
     /// The import options the arguments give.
     pub fn options(&self) -> Result<ImportOptions> {
-        let mut input_shapes = HashMap::new();
-        for s in &self.input_shapes {
-            let (name, dims) = s.rsplit_once('=').ok_or_else(|| {
-                ecc::Error::usage(format!("--input-shape '{s}': expected NAME=DxDx..."))
-            })?;
-            let dims = dims
-                .split('x')
-                .map(|d| d.parse::<usize>().ok().filter(|&v| v > 0))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    ecc::Error::usage(format!(
-                        "--input-shape '{s}': dims must be positive numbers"
-                    ))
-                })?;
-            input_shapes.insert(name.to_string(), dims);
-        }
-        Ok(ImportOptions { input_shapes })
+        input_shape_options(&self.input_shapes)
     }
 
     /// Import the model.

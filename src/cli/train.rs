@@ -3,7 +3,7 @@
 
 use super::common::{check_appended, check_output, stop_on_ctrl_c, STOP};
 use anyhow::Result;
-use ecc::import::{self, ImportOptions};
+use ecc::import;
 use ecc::train::{
     start_row, EpochMetrics, Hooks, OptimizerKind, Schedule, Start, StepInfo, TrainConfig,
 };
@@ -24,6 +24,12 @@ pub struct Args {
     /// cifar10:DIR (the binary batches, data_batch_1.bin ... test_batch.bin).
     #[arg(long, default_value = "digits")]
     data: String,
+    /// Concrete dims for the model's input, as NAME=DxDx... (the batch first): to train a
+    /// model exported at another image size on this data, where its layers allow it (e.g.
+    /// torchvision's resnet18, exported at 224x224, on CIFAR-10 with
+    /// --input-shape x=1x3x32x32). Also for inputs with symbolic non-batch dims.
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shapes: Vec<String>,
     /// sgd, ec-sgd, path-sgd, sgd-ec-init (a control: SGD from the model EC-SGD starts
     /// from, skeleton weights at ±1, which separates the effect of the update rule from
     /// that of the initialization) or balanced-sgd (SGD on the class's balanced
@@ -177,9 +183,10 @@ fn settings(a: &Args, given: &EpochMetrics, classes: usize) -> Result<Settings> 
 pub fn run(a: Args) -> Result<()> {
     let schedule = check(&a)?;
     stop_on_ctrl_c();
+    let opts = super::common::input_shape_options(&a.input_shapes)?;
     let g = match &a.model {
-        Some(p) => import::load_file(p, &ImportOptions::default())?,
-        None => import::load_bytes(DEFAULT_MODEL, &ImportOptions::default())?,
+        Some(p) => import::load_file(p, &opts)?,
+        None => import::load_bytes(DEFAULT_MODEL, &opts)?,
     };
     let split = ecc::data::load(&a.data)?;
     let name = a.model.as_ref().map_or_else(

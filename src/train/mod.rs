@@ -569,10 +569,20 @@ fn input_dims(g: &Graph, ds: &Dataset) -> Result<Vec<usize>> {
     let dims = s.dims[1..].to_vec();
     if dims.iter().product::<usize>() != ds.features() {
         return Err(Error::usage(format!(
-            "the model's input {s} takes {} features per sample, the data has {} ({:?})",
+            "the model's input {s} takes {} features per sample, the data has {} ({:?}){}",
             dims.iter().product::<usize>(),
             ds.features(),
-            ds.dims
+            ds.dims,
+            if dims.len() == ds.dims.len() && dims.len() > 1 {
+                let d: Vec<String> = ds.dims.iter().map(|d| d.to_string()).collect();
+                format!(
+                    "; a model whose layers do not depend on the image size can take it with --input-shape {}=1x{}",
+                    g.inputs[0].name,
+                    d.join("x")
+                )
+            } else {
+                String::new()
+            }
         )));
     }
     Ok(dims)
