@@ -106,15 +106,24 @@ fn conv_dx<T: Elem>(
     wl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     let (gy, wt) = (contiguous::<T>(gs, gl)?, contiguous::<T>(ws, wl)?);
+    let w = &op.w;
+    let mut shape = vec![w.n, w.c];
+    shape.extend_from_slice(&w.input[3 - w.ns..]);
+    Ok((
+        T::to_cpu_storage_owned(input_grad(op, gy, wt)),
+        Shape::from(shape),
+    ))
+}
+
+/// The input gradient of `op` for output gradient `gy`, (N, C, input..) flat.
+fn input_grad<T: Elem>(op: &Conv, gy: &[T], wt: &[T]) -> Vec<T> {
     let (w, lo) = (&op.w, op.w.l());
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
     let mut dx = vec![T::zero(); w.n * plane];
-    let mut shape = vec![w.n, w.c];
-    shape.extend_from_slice(&w.input[3 - w.ns..]);
     if let Some(wide) = op.wide() {
         conv_s1::input_grad(&wide, gy, wt, &mut dx);
-        return Ok((T::to_cpu_storage_owned(dx), Shape::from(shape)));
+        return dx;
     }
     per_sample(&mut dx, plane, w.c * w.k() * lo, |n, dxn, threads, cols| {
         let gn = &gy[n * op.m * lo..][..op.m * lo];
@@ -129,7 +138,7 @@ fn conv_dx<T: Elem>(
         }
         col2im_one(w, cols, dxn);
     });
-    Ok((T::to_cpu_storage_owned(dx), Shape::from(shape)))
+    dx
 }
 
 /// Samples per partial sum of the weight gradient.
@@ -261,14 +270,123 @@ fn conv_with(
     })
 }
 
-/// Transposed convolution (see [`ConvTransposeAttrs`]) with optional bias and fused ReLU,
-/// computed as the convolution it is the adjoint of: the input spread out by the strides
-/// (stride - 1 zeros between neighbours), the kernel flipped along every spatial axis with
-/// its two channel axes swapped per group, and a stride-1 convolution with dilation d and
-/// pads d (k - 1) - begin before, output length - spread length + begin after (a negative
-/// pad crops). Every step is a differentiable tensor op or [`conv`], so the backward pass is
-/// exact. The spreading costs stride^n times the multiply-adds of a direct kernel; ecc's
-/// models use ConvTranspose rarely, so it is not specialised.
+/// Transposed convolution, (x, w[, b]) -> y: the input gradient of the convolution whose
+/// output has x's shape (the same kernels: col2im, or `conv_s1` at stride 1). Its own input
+/// gradient is that convolution's forward pass, its weight gradient that convolution's
+/// weight gradient with input and output swapped: ConvTranspose's weight (C_in, C_out /
+/// group, k..) is the (M, C / group, k..) of the convolution from C_out to C_in channels.
+/// The convolution covers the output up to the full result; `ext` more positions at the
+/// end of each spatial axis (`output_padding`, a larger `output_shape`) get no product, and
+/// the bias and ReLU are applied over all of it in one copy.
+#[derive(Clone)]
+struct ConvT {
+    conv: Conv,
+    /// Output channels.
+    m: usize,
+    /// Extra end positions per spatial axis (padded to 3, leading ones first).
+    ext: [usize; 3],
+    relu: bool,
+}
+
+impl ConvT {
+    /// The output dims (N, M, spatial..): the convolution's input plus `ext`.
+    fn out_dims(&self) -> Vec<usize> {
+        let w = &self.conv.w;
+        let mut d = vec![w.n, self.m];
+        d.extend((3 - w.ns..3).map(|i| w.input[i] + self.ext[i]));
+        d
+    }
+}
+
+fn conv_t_fwd<T: Elem>(
+    op: &ConvT,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let (x, wt) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
+    let bias = bias.map(|(s, l)| contiguous::<T>(s, l)).transpose()?;
+    let core = input_grad(&op.conv, x, wt);
+    let w = &op.conv.w;
+    let [d0, d1, d2] = w.input;
+    let [e0, e1, e2] = [d0 + op.ext[0], d1 + op.ext[1], d2 + op.ext[2]];
+    let planes = w.n * op.m;
+    let same = op.ext == [0; 3];
+    let mut y = if same {
+        core
+    } else {
+        let mut y = vec![T::zero(); planes * e0 * e1 * e2];
+        for p in 0..planes {
+            for z in 0..d0 {
+                for r in 0..d1 {
+                    let src = &core[((p * d0 + z) * d1 + r) * d2..][..d2];
+                    y[((p * e0 + z) * e1 + r) * e2..][..d2].copy_from_slice(src);
+                }
+            }
+        }
+        y
+    };
+    for p in 0..planes {
+        let b = bias.map_or(T::zero(), |b| b[p % op.m]);
+        let yp = &mut y[p * e0 * e1 * e2..][..e0 * e1 * e2];
+        if bias.is_some() {
+            yp.iter_mut().for_each(|v| *v += b);
+        }
+        if op.relu {
+            relu_in_place(yp);
+        }
+    }
+    Ok((T::to_cpu_storage_owned(y), Shape::from(op.out_dims())))
+}
+
+struct ConvTFwd(ConvT);
+layer_op!(
+    ConvTFwd,
+    "ecc-conv-transpose",
+    "ecc-conv-transpose-bias",
+    conv_t_fwd
+);
+
+impl ConvTFwd {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let op = &self.0;
+        let g = relu_grad(grad, res, op.relu)?;
+        // The gradient over the convolution's part of the output.
+        let mut core = g.clone();
+        let ns = op.conv.w.ns;
+        for i in 0..ns {
+            let len = op.conv.w.input[3 - ns + i];
+            if op.ext[3 - ns + i] > 0 {
+                core = core.narrow(2 + i, 0, len)?;
+            }
+        }
+        let core = core.contiguous()?;
+        let dx = x
+            .track_op()
+            .then(|| core.apply_op2_no_bwd(&w.contiguous()?, &ConvFwd(op.conv.clone())))
+            .transpose()?;
+        let dw = x
+            .contiguous()?
+            .apply_op2_no_bwd(&core, &ConvDw(op.conv.clone()))?;
+        Ok((dx, dw, g))
+    }
+    /// The bias gradient: the output gradient summed over samples and positions.
+    fn bias_grad(&self, g: &Tensor, _b: &Tensor) -> Result<Tensor> {
+        let (n, m) = (g.dims()[0], g.dims()[1]);
+        g.reshape((n, m, ()))?.sum(2)?.sum(0)
+    }
+}
+
+/// Transposed convolution (see [`ConvTransposeAttrs`]) with optional bias (per output
+/// channel) and, with `relu`, a ReLU fused after it.
 pub fn conv_transpose(
     x: &Tensor,
     w: &Tensor,
@@ -277,71 +395,38 @@ pub fn conv_transpose(
     relu: bool,
 ) -> crate::Result<Tensor> {
     let ns = a.kernel.len();
-    let (cin, mg) = (w.dims()[0], w.dims()[1]);
-    let g = a.group;
-    // Spread: (.., L, ..) -> (.., L, 1, ..) -> pad to (.., L, s, ..) -> (.., L s, ..) -> first
-    // (L - 1) s + 1.
-    let mut z = x.contiguous()?;
-    for i in 0..ns {
-        let (ax, s) = (2 + i, a.strides[i]);
-        if s == 1 {
-            continue;
-        }
-        let len = z.dims()[ax];
-        let mut spread = z.dims().to_vec();
-        spread[ax] = len * s;
-        z = z
-            .unsqueeze(ax + 1)?
-            .pad_with_zeros(ax + 1, 0, s - 1)?
-            .reshape(spread)?
-            .narrow(ax, 0, (len - 1) * s + 1)?;
-    }
-    // Kernel: (cin, mg, k..) -> (g, cin/g, mg, k..) -> (g, mg, cin/g, k..) -> (m, cin/g, k..),
-    // flipped.
-    let mut grouped = vec![g, cin / g, mg];
-    grouped.extend_from_slice(&a.kernel);
-    let mut conv_dims = vec![g * mg, cin / g];
-    conv_dims.extend_from_slice(&a.kernel);
-    let mut wk = w
-        .reshape(grouped)?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(conv_dims)?;
-    for i in 0..ns {
-        let k = a.kernel[i];
-        if k > 1 {
-            let rev: Vec<u32> = (0..k as u32).rev().collect();
-            let idx = Tensor::new(rev.as_slice(), w.device())?;
-            wk = wk.index_select(&idx, 2 + i)?;
-        }
-    }
-    // Pads of the stride-1 convolution; negative ones crop the spread input.
+    let m = w.dims()[1] * a.group;
+    // The convolution's input: the transposed convolution's output up to the full result.
+    let mut dims = vec![x.dims()[0], m];
     let mut pads = vec![0usize; 2 * ns];
+    let mut ext = [0usize; 3];
     for i in 0..ns {
-        let (ax, d, k) = (2 + i, a.dilations[i] as i64, a.kernel[i] as i64);
-        let len = z.dims()[ax] as i64;
-        let full = len + d * (k - 1);
-        let out = full - a.pads[i] - a.pads[ns + i];
-        let begin = d * (k - 1) - a.pads[i];
-        let end = out - len - begin + d * (k - 1);
-        if begin < 0 {
-            z = z.narrow(ax, (-begin) as usize, (len + begin) as usize)?;
-        }
-        if end < 0 {
-            let now = z.dims()[ax];
-            z = z.narrow(ax, 0, (now as i64 + end) as usize)?;
-        }
-        pads[i] = begin.max(0) as usize;
-        pads[ns + i] = end.max(0) as usize;
+        let full = a.strides[i] * (x.dims()[2 + i] - 1) + a.dilations[i] * (a.kernel[i] - 1) + 1;
+        let end = a.pads[ns + i].max(0) as usize;
+        dims.push(full - a.pads[i] as usize - end);
+        pads[i] = a.pads[i] as usize;
+        pads[ns + i] = end;
+        ext[3 - ns + i] = (-a.pads[ns + i]).max(0) as usize;
     }
-    let c = ConvAttrs {
-        kernel: a.kernel.clone(),
-        strides: vec![1; ns],
-        pads,
-        dilations: a.dilations.clone(),
-        group: g,
-    };
-    conv(&z.contiguous()?, &wk, b, &c, relu)
+    let win = Window::new(&dims, &a.kernel, &a.strides, &pads, &a.dilations, false)?;
+    debug_assert_eq!(&win.out_dims(x.dims()[1])[2..], &x.dims()[2..]);
+    let op = ConvTFwd(ConvT {
+        conv: Conv {
+            w: win,
+            group: a.group,
+            m: x.dims()[1],
+            relu: false,
+            direct: true,
+        },
+        m,
+        ext,
+        relu,
+    });
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        None => x.apply_op2(&w, op)?,
+    })
 }
 
 #[cfg(test)]

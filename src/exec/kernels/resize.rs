@@ -1,12 +1,16 @@
 //! Resize and Upsample: separable interpolation, one axis at a time, as the ONNX reference
 //! (`onnx.reference.ops.op_resize`) computes it. Along an axis, every output position reads
 //! a few input positions (its taps) with fixed coefficients, computed here once from the
-//! coordinate transformation and the interpolation mode; the resize is then a sum over taps
-//! of index-selects times coefficients, so candle's autograd gives the exact backward pass
-//! (the adjoint scatters through `index_select`'s gradient).
+//! coordinate transformation and the interpolation mode. One candle op per resized axis
+//! applies them (rows of the positions after the axis at a time, in parallel over the
+//! positions before it), and its backward pass scatters the output gradient back through
+//! the same taps, in order, so the result does not depend on the thread count.
 
+use super::{contiguous, Elem};
 use crate::ir::{Interp, NearestMode, ResizeAttrs};
-use candle_core::{DType, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
 
 /// For each output position along one axis: (input index, coefficient) pairs, clamped to
 /// the input and with zero coefficients dropped.
@@ -174,46 +178,114 @@ pub(crate) fn taps(
         .collect()
 }
 
-/// Interpolate `x` along `axis` with `taps`: the sum over tap slots k of
-/// x.index_select(index_k) * coefficient_k (slots padded with coefficient 0), plus `fill`
-/// where a position has no taps.
-fn along(x: &Tensor, axis: usize, taps: &Taps, fill: f32) -> candle_core::Result<Tensor> {
-    let dev = x.device();
-    let k = taps.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut shape = vec![1; x.rank()];
-    shape[axis] = taps.len();
-    let mut y: Option<Tensor> = None;
-    for slot in 0..k {
-        let idx: Vec<u32> = taps
-            .iter()
-            .map(|t| t.get(slot).map_or(0, |&(i, _)| i as u32))
-            .collect();
-        let coef: Vec<f64> = taps
-            .iter()
-            .map(|t| t.get(slot).map_or(0.0, |&(_, c)| c))
-            .collect();
-        let picked = x.index_select(&Tensor::new(idx.as_slice(), dev)?, axis)?;
-        let term = if coef.iter().all(|&c| c == 1.0) {
-            picked
-        } else {
-            let c = Tensor::from_vec(coef, shape.as_slice(), dev)?.to_dtype(x.dtype())?;
-            picked.broadcast_mul(&c)?
-        };
-        y = Some(match y {
-            None => term,
-            Some(acc) => (acc + term)?,
+/// One axis of a resize: `taps` (one list per output position), `fill` where a position has
+/// none (tf_crop_and_resize's extrapolation value).
+#[derive(Clone)]
+struct Along {
+    axis: usize,
+    taps: Arc<Taps>,
+    fill: f64,
+}
+
+impl Along {
+    /// (positions before the axis, input length, positions after it) of dims `d`.
+    fn split(&self, d: &[usize]) -> (usize, usize, usize) {
+        let outer = d[..self.axis].iter().product();
+        let inner = d[self.axis + 1..].iter().product();
+        (outer, d[self.axis], inner)
+    }
+}
+
+fn along_fwd<T: Elem>(op: &Along, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let x = contiguous::<T>(s, l)?;
+    let (outer, len_in, inner) = op.split(l.dims());
+    let len_out = op.taps.len();
+    let mut y = vec![T::zero(); outer * len_out * inner];
+    let fill = T::from(op.fill).unwrap_or(T::zero());
+    y.par_chunks_mut(len_out * inner)
+        .zip(x.par_chunks(len_in * inner))
+        .for_each(|(yo, xo)| {
+            if inner == 1 {
+                // The last axis: one gather per output.
+                for (v, taps) in yo.iter_mut().zip(op.taps.iter()) {
+                    *v = if taps.is_empty() { fill } else { T::zero() };
+                    for &(i, c) in taps {
+                        *v += T::from(c).unwrap_or(T::zero()) * xo[i];
+                    }
+                }
+                return;
+            }
+            for (o, row) in yo.chunks_mut(inner).enumerate() {
+                let taps = &op.taps[o];
+                if taps.is_empty() {
+                    row.iter_mut().for_each(|v| *v = fill);
+                }
+                for &(i, c) in taps {
+                    let c = T::from(c).unwrap_or(T::zero());
+                    let src = &xo[i * inner..][..inner];
+                    row.iter_mut().zip(src).for_each(|(v, &a)| *v += c * a);
+                }
+            }
         });
+    let mut dims = l.dims().to_vec();
+    dims[op.axis] = len_out;
+    Ok((T::to_cpu_storage_owned(y), Shape::from(dims)))
+}
+
+/// The adjoint: the output gradient scattered back through the taps.
+struct AlongBack(Along, usize);
+
+fn along_bwd<T: Elem>(op: &AlongBack, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    use rayon::prelude::*;
+    let (a, len_in) = (&op.0, op.1);
+    let g = contiguous::<T>(s, l)?;
+    let (outer, len_out, inner) = a.split(l.dims());
+    let mut dx = vec![T::zero(); outer * len_in * inner];
+    dx.par_chunks_mut(len_in * inner)
+        .zip(g.par_chunks(len_out * inner))
+        .for_each(|(dxo, go)| {
+            if inner == 1 {
+                for (&gv, taps) in go.iter().zip(a.taps.iter()) {
+                    for &(i, c) in taps {
+                        dxo[i] += T::from(c).unwrap_or(T::zero()) * gv;
+                    }
+                }
+                return;
+            }
+            for (o, row) in go.chunks(inner).enumerate() {
+                for &(i, c) in &a.taps[o] {
+                    let c = T::from(c).unwrap_or(T::zero());
+                    let dst = &mut dxo[i * inner..][..inner];
+                    dst.iter_mut().zip(row).for_each(|(v, &b)| *v += c * b);
+                }
+            }
+        });
+    let mut dims = l.dims().to_vec();
+    dims[a.axis] = len_in;
+    Ok((T::to_cpu_storage_owned(dx), Shape::from(dims)))
+}
+
+impl CustomOp1 for Along {
+    fn name(&self) -> &'static str {
+        "ecc-resize-axis"
     }
-    let y = y.expect("at least one slot");
-    if fill != 0.0 && taps.iter().any(Vec::is_empty) {
-        let f: Vec<f64> = taps
-            .iter()
-            .map(|t| if t.is_empty() { fill as f64 } else { 0.0 })
-            .collect();
-        let f = Tensor::from_vec(f, shape.as_slice(), dev)?.to_dtype(x.dtype())?;
-        return y.broadcast_add(&f);
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s.dtype(), along_fwd, self, s, l)
     }
-    Ok(y)
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = AlongBack(self.clone(), arg.dims()[self.axis]);
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+impl CustomOp1 for AlongBack {
+    fn name(&self) -> &'static str {
+        "ecc-resize-axis-bwd"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s.dtype(), along_bwd, self, s, l)
+    }
 }
 
 /// Resize `x` (any rank; the batch axis is never resized) to `r.out`.
@@ -228,8 +300,12 @@ pub fn resize(x: &Tensor, r: &ResizeAttrs) -> crate::Result<Tensor> {
         if (scale - 1.0).abs() <= 1e-9 && len_out == len_in && whole {
             continue;
         }
-        let t = taps(r, axis, len_in, len_out, scale);
-        y = along(&y.contiguous()?, axis, &t, r.extrapolation)?;
+        let op = Along {
+            axis,
+            taps: Arc::new(taps(r, axis, len_in, len_out, scale)),
+            fill: r.extrapolation as f64,
+        };
+        y = y.contiguous()?.apply_op1(op)?;
     }
     Ok(y)
 }
