@@ -202,10 +202,6 @@ pub fn find(g: &Graph, a: &Analysis, plan: &mut EcPlan, stars: &HashSet<usize>) 
 }
 
 /// The flat index's row (output channel) in a layer weight.
-fn row_of(dims: &[usize], out_axis: usize, i: usize) -> usize {
-    (i / dims[out_axis + 1..].iter().product::<usize>()) % dims[out_axis]
-}
-
 /// Normalize the DAG groups of `g` in place and build their block. Returns None when there
 /// are none; groups whose out-edges are all zero are listed as degenerate (they keep their
 /// scale and the block holds nothing for them... they make the whole block degenerate).
@@ -215,6 +211,16 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
     }
     let w: HashSet<usize> = dag.groups.iter().copied().collect();
     let heads = heads_of(a);
+    // Each layer weight's node, and how to find an element's row (output channel): the
+    // per-element questions below ask this millions of times on a large network.
+    let rows_of: HashMap<String, (usize, usize, usize)> = (0..g.nodes.len())
+        .filter_map(|n| g.layer(n).filter(|l| !l.is_diagonal()).map(|l| (n, l)))
+        .map(|(n, l)| {
+            let dims = &g.params[l.weight].dims;
+            let inner = dims[l.out_axis + 1..].iter().product::<usize>();
+            (l.weight.to_string(), (n, inner, dims[l.out_axis]))
+        })
+        .collect();
     let head_group = |node: usize, o: usize| -> Option<usize> {
         heads
             .get(&node)
@@ -267,10 +273,8 @@ pub fn build(g: &mut Graph, a: &Analysis, dag: &Dag) -> Result<Option<Block>, Ve
     for &k in &order {
         // Only out-edges to a head one step nearer the root.
         let toward_root = |param: &str, i: usize| {
-            let (n, _) = owner(g, param).expect("a layer weight");
-            let l = g.layer(n).expect("a layer");
-            let dims = &g.params[param].dims;
-            let hd = head_group(n, row_of(dims, l.out_axis, i)).map_or(0, |h| dist[&h]);
+            let (n, inner, rows) = rows_of[param];
+            let hd = head_group(n, (i / inner) % rows).map_or(0, |h| dist[&h]);
             hd + 1 == dist[&k]
         };
         let out = a.groups[k].iter().flat_map(|&u| a.out_edits(u));
