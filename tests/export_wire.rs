@@ -1,7 +1,8 @@
 //! Issue 17 item 3: every scalar attribute ecc writes carries its value on the wire, also a
 //! 0 (onnx.proto is proto2; a reader that tests presence, as onnx2torch does for Gemm's
 //! `transA`, misreads an omitted 0). Checked on the raw bytes of ecc's exports of the
-//! committed models and of zoo models with pooling, BatchNorm and Dropout, by a small
+//! committed models, today's PyTorch exports (ConvTranspose, Resize) and zoo models with
+//! pooling, BatchNorm and Dropout, by a small
 //! protobuf wire reader (decoding through the generated code would hide presence).
 
 mod common;
@@ -102,6 +103,15 @@ fn every_scalar_attribute_is_on_the_wire() {
             )
         })
         .collect();
+    // Today's PyTorch exports: ConvTranspose, Resize, PRelu, ReduceMean as read.
+    for name in ["mlp", "cnn-prelu", "bn-mean", "decoder"] {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/torch-export/{name}.onnx"));
+        graphs.push((
+            name.into(),
+            load_file(&p, &ImportOptions::default()).unwrap(),
+        ));
+    }
     for spec in ["cnn:1x8x8-c4-b-p-c6-p-10", "resnet:1x8x8-n1-w2.2.2"] {
         graphs.push((
             spec.into(),
