@@ -8,7 +8,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::onnx::{assert_fd, assert_round_trip, float_attr, string_attr, value};
+use common::onnx::{
+    assert_fd, assert_round_trip, float_attr, string_attr, value, weighted_sum_grads,
+};
 use ecc::import::{load_bytes, ImportOptions};
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_proto, AttributeProto, GraphProto, ModelProto,
@@ -245,33 +247,6 @@ fn elementwise_ops_match_their_formulas_and_gradients() {
     }
 }
 
-/// d(sum(y * r))/dx by autograd, for the one-input model `ex` at `x` (of shape `x_dims`;
-/// y of shape `y_dims`), in f64.
-fn weighted_sum_grad(
-    ex: &ecc::exec::Executor,
-    x: &[f64],
-    x_dims: &[usize],
-    r: &[f64],
-    y_dims: &[usize],
-) -> Vec<f64> {
-    let dev = Device::Cpu;
-    let v = Var::from_tensor(&Tensor::from_vec(x.to_vec(), x_dims, &dev).unwrap()).unwrap();
-    let rt = Tensor::from_vec(r.to_vec(), y_dims, &dev).unwrap();
-    let grads = (&ex.forward(&[v.as_tensor().clone()]).unwrap()[0] * &rt)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    grads
-        .get(v.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
 #[test]
 fn gelu_with_an_unknown_approximation_is_refused() {
     let bytes = model(
@@ -413,7 +388,7 @@ fn pad_and_slice_match_the_onnx_examples() {
         );
         // Gradient of sum(y * r): autograd against central differences.
         let r: Vec<f64> = (0..got.len()).map(|i| 0.3 + i as f64 * 0.7).collect();
-        let auto = weighted_sum_grad(&ex, &data, &[1, 3, 2], &r, &dims);
+        let auto = weighted_sum_grads(&ex, &[(data.clone(), [1, 3, 2].to_vec())], &r).remove(0);
         let loss = |i: usize, d: f64| {
             let mut x = data.clone();
             x[i] += d;
@@ -561,7 +536,7 @@ fn instance_normalization_matches_its_formula_and_gradients() {
         }
     }
     let r: Vec<f64> = (0..y.len()).map(|i| 0.5 + (i % 5) as f64 * 0.3).collect();
-    let auto = weighted_sum_grad(&ex, &x0, &dims, &r, &dims);
+    let auto = weighted_sum_grads(&ex, &[(x0.clone(), dims.to_vec())], &r).remove(0);
     let loss = |i: usize, d: f64| {
         let mut x = x0.clone();
         x[i] += d;

@@ -264,11 +264,8 @@ fn resolve_pads(
     }
 }
 
-fn window_attrs(
-    c: &NodeCtx,
-    kernel: Vec<usize>,
-    x: &Shape,
-) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+/// A window's strides and dilations, checked with its kernel against the input's rank.
+fn window_steps(c: &NodeCtx, kernel: &[usize], x: &Shape) -> Result<(Vec<usize>, Vec<usize>)> {
     let n = kernel.len();
     if x.rank() != n + 2 {
         return Err(Error::shape(format!("input {x} for a {n}-D window")));
@@ -283,6 +280,15 @@ fn window_attrs(
     if strides.contains(&0) || dilations.contains(&0) {
         return Err(Error::invalid("strides and dilations must be positive"));
     }
+    Ok((strides, dilations))
+}
+
+fn window_attrs(
+    c: &NodeCtx,
+    kernel: Vec<usize>,
+    x: &Shape,
+) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+    let (strides, dilations) = window_steps(c, &kernel, x)?;
     let pads = resolve_pads(c, &x.dims[2..], &kernel, &strides, &dilations)?;
     Ok((strides, pads, dilations))
 }
@@ -329,19 +335,7 @@ fn conv_transpose(c: &NodeCtx) -> Result<Built> {
         None => w.dims[2..].to_vec(),
     };
     let n = kernel.len();
-    if x.rank() != n + 2 {
-        return Err(Error::shape(format!("input {x} for a {n}-D window")));
-    }
-    if kernel.contains(&0) {
-        return Err(Error::invalid(format!(
-            "attribute 'kernel_shape' has a zero entry: {kernel:?}"
-        )));
-    }
-    let strides = c.attrs.sizes_n("strides", n, 1)?;
-    let dilations = c.attrs.sizes_n("dilations", n, 1)?;
-    if strides.contains(&0) || dilations.contains(&0) {
-        return Err(Error::invalid("strides and dilations must be positive"));
-    }
+    let (strides, dilations) = window_steps(c, &kernel, x)?;
     let out_pad = c.attrs.sizes_n("output_padding", n, 0)?;
     let group = c.attrs.int("group", 1);
     if group < 1 {

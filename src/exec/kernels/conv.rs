@@ -219,11 +219,15 @@ impl ConvFwd {
 layer_op!(ConvFwd, "ecc-conv", "ecc-conv-bias", conv_fwd);
 
 impl ConvFwd {
-    /// The bias gradient: the output gradient summed over samples and positions.
     fn bias_grad(&self, g: &Tensor, _b: &Tensor) -> Result<Tensor> {
-        let (n, m) = (g.dims()[0], g.dims()[1]);
-        g.reshape((n, m, ()))?.sum(2)?.sum(0)
+        channel_sums(g)
     }
+}
+
+/// A per-channel bias's gradient: the output gradient summed over samples and positions.
+fn channel_sums(g: &Tensor) -> Result<Tensor> {
+    let (n, m) = (g.dims()[0], g.dims()[1]);
+    g.reshape((n, m, ()))?.sum(2)?.sum(0)
 }
 
 /// N-d convolution with optional bias (added per output channel), and with `relu` a ReLU
@@ -378,10 +382,8 @@ impl ConvTFwd {
             .apply_op2_no_bwd(&core, &ConvDw(op.conv.clone()))?;
         Ok((dx, dw, g))
     }
-    /// The bias gradient: the output gradient summed over samples and positions.
     fn bias_grad(&self, g: &Tensor, _b: &Tensor) -> Result<Tensor> {
-        let (n, m) = (g.dims()[0], g.dims()[1]);
-        g.reshape((n, m, ()))?.sum(2)?.sum(0)
+        channel_sums(g)
     }
 }
 
