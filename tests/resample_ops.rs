@@ -438,3 +438,29 @@ fn resize_matches_worked_examples_and_gradients() {
         assert_round_trip(&g, case.what);
     }
 }
+
+/// Path-SGD computes its per-weight scale from the network with squared weights; a cubic
+/// Resize's negative coefficients would enter those path sums with their signs, so it
+/// refuses one (nearest and linear, with coefficients >= 0, pass).
+#[test]
+fn path_sgd_refuses_a_cubic_resize() {
+    use ecc::train::optim::{PathSgd, Sgd};
+    for (mode, ok) in [("linear", true), ("cubic", false)] {
+        let g = one_node(
+            "Resize",
+            &[("x", &[1, 1, 2, 2])],
+            vec![float_init("s", &[4], &[1.0, 1.0, 2.0, 2.0])],
+            &["", "s"],
+            vec![string_attr("mode", mode)],
+            13,
+        );
+        let sgd = Sgd::new(Default::default(), 0.0, 0.0);
+        match PathSgd::new(&g, sgd) {
+            Ok(_) => assert!(ok, "{mode}: accepted"),
+            Err(e) => {
+                assert!(!ok, "{mode}: {e}");
+                assert!(e.to_string().contains("cubic Resize"), "{e}");
+            }
+        }
+    }
+}

@@ -354,6 +354,12 @@ impl PathSgd {
                         "Path-SGD through a Pad with a non-zero constant",
                     ))
                 }
+                // Its negative coefficients would enter the path sums with their signs.
+                Op::Resize(r) if matches!(r.interp, crate::ir::Interp::Cubic(_)) => {
+                    return Err(crate::Error::unsupported(
+                        "Path-SGD through a cubic Resize (negative interpolation coefficients)",
+                    ))
+                }
                 other => other.clone(),
             };
         }
