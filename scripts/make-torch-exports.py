@@ -11,8 +11,9 @@ with its defaults (the dynamo exporter in torch 2.15, opset 18+), from eval mode
                  ReLU, Upsample x2 bilinear, Conv 4->6, ReLU, interpolate x0.5 nearest,
                  mean, Linear (ConvTranspose and Resize as the exporter writes them)
 
-Each with a reference: input_0.pb (4 digits images, seed 0) and PyTorch's output_0.pb, in
-<name>/test_data_set_0/. Written to tests/fixtures/torch-export/ (small; committed). Needs
+Each with a reference: input_0.pb (4 random images) and PyTorch's output_0.pb, in
+<name>/test_data_set_0/; the decoder also with decoder/step.safetensors: 16 images, labels and
+every parameter after one PyTorch SGD step on them (lr 0.1, no momentum). Written to tests/fixtures/torch-export/ (small; committed). Needs
 PyTorch 2.15 and onnxscript from PyPI in ~/.cache/ecc/torch-venv (scripts/peer-bench.sh
 makes it; `pip install onnxscript` adds the exporter's dependency):
 
@@ -122,5 +123,19 @@ for name, m, shape in built():
         y = m(x)
     (ds / "input_0.pb").write_bytes(numpy_helper.from_array(x.numpy(), "input").SerializeToString())
     (ds / "output_0.pb").write_bytes(numpy_helper.from_array(y.numpy(), "logits").SerializeToString())
+    if name == "decoder":
+        # One SGD step (lr 0.1, no momentum, mean cross-entropy) on 16 images and labels,
+        # for tests/torch_exports.rs: ecc's step through ConvTranspose and Resize must give
+        # the same parameters.
+        from safetensors.torch import save_file
+        xs, ys = torch.rand(16, *shape), torch.randint(0, 10, (16,))
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(xs), ys).backward()
+        opt.step()
+        after = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        save_file({"x": xs, "y": ys, **{f"after.{k}": v for k, v in after.items()}},
+                  str(out / name / "step.safetensors"))
     ops = sorted({n.op_type for n in model.graph.node})
     print(f"{path.name}: IR {model.ir_version}, opset {model.opset_import[0].version}, ops {ops}")

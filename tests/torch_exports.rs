@@ -181,3 +181,40 @@ fn torchvision_resnet18_imports_analyzes_converts_and_trains() {
         }
     }
 }
+
+/// One SGD step of the decoder (ConvTranspose with output_padding and a fused ReLU, a bilinear
+/// and a nearest Resize) in ecc gives PyTorch's parameters: 16 images, lr 0.1, no momentum,
+/// mean cross-entropy (`scripts/make-torch-exports.py` wrote decoder/step.safetensors).
+#[test]
+fn decoder_sgd_step_matches_pytorch() {
+    use ecc::train::optim::{Optimizer, Sgd};
+    let g = load_file(&dir().join("decoder.onnx"), &ImportOptions::default()).unwrap();
+    let step = candle_core::safetensors::load(
+        dir().join("decoder/step.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let x = step["x"].clone();
+    let y = step["y"].to_dtype(candle_core::DType::U32).unwrap();
+    let ex = Executor::new(&g).unwrap();
+    let logits = &ex.forward_train(std::slice::from_ref(&x), 0).unwrap()[0];
+    let loss = ecc::train::cross_entropy(logits, &y).unwrap();
+    let grads = loss.backward().unwrap();
+    let by_name = ex.grads_by_name(&grads);
+    let mut sgd = Sgd::new(g.trainable_params(), 0.0, 0.0);
+    sgd.step(ex.params(), &by_name, 0.1).unwrap();
+    let mut worst = 0f64;
+    for (name, v) in ex.params() {
+        let want = &step[&format!("after.{name}")];
+        let before = g.params[name].as_f32();
+        let e = rel_err(&values(v.as_tensor()), &values(want));
+        let moved = rel_err(&before, &values(want));
+        println!("{name}: moved {moved:.1e}, ecc vs PyTorch {e:.1e}");
+        assert!(
+            e < 1e-5 && e < moved / 10.0,
+            "{name}: {e:e} (moved {moved:e})"
+        );
+        worst = worst.max(e);
+    }
+    println!("decoder: one SGD step vs PyTorch's, worst relative error {worst:.1e}");
+}
