@@ -201,7 +201,6 @@ pub fn find(g: &Graph, a: &Analysis, plan: &mut EcPlan, stars: &HashSet<usize>) 
     }
 }
 
-/// The flat index's row (output channel) in a layer weight.
 /// Normalize the DAG groups of `g` in place and build their block. Returns None when there
 /// are none; groups whose out-edges are all zero are listed as degenerate (they keep their
 /// scale and the block holds nothing for them... they make the whole block degenerate).

@@ -490,8 +490,7 @@ impl Executor {
                 let centred = flat.broadcast_sub(&mean)?;
                 let var = centred.sqr()?.mean_keepdim(2)?;
                 let y = centred.broadcast_div(&(var + *epsilon as f64)?.sqrt()?)?;
-                let mut d = vec![1; 2];
-                d[0] = t.dims()[1];
+                let d = [t.dims()[1], 1];
                 y.broadcast_mul(&scale.reshape(d.as_slice())?)?
                     .broadcast_add(&bias.reshape(d.as_slice())?)?
                     .reshape(t.dims())?

@@ -695,7 +695,7 @@ fn resize(c: &NodeCtx, upsample: bool) -> Result<Built> {
     let mut out = x.dims.clone();
     if let Some(s) = &scales_in {
         for (k, &a) in axes.iter().enumerate() {
-            if s[k].is_nan() || s[k] <= 0.0 || !s[k].is_finite() {
+            if !s[k].is_finite() || s[k] <= 0.0 {
                 return Err(Error::invalid(format!("scale {} on axis {a}", s[k])));
             }
             scales[a] = s[k] as f64;

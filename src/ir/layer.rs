@@ -5,9 +5,9 @@
 
 use super::{Graph, Op};
 
-/// One layer of a graph: a Gemm, MatMul, Conv or ConvTranspose (group 1) whose weight is a parameter, or a
-/// BatchNormalization whose scale is one (a diagonal layer: gamma is its weight, beta its
-/// bias, and there is no input axis).
+/// One layer of a graph: a Gemm, MatMul, Conv or ConvTranspose (group 1) whose weight is a
+/// parameter, or a BatchNormalization whose scale is one (a diagonal layer: gamma is its
+/// weight, beta its bias, and there is no input axis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layer<'a> {
     pub node: usize,
