@@ -31,8 +31,22 @@ fn job(
     work: &Path,
     seed: u64,
 ) -> serde_json::Value {
+    job_against(name, model, opts, batch, work, seed, None)
+}
+
+/// [`job`], with the expected outputs computed by ecc from `reference` (another model with
+/// the same function) instead of from the model itself.
+fn job_against(
+    name: &str,
+    model: &Path,
+    opts: &ImportOptions,
+    batch: usize,
+    work: &Path,
+    seed: u64,
+    reference: Option<&ecc::ir::Graph>,
+) -> serde_json::Value {
     let g = load_file(model, opts).unwrap_or_else(|e| panic!("{e}"));
-    let ex = Executor::new(&g).unwrap();
+    let ex = Executor::new(reference.unwrap_or(&g)).unwrap();
     let io = work.join(name).join("io");
     std::fs::create_dir_all(&io).unwrap();
     let xs = common::random_inputs(&g, batch, seed);
@@ -65,6 +79,34 @@ fn job(
     })
 }
 
+/// The EC graph of `g` (issue 17): onnxruntime runs it (and ecc's round trip of it, after the
+/// full checker) to `g`'s outputs as ecc computes them.
+fn ecg_job(
+    name: &str,
+    g: &ecc::ir::Graph,
+    opts: &ImportOptions,
+    batch: usize,
+    work: &Path,
+    seed: u64,
+) -> serde_json::Value {
+    let conv = ecc::ec::convert(g);
+    let ecg = ecc::ec::graph::build(&conv.canon, &conv.basis).unwrap();
+    let path = work.join(format!("{name}.ecg.onnx"));
+    std::fs::create_dir_all(work).unwrap();
+    ecc::export::write_file(&ecg, &path).unwrap();
+    let mut j = job_against(
+        &format!("{name}.ecg"),
+        &path,
+        opts,
+        batch,
+        work,
+        seed,
+        Some(g),
+    );
+    j["check_original"] = serde_json::json!(true);
+    j
+}
+
 #[test]
 fn outputs_and_round_trips_agree_with_onnxruntime() {
     let Some(py) = python() else { return };
@@ -81,6 +123,7 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         std::fs::create_dir_all(&work).unwrap();
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("{name}.ec"), &path, &no, 3, &work, 1));
+        jobs.push(ecg_job(&name, &g, &no, 3, &work, 1));
     }
     // PyTorch's export of a residual CNN with BN folded (tied streams, no BN: a DAG block)
     // and its canonical form.
@@ -91,6 +134,14 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
     let path = work.join("bn-folded.ec.onnx");
     ecc::export::write_file(&canon, &path).unwrap();
     jobs.push(job("bn-folded.ec", &path, &no, 3, &work, 5));
+    jobs.push(ecg_job(
+        "bn-folded",
+        &load_file(&folded, &no).unwrap(),
+        &no,
+        3,
+        &work,
+        5,
+    ));
     // Today's PyTorch exporter (dynamo, opset 20; scripts/make-torch-exports.py) and the
     // canonical forms.
     for name in ["mlp", "cnn-prelu", "bn-mean", "decoder"] {
@@ -101,6 +152,8 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         let path = work.join(format!("torch-{name}.ec.onnx"));
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("torch-{name}.ec"), &path, &no, 3, &work, 5));
+        let g = load_file(&p, &no).unwrap();
+        jobs.push(ecg_job(&format!("torch-{name}"), &g, &no, 3, &work, 5));
     }
     // torchvision's resnet18 (both exports), when scripts/make-torchvision-resnet18.py has
     // written them (45 MB each; not committed), at 224x224, and the canonical forms.
@@ -173,6 +226,7 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         let path = work.join(format!("{name}.ec.onnx"));
         ecc::export::write_file(&canon, &path).unwrap();
         jobs.push(job(&format!("{name}.ec"), &path, &no, 16, &work, 8));
+        jobs.push(ecg_job(name, &trained, &no, 16, &work, 8));
     }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
@@ -203,6 +257,10 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
             &work,
             4,
         ));
+        for (name, opts) in [("pnet", &pnet), ("rnet", &no), ("onet", &no)] {
+            let g = load_file(&fx.join(format!("mtcnn/{name}.onnx")), opts).unwrap();
+            jobs.push(ecg_job(&format!("mtcnn-{name}"), &g, opts, 2, &work, 4));
+        }
         // The canonical form of squeezenet (fan-out and concatenation without BN: a DAG
         // block), an ordinary ONNX file that onnxruntime runs as ecc does.
         let sq = fx.join("onnx/light/light_squeezenet.onnx");

@@ -171,6 +171,8 @@ fn term(op: &Op, a: &[String], mixing: bool) -> String {
         Op::Softmax { .. } => un("softmax"),
         Op::LogSoftmax { .. } => un("log-softmax"),
         Op::Lrn { .. } => un("lrn"),
+        Op::Gather { .. } => un("gather"),
+        Op::ScatterNd { .. } => format!("(scatter-nd {} {})", a[0], a[1]),
         Op::MaxPool(_) => un("max-pool"),
         Op::AveragePool { .. } => un("average-pool"),
         Op::GlobalAveragePool => un("global-average-pool"),

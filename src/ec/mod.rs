@@ -16,6 +16,7 @@ pub mod balance;
 pub mod basis;
 mod dag;
 mod gauge;
+pub mod graph;
 pub mod program;
 pub mod report;
 mod skeleton;

@@ -531,8 +531,45 @@ impl Executor {
                 bias,
                 size,
             } => lrn(x[0], *alpha, *beta, *bias, *size)?,
+            Op::Gather { axis, indices, .. } => {
+                let at: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+                x[0].contiguous()?
+                    .index_select(&Tensor::new(at, x[0].device())?, *axis)?
+                    .reshape(out_dims)?
+            }
+            Op::ScatterNd { indices, idx_dims } => scatter_nd(x[0], x[1], indices, idx_dims)?,
         })
     }
+}
+
+/// ScatterND without reduction (indices in range, none repeated, as import checks): the data
+/// with the positions of `indices` cleared, plus the updates added there. Both steps have
+/// candle's backward: the data's gradient is zero at those positions, the updates' is the
+/// gradient gathered there.
+fn scatter_nd(
+    data: &Tensor,
+    updates: &Tensor,
+    indices: &[usize],
+    idx_dims: &[usize],
+) -> Result<Tensor> {
+    let dims = data.dims();
+    let k = idx_dims.last().copied().unwrap_or(1).max(1);
+    let slice: usize = dims[k..].iter().product();
+    let mut pos = Vec::with_capacity(indices.len() / k * slice);
+    for t in indices.chunks(k) {
+        let base = t.iter().zip(dims).fold(0usize, |acc, (&i, &d)| acc * d + i) * slice;
+        pos.extend((base..base + slice).map(|p| p as u32));
+    }
+    let mut keep = vec![1f64; data.elem_count()];
+    for &p in &pos {
+        keep[p as usize] = 0.0;
+    }
+    let keep = Tensor::from_vec(keep, data.elem_count(), data.device())?.to_dtype(data.dtype())?;
+    let pos = Tensor::new(pos, data.device())?;
+    let cleared = data.flatten_all()?.mul(&keep)?;
+    Ok(cleared
+        .index_add(&pos, &updates.flatten_all()?, 0)?
+        .reshape(dims)?)
 }
 
 /// ONNX Pad on every axis in turn: negative pads crop (narrow); positive ones add constants

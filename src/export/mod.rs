@@ -255,6 +255,8 @@ fn attributes(op: &Op, opset: i64) -> Vec<AttributeProto> {
             a.push(attr_float("bias", *bias));
             a.push(attr_int("size", *size as i64));
         }
+        Op::Gather { axis, .. } => a.push(attr_int("axis", *axis as i64)),
+        Op::ScatterNd { .. } if opset >= 16 => a.push(attr_string("reduction", "none")),
         _ => {}
     }
     a
@@ -265,6 +267,10 @@ fn node_proto(n: &Node, opset: i64) -> NodeProto {
     p.name = n.name.clone();
     p.op_type = n.op.onnx_name().into();
     p.input = n.inputs.clone();
+    if matches!(n.op, Op::ScatterNd { .. }) && p.input.len() == 3 {
+        // The IR's order (data, updates, indices) back to ONNX's.
+        p.input.swap(1, 2);
+    }
     p.output = n.outputs.clone();
     p.attribute = attributes(&n.op, opset);
     p

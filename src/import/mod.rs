@@ -557,8 +557,13 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
         }
         Built::Op(op) => op,
     };
-    let n_data = op.data_inputs(np.input.len());
-    let data = &np.input[..n_data];
+    // The IR lists data inputs first: ScatterND's updates before its indices.
+    let mut inputs = np.input.clone();
+    if matches!(op, Op::ScatterNd { .. }) && inputs.len() == 3 {
+        inputs.swap(1, 2);
+    }
+    let n_data = op.data_inputs(inputs.len());
+    let data = &inputs[..n_data];
     if data.iter().any(String::is_empty) {
         return Err(Error::invalid("a required input is empty"));
     }
@@ -593,7 +598,7 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
     for (o, s) in np.output.iter().zip(out_shapes) {
         scope.shapes.insert(o.clone(), s);
     }
-    let (mut inputs, mut outputs) = (np.input.clone(), np.output.clone());
+    let mut outputs = np.output.clone();
     // The training forms of BatchNormalization (running statistics as outputs) and Dropout
     // (a training_mode input, a mask output) become the plain op: the executor's mode says
     // whether it trains, and the exported node is the inference form.

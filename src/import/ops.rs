@@ -158,7 +158,8 @@ const TABLE: &[(&str, Builder)] = &[
     ("Constant", fold::constant),
     ("ConstantOfShape", fold::constant_of_shape),
     ("Shape", fold::shape),
-    ("Gather", fold::gather),
+    ("Gather", gather),
+    ("ScatterND", scatter_nd),
     ("Cast", fold::cast),
 ];
 
@@ -166,11 +167,13 @@ const TABLE: &[(&str, Builder)] = &[
 /// it), sorted: those folded at import are marked "(constant inputs)", and ReduceMean, which
 /// `desugar` rewrites, says over which axes.
 pub fn op_names() -> Vec<String> {
-    let folded = ["Constant", "ConstantOfShape", "Shape", "Gather", "Cast"];
+    let folded = ["Constant", "ConstantOfShape", "Shape", "Cast"];
     let mut v: Vec<String> = TABLE
         .iter()
         .map(|(n, _)| match *n {
             "Cast" => "Cast (constant inputs; to float or double at run time)".to_string(),
+            "Gather" => "Gather (constant indices)".to_string(),
+            "ScatterND" => "ScatterND (constant indices, no reduction)".to_string(),
             n if folded.contains(&n) && !matches!(n, "Constant" | "ConstantOfShape") => {
                 format!("{n} (constant inputs)")
             }
@@ -977,5 +980,88 @@ fn lrn(c: &NodeCtx) -> Result<Built> {
         beta: c.attrs.float("beta", 0.75),
         bias: c.attrs.float("bias", 1.0),
         size: size as usize,
+    }))
+}
+
+/// Gather: folded over constants; over data computed at run time, with constant indices.
+fn gather(c: &NodeCtx) -> Result<Built> {
+    if c.all_const() {
+        return fold::gather(c);
+    }
+    let x = c.shape(0)?;
+    let idx = c
+        .static_input(1, "Gather's indices")?
+        .ok_or_else(|| Error::invalid("Gather needs indices"))?;
+    if x.rank() == 0 {
+        return Err(Error::invalid("Gather of a scalar"));
+    }
+    let axis = crate::ir::norm_axis(c.attrs.int("axis", 0), x.rank())?;
+    let len = x.dims[axis] as i64;
+    let indices = idx
+        .as_i64()
+        .iter()
+        .map(|&i| {
+            let j = if i < 0 { i + len } else { i };
+            if (0..len).contains(&j) {
+                Ok(j as usize)
+            } else {
+                Err(Error::invalid(format!(
+                    "Gather index {i} out of range for length {len}"
+                )))
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(Built::Op(Op::Gather {
+        axis,
+        indices,
+        idx_dims: idx.dims.clone(),
+    }))
+}
+
+/// ScatterND without reduction, constant indices in range and none repeated (ONNX leaves
+/// repeated indices undefined without a reduction; ecc refuses them).
+fn scatter_nd(c: &NodeCtx) -> Result<Built> {
+    let reduction = c.attrs.string("reduction", "none");
+    if reduction != "none" {
+        return Err(Error::unsupported(format!(
+            "ScatterND with reduction '{reduction}' (ecc reads 'none')"
+        )));
+    }
+    let x = c.shape(0)?;
+    let idx = c
+        .static_input(1, "ScatterND's indices")?
+        .ok_or_else(|| Error::invalid("ScatterND needs indices"))?;
+    let k = *idx
+        .dims
+        .last()
+        .ok_or_else(|| Error::invalid("ScatterND indices must have rank >= 1"))?;
+    if k == 0 || k > x.rank() {
+        return Err(Error::invalid(format!(
+            "ScatterND index tuples of {k} entries for data of rank {}",
+            x.rank()
+        )));
+    }
+    let mut indices = Vec::with_capacity(idx.len());
+    for (n, &i) in idx.as_i64().iter().enumerate() {
+        let len = x.dims[n % k] as i64;
+        let j = if i < 0 { i + len } else { i };
+        if !(0..len).contains(&j) {
+            return Err(Error::invalid(format!(
+                "ScatterND index {i} out of range for length {len}"
+            )));
+        }
+        indices.push(j as usize);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in indices.chunks(k) {
+        if !seen.insert(t) {
+            return Err(Error::unsupported(format!(
+                "ScatterND with the index {t:?} repeated (undefined without a reduction)"
+            )));
+        }
+    }
+    Ok(Built::Op(Op::ScatterNd {
+        indices,
+        idx_dims: idx.dims.clone(),
     }))
 }

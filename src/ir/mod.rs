@@ -23,6 +23,13 @@ pub use shape::{
 
 use std::collections::{BTreeMap, HashMap};
 
+/// Metadata key (a JSON list of names): parameters read as data but never trained, e.g. the
+/// EC graph's designated constants (`ec::graph`).
+pub const META_FROZEN: &str = "ecc.frozen";
+/// Metadata key (a JSON list of names): trained parameters without weight decay, e.g. the
+/// EC graph's V coordinates (EC-SGD decays p only, spec §5).
+pub const META_NO_DECAY: &str = "ecc.no_decay";
+
 /// Element data of a constant tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
@@ -225,13 +232,26 @@ impl Graph {
             .collect()
     }
 
-    /// The parameters an optimizer trains: all but the running statistics.
+    /// The parameters an optimizer trains: all but the running statistics and those the
+    /// model's metadata marks frozen ([`META_FROZEN`]).
     pub fn trainable_params(&self) -> std::collections::HashSet<String> {
         let stats = self.bn_statistics();
+        let frozen = self.metadata_names(META_FROZEN);
         self.params
             .keys()
-            .filter(|k| !stats.contains(k))
+            .filter(|k| !stats.contains(k) && !frozen.contains(*k))
             .cloned()
+            .collect()
+    }
+
+    /// The names in a JSON-list metadata entry (empty when absent or not a list).
+    pub fn metadata_names(&self, key: &str) -> std::collections::HashSet<String> {
+        self.meta
+            .metadata
+            .iter()
+            .filter(|(k, _)| k == key)
+            .filter_map(|(_, v)| serde_json::from_str::<Vec<String>>(v).ok())
+            .flatten()
             .collect()
     }
 

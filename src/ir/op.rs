@@ -222,6 +222,24 @@ pub enum Op {
         bias: f32,
         size: usize,
     },
+    /// Gather of data computed at run time with constant indices (Gather over constants
+    /// folds at import): `indices` in 0..dims[axis], of shape `idx_dims`; the output has
+    /// dims[..axis] + idx_dims + dims[axis + 1..]. Never along the batch axis.
+    Gather {
+        axis: usize,
+        indices: Vec<usize>,
+        idx_dims: Vec<usize>,
+    },
+    /// ScatterND without reduction and with constant indices, none repeated: the data with
+    /// the elements (or slices) at `indices` (k-tuples, `idx_dims` = [.., k], in range)
+    /// replaced by `updates`. Data without a batch axis (ecc uses it on parameters: the EC
+    /// graph's fixed scalars, `ec::graph`). The IR's inputs are data, updates, indices
+    /// (static operands last); ONNX's order is data, indices, updates, which import and
+    /// export translate.
+    ScatterNd {
+        indices: Vec<usize>,
+        idx_dims: Vec<usize>,
+    },
 }
 
 impl Op {
@@ -272,6 +290,8 @@ impl Op {
             Op::Squeeze { .. } => "Squeeze",
             Op::Unsqueeze { .. } => "Unsqueeze",
             Op::Lrn { .. } => "LRN",
+            Op::Gather { .. } => "Gather",
+            Op::ScatterNd { .. } => "ScatterND",
         }
     }
 
@@ -286,7 +306,9 @@ impl Op {
             | Op::Slice { .. }
             | Op::Resize(_)
             | Op::Clip { .. }
-            | Op::Dropout { .. } => 1.min(n),
+            | Op::Dropout { .. }
+            | Op::Gather { .. } => 1.min(n),
+            Op::ScatterNd { .. } => 2.min(n),
             _ => n,
         }
     }

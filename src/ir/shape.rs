@@ -748,6 +748,59 @@ impl Op {
                 }
                 Shape { dims, batch }
             }
+            Op::Gather {
+                axis,
+                indices,
+                idx_dims,
+            } => {
+                need(1)?;
+                let x = ins[0];
+                if *axis >= x.rank() || x.batch == Some(*axis) {
+                    return Err(Error::shape(format!(
+                        "Gather along axis {axis} of {x} (not along the batch axis)"
+                    )));
+                }
+                if let Some(&i) = indices.iter().find(|&&i| i >= x.dims[*axis]) {
+                    return Err(Error::shape(format!(
+                        "Gather index {i} out of range for axis {axis} of {x}"
+                    )));
+                }
+                let mut dims = x.dims[..*axis].to_vec();
+                dims.extend(idx_dims);
+                dims.extend(&x.dims[axis + 1..]);
+                let batch = x
+                    .batch
+                    .map(|b| if b < *axis { b } else { b - 1 + idx_dims.len() });
+                Shape { dims, batch }
+            }
+            Op::ScatterNd { indices, idx_dims } => {
+                need(2)?;
+                let (x, u) = (ins[0], ins[1]);
+                let k = idx_dims.last().copied().unwrap_or(0);
+                if x.batch.is_some() || u.batch.is_some() {
+                    return Err(Error::unsupported(
+                        "ScatterND over values with a batch axis (ecc scatters into parameters)",
+                    ));
+                }
+                let mut want = idx_dims[..idx_dims.len().saturating_sub(1)].to_vec();
+                want.extend(x.dims.get(k..).unwrap_or_default());
+                if k == 0 || k > x.rank() || u.dims != want {
+                    return Err(Error::shape(format!(
+                        "ScatterND of updates {u} into {x} with indices {idx_dims:?}"
+                    )));
+                }
+                if let Some((n, _)) = indices
+                    .iter()
+                    .enumerate()
+                    .find(|&(n, &i)| i >= x.dims[n % k])
+                {
+                    return Err(Error::shape(format!(
+                        "ScatterND index {} out of range for {x}",
+                        indices[n]
+                    )));
+                }
+                x.clone()
+            }
             Op::Lrn { .. } => {
                 need(1)?;
                 if ins[0].rank() < 3 {

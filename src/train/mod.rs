@@ -657,28 +657,23 @@ pub fn evaluate(ex: &Executor, g: &Graph, ds: &Dataset, batch: usize) -> Result<
 /// parameters move by update programs, the others by SGD.
 pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Optimizer>)> {
     let trainable = tg.trainable_params();
+    let no_decay = tg.metadata_names(crate::ir::META_NO_DECAY);
+    let sgd = |names: HashSet<String>| {
+        Sgd::new(names, cfg.momentum, cfg.weight_decay).without_decay(no_decay.clone())
+    };
     Ok(match cfg.optimizer {
         OptimizerKind::PathSgd => (
             tg.clone(),
-            Box::new(PathSgd::new(
-                tg,
-                Sgd::new(trainable, cfg.momentum, cfg.weight_decay),
-            )?) as Box<dyn Optimizer>,
+            Box::new(PathSgd::new(tg, sgd(trainable))?) as Box<dyn Optimizer>,
         ),
-        OptimizerKind::Sgd => (
-            tg.clone(),
-            Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)) as Box<dyn Optimizer>,
-        ),
+        OptimizerKind::Sgd => (tg.clone(), Box::new(sgd(trainable)) as Box<dyn Optimizer>),
         OptimizerKind::SgdEcInit => {
             let ec = TrainConfig {
                 optimizer: OptimizerKind::EcSgd,
                 ..cfg.clone()
             };
             let (start, _) = optimizer_for(tg, &ec)?;
-            (
-                start,
-                Box::new(Sgd::new(trainable, cfg.momentum, cfg.weight_decay)) as Box<dyn Optimizer>,
-            )
+            (start, Box::new(sgd(trainable)) as Box<dyn Optimizer>)
         }
         OptimizerKind::EcSgd => {
             let crate::ec::Conversion { basis, canon, .. } = crate::ec::convert(tg);
@@ -688,11 +683,7 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
                 canon
             };
             let block: HashSet<String> = basis.block_params();
-            let rest = Sgd::new(
-                trainable.difference(&block).cloned().collect(),
-                cfg.momentum,
-                cfg.weight_decay,
-            );
+            let rest = sgd(trainable.difference(&block).cloned().collect());
             let runner = ProgramRunner::new(&basis)?;
             let step = StepConfig {
                 lr: cfg.lr,

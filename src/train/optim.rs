@@ -28,6 +28,8 @@ pub struct Sgd {
     pub momentum: f64,
     pub weight_decay: f64,
     trainable: HashSet<String>,
+    /// Trained without weight decay (the model's `ir::META_NO_DECAY`).
+    no_decay: HashSet<String>,
     buf: HashMap<String, Vec<f32>>,
 }
 
@@ -37,8 +39,15 @@ impl Sgd {
             momentum,
             weight_decay,
             trainable,
+            no_decay: HashSet::new(),
             buf: HashMap::new(),
         }
+    }
+
+    /// The same, with the parameters in `names` trained without weight decay.
+    pub fn without_decay(mut self, names: HashSet<String>) -> Self {
+        self.no_decay = names;
+        self
     }
 
     /// The step; with `gamma`, Path-SGD's: only the parameters with a gamma move, by
@@ -73,7 +82,11 @@ impl Sgd {
                 m,
                 lr as f32,
                 self.momentum as f32,
-                self.weight_decay as f32,
+                if self.no_decay.contains(name) {
+                    0.0
+                } else {
+                    self.weight_decay as f32
+                },
             )?;
         }
         Ok(0)
@@ -340,6 +353,8 @@ impl PathSgd {
                 | Op::Softmax { .. }
                 | Op::LogSoftmax { .. }
                 | Op::Lrn { .. }
+                | Op::Gather { .. }
+                | Op::ScatterNd { .. }
                 | Op::BatchNorm { .. } => {
                     return Err(crate::Error::unsupported(format!(
                         "Path-SGD through {} (ecc computes it for ReLU-type networks)",
