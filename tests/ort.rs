@@ -228,6 +228,29 @@ fn outputs_and_round_trips_agree_with_onnxruntime() {
         jobs.push(job(&format!("{name}.ec"), &path, &no, 16, &work, 8));
         jobs.push(ecg_job(name, &trained, &no, 16, &work, 8));
     }
+    // Issue 17's round trip: PyTorch modules trained three steps in path space by ecc_torch,
+    // folded and exported (scripts/make-torch-ec.py), against ecc's three EC-SGD steps from
+    // the same start on the same batches. The BN module's file has BN in training form,
+    // which onnxruntime runs with batch statistics: its inference form (ecc's export of it)
+    // is run instead, as for resnet18-bn.
+    for name in common::torch_ec::NAMES {
+        let r = common::torch_ec::record(name);
+        let (trained, _) = common::torch_ec::ec_sgd_three_steps(&r);
+        let path = common::torch_ec::dir().join(name).join("trained.onnx");
+        let mut j = job_against(
+            &format!("torch-ec-{name}-trained"),
+            &path,
+            &no,
+            8,
+            &work,
+            12,
+            Some(&trained),
+        );
+        if name == "rescnn" {
+            j["original"] = j["exported"].clone();
+        }
+        jobs.push(j);
+    }
     if let Some(fx) = fixtures() {
         let mut pnet = ImportOptions::default();
         // pnet is fully convolutional; any size from 12x12 up works.

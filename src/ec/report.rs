@@ -36,6 +36,9 @@ pub struct UnitEntry {
 #[derive(Debug, Serialize)]
 pub struct TensorEntry {
     pub param: String,
+    /// The tensor's shape (for checks against another copy of the model, e.g. a PyTorch
+    /// module, python/ecc_torch).
+    pub dims: Vec<usize>,
     pub region: Region,
     /// The axis the chain runs along (chained tensors), and the chain of each position.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -223,6 +226,7 @@ impl PlanReport {
                             .map_or(Region::Free, |l| l.region);
                         TensorEntry {
                             param: t.param.clone(),
+                            dims: t.dims.clone(),
                             region,
                             chain_axis: (!t.chain.is_empty()).then_some(t.axis),
                             chain: t.chain.clone(),

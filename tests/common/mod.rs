@@ -3,6 +3,7 @@
 
 pub mod mlp64;
 pub mod onnx;
+pub mod torch_ec;
 
 use candle_core::Tensor;
 use std::path::PathBuf;
