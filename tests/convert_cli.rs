@@ -127,3 +127,54 @@ fn a_failed_plan_leaves_no_model_beside_an_old_plan() {
         "a model without its plan"
     );
 }
+
+/// `--ec-graph` writes the EC graph beside the plan; `ecc train` trains it with SGD (the
+/// designated constants frozen: `ecc.frozen`); `--fold` turns the trained EC graph into an
+/// ordinary model with the original's parameter names, which `ecc eval` reads.
+#[test]
+fn ec_graph_trains_in_ecc_and_folds_back() {
+    let dir = scratch("ecg");
+    let d = dir.to_str().unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mlp-digits.onnx");
+    let (code, out, err) = ecc(&["convert", model, "-o", d, "--ec-graph"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mlp-digits.ecg.onnx (the EC graph)"), "{out}");
+    let ecg = dir.join("mlp-digits.ecg.onnx");
+    let g = load_file(&ecg, &ImportOptions::default()).unwrap();
+    let frozen = g.metadata_names(ecc::ir::META_FROZEN);
+    assert!(!frozen.is_empty() && frozen.iter().all(|f| !g.trainable_params().contains(f)));
+    let trained = dir.join("trained.ecg.onnx");
+    let (code, _, err) = ecc(&[
+        "train",
+        ecg.to_str().unwrap(),
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-9",
+        "--momentum",
+        "0",
+        "-o",
+        trained.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let t = load_file(&trained, &ImportOptions::default()).unwrap();
+    for f in &frozen {
+        assert_eq!(t.params[f], g.params[f], "{f} is frozen");
+    }
+    assert_ne!(t.params, g.params, "the coordinates moved");
+    let (code, out, err) = ecc(&["convert", trained.to_str().unwrap(), "--fold", "-o", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("trained.folded.onnx"), "{out}");
+    let folded = load_file(&dir.join("trained.folded.onnx"), &ImportOptions::default()).unwrap();
+    let orig = load_file(std::path::Path::new(model), &ImportOptions::default()).unwrap();
+    assert_eq!(
+        folded.params.keys().collect::<Vec<_>>(),
+        orig.params.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(folded.nodes, orig.nodes);
+    let (code, out, err) = ecc(&["eval", dir.join("trained.folded.onnx").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accuracy"), "{out}");
+}

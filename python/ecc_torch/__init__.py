@@ -132,7 +132,7 @@ class TensorCoordinates(nn.Module):
     axis; p itself when unchained), with the fixed scalars overwritten: each V at its own
     scalar, the designated scalars at their constant values."""
 
-    def __init__(self, role, block, bi, designated):
+    def __init__(self, role, block, plan_block, designated):
         super().__init__()
         self.block = block
         self.dims = list(role["dims"])
@@ -144,7 +144,7 @@ class TensorCoordinates(nn.Module):
             self.view = [len(chain)] + [1] * (len(self.dims) - axis - 1)
         vs = [
             (k, s["index"])
-            for k, s in enumerate(bi["free_skeleton"])
+            for k, s in enumerate(plan_block["free_skeleton"])
             if s["param"] == role["param"]
         ]
         v_at = {i for _, i in vs}

@@ -755,10 +755,13 @@ impl Op {
             } => {
                 need(1)?;
                 let x = ins[0];
-                if *axis >= x.rank() || x.batch == Some(*axis) {
-                    return Err(Error::shape(format!(
-                        "Gather along axis {axis} of {x} (not along the batch axis)"
+                if x.batch == Some(*axis) {
+                    return Err(Error::unsupported(format!(
+                        "Gather along the batch axis of {x} (ecc runs any batch size; it gathers along the other axes)"
                     )));
+                }
+                if *axis >= x.rank() {
+                    return Err(Error::shape(format!("Gather along axis {axis} of {x}")));
                 }
                 if let Some(&i) = indices.iter().find(|&&i| i >= x.dims[*axis]) {
                     return Err(Error::shape(format!(
