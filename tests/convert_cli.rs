@@ -143,6 +143,9 @@ fn ec_graph_trains_in_ecc_and_folds_back() {
     let g = load_file(&ecg, &ImportOptions::default()).unwrap();
     let frozen = g.metadata_names(ecc::ir::META_FROZEN);
     assert!(!frozen.is_empty() && frozen.iter().all(|f| !g.trainable_params().contains(f)));
+    let (code, _, err) = ecc(&["train", ecg.to_str().unwrap(), "--optimizer", "ec-sgd"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("use --optimizer sgd"), "{err}");
     let trained = dir.join("trained.ecg.onnx");
     let (code, _, err) = ecc(&[
         "train",

@@ -3,31 +3,14 @@
 
 mod common;
 
-use candle_core::Tensor;
-use common::{fixtures, rel_err, values};
+use common::fixtures;
 use ecc::analysis::{analyze, apply_edits, RuleSet};
-use ecc::exec::Executor;
 use ecc::import::{load_file, ImportOptions};
 use ecc::ir::{Graph, Op};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
-fn outputs(g: &Graph, xs: &[Tensor]) -> Vec<Vec<f32>> {
-    Executor::new(g)
-        .unwrap()
-        .forward(xs)
-        .unwrap()
-        .iter()
-        .map(values)
-        .collect()
-}
-
-fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| rel_err(x, y))
-        .fold(0.0, f64::max)
-}
+use common::{outputs, worst};
 
 /// Returns (groups, invariance error, change from a blocked unit if any).
 fn check(name: &str, g: &Graph, batch: usize) -> (usize, f64, Option<f64>) {

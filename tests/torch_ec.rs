@@ -38,20 +38,7 @@ fn pytorch_gradients_of_the_parametrization_are_the_icr_in_f64() {
         let step = EcStep::new(&conv.basis);
         let ex = Executor::with_dtype(&conv.canon, DType::F64).unwrap();
         let (x, y) = batch(&r, 0);
-        let logits = ex
-            .forward_train(&[x.to_dtype(DType::F64).unwrap()], 0)
-            .unwrap()[0]
-            .flatten_from(1)
-            .unwrap();
-        let store = ecc::train::cross_entropy(&logits, &y)
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g: Tensors = ex
-            .grads_by_name(&store)
-            .into_iter()
-            .map(|(k, t)| (k, f64s(&t)))
-            .collect();
+        let g = common::ce_grads(&ex, &x.to_dtype(DType::F64).unwrap(), &y);
         let w: Tensors = conv
             .canon
             .params

@@ -180,7 +180,7 @@ fn settings(a: &Args, given: &EpochMetrics, classes: usize) -> Result<Settings> 
     chosen(FINE_TUNE, keep)
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let schedule = check(&a)?;
     stop_on_ctrl_c();
     let opts = super::common::input_shape_options(&a.input_shapes)?;
@@ -188,6 +188,24 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => import::load_file(p, &opts)?,
         None => import::load_bytes(DEFAULT_MODEL, &opts)?,
     };
+    // An EC graph's tensors are path coordinates already: SGD on them is EC-SGD's step
+    // (docs/ec-graph.md); the other optimizers would apply their own change of
+    // coordinates on top.
+    if ecc::ec::graph::is_ec_graph(&g) {
+        match a.optimizer.as_deref() {
+            None => {
+                println!("note: the model is an EC graph: SGD on its coordinates is EC-SGD's step (--optimizer sgd)");
+                a.optimizer = Some("sgd".into());
+            }
+            Some("sgd") => {}
+            Some(other) => {
+                return Err(ecc::Error::usage(format!(
+                    "--optimizer {other} on an EC graph: its tensors are path coordinates already, and SGD on them is EC-SGD's step; use --optimizer sgd (or train the model itself with {other})"
+                ))
+                .into())
+            }
+        }
+    }
     let split = ecc::data::load(&a.data)?;
     let name = a.model.as_ref().map_or_else(
         || "models/mlp-digits.onnx (embedded)".into(),

@@ -13,22 +13,35 @@
 //!   (chained; the P's gathered along the chain axis and broadcast, so conv taps share their
 //!   channel's value) or p = w (unchained); then w = ScatterND(p / P_chain, fixed indices,
 //!   [V's at their own scalars; designated scalars from `ec.fixed.<w>`]). The entries of p
-//!   at fixed scalars are 0 and do not reach w.
+//!   at fixed scalars are 0 and do not reach w. An unchained tensor without fixed scalars
+//!   is its own coordinate: it stays the parameter it was.
 //!
 //! Parameters outside every block stay as they are. The graph records its roles in the
 //! model's metadata: `ecc.frozen` (the designated constants, which are read as data but not
 //! trained) and `ecc.no_decay` (the q's: EC-SGD decays p only). [`fold`] computes the weights
 //! back into an ordinary model.
 
-use super::basis::{Basis, Block};
+use super::basis::{Basis, Block, TensorRole};
 use super::step::{EcStep, Tensors};
 use crate::error::{Error, Result};
 use crate::ir::{BinaryKind, Constant, Graph, Node, Op, Shape, META_FROZEN, META_NO_DECAY};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// The trainable coordinate tensor of block parameter `w`.
-pub fn p_name(w: &str) -> String {
-    format!("ec.p.{w}")
+/// Whether `g` is an EC graph (written by [`build`]): its coordinates are parameters and its
+/// metadata lists the q's.
+pub fn is_ec_graph(g: &Graph) -> bool {
+    g.params.keys().any(|k| k.starts_with("ec.v."))
+        && g.meta.metadata.iter().any(|(k, _)| k == META_NO_DECAY)
+}
+
+/// The trainable coordinate tensor of block tensor `t`: `ec.p.<w>`, or the weight itself when
+/// it is unchained and has no fixed scalars (then p = w: no node computes it).
+pub fn p_name(t: &TensorRole) -> String {
+    if t.chain.is_empty() && t.fixed.is_empty() {
+        t.param.clone()
+    } else {
+        format!("ec.p.{}", t.param)
+    }
 }
 /// The V coordinates of block `b`.
 pub fn v_name(b: usize) -> String {
@@ -53,6 +66,13 @@ impl Builder<'_> {
             outputs: vec![out.clone()],
         });
         out
+    }
+    /// Give the last node's output the name `to` (a weight's name, read by the model).
+    fn rename_last(&mut self, to: &str) {
+        let n = self.nodes.last_mut().expect("a node");
+        let from = std::mem::replace(&mut n.outputs[0], to.to_string());
+        let s = self.g.shapes.remove(&from).expect("shape");
+        self.g.shapes.insert(to.to_string(), s);
     }
     fn index_const(&mut self, name: String, dims: Vec<usize>, v: Vec<i64>) -> String {
         self.g
@@ -189,9 +209,12 @@ pub fn build(canon: &Graph, basis: &Basis) -> Result<Graph> {
         let (v, pc) = block_values(&mut b, block, bi, &qn, &mut frozen)?;
         for t in block.tensors() {
             let w = &t.param;
+            if p_name(t) == *w {
+                continue;
+            }
             let dims = t.dims.clone();
             let pn = b.param(
-                p_name(w),
+                p_name(t),
                 dims.clone(),
                 p[w].iter().map(|&x| x as f32).collect(),
             );
@@ -228,8 +251,8 @@ pub fn build(canon: &Graph, basis: &Basis) -> Result<Graph> {
                 w0 = b.binary(BinaryKind::Div, &pn, &pt, format!("{w}.ec_free"), &dims);
             }
             if t.fixed.is_empty() {
-                let d = dims.clone();
-                b.node(Op::Identity, vec![w0], w.clone(), d);
+                // Chained without fixed scalars: the division is the weight.
+                b.rename_last(w);
                 continue;
             }
             // V's at their own scalars first, then the designated scalars.

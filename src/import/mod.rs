@@ -53,6 +53,9 @@ struct Scope {
     consts: HashMap<String, Constant>,
     /// Outputs ecc does not compute (Dropout masks, MaxPool indices), with the reason.
     unavailable: HashMap<String, String>,
+    /// The file's float initializers: parameters when read as data, so a Gather over one
+    /// stays a node (the EC graph's V's) instead of folding into a copy.
+    float_inits: HashSet<String>,
 }
 
 fn is_float(t: i32) -> bool {
@@ -312,6 +315,7 @@ fn import_graph(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
         shapes: HashMap::new(),
         consts: HashMap::new(),
         unavailable: HashMap::new(),
+        float_inits: HashSet::new(),
     };
     // Float values stored wider or narrower than f32, which ecc computes and writes in f32:
     // said in one note, never silently (issue 16).
@@ -327,6 +331,9 @@ fn import_graph(model: &ModelProto, opts: &ImportOptions) -> Result<Graph> {
                 .or_default() += 1;
         }
         let c = tensor::decode(t)?;
+        if c.is_f32() {
+            scope.float_inits.insert(t.name.clone());
+        }
         scope
             .shapes
             .insert(t.name.clone(), Shape::fixed(c.dims.clone()));
@@ -544,7 +551,8 @@ fn import_node(np: &NodeProto, opset: i64, scope: &mut Scope) -> Result<Option<N
         }
     }
     let built = {
-        let ctx = ops::NodeCtx::new(np, opset, &scope.shapes, &scope.consts);
+        let ctx = ops::NodeCtx::new(np, opset, &scope.shapes, &scope.consts)
+            .with_params(&scope.float_inits);
         ops::build(&ctx)?
     };
     let op = match built {

@@ -26,6 +26,8 @@ pub struct NodeCtx<'a> {
     pub opset: i64,
     shapes: &'a HashMap<String, Shape>,
     consts: &'a HashMap<String, Constant>,
+    /// The file's float initializers (parameters when read as data).
+    params: Option<&'a std::collections::HashSet<String>>,
 }
 
 impl<'a> NodeCtx<'a> {
@@ -41,7 +43,20 @@ impl<'a> NodeCtx<'a> {
             opset,
             shapes,
             consts,
+            params: None,
         }
+    }
+
+    /// The same, knowing which constants are the file's float initializers.
+    pub fn with_params(mut self, params: &'a std::collections::HashSet<String>) -> Self {
+        self.params = Some(params);
+        self
+    }
+
+    /// Whether input `i` is one of the file's float initializers.
+    pub fn is_param(&self, i: usize) -> bool {
+        self.input_name(i)
+            .is_some_and(|n| self.params.is_some_and(|p| p.contains(n)))
     }
 
     fn input_name(&self, i: usize) -> Option<&'a str> {
@@ -983,9 +998,12 @@ fn lrn(c: &NodeCtx) -> Result<Built> {
     }))
 }
 
-/// Gather: folded over constants; over data computed at run time, with constant indices.
+/// Gather: folded over constants other than float initializers; otherwise a node, with
+/// constant indices.
 fn gather(c: &NodeCtx) -> Result<Built> {
-    if c.all_const() {
+    // Over constants it folds (shape arithmetic), but not over a float initializer: that is
+    // a parameter, and its gathered elements must stay tied to it (the EC graph's V's).
+    if c.all_const() && !c.is_param(0) {
         return fold::gather(c);
     }
     let x = c.shape(0)?;

@@ -112,6 +112,50 @@ pub fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// Every output of `g` (eval mode) on `xs`, flattened.
+pub fn outputs(g: &ecc::ir::Graph, xs: &[Tensor]) -> Vec<Vec<f32>> {
+    ecc::exec::Executor::new(g)
+        .unwrap()
+        .forward(xs)
+        .unwrap()
+        .iter()
+        .map(values)
+        .collect()
+}
+
+/// The largest [`rel_err`] over corresponding outputs.
+pub fn worst(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| rel_err(x, y))
+        .fold(0.0, f64::max)
+}
+
+/// The gradients (as f64, by parameter name) of the mean cross-entropy of `ex`'s logits on
+/// `x` (training mode) against labels `y`.
+pub fn ce_grads(ex: &ecc::exec::Executor, x: &Tensor, y: &Tensor) -> Tensors {
+    let logits = ex.forward_train(std::slice::from_ref(x), 0).unwrap()[0]
+        .flatten_from(1)
+        .unwrap();
+    let store = ecc::train::cross_entropy(&logits, y)
+        .unwrap()
+        .backward()
+        .unwrap();
+    ex.grads_by_name(&store)
+        .into_iter()
+        .map(|(k, t)| {
+            let v = t
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            (k, v)
+        })
+        .collect()
+}
+
 /// Runs the `ecc` binary: (exit code, stdout, stderr).
 pub fn ecc(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecc"))
