@@ -209,8 +209,9 @@ def _owner(module, name):
         raise KeyError(
             f"the plan's tensor '{name}' is not a parameter of the module (it has {known}, ...): "
             "export the module itself (both PyTorch exporters keep parameter names) and run ecc convert on that file; "
-            "for a module with BatchNorm, export with BN kept (torch.onnx.export(..., dynamo=False, "
-            "training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)): the default exporter folds BN into the convs"
+            "for a module with BatchNorm, export with BN kept (torch.onnx.export(..., optimize=False), or "
+            "torch.onnx.export(..., dynamo=False, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)): "
+            "the default exporter folds BN into the convs"
         )
     return owner, attr
 

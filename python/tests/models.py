@@ -65,20 +65,30 @@ def make(name, seed=0):
     return m
 
 
-def export(m, name, folder, stem=None):
+def export(m, name, folder, stem=None, bn_exporter="torchscript"):
     """FOLDER/<stem or name>.onnx, one file. Without BN: `torch.onnx.export` with its defaults
     (the dynamo exporter), in eval mode. With BN: the default exporter folds every BN into the
     conv before it (new parameters, other names), so the TorchScript exporter in training mode
     keeps them (`dynamo=False, training=TRAINING, do_constant_folding=False`); its trace runs
     the module once in training mode, so the module's state, and the running statistics in
-    the file, are put back afterwards."""
+    the file, are put back afterwards. `bn_exporter="dynamo-unoptimized"`: the default
+    exporter with `optimize=False`, which keeps BN as well."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem or name}.onnx"
     was = m.training
     state = {k: v.clone() for k, v in m.state_dict().items()}
     x = torch.rand(4, *SHAPES[name])
-    if any(isinstance(c, nn.BatchNorm2d) for c in m.modules()):
+    has_bn = any(isinstance(c, nn.BatchNorm2d) for c in m.modules())
+    if has_bn and bn_exporter == "dynamo-unoptimized":
+        # The default exporter without its graph optimizer keeps BN too (it writes the
+        # convs' missing biases as Expand/CastLike of constants, which ecc folds).
+        m.eval()
+        torch.onnx.export(
+            m, (x,), str(path), input_names=["input"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("N")},), external_data=False, optimize=False,
+        )
+    elif has_bn:
         m.train()
         torch.onnx.export(
             m, (x,), str(path), dynamo=False, training=torch.onnx.TrainingMode.TRAINING,

@@ -59,6 +59,17 @@ class Parametrize(unittest.TestCase):
                 self.assertIsNotNone(p.grad, name)
                 self.assertTrue(torch.isfinite(p.grad).all(), name)
 
+    def test_bn_module_from_the_default_exporter_without_its_optimizer(self):
+        # torch.onnx.export(..., optimize=False) keeps BN (the default folds it into the convs).
+        with tempfile.TemporaryDirectory() as tmp:
+            m = models.make("rescnn")
+            path = models.export(m, "rescnn", tmp, bn_exporter="dynamo-unoptimized")
+            plan = models.convert(path, tmp)
+            x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+            h = ecc_torch.apply(m, plan, check_input=x)
+            self.assertEqual(len(h.skeleton), len(ecc_torch.Plan(plan).blocks))
+            self.assertGreater(len(h.coordinates), 0)
+
     def test_remove_folds_back_to_the_canonical_weights(self):
         c = Converted("rescnn")
         m = c.module.eval()

@@ -122,6 +122,82 @@ pub fn gather(c: &NodeCtx) -> Result<Built> {
     Ok(Built::Consts(vec![out]))
 }
 
+/// Expand over constants: the input broadcast against the shape operand (numpy rules: the
+/// larger rank; per axis the two sizes agree or one of them is 1).
+pub fn expand(c: &NodeCtx) -> Result<Built> {
+    need_const(c)?;
+    let (Some(x), Some(shape)) = (c.constant(0), c.constant(1)) else {
+        return Err(Error::invalid("Expand needs an input and a shape"));
+    };
+    let want = shape.as_i64();
+    let rank = x.dims.len().max(want.len());
+    let pad = |d: &[usize], i: usize| {
+        let off = rank - d.len();
+        if i < off {
+            1
+        } else {
+            d[i - off]
+        }
+    };
+    let want: Vec<usize> = want.iter().map(|&v| v.max(0) as usize).collect();
+    let mut dims = Vec::with_capacity(rank);
+    for i in 0..rank {
+        let (a, b) = (pad(&x.dims, i), pad(&want, i));
+        dims.push(match (a, b) {
+            _ if a == b || b == 1 => a,
+            (1, _) => b,
+            _ => {
+                return Err(Error::shape(format!(
+                    "Expand of {:?} to {:?}: axis {i} has {a} and {b}",
+                    x.dims, want
+                )))
+            }
+        });
+    }
+    Shape::fixed(dims.clone()).check("Expand output")?;
+    let n: usize = dims.iter().product();
+    let xd: Vec<usize> = (0..rank).map(|i| pad(&x.dims, i)).collect();
+    let src: Vec<usize> = (0..n)
+        .map(|mut k| {
+            let (mut at, mut stride) = (0, 1);
+            for i in (0..rank).rev() {
+                let j = k % dims[i];
+                k /= dims[i];
+                if xd[i] != 1 {
+                    at += j * stride;
+                }
+                stride *= xd[i];
+            }
+            at
+        })
+        .collect();
+    Ok(Built::Consts(vec![match &x.data {
+        TensorData::F32(v) => Constant::f32(dims, src.iter().map(|&i| v[i]).collect()),
+        TensorData::I64(v) => Constant::i64(dims, src.iter().map(|&i| v[i]).collect()),
+    }]))
+}
+
+/// CastLike: a Cast to the element type of the second input. Run-time values are floats in
+/// ecc, so a cast like one of them is a cast to float: folded over a constant, the identity
+/// at run time.
+pub fn cast_like(c: &NodeCtx) -> Result<Built> {
+    let to_float = c.constant(1).is_none_or(Constant::is_f32);
+    match c.constant(0) {
+        None if to_float => Ok(Built::Op(Op::Identity)),
+        None => Err(Error::unsupported(
+            "CastLike of a value computed at run time to an integer type (ecc computes in float)",
+        )),
+        Some(x) if to_float => Ok(Built::Consts(vec![Constant::f32(
+            x.dims.clone(),
+            x.as_f32(),
+        )])),
+        Some(x) => Ok(Built::Consts(vec![Constant::i64(
+            x.dims.clone(),
+            x.as_i64(),
+        )])),
+    }
+}
+
 pub fn cast(c: &NodeCtx) -> Result<Built> {
     let to = c.attrs.int("to", 0) as i32;
     // At run time, to float or double: ecc computes every float in f32, so the cast is the

@@ -888,6 +888,83 @@ mod tests {
         }
     }
 
+    fn model(g: GraphProto, opset: i64) -> ModelProto {
+        let mut m = ModelProto::new();
+        m.ir_version = 8;
+        let mut o = OperatorSetIdProto::new();
+        o.version = opset;
+        m.opset_import.push(o);
+        m.graph = protobuf::MessageField::some(g);
+        m
+    }
+
+    /// What `torch.onnx.export(..., optimize=False)` writes for a conv without bias: a zero
+    /// bias made by Shape(weight) -> Expand -> CastLike(like the input) -> Expand. It folds
+    /// into one zero bias; the Conv is the only node.
+    #[test]
+    fn expand_and_cast_like_over_constants_fold() {
+        let mut g = GraphProto::new();
+        let n = DimDecl::Param("N".into());
+        g.input.push(input(
+            "x",
+            &[
+                n.clone(),
+                DimDecl::Value(2),
+                DimDecl::Value(4),
+                DimDecl::Value(4),
+            ],
+        ));
+        g.initializer.push(encode(
+            "w",
+            &Constant::f32(vec![3, 2, 1, 1], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        ));
+        g.initializer
+            .push(encode("axis0", &Constant::i64(vec![1], vec![0])));
+        g.initializer
+            .push(encode("zero", &Constant::i64(vec![], vec![0])));
+        g.node.push(node("Shape", &["w"], "ws", vec![]));
+        g.node.push(node("Gather", &["ws", "zero"], "o", vec![]));
+        g.node
+            .push(node("Unsqueeze", &["o", "axis0"], "o1", vec![]));
+        g.node.push(node("CastLike", &["zero", "x"], "zf", vec![]));
+        g.node.push(node("Expand", &["zf", "o1"], "b", vec![]));
+        g.node.push(node("Conv", &["x", "w", "b"], "y", vec![]));
+        g.output.push(input(
+            "y",
+            &[n, DimDecl::Value(3), DimDecl::Value(4), DimDecl::Value(4)],
+        ));
+        let graph = import_model(&model(g, 18), &ImportOptions::default()).unwrap();
+        let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.onnx_name()).collect();
+        assert_eq!(ops, ["Conv"]);
+        assert_eq!(graph.params["b"], Constant::f32(vec![3], vec![0.0; 3]));
+    }
+
+    /// A Gather over a float initializer stays a node (its data is a parameter: the EC
+    /// graph's V's), while a Gather over a folded shape folds.
+    #[test]
+    fn gather_over_a_float_initializer_is_a_node() {
+        let mut g = GraphProto::new();
+        g.input
+            .push(input("x", &[DimDecl::Value(1), DimDecl::Value(3)]));
+        g.initializer
+            .push(encode("v", &Constant::f32(vec![2], vec![2.0, 3.0])));
+        g.initializer
+            .push(encode("idx", &Constant::i64(vec![3], vec![1, 0, 1])));
+        g.node.push(node("Gather", &["v", "idx"], "s", vec![]));
+        g.node.push(node("Mul", &["x", "s"], "y", vec![]));
+        g.output
+            .push(input("y", &[DimDecl::Value(1), DimDecl::Value(3)]));
+        let graph = import_model(&model(g, 13), &ImportOptions::default()).unwrap();
+        let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.onnx_name()).collect();
+        assert_eq!(ops, ["Gather", "Mul"]);
+        assert!(graph.params.contains_key("v") && !graph.params.contains_key("s"));
+        let ex = crate::exec::Executor::new(&graph).unwrap();
+        let x =
+            candle_core::Tensor::new(&[[1f32, 10.0, 100.0]], &candle_core::Device::Cpu).unwrap();
+        let y = ex.forward(&[x]).unwrap()[0].to_vec2::<f32>().unwrap();
+        assert_eq!(y, [[3.0, 20.0, 300.0]]);
+    }
+
     /// Opset 13: Shape -> Gather -> Unsqueeze -> Concat feeding a Reshape, a Constant,
     /// a ConstantOfShape weight, and Clip with constant bounds: all fold into 3 nodes.
     #[test]

@@ -176,18 +176,21 @@ const TABLE: &[(&str, Builder)] = &[
     ("Gather", gather),
     ("ScatterND", scatter_nd),
     ("Cast", fold::cast),
+    ("CastLike", fold::cast_like),
+    ("Expand", fold::expand),
 ];
 
 /// The ONNX op types ecc imports, from the table itself (so `ecc ops` cannot drift from
 /// it), sorted: those folded at import are marked "(constant inputs)", and ReduceMean, which
 /// `desugar` rewrites, says over which axes.
 pub fn op_names() -> Vec<String> {
-    let folded = ["Constant", "ConstantOfShape", "Shape", "Cast"];
+    let folded = ["Constant", "ConstantOfShape", "Shape", "Cast", "Expand"];
     let mut v: Vec<String> = TABLE
         .iter()
         .map(|(n, _)| match *n {
             "Cast" => "Cast (constant inputs; to float or double at run time)".to_string(),
             "Gather" => "Gather (constant indices)".to_string(),
+            "CastLike" => "CastLike (to float at run time; any over constants)".to_string(),
             "ScatterND" => "ScatterND (constant indices, no reduction)".to_string(),
             n if folded.contains(&n) && !matches!(n, "Constant" | "ConstantOfShape") => {
                 format!("{n} (constant inputs)")
