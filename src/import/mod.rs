@@ -854,13 +854,7 @@ mod tests {
             }
             g.node.push(node("ReduceMean", &inputs, "m", attrs));
             g.output.push(input("m", &[]));
-            let mut m = ModelProto::new();
-            m.ir_version = 8;
-            let mut o = OperatorSetIdProto::new();
-            o.version = opset;
-            m.opset_import.push(o);
-            m.graph = protobuf::MessageField::some(g);
-            let graph = import_model(&m, &ImportOptions::default()).unwrap();
+            let graph = import_model(&model(g, opset), &ImportOptions::default()).unwrap();
             let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.onnx_name()).collect();
             let want: &[&str] = if keepdims == 1 {
                 &["GlobalAveragePool"]
@@ -1139,13 +1133,7 @@ mod tests {
             .push(node("Cast", &["r"], "y", vec![cast(tensor::dtype::DOUBLE)]));
         g.output
             .push(crate::export::value_info("y", tensor::dtype::DOUBLE, &d));
-        let mut m = ModelProto::new();
-        m.ir_version = 8;
-        let mut o = OperatorSetIdProto::new();
-        o.version = 13;
-        m.opset_import.push(o);
-        m.graph = protobuf::MessageField::some(g);
-        let graph = import_model(&m, &ImportOptions::default()).unwrap();
+        let graph = import_model(&model(g, 13), &ImportOptions::default()).unwrap();
         assert_eq!(graph.meta.notes.len(), 1, "{:?}", graph.meta.notes);
         let note = &graph.meta.notes[0];
         for part in [
