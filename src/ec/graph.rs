@@ -418,27 +418,21 @@ fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
 pub fn fold(g: &Graph) -> Result<Graph> {
     let mut fixed: HashSet<&str> = g.params.keys().map(String::as_str).collect();
     fixed.extend(g.consts.keys().map(String::as_str));
-    let mut folded = vec![false; g.nodes.len()];
-    for (i, n) in g.nodes.iter().enumerate() {
-        if n.data_inputs().iter().all(|x| fixed.contains(x.as_str())) {
-            folded[i] = true;
+    let (computed, kept): (Vec<&Node>, Vec<&Node>) = g.nodes.iter().partition(|n| {
+        let f = n.data_inputs().iter().all(|x| fixed.contains(x.as_str()));
+        if f {
             fixed.extend(n.outputs.iter().map(String::as_str));
         }
-    }
-    let read_later: BTreeSet<&str> = g
-        .nodes
+        f
+    });
+    let read_later: BTreeSet<&str> = kept
         .iter()
-        .zip(&folded)
-        .filter(|(_, &f)| !f)
-        .flat_map(|(n, _)| n.inputs.iter().map(String::as_str))
+        .flat_map(|n| n.inputs.iter().map(String::as_str))
         .chain(g.outputs.iter().map(|o| o.name.as_str()))
         .collect();
-    let wanted: Vec<String> = g
-        .nodes
+    let wanted: Vec<String> = computed
         .iter()
-        .zip(&folded)
-        .filter(|(_, &f)| f)
-        .flat_map(|(n, _)| n.outputs.iter())
+        .flat_map(|n| n.outputs.iter())
         .filter(|o| read_later.contains(o.as_str()))
         .cloned()
         .collect();
@@ -449,13 +443,7 @@ pub fn fold(g: &Graph) -> Result<Graph> {
     let mut sub = g.clone();
     sub.inputs.clear();
     sub.meta.tail = None;
-    sub.nodes = g
-        .nodes
-        .iter()
-        .zip(&folded)
-        .filter(|(_, &f)| f)
-        .map(|(n, _)| n.clone())
-        .collect();
+    sub.nodes = computed.into_iter().cloned().collect();
     sub.outputs = wanted
         .iter()
         .map(|name| crate::ir::ValueInfo {
@@ -465,34 +453,21 @@ pub fn fold(g: &Graph) -> Result<Graph> {
         })
         .collect();
     let ex = crate::exec::Executor::with_dtype(&sub, candle_core::DType::F64)?;
-    let values = ex.forward(&[])?;
-    out.nodes = g
-        .nodes
-        .iter()
-        .zip(&folded)
-        .filter(|(_, &f)| !f)
-        .map(|(n, _)| n.clone())
-        .collect();
-    for (name, t) in wanted.iter().zip(values) {
+    for (name, t) in wanted.iter().zip(ex.forward(&[])?) {
         out.params
             .insert(name.clone(), crate::exec::tensor_constant(&t)?);
     }
-    let read: HashSet<&str> = out
+    out.nodes = kept.into_iter().cloned().collect();
+    let read: HashSet<String> = out
         .nodes
         .iter()
-        .flat_map(|n| n.inputs.iter().map(String::as_str))
-        .chain(out.outputs.iter().map(|o| o.name.as_str()))
+        .flat_map(|n| n.inputs.iter())
+        .chain(out.outputs.iter().map(|o| &o.name))
+        .cloned()
         .collect();
-    let keep = |k: &String| read.contains(k.as_str());
-    out.params = std::mem::take(&mut out.params)
-        .into_iter()
-        .filter(|(k, _)| keep(k))
-        .collect();
-    out.consts = std::mem::take(&mut out.consts)
-        .into_iter()
-        .filter(|(k, _)| keep(k))
-        .collect();
-    let values: HashSet<String> = out
+    out.params.retain(|k, _| read.contains(k));
+    out.consts.retain(|k, _| read.contains(k));
+    let live: HashSet<String> = out
         .params
         .keys()
         .chain(out.consts.keys())
@@ -500,7 +475,7 @@ pub fn fold(g: &Graph) -> Result<Graph> {
         .chain(out.nodes.iter().flat_map(|n| n.outputs.iter()))
         .cloned()
         .collect();
-    out.shapes.retain(|k, _| values.contains(k));
+    out.shapes.retain(|k, _| live.contains(k));
     out.meta
         .metadata
         .retain(|(k, _)| k != META_FROZEN && k != META_NO_DECAY);
