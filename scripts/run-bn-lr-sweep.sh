@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 18, item 3: the learning-rate sweep on one depth (PlainNet-20 with BN, widths
 # 8/16/32, Fashion-MNIST, 5 epochs, lr x0.1 after epochs 2 and 4, batch 128, no momentum:
-# the reference's schedule shape, scaled), SGD, EC-SGD and the control sgd-ec-init, seed 0,
-# at lr 0.1, 1.0, 0.3 and 0.03 (experiments/bn-plain20-lr*.json). Resumes where it stopped;
-# run it in the background: nohup scripts/run-bn-lr-sweep.sh > sweep.log 2>&1 &
+# the reference's schedule shape, scaled), SGD, EC-SGD, the control sgd-ec-init and the
+# reference's heuristic gsgd-ref, seed 0, at lr 0.1, 1.0, 0.3 and 0.03
+# (experiments/bn-plain20-lr*.json). Resumes where it stopped; run it in the background:
+# nohup scripts/run-bn-lr-sweep.sh > sweep.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet

@@ -8,7 +8,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::mlp64::f64s;
 use common::rank;
+use common::train_loss::{inputs, Loss};
 use ecc::analysis::{analyze_in, Analysis, BnMode, RuleSet};
 use ecc::ec::step::{EcState, EcStep, StepConfig, Tensors};
 use ecc::ec::{convert_with, Conversion};
@@ -211,84 +213,6 @@ fn dag_models() -> Vec<(String, Graph)> {
 
 fn models() -> Vec<(String, Graph)> {
     bn_models().into_iter().chain(dag_models()).collect()
-}
-
-fn f64s(g: &Graph) -> Tensors {
-    g.params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_f32().into_iter().map(f64::from).collect()))
-        .collect()
-}
-
-fn inputs(g: &Graph, dtype: DType) -> Vec<Tensor> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
-    g.inputs
-        .iter()
-        .map(|i| {
-            let dims = g.shapes[&i.name].with_batch(5);
-            let n: usize = dims.iter().product();
-            let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            Tensor::from_vec(v, dims, &Device::Cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap()
-        })
-        .collect()
-}
-
-/// The model in f64 with settable weights and a training-mode loss (sum of squared
-/// outputs over a fixed batch of 5).
-struct Loss {
-    ex: Executor,
-    xs: Vec<Tensor>,
-    dims: HashMap<String, Vec<usize>>,
-}
-
-impl Loss {
-    fn new(g: &Graph) -> Self {
-        Loss {
-            ex: Executor::with_dtype(g, DType::F64).unwrap(),
-            xs: inputs(g, DType::F64),
-            dims: g
-                .params
-                .iter()
-                .map(|(k, p)| (k.clone(), p.dims.clone()))
-                .collect(),
-        }
-    }
-    fn set(&self, w: &Tensors) {
-        for (k, v) in self.ex.params() {
-            let t = Tensor::from_vec(w[k].clone(), self.dims[k].clone(), &Device::Cpu).unwrap();
-            v.set(&t).unwrap();
-        }
-    }
-    fn tensor(&self) -> Tensor {
-        let ys = self.ex.forward_train(&self.xs, 0).unwrap();
-        let mut l = ys[0].sqr().unwrap().sum_all().unwrap();
-        for y in &ys[1..] {
-            l = (l + y.sqr().unwrap().sum_all().unwrap()).unwrap();
-        }
-        l
-    }
-    fn at(&self, w: &Tensors) -> f64 {
-        self.set(w);
-        self.tensor().to_scalar::<f64>().unwrap()
-    }
-    fn grads(&self, w: &Tensors) -> Tensors {
-        self.set(w);
-        let grads = self.tensor().backward().unwrap();
-        self.ex
-            .params()
-            .iter()
-            .map(|(k, v)| {
-                let g = grads
-                    .get(v.as_tensor())
-                    .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
-                    .unwrap_or_else(|| vec![0.0; v.elem_count()]);
-                (k.clone(), g)
-            })
-            .collect()
-    }
 }
 
 fn conversion(g: &Graph) -> Conversion {

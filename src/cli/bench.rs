@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64, requires = "model")]
     batch: usize,
     /// The optimizers to time, in turns of 10 steps each (comma-separated: sgd, ec-sgd,
-    /// path-sgd, sgd-ec-init, balanced-sgd). Every other optimizer's time is also given over SGD's.
+    /// path-sgd, sgd-ec-init, balanced-sgd, gsgd-ref). Every other optimizer's time is also given over SGD's.
     #[arg(long, value_delimiter = ',', default_value = "sgd,ec-sgd,path-sgd")]
     optimizers: Vec<String>,
     #[arg(long)]

@@ -32,8 +32,9 @@ pub struct Args {
     input_shapes: Vec<String>,
     /// sgd, ec-sgd, path-sgd, sgd-ec-init (a control: SGD from the model EC-SGD starts
     /// from, skeleton weights at ±1, which separates the effect of the update rule from
-    /// that of the initialization) or balanced-sgd (SGD on the class's balanced
-    /// representative, for fine-tuning: docs/balanced-sgd.md); or several side by side:
+    /// that of the initialization), balanced-sgd (SGD on the class's balanced
+    /// representative, for fine-tuning: docs/balanced-sgd.md) or gsgd-ref (the reference
+    /// code's heuristic for BN networks: docs/gsgd-ref.md); or several side by side:
     /// both (sgd, ec-sgd), compare (sgd, ec-sgd, sgd-ec-init), finetune (sgd,
     /// balanced-sgd) or all. [default: compare; finetune for a trained model, see
     /// --keep-function]
@@ -57,7 +58,7 @@ pub struct Args {
     /// Seed of the shuffle (same seed, same weights).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// EC-SGD, sgd-ec-init and balanced-sgd: keep the imported model's function at the
+    /// EC-SGD, sgd-ec-init and balanced-sgd (not gsgd-ref): keep the imported model's function at the
     /// start (EC-SGD: the canonical form) instead of setting the free skeleton values to ±1
     /// as the reference does for a fresh model. See the README on the scale of V. A model
     /// that is already trained (its test loss below half that of a uniform guess) gets the
@@ -104,8 +105,8 @@ fn kinds_of(name: &str) -> Result<Vec<OptimizerKind>> {
         "all" => OptimizerKind::ALL.to_vec(),
         one => vec![OptimizerKind::from_name(one).ok_or_else(|| {
             ecc::Error::usage(format!(
-                "--optimizer '{one}': sgd, ec-sgd, path-sgd, sgd-ec-init, balanced-sgd, both, \
-                 compare, finetune or all"
+                "--optimizer '{one}': sgd, ec-sgd, path-sgd, sgd-ec-init, balanced-sgd, \
+                 gsgd-ref, both, compare, finetune or all"
             ))
         })?],
     })
@@ -124,7 +125,7 @@ fn check(a: &Args) -> Result<Schedule> {
     let kinds = kinds_of(a.optimizer.as_deref().unwrap_or(FRESH.0))?;
     if (a.output.is_some() || a.checkpoint.is_some()) && kinds.len() > 1 {
         return Err(ecc::Error::usage(
-            "-o and --checkpoint are for one optimizer: choose --optimizer sgd, ec-sgd, path-sgd, sgd-ec-init or balanced-sgd",
+            "-o and --checkpoint are for one optimizer: choose one of sgd, ec-sgd, path-sgd, sgd-ec-init, balanced-sgd or gsgd-ref",
         )
         .into());
     }
@@ -261,6 +262,10 @@ pub fn run(mut a: Args) -> Result<()> {
                 println!("  {:<7} {e}", kind.name());
                 diverged.push(kind);
             }
+            // Side by side, an optimizer that does not apply to this model is skipped.
+            Err(e) if several && is_unsupported(&e) => {
+                println!("  {:<7} skipped: {e}", kind.name());
+            }
             Err(e) => return Err(e),
         }
     }
@@ -273,6 +278,11 @@ pub fn run(mut a: Args) -> Result<()> {
         )))
         .into()),
     }
+}
+
+fn is_unsupported(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ecc::Error>()
+        .is_some_and(|e| matches!(e.kind, ecc::ErrorKind::Unsupported(_)))
 }
 
 fn is_diverged(e: &anyhow::Error) -> bool {

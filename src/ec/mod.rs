@@ -18,6 +18,7 @@ mod dag;
 mod gauge;
 pub mod graph;
 pub mod program;
+pub mod reference;
 pub mod report;
 mod skeleton;
 mod star;
@@ -444,6 +445,16 @@ fn chain_block(g: &Graph, a: &Analysis, b: &EcBlock) -> basis::Block {
 
 /// Build the plan: blocks, free layers and designated weights.
 pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
+    plan_with(g, a, |_, _| None)
+}
+
+/// [`plan`] with chains cut where `cut(layer, consumer)` gives a reason: `layer`'s units
+/// are then outputs of one block and inputs of the next, in no block themselves.
+pub(crate) fn plan_with(
+    g: &Graph,
+    a: &Analysis,
+    cut: impl Fn(usize, usize) -> Option<String>,
+) -> EcPlan {
     let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for u in 0..a.unit_count() {
         by_layer.entry(a.producer(u)).or_default().push(u);
@@ -477,6 +488,10 @@ pub(crate) fn plan(g: &Graph, a: &Analysis) -> EcPlan {
                 layer,
                 format!("its consumer {} reads other units too", g.node_label(b)),
             );
+            continue;
+        }
+        if let Some(why) = cut(layer, b) {
+            outside.insert(layer, why);
             continue;
         }
         next.insert(layer, b);

@@ -88,15 +88,22 @@ pub enum OptimizerKind {
     /// SGD on the balanced representative of the class, rebalanced after every step
     /// (docs/balanced-sgd.md): a function of the class at SGD's scale, for fine-tuning.
     BalancedSgd,
+    /// The reference implementation's heuristic (spec §11, docs/gsgd-ref.md): EC-SGD's
+    /// update on the blocks the public G-SGD code uses, BatchNormalization read as identity
+    /// in the path structure; not a method of the class space. Reproduces the treatment
+    /// behind the paper's PlainNet/ResNet numbers.
+    GsgdRef,
 }
 
 impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 5] = [
+    /// Every optimizer; the order is part of checkpoints (`run_key`): append only.
+    pub const ALL: [OptimizerKind; 6] = [
         OptimizerKind::Sgd,
         OptimizerKind::EcSgd,
         OptimizerKind::PathSgd,
         OptimizerKind::SgdEcInit,
         OptimizerKind::BalancedSgd,
+        OptimizerKind::GsgdRef,
     ];
 
     /// The optimizer of a [`name`](Self::name).
@@ -112,6 +119,7 @@ impl OptimizerKind {
             OptimizerKind::PathSgd => "path-sgd",
             OptimizerKind::SgdEcInit => "sgd-ec-init",
             OptimizerKind::BalancedSgd => "balanced-sgd",
+            OptimizerKind::GsgdRef => "gsgd-ref",
         }
     }
 }
@@ -423,7 +431,10 @@ pub fn start_changes_function(cfg: &TrainConfig) -> bool {
     cfg.skeleton_init
         && matches!(
             cfg.optimizer,
-            OptimizerKind::EcSgd | OptimizerKind::SgdEcInit | OptimizerKind::BalancedSgd
+            OptimizerKind::EcSgd
+                | OptimizerKind::SgdEcInit
+                | OptimizerKind::BalancedSgd
+                | OptimizerKind::GsgdRef
         )
 }
 
@@ -684,14 +695,22 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
             };
             let block: HashSet<String> = basis.block_params();
             let rest = sgd(trainable.difference(&block).cloned().collect());
-            let runner = ProgramRunner::new(&basis)?;
-            let step = StepConfig {
-                lr: cfg.lr,
-                momentum: cfg.momentum,
-                weight_decay: cfg.weight_decay,
-                r_floor: 0.1,
-            };
-            (start, Box::new(EcSgd::new(runner, rest, step)))
+            (start, Box::new(ec_sgd(&basis, rest, cfg)?))
+        }
+        OptimizerKind::GsgdRef => {
+            if !cfg.skeleton_init {
+                return Err(Error::usage(
+                    "gsgd-ref starts as the reference does, from skeleton weights at ±1: \
+                     --keep-function does not apply (its blocks run through BatchNormalization, \
+                     so no canonical form keeps the function)",
+                ));
+            }
+            // The reference's `red_init` (1): every skeleton weight +1, whatever its sign.
+            let basis = crate::ec::reference::basis(tg);
+            let start = reset_skeleton(tg, &basis, |_| 1.0);
+            let block: HashSet<String> = basis.block_params();
+            let rest = sgd(trainable.difference(&block).cloned().collect());
+            (start, Box::new(ec_sgd(&basis, rest, cfg)?))
         }
         OptimizerKind::BalancedSgd => {
             let crate::ec::Conversion {
@@ -710,20 +729,38 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
     })
 }
 
+/// EC-SGD's update programs on `basis`, `rest` taking SGD steps.
+fn ec_sgd(basis: &crate::ec::Basis, rest: Sgd, cfg: &TrainConfig) -> Result<EcSgd> {
+    let step = StepConfig {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        r_floor: 0.1,
+    };
+    Ok(EcSgd::new(ProgramRunner::new(basis)?, rest, step))
+}
+
 /// Balanced SGD's start is balanced until no group's coordinate step ¼|ln(O/I)| exceeds
 /// this, or for at most `BALANCE_MAX` iterations.
 pub const BALANCE_TOL: f64 = 1e-6;
 pub const BALANCE_MAX: usize = 20_000;
 
 /// The reference's initialization: every skeleton weight of the fresh model set to ±1
-/// (fixed ones and V alike), the other weights as initialized; another function.
+/// (fixed ones and V alike; the sign kept), the other weights as initialized; another
+/// function.
 fn skeleton_reset(tg: &Graph, basis: &crate::ec::Basis) -> Graph {
+    reset_skeleton(tg, basis, |x| if x < 0.0 { -1.0 } else { 1.0 })
+}
+
+/// `tg` with every skeleton scalar of `basis` (fixed ones and V alike) replaced by `to`
+/// of its value.
+fn reset_skeleton(tg: &Graph, basis: &crate::ec::Basis, to: impl Fn(f32) -> f32) -> Graph {
     let mut fresh = tg.clone();
     for t in basis.blocks.iter().flat_map(|b| b.tensors()) {
         let w = fresh.params.get_mut(&t.param).expect("block tensor");
         if let crate::ir::TensorData::F32(v) = &mut w.data {
             for &i in &t.fixed {
-                v[i] = if v[i] < 0.0 { -1.0 } else { 1.0 };
+                v[i] = to(v[i]);
             }
         }
     }

@@ -4,6 +4,7 @@
 pub mod mlp64;
 pub mod onnx;
 pub mod torch_ec;
+pub mod train_loss;
 
 use candle_core::Tensor;
 use std::path::PathBuf;
