@@ -240,3 +240,42 @@ fn ctrl_c_stops_an_experiment_with_its_checkpoint_and_the_rerun_resumes() {
     assert_eq!(epochs, (1..=300).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With the reference's heuristic beside EC-SGD and both baselines, the gap table pairs each
+/// method with each baseline (and gsgd-ref with ec-sgd) by seed: each gap is the difference
+/// of the two runs' final test accuracies in their metrics files.
+#[test]
+fn gap_tables_pair_every_method_with_every_baseline() {
+    let (dir, file, out) = setup(
+        "gaps",
+        r#"{"name": "gaps", "model": "cnn:1x8x8-c4-b-c4-b-c4-b-10", "bias": false, "data": "digits",
+            "optimizers": ["sgd", "ec-sgd", "sgd-ec-init", "gsgd-ref"], "seeds": [0, 1],
+            "epochs": 1, "batch": 32, "lr": 0.1}"#,
+    );
+    let (code, _, err) = exp(&file, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    let acc = |o: &str, seed: u64| {
+        let text = std::fs::read_to_string(out.join(format!("gaps/{o}-seed{seed}.jsonl"))).unwrap();
+        serde_json::from_str::<serde_json::Value>(text.lines().last().unwrap()).unwrap()
+            ["test_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    for (method, base) in [
+        ("ec-sgd", "sgd"),
+        ("ec-sgd", "sgd-ec-init"),
+        ("gsgd-ref", "sgd"),
+        ("gsgd-ref", "sgd-ec-init"),
+        ("gsgd-ref", "ec-sgd"),
+    ] {
+        let gaps: Vec<f64> = (0..2).map(|s| acc(method, s) - acc(base, s)).collect();
+        let m = (gaps[0] + gaps[1]) / 2.0;
+        let sd = (gaps[0] - gaps[1]).abs() / 2f64.sqrt();
+        let row =
+            format!("| cnn:1x8x8-c4-b-c4-b-c4-b-10 | {method} | {base} | 2 | {m:.4} ± {sd:.4} |");
+        assert!(table.contains(&row), "{row}\n{table}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
