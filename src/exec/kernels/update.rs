@@ -612,51 +612,193 @@ wide_fn! {
         sq: &mut [f32],
         total: bool,
     ) -> f32 {
-        if f.is_empty() {
-            // The row's factor alone (no column factors).
-            if m.is_empty() {
-                w.iter_mut().for_each(|wi| *wi *= fr);
-            } else {
-                for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
-                    *mi = mu * *mi + gi + wd * *wi;
-                    *wi -= lr * *mi;
-                    *wi *= fr;
-                    *mi *= fr;
-                }
-            }
-        } else if m.is_empty() {
-            for (wi, fi) in w.iter_mut().zip(f) {
-                *wi *= fr * fi;
-            }
+        // The two combinations of training (SGD, the row summed): one fused pass, the
+        // same operations in the same order as [`loops_row`] (tested bit for bit).
+        let n = w.len();
+        let both = (f.is_empty() && sq.is_empty()) || (f.len() == n && sq.len() == n);
+        if !m.is_empty() && total && both {
+            return fused_row(w, m, g, f, fr, lr, mu, wd, sq);
+        }
+        loops_row(w, m, g, f, fr, lr, mu, wd, sq, total)
+    }
+}
+
+/// [`balanced_row`] as separate loops: the update, the squares, the sum.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn loops_row(
+    w: &mut [f32],
+    m: &mut [f32],
+    g: &[f32],
+    f: &[f32],
+    fr: f32,
+    lr: f32,
+    mu: f32,
+    wd: f32,
+    sq: &mut [f32],
+    total: bool,
+) -> f32 {
+    if f.is_empty() {
+        // The row's factor alone (no column factors).
+        if m.is_empty() {
+            w.iter_mut().for_each(|wi| *wi *= fr);
         } else {
-            for (((wi, mi), gi), fi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(f) {
+            for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
                 *mi = mu * *mi + gi + wd * *wi;
                 *wi -= lr * *mi;
-                let k = fr * fi;
-                *wi *= k;
-                *mi *= k;
+                *wi *= fr;
+                *mi *= fr;
             }
         }
-        for (s, wi) in sq.iter_mut().zip(w.iter()) {
-            *s += wi * wi;
+    } else if m.is_empty() {
+        for (wi, fi) in w.iter_mut().zip(f) {
+            *wi *= fr * fi;
         }
-        if !total {
-            return 0.0;
+    } else {
+        for (((wi, mi), gi), fi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(f) {
+            *mi = mu * *mi + gi + wd * *wi;
+            *wi -= lr * *mi;
+            let k = fr * fi;
+            *wi *= k;
+            *mi *= k;
         }
-        let mut lanes = [0f32; 8];
-        let chunks = w.chunks_exact(8);
-        let mut total = 0f32;
-        for x in chunks.remainder() {
-            total += x * x;
+    }
+    for (s, wi) in sq.iter_mut().zip(w.iter()) {
+        *s += wi * wi;
+    }
+    if !total {
+        return 0.0;
+    }
+    let mut lanes = [0f32; 8];
+    let chunks = w.chunks_exact(8);
+    let mut total = 0f32;
+    for x in chunks.remainder() {
+        total += x * x;
+    }
+    for c in chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += x * x;
         }
-        for c in chunks {
-            for (l, x) in lanes.iter_mut().zip(c) {
-                *l += x * x;
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
+}
+
+/// [`balanced_row`] with SGD and the row's sum, in one pass: with column factors `f` and
+/// their squares `sq` (both as long as the row), or with neither. Eight lanes for the sum,
+/// the remainder first, as there.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fused_row(
+    w: &mut [f32],
+    m: &mut [f32],
+    g: &[f32],
+    f: &[f32],
+    fr: f32,
+    lr: f32,
+    mu: f32,
+    wd: f32,
+    sq: &mut [f32],
+) -> f32 {
+    let n = w.len();
+    let full = n / 8 * 8;
+    let mut lanes = [0f32; 8];
+    let mut total = 0f32;
+    if f.is_empty() {
+        let (w, m, g) = (&mut w[..n], &mut m[..n], &g[..n]);
+        for j in full..n {
+            let mi = mu * m[j] + g[j] + wd * w[j];
+            let wi = (w[j] - lr * mi) * fr;
+            m[j] = mi * fr;
+            w[j] = wi;
+            total += wi * wi;
+        }
+        let (wc, mc, gc) = (
+            w[..full].chunks_exact_mut(8),
+            m[..full].chunks_exact_mut(8),
+            g[..full].chunks_exact(8),
+        );
+        for ((wc, mc), gc) in wc.zip(mc).zip(gc) {
+            for l in 0..8 {
+                let mi = mu * mc[l] + gc[l] + wd * wc[l];
+                let wi = (wc[l] - lr * mi) * fr;
+                mc[l] = mi * fr;
+                wc[l] = wi;
+                lanes[l] += wi * wi;
             }
         }
-        for l in lanes {
-            total += l;
+    } else {
+        let (w, m, g, f, sq) = (&mut w[..n], &mut m[..n], &g[..n], &f[..n], &mut sq[..n]);
+        for j in full..n {
+            let mi = mu * m[j] + g[j] + wd * w[j];
+            let k = fr * f[j];
+            let wi = (w[j] - lr * mi) * k;
+            m[j] = mi * k;
+            w[j] = wi;
+            sq[j] += wi * wi;
+            total += wi * wi;
         }
-        total
+        let chunks = w[..full]
+            .chunks_exact_mut(8)
+            .zip(m[..full].chunks_exact_mut(8))
+            .zip(g[..full].chunks_exact(8))
+            .zip(f[..full].chunks_exact(8))
+            .zip(sq[..full].chunks_exact_mut(8));
+        for ((((wc, mc), gc), fc), sc) in chunks {
+            for l in 0..8 {
+                let mi = mu * mc[l] + gc[l] + wd * wc[l];
+                let k = fr * fc[l];
+                let wi = (wc[l] - lr * mi) * k;
+                mc[l] = mi * k;
+                wc[l] = wi;
+                sc[l] += wi * wi;
+                lanes[l] += wi * wi;
+            }
+        }
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The fused row is the separate loops, bit for bit (values and sums), for every row
+    /// length around the eight lanes, with and without column factors.
+    #[test]
+    fn fused_row_is_the_loops_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut v = |n: usize, a: f32| (0..n).map(|_| rng.gen_range(-a..a)).collect::<Vec<f32>>();
+        for n in 1..41 {
+            for cols in [false, true] {
+                let (w, m, g) = (v(n, 1.0), v(n, 0.1), v(n, 0.1));
+                let f: Vec<f32> = if cols {
+                    v(n, 0.1).iter().map(|x| 1.0 + x).collect()
+                } else {
+                    vec![]
+                };
+                let sq = if cols {
+                    v(n, 1.0).iter().map(|x| x * x).collect()
+                } else {
+                    vec![]
+                };
+                let (mut w1, mut m1, mut sq1) = (w.clone(), m.clone(), sq.clone());
+                let (mut w2, mut m2, mut sq2) = (w, m, sq);
+                let (lr, mu, wd, fr) = (0.05, 0.9, 1e-3, 1.0007);
+                let a = fused_row(&mut w1, &mut m1, &g, &f, fr, lr, mu, wd, &mut sq1);
+                let b = loops_row(&mut w2, &mut m2, &g, &f, fr, lr, mu, wd, &mut sq2, true);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(a.to_bits(), b.to_bits(), "sum, n {n}, cols {cols}");
+                assert_eq!(bits(&w1), bits(&w2), "w, n {n}, cols {cols}");
+                assert_eq!(bits(&m1), bits(&m2), "m, n {n}, cols {cols}");
+                assert_eq!(bits(&sq1), bits(&sq2), "sq, n {n}, cols {cols}");
+            }
+        }
     }
 }
