@@ -61,6 +61,40 @@ def resnet(n, cin=3, widths=(16, 32, 64), classes=10):
     return nn.Sequential(*layers)
 
 
+class PlainBlock(Block):
+    """The block of `ecc new plain:`: the same without the shortcut."""
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)))
+
+
+def residual(spec):
+    """The network of an ecc `resnet:` or `plain:` spec, e.g. plain:1x28x28-n3-w8.16.32
+    (options n and w only; 10 classes), with its input shape."""
+    kind, rest = spec.split(":")
+    parts = rest.split("-")
+    shape = tuple(int(d) for d in parts[0].split("x"))
+    n, widths = 3, (16, 32, 64)
+    for p in parts[1:]:
+        if p[0] == "n":
+            n = int(p[1:])
+        elif p[0] == "w":
+            widths = tuple(int(w) for w in p[1:].split("."))
+        else:
+            raise SystemExit(f"--net {spec}: option {p} not supported here")
+    block = {"resnet": Block, "plain": PlainBlock}[kind]
+    layers = [nn.Conv2d(shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+              nn.ReLU()]
+    c = widths[0]
+    for s, w in enumerate(widths):
+        for j in range(n):
+            layers.append(block(c, w, 2 if s > 0 and j == 0 else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+    return nn.Sequential(*layers), shape
+
+
 CASES = {
     "mlp-784-64x4-10": (lambda: mlp([784, 64, 64, 64, 64, 10], False), (784,), 64),
     "mlp-784-512-512-10": (lambda: mlp([784, 512, 512, 10], True), (784,), 128),
@@ -74,10 +108,13 @@ def median(v):
     return v[len(v) // 2]
 
 
-def step_ms(name, runs):
-    make, shape, batch = CASES[name]
+def step_ms(name, runs, net=None, batch=None):
     torch.manual_seed(0)
-    model = make()
+    if net:
+        model, shape = residual(net)
+    else:
+        make, shape, batch = CASES[name]
+        model = make()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(batch, *shape)
@@ -113,11 +150,17 @@ def main():
     ap.add_argument("--case", choices=sorted(CASES))
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--matmul", action="store_true", help="only the matmul rate")
+    ap.add_argument("--net", help="an ecc resnet:/plain: spec instead of a case")
+    ap.add_argument("--batch", type=int, default=128, help="the batch size for --net")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.matmul:
         out["matmul_gflops"] = matmul_gflops()
+    elif args.net:
+        out["cases"] = [{"name": args.net,
+                         "ms_per_step": step_ms(None, args.runs, args.net, args.batch),
+                         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}]
     else:
         names = [args.case] if args.case else sorted(CASES)
         out["cases"] = [{"name": n, "ms_per_step": step_ms(n, args.runs),
