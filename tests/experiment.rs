@@ -279,3 +279,58 @@ fn gap_tables_pair_every_method_with_every_baseline() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An experiment under way: the summary says which runs finished, which are part-way and
+/// how many have not started, and its rows hold the finished runs only; a results document
+/// marks a description with no run yet instead of failing.
+#[test]
+fn experiments_under_way_are_reported_as_such() {
+    let (dir, file, out) = setup(
+        "partial",
+        r#"{"name": "partial", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0, 1], "epochs": 2, "batch": 32, "lr": 0.05}"#,
+    );
+    let doc = dir.join("results.md");
+    std::fs::write(
+        &doc,
+        format!("<!-- ecc experiment {} -->\n<!-- end -->\n", file.display()),
+    )
+    .unwrap();
+    let args = [
+        "experiment",
+        "--doc",
+        doc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, _, err) = ecc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&doc)
+        .unwrap()
+        .contains("Not started: 4 runs."));
+    // Seed 0 of both optimizers, then seed 1 of SGD for one epoch of two.
+    let mut part = ecc::experiment::Experiment::load(&file).unwrap();
+    part.seeds = vec![0];
+    ecc::experiment::run(&part, &out, None, |_, _| {}).unwrap();
+    part.seeds = vec![1];
+    part.epochs = 1;
+    part.optimizers = vec![ecc::train::OptimizerKind::Sgd];
+    ecc::experiment::run(&part, &out, None, |_, _| {}).unwrap();
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains(
+            "Under way: 2 of 4 runs finished; part-way: sgd seed 1 (1 of 2 epochs); not started: 1."
+        ),
+        "{table}"
+    );
+    // The rows: the finished runs (one seed each), not the part-way one.
+    assert!(table.contains("| sgd | 1 | 2 |"), "{table}");
+    assert!(table.contains("| ec-sgd | 1 | 2 |"), "{table}");
+    let (code, _, err) = ecc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&doc)
+        .unwrap()
+        .contains("Under way: 2 of 4"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -201,12 +201,13 @@ impl Experiment {
             .join(format!("{}-seed{seed}.{ext}", optimizer.name()))
     }
 
-    /// Every (model, optimizer, seed) run, in the order they are trained.
+    /// Every (model, optimizer, seed) run, in the order they are trained: seed by seed, so
+    /// that an experiment stopped midway holds complete comparisons at fewer seeds.
     pub fn runs(&self) -> Vec<(&str, OptimizerKind, u64)> {
         let mut v = vec![];
-        for m in self.model.list() {
-            for &o in &self.optimizers {
-                for &s in &self.seeds {
+        for &s in &self.seeds {
+            for m in self.model.list() {
+                for &o in &self.optimizers {
                     v.push((m, o, s));
                 }
             }

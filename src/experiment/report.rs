@@ -46,35 +46,96 @@ impl RunMetrics {
     pub fn completed(&self) -> bool {
         self.diverged.is_none() && !self.rows.is_empty()
     }
+    /// The epochs trained (rows after epoch 0).
+    pub fn epochs(&self) -> usize {
+        self.rows.iter().filter(|m| m.epoch > 0).count()
+    }
 }
 
-/// The runs of one (model, optimizer), and those of them that completed.
+/// The runs of one (model, optimizer), and those of them the statistics use: the completed
+/// runs that trained all `epochs`, or, while none has, the completed ones part-way.
 fn group<'a>(
     runs: &'a [RunMetrics],
     model: &str,
     optimizer: OptimizerKind,
+    epochs: usize,
 ) -> (Vec<&'a RunMetrics>, Vec<&'a RunMetrics>) {
     let all: Vec<&RunMetrics> = runs
         .iter()
         .filter(|r| r.model == model && r.optimizer == optimizer)
         .collect();
-    let completed = all.iter().copied().filter(|r| r.completed()).collect();
-    (all, completed)
+    let completed: Vec<&RunMetrics> = all.iter().copied().filter(|r| r.completed()).collect();
+    let finished: Vec<&RunMetrics> = completed
+        .iter()
+        .copied()
+        .filter(|r| r.epochs() >= epochs)
+        .collect();
+    (
+        all,
+        if finished.is_empty() {
+            completed
+        } else {
+            finished
+        },
+    )
 }
 
-/// Read the metrics of every run of `exp` under `out`; a run with no metrics file is an error
-/// (the summary must not quietly average over fewer seeds).
+/// A line on an experiment that is under way (runs part-way or not started), or None when
+/// every run has finished (trained all its epochs, or diverged).
+fn progress(exp: &Experiment, runs: &[RunMetrics]) -> Option<String> {
+    let total = exp.runs().len();
+    let finished = runs
+        .iter()
+        .filter(|r| r.diverged.is_some() || r.epochs() >= exp.epochs)
+        .count();
+    if finished == total {
+        return None;
+    }
+    let sweep = matches!(exp.model, Models::Many(_));
+    let partial: Vec<String> = runs
+        .iter()
+        .filter(|r| r.diverged.is_none() && r.epochs() < exp.epochs)
+        .map(|r| {
+            let model = if sweep {
+                format!("{} ", r.model)
+            } else {
+                String::new()
+            };
+            let name = r.optimizer.name();
+            format!(
+                "{model}{name} seed {} ({} of {} epochs)",
+                r.seed,
+                r.epochs(),
+                exp.epochs
+            )
+        })
+        .collect();
+    let mut s = format!("Under way: {finished} of {total} runs finished");
+    if !partial.is_empty() {
+        s += &format!("; part-way: {}", partial.join(", "));
+    }
+    let missing = total - runs.len();
+    if missing > 0 {
+        s += &format!("; not started: {missing}");
+    }
+    s += ". Each row holds the runs that finished (the part-way ones while none has).\n\n";
+    Some(s)
+}
+
+/// Read the metrics of the runs of `exp` under `out` that have a metrics file; none at all
+/// is an error. The summary says which runs are missing or part-way ([`progress`]), so it
+/// never quietly averages over fewer seeds.
 pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
-    exp.runs()
+    let runs: Vec<RunMetrics> = exp
+        .runs()
         .into_iter()
+        .filter(|&(model, optimizer, seed)| {
+            exp.run_file(out, model, optimizer, seed, "jsonl").is_file()
+        })
         .map(|(model, optimizer, seed)| {
             let path = exp.run_file(out, model, optimizer, seed, "jsonl");
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::new(ErrorKind::Io(format!(
-                    "{e} (no metrics for this run yet: run `ecc experiment` on the description first)"
-                )))
-                .in_file(&path)
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::new(ErrorKind::Io(e.to_string())).in_file(&path))?;
             let (mut rows, mut diverged) = (vec![], None);
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line)
@@ -97,7 +158,16 @@ pub fn load_metrics(exp: &Experiment, out: &Path) -> Result<Vec<RunMetrics>> {
                 diverged,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    if runs.is_empty() {
+        let (model, optimizer, seed) = exp.runs()[0];
+        let path = exp.run_file(out, model, optimizer, seed, "jsonl");
+        return Err(Error::new(ErrorKind::Io(
+            "no metrics for any run yet: run `ecc experiment` on the description first".into(),
+        ))
+        .in_file(&path));
+    }
+    Ok(runs)
 }
 
 /// `mean ± sd` with `d` decimals.
@@ -113,12 +183,14 @@ fn pm(v: &[f64], d: usize) -> String {
 /// `out/<name>/`: per model and optimizer, mean ± standard deviation over seeds of the final
 /// and best test accuracy and the final test loss, the final accuracy seed by seed, the
 /// accuracy's epoch-to-epoch jitter near the end, the mean time per epoch, the runs that had
-/// a guard activation and the runs that diverged. When the experiment has both SGD and EC-SGD, a second table gives
-/// the gap EC-SGD − SGD per model, paired by seed.
+/// a guard activation and the runs that diverged; a line first while runs are part-way or
+/// not started ([`progress`]). A second table gives the gaps of each method (EC-SGD,
+/// gsgd-ref) against each baseline the experiment has (SGD, the control, and EC-SGD for
+/// gsgd-ref) per model, paired by seed over the finished runs.
 pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     let runs = load_metrics(exp, out)?;
     let sweep = matches!(exp.model, Models::Many(_));
-    let mut s = String::new();
+    let mut s = progress(exp, &runs).unwrap_or_default();
     if sweep {
         s += "| model ";
     }
@@ -129,7 +201,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for model in exp.model.list() {
         for &optimizer in &exp.optimizers {
-            let (all, mine) = group(&runs, model, optimizer);
+            let (all, mine) = group(&runs, model, optimizer, exp.epochs);
             let diverged: Vec<String> = all
                 .iter()
                 .filter_map(|r| {
@@ -179,7 +251,7 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 })
                 .collect();
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 optimizer.name(),
                 mine.len(),
                 mine.iter()
@@ -195,7 +267,11 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 } else {
                     format!("{:.4}", mean_std(&jitter).0)
                 },
-                mean_std(&secs).0,
+                if secs.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", mean_std(&secs).0)
+                },
                 mine.iter()
                     .filter(|r| r.rows.last().unwrap().guarded_steps > 0)
                     .count(),
@@ -207,10 +283,18 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
             );
         }
     }
-    let starts: Vec<(&RunMetrics, &Row)> = runs
+    let mut starts: Vec<(&RunMetrics, &Row)> = runs
         .iter()
         .filter_map(|r| r.rows.iter().find(|m| m.epoch == 0).map(|m| (r, m)))
         .collect();
+    // By model, optimizer and seed, in the description's order.
+    let models = exp.model.list();
+    let at = |r: &RunMetrics| {
+        let m = models.iter().position(|&x| x == r.model);
+        let o = exp.optimizers.iter().position(|&x| x == r.optimizer);
+        (m, o, r.seed)
+    };
+    starts.sort_by_key(|(r, _)| at(r));
     if !starts.is_empty() {
         s += "\nBefore the first step (epoch 0: the model each optimizer starts from):\n\n";
         if sweep {
@@ -262,16 +346,12 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 let pick = |o: OptimizerKind, seed: u64| {
                     runs.iter()
                         .find(|r| r.model == model && r.optimizer == o && r.seed == seed)
-                        .filter(|r| r.completed())
+                        .filter(|r| r.completed() && r.epochs() >= exp.epochs)
                 };
                 let (mut acc, mut best, mut loss) = (vec![], vec![], vec![]);
                 for &seed in &exp.seeds {
                     if let (Some(a), Some(b)) = (pick(base, seed), pick(method, seed)) {
                         let (la, lb) = (a.rows.last().unwrap(), b.rows.last().unwrap());
-                        // A pair that ended at different epochs (one still under way) is left out.
-                        if la.epoch != lb.epoch {
-                            continue;
-                        }
                         acc.push(lb.test_accuracy - la.test_accuracy);
                         let bst = |r: &RunMetrics| {
                             r.rows.iter().map(|m| m.test_accuracy).fold(0.0, f64::max)
@@ -279,6 +359,9 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                         best.push(bst(b) - bst(a));
                         loss.push(lb.test_loss - la.test_loss);
                     }
+                }
+                if acc.is_empty() {
+                    continue;
                 }
                 s += &format!("| {model} ");
                 if !only_ec {
@@ -356,11 +439,12 @@ pub fn charts(exp: &Experiment, out: &Path, model: &str) -> Result<[crate::plot:
         exp.optimizers
             .iter()
             .map(|&o| {
-                let (all, mine) = group(&runs, model, o);
+                let (all, mine) = group(&runs, model, o, exp.epochs);
                 let n = mine.iter().map(|r| r.rows.len()).min().unwrap_or(0);
                 let mut name = o.name().to_string();
-                if mine.len() < all.len() {
-                    name += &format!(" ({} of {} diverged)", all.len() - mine.len(), all.len());
+                let diverged = all.iter().filter(|r| r.diverged.is_some()).count();
+                if diverged > 0 {
+                    name += &format!(" ({diverged} of {} diverged)", all.len());
                 }
                 let mut s = Series {
                     name,
@@ -463,6 +547,14 @@ pub fn update_doc(doc: &Path, out: &Path) -> Result<Vec<String>> {
             out.display(),
             exp.name
         );
+        let started = exp.runs().iter().any(|&(model, optimizer, seed)| {
+            exp.run_file(out, model, optimizer, seed, "jsonl").is_file()
+        });
+        if !started {
+            res += &format!("Not started: {} runs.\n\n<!-- end -->\n", exp.runs().len());
+            done.push(file.to_string());
+            continue;
+        }
         res += &summary(&exp, out)?;
         res.push('\n');
         for pair in write_plots(&exp, out, &plot_dir)?.chunks(2) {
