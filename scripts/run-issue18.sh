@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 18, every experiment in order, each resuming where it stopped (run it again after an
+# interruption): the learning-rate sweep (scripts/run-bn-lr-sweep.sh), then the comparison
+# of PlainNet-20 and ResNet-20 at each optimizer's best learning rate
+# (experiments/bn-compare.json, its "lr" map from scripts/best-lr.py), then the depth sweep
+# (experiments/bn-depth.json). In the background:
+#   nohup scripts/run-issue18.sh > issue18.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/run-bn-lr-sweep.sh
+for e in bn-compare bn-depth; do
+  if [ ! -f "experiments/$e.json" ]; then
+    echo "experiments/$e.json not written yet: choose the learning rates with scripts/best-lr.py"
+    exit 0
+  fi
+  ./target/release/ecc experiment "experiments/$e.json"
+done
