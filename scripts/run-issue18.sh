@@ -3,12 +3,13 @@
 # interruption): the learning-rate sweep (scripts/run-bn-lr-sweep.sh), then the comparison
 # of PlainNet-20 and ResNet-20 at each optimizer's best learning rate
 # (experiments/bn-compare.json, its "lr" map from scripts/best-lr.py), then the depth sweep
-# (experiments/bn-depth.json). In the background:
+# (experiments/bn-depth.json), then PlainNet-20 without BN, where Path-SGD applies
+# (experiments/bn-free-plain20.json). In the background:
 #   nohup scripts/run-issue18.sh > issue18.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/run-bn-lr-sweep.sh
-for e in bn-compare bn-depth; do
+for e in bn-compare bn-depth bn-free-plain20; do
   if [ ! -f "experiments/$e.json" ]; then
     echo "experiments/$e.json not written yet: choose the learning rates with scripts/best-lr.py"
     exit 0

@@ -14,7 +14,8 @@
 //!   the block's input added to its output before the ReLU, then global average pooling and
 //!   a dense layer. Shortcuts are identities where the shapes agree and projections (1x1
 //!   conv, stride 2, with BN: He et al.'s option B) where they change. Options after n:
-//!   `wA.B.C` stage widths (default 16.32.64), `kK` classes (default 10).
+//!   `wA.B.C` stage widths (default 16.32.64), `kK` classes (default 10), `nobn` no
+//!   BatchNormalization (the network BN folds into at initialization).
 //! - `plain:3x32x32-n3`: the matching PlainNet, the same without shortcuts.
 //!
 //! Every conv's depth is 6n + 2 for the residual kinds. BatchNormalization starts at
@@ -52,6 +53,9 @@ pub struct Residual {
     pub classes: usize,
     /// ResNet (true) or PlainNet (false).
     pub shortcuts: bool,
+    /// BatchNormalization after every conv (false with the `nobn` option: the network BN
+    /// folds into at initialization, where Path-SGD applies).
+    pub bn: bool,
 }
 
 /// `CxHxW` of a spec.
@@ -108,9 +112,12 @@ impl Spec {
                     widths: [16, 32, 64],
                     classes: 10,
                     shortcuts: kind == "resnet",
+                    bn: true,
                 };
                 for t in &toks[1..] {
-                    if let Some(n) = t.strip_prefix('n') {
+                    if *t == "nobn" {
+                        r.bn = false;
+                    } else if let Some(n) = t.strip_prefix('n') {
                         r.n = num(n, s)?;
                     } else if let Some(k) = t.strip_prefix('k') {
                         r.classes = num(k, s)?;
@@ -124,7 +131,7 @@ impl Spec {
                         })?;
                     } else {
                         return Err(Error::usage(format!(
-                            "model spec '{s}': unknown token '{t}' (nN blocks per stage, wA.B.C widths, kK classes)"
+                            "model spec '{s}': unknown token '{t}' (nN blocks per stage, wA.B.C widths, kK classes, nobn)"
                         )));
                     }
                 }
@@ -205,6 +212,8 @@ struct Builder {
     nodes: Vec<Node>,
     params: Vec<(String, Constant)>,
     cur: String,
+    /// `conv_bn` puts a BatchNormalization after its conv.
+    bn: bool,
     /// A parameter over the importer's size limit (`ir::MAX_ELEMENTS`), refused by `build`
     /// instead of allocated.
     too_large: Option<String>,
@@ -288,13 +297,16 @@ impl Builder {
             group: 1,
         });
         self.layer_with(name, op, vec![cout, cin, k, k], cin * k * k, false);
-        self.batch_norm(&format!("{name}.bn"), cout);
+        if self.bn {
+            self.batch_norm(&format!("{name}.bn"), cout);
+        }
         if relu {
             self.node(format!("{name}.relu"), Op::Relu, vec![]);
         }
     }
     /// The body of a `resnet:` / `plain:` spec, from `self.cur` (C x H x W) to the logits.
     fn residual(&mut self, r: &Residual, c_in: usize) {
+        self.bn = r.bn;
         self.conv_bn("conv1", c_in, r.widths[0], 3, 1, true);
         let mut c = r.widths[0];
         for (s, &w) in r.widths.iter().enumerate() {
@@ -339,6 +351,7 @@ impl Builder {
 /// Build the model of a spec. `bias: false` leaves out every bias.
 pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
     let mut b = Builder {
+        bn: true,
         rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
         bias,
         nodes: vec![],
@@ -515,6 +528,19 @@ mod tests {
         assert_eq!(count(&p, &conv3), 19);
         assert_eq!(count(&p, &conv1) + count(&p, &add), 0);
         assert_eq!(p.shapes["logits"].dims, vec![1, 7]);
+        // `nobn`: the same convs and initial weights, no BN (the network BN folds into at
+        // its initial statistics), the ReLUs kept.
+        for spec in ["plain:1x28x28-n3-w8.16.32", "resnet:1x28x28-n3-w8.16.32"] {
+            let with = build(&Spec::parse(spec).unwrap(), 5, true).unwrap();
+            let without = build(&Spec::parse(&format!("{spec}-nobn")).unwrap(), 5, true).unwrap();
+            assert_eq!(count(&without, &bn), 0, "{spec}");
+            assert_eq!(count(&without, &conv3), count(&with, &conv3));
+            let relu = |op: &Op| matches!(op, Op::Relu);
+            assert_eq!(count(&without, &relu), count(&with, &relu));
+            for (k, v) in &without.params {
+                assert_eq!(v.as_f32(), with.params[k].as_f32(), "{spec}: {k}");
+            }
+        }
         // `b` in a cnn spec: conv (no bias) -> BN -> ReLU.
         let g = build(&Spec::parse("cnn:1x8x8-c4-b-p-10").unwrap(), 0, true).unwrap();
         let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.onnx_name()).collect();

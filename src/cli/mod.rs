@@ -93,7 +93,8 @@ enum Cmd {
     /// `resnet:3x32x32-n3`: the CIFAR ResNet of He et al. (6n+2 layers: n = 3, 5, 9 give
     /// ResNet-20, -32, -56; BN after every conv; identity shortcuts, 1x1 projections where
     /// the shape changes); options `wA.B.C` stage widths (default w16.32.64), `kK` classes
-    /// (default k10). Any input of at least 4x4, e.g. resnet:1x28x28-n3 for Fashion-MNIST.
+    /// (default k10), `nobn` without BatchNormalization. Any input of at least 4x4, e.g.
+    /// resnet:1x28x28-n3 for Fashion-MNIST.
     ///
     /// `plain:3x32x32-n3`: the matching PlainNet (no shortcuts).
     New(new::Args),
