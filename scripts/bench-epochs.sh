@@ -11,11 +11,7 @@ rounds=${1:-3}
 runs=${2:-20}
 shift $(( $# > 2 ? 2 : $# ))
 specs=${*:-"plain:1x28x28-n3-w8.16.32 resnet:1x28x28-n3-w8.16.32"}
-venv=${ECC_TORCH_VENV:-$HOME/.cache/ecc/torch-venv}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "torch==2.15.0"
-fi
+venv=$(scripts/torch-venv.sh)
 cargo build --release --quiet
 out=$(mktemp -d)
 i=0

@@ -10,11 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 runs=${2:-30}
-venv=${ECC_TORCH_VENV:-$HOME/.cache/ecc/torch-venv}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "torch==2.15.0"
-fi
+venv=$(scripts/torch-venv.sh)
 cargo build --release --quiet
 out=$(mktemp -d)
 cases=${ECC_PEER_CASES:-"mlp-784-64x4-10 mlp-784-512-512-10 cnn-28x28 resnet20-32x32"}

@@ -479,21 +479,6 @@ fn coordinates_and_canonical_form_do_not_change_under_rescaling() {
 fn icr_matches_finite_differences_in_training_mode() {
     for (name, g) in models() {
         let c = conversion(&g);
-        let step = EcStep::new(&c.basis);
-        let loss = Loss::new(&c.canon);
-        let w0 = f64s(&c.canon);
-        let icr = step.icr(&w0, &loss.grads(&w0));
-        let (pc, vc) = step.coordinates(&w0);
-        let l_at = |p: &Tensors, v: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, v));
-        // Derivatives that are exactly 0 (a unit no sample activates) against the noise of
-        // a central difference: relative to the largest path gradient.
-        let floor = 1e-6
-            * icr
-                .dp
-                .values()
-                .flatten()
-                .chain(icr.dv.iter().flatten())
-                .fold(0f64, |m, x| m.max(x.abs()));
         // The first V's, and in a DAG block the V's whose own chain runs through others.
         let picks = |b: usize, n: usize| -> Vec<usize> {
             (0..n)
@@ -501,17 +486,8 @@ fn icr_matches_finite_differences_in_training_mode() {
                 .take(24)
                 .collect()
         };
-        let (worst, checked) = common::icr_check(
-            &name,
-            &icr,
-            &l_at,
-            &pc,
-            &vc,
-            &step.params(),
-            6,
-            picks,
-            floor,
-        );
+        let (worst, checked) =
+            common::train_loss::icr_check_training(&name, &c.basis, &c.canon, picks);
         println!("{name}: {checked} path gradients, worst relative error {worst:.1e}");
         assert!(checked > 10, "{name}: only {checked} checked");
     }

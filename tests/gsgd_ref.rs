@@ -248,30 +248,10 @@ fn icr_matches_finite_differences_of_the_batchnorm_loss() {
     for spec in ["plain:1x8x8-n2-w4.6.8", "resnet:1x8x8-n1-w4.6.8"] {
         let g = model(spec);
         let (start, _, basis) = start(&g, &cfg(0.0, 0.0));
-        let step = EcStep::new(&basis);
-        let loss = Loss::new(&start);
-        let w0 = f64s(&start);
-        let icr = step.icr(&w0, &loss.grads(&w0));
-        let (pc, vc) = step.coordinates(&w0);
-        let l_at = |p: &Tensors, v: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, v));
-        let floor = 1e-6
-            * icr
-                .dp
-                .values()
-                .flatten()
-                .chain(icr.dv.iter().flatten())
-                .fold(0f64, |m, x| m.max(x.abs()));
-        let (worst, checked) = common::icr_check(
-            spec,
-            &icr,
-            &l_at,
-            &pc,
-            &vc,
-            &step.params(),
-            6,
-            |_, n| (0..n.min(6)).collect(),
-            floor,
-        );
+        let (worst, checked) =
+            common::train_loss::icr_check_training(spec, &basis, &start, |_, n| {
+                (0..n.min(6)).collect()
+            });
         println!("{spec}: {checked} path gradients, worst relative error {worst:.1e}");
         assert!(checked > 20, "{spec}: only {checked} checked");
     }

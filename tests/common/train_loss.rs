@@ -80,3 +80,30 @@ impl Loss {
             .collect()
     }
 }
+
+/// Spec §9.5 in training mode: the ICR of `basis` at the weights of `g` against central
+/// differences of the training-mode loss through (p, V) -> w, in f64: 6 coordinates of each
+/// block tensor and the V's `picks(block, n)` chooses. A derivative below 1e-6 of the
+/// largest path gradient counts as zero (a unit no sample activates). Returns (worst
+/// relative error, number checked).
+pub fn icr_check_training(
+    name: &str,
+    basis: &ecc::ec::Basis,
+    g: &Graph,
+    picks: impl Fn(usize, usize) -> Vec<usize>,
+) -> (f64, usize) {
+    let step = ecc::ec::step::EcStep::new(basis);
+    let loss = Loss::new(g);
+    let w0 = super::mlp64::f64s(g);
+    let icr = step.icr(&w0, &loss.grads(&w0));
+    let (pc, vc) = step.coordinates(&w0);
+    let l_at = |p: &Tensors, v: &[Vec<f64>]| loss.at(&step.weights_from(&w0, p, v));
+    let floor = 1e-6
+        * icr
+            .dp
+            .values()
+            .flatten()
+            .chain(icr.dv.iter().flatten())
+            .fold(0f64, |m, x| m.max(x.abs()));
+    super::icr_check(name, &icr, &l_at, &pc, &vc, &step.params(), 6, picks, floor)
+}
