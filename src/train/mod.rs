@@ -883,6 +883,7 @@ pub fn step(
     let g = ex.grads_by_name(&grads);
     let t2 = Instant::now();
     let guarded = opt.step(ex.params(), &g, lr)? > 0;
+    wake_pool();
     let t3 = Instant::now();
     Ok(StepOut {
         loss: l,
@@ -890,6 +891,14 @@ pub fn step(
         guarded,
         ms: [ms(t0, t3), ms(t0, t1), ms(t1, t2), ms(t2, t3)],
     })
+}
+
+/// Hand the thread pool an empty job, which wakes a sleeping thread, so that it is up when
+/// the next step's first parallel kernel starts: an optimizer whose update ends with
+/// single-threaded work (small tensors) otherwise lets the other thread fall asleep, and the
+/// next forward pass waits for it to wake.
+fn wake_pool() {
+    rayon::spawn(|| ());
 }
 
 /// A warning for `--keep-function` with EC-SGD, when the model's free skeleton values V are

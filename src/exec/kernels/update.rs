@@ -478,15 +478,18 @@ pub struct SgdArgs<'a> {
     pub wd: f32,
 }
 
-/// Scalars per block of rows in [`balanced_pass`], and the tensor size from which the
-/// blocks run on all threads (below it, waking the other thread cost more than it saved:
-/// the 784 x 64 layer of the small MLP bench case took 0.048 ms per update in one thread
-/// and 0.058-0.073 ms in two).
+/// Scalars per block of rows in [`balanced_pass`] for tensors that run on one thread.
 const BALANCE_BLOCK: usize = 8192;
+
+/// The tensor size from which [`balanced_pass`] runs on all threads, in blocks of about
+/// this many scalars. With the step's thread pool kept awake (`train::step`), the 784 x 64
+/// layer of the small MLP bench case is faster on two threads in two blocks (the update
+/// phase 0.027-0.029 ms against 0.031 on one; with 8192-scalar blocks and a pool left to
+/// sleep, two threads had been slower).
+const BALANCE_PARALLEL_FROM: usize = 32_768;
 
 /// A block of rows in [`balanced_pass`]: w, and m and g (empty without SGD).
 type Rows<'a> = (&'a mut [f32], &'a mut [f32], &'a [f32]);
-const BALANCE_PARALLEL_FROM: usize = 131_072;
 
 /// Balanced SGD's pass over one tensor of `rows.len()` rows (`ec::balance`, one damped
 /// balancing iteration): with `sgd`, first SGD as in [`sgd_in_place`] (m ← μm + g + λw,
@@ -512,9 +515,15 @@ pub fn balanced_pass(
         "balanced_pass: factors of another shape"
     );
     let per_row = cols.len() == w.len() && d0 > 1 && len > 0;
-    let rows_per = (BALANCE_BLOCK / len.max(1)).max(1);
-    let (lr, mu, wd) = sgd.as_ref().map_or((0.0, 0.0, 0.0), |a| (a.lr, a.mu, a.wd));
     let big = w.len() >= BALANCE_PARALLEL_FROM;
+    // On all threads, in blocks of about BALANCE_PARALLEL_FROM scalars, as equal as the
+    // rows allow (the partition depends on the shape only, never on the threads).
+    let rows_per = if big {
+        d0.div_ceil(w.len().div_ceil(BALANCE_PARALLEL_FROM)).max(1)
+    } else {
+        (BALANCE_BLOCK / len.max(1)).max(1)
+    };
+    let (lr, mu, wd) = sgd.as_ref().map_or((0.0, 0.0, 0.0), |a| (a.lr, a.mu, a.wd));
     // Block b of rows: its w, and its m and g (empty without SGD).
     let block = |(b, (wc, mc, gc)): (usize, Rows<'_>)| {
         let n = wc.len() / len.max(1);
@@ -768,6 +777,43 @@ fn fused_row(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// A tensor large enough to run on all threads gives the same bits on one thread as on
+    /// three (its blocks depend on its shape only).
+    #[test]
+    fn balanced_pass_does_not_depend_on_the_threads() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (d0, len) = (64, 784);
+        let n = d0 * len;
+        assert!(n >= BALANCE_PARALLEL_FROM);
+        let mut v = |n: usize, a: f32| (0..n).map(|_| rng.gen_range(-a..a)).collect::<Vec<f32>>();
+        let (w, m, g) = (v(n, 1.0), v(n, 0.1), v(n, 0.1));
+        let rows: Vec<f32> = v(d0, 0.1).iter().map(|x| 1.0 + x).collect();
+        let cols: Vec<f32> = v(len, 0.1).iter().map(|x| 1.0 + x).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (mut w, mut m) = (w.clone(), m.clone());
+                let sgd = SgdArgs {
+                    m: &mut m,
+                    g: &g,
+                    lr: 0.05,
+                    mu: 0.9,
+                    wd: 1e-3,
+                };
+                let sums = balanced_pass(&mut w, Some(sgd), &rows, &cols, (true, true));
+                (w, m, sums)
+            })
+        };
+        let (a, b) = (run(1), run(3));
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.0), bits(&b.0));
+        assert_eq!(bits(&a.1), bits(&b.1));
+        assert_eq!(a.2, b.2);
+    }
 
     /// The fused row is the separate loops, bit for bit (values and sums), for every row
     /// length around the eight lanes, with and without column factors.
