@@ -334,13 +334,15 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
     .collect();
     let only_ec = pairs.iter().all(|(m, _)| *m == EcSgd);
     if !pairs.is_empty() {
+        let mut rows = String::new();
         if only_ec {
-            s += "\nGap EC-SGD − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
-            s += "| model | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|---|\n";
+            rows += "\nGap EC-SGD − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
+            rows += "| model | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|---|\n";
         } else {
-            s += "\nGap method − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour the method):\n\n";
-            s += "| model | method | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds method ahead |\n|---|---|---|---|---|---|---|---|\n";
+            rows += "\nGap method − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour the method):\n\n";
+            rows += "| model | method | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds method ahead |\n|---|---|---|---|---|---|---|---|\n";
         }
+        let header = rows.len();
         for model in exp.model.list() {
             for &(method, base) in &pairs {
                 let pick = |o: OptimizerKind, seed: u64| {
@@ -363,11 +365,11 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 if acc.is_empty() {
                     continue;
                 }
-                s += &format!("| {model} ");
+                rows += &format!("| {model} ");
                 if !only_ec {
-                    s += &format!("| {} ", method.name());
+                    rows += &format!("| {} ", method.name());
                 }
-                s += &format!(
+                rows += &format!(
                     "| {} | {} | {} | {} | {} | {} |\n",
                     base.name(),
                     acc.len(),
@@ -377,6 +379,10 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                     acc.iter().filter(|&&d| d > 0.0).count()
                 );
             }
+        }
+        // No table while no pair of runs has finished.
+        if rows.len() > header {
+            s += &rows;
         }
     }
     Ok(s)
