@@ -632,6 +632,15 @@ wide_fn! {
     }
 }
 
+/// One scalar of [`balanced_pass`]'s SGD: m' = μm + g + λw, then w ← (w − η·m')·k and
+/// m ← m'·k (k the row's factor times the column's), in that order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn sgd_scaled(w: f32, m: f32, g: f32, k: f32, lr: f32, mu: f32, wd: f32) -> (f32, f32) {
+    let mi = mu * m + g + wd * w;
+    ((w - lr * mi) * k, mi * k)
+}
+
 /// [`balanced_row`] as separate loops: the update, the squares, the sum.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -653,10 +662,7 @@ fn loops_row(
             w.iter_mut().for_each(|wi| *wi *= fr);
         } else {
             for ((wi, mi), gi) in w.iter_mut().zip(m.iter_mut()).zip(g) {
-                *mi = mu * *mi + gi + wd * *wi;
-                *wi -= lr * *mi;
-                *wi *= fr;
-                *mi *= fr;
+                (*wi, *mi) = sgd_scaled(*wi, *mi, *gi, fr, lr, mu, wd);
             }
         }
     } else if m.is_empty() {
@@ -665,11 +671,7 @@ fn loops_row(
         }
     } else {
         for (((wi, mi), gi), fi) in w.iter_mut().zip(m.iter_mut()).zip(g).zip(f) {
-            *mi = mu * *mi + gi + wd * *wi;
-            *wi -= lr * *mi;
-            let k = fr * fi;
-            *wi *= k;
-            *mi *= k;
+            (*wi, *mi) = sgd_scaled(*wi, *mi, *gi, fr * fi, lr, mu, wd);
         }
     }
     for (s, wi) in sq.iter_mut().zip(w.iter()) {
@@ -718,11 +720,8 @@ fn fused_row(
     if f.is_empty() {
         let (w, m, g) = (&mut w[..n], &mut m[..n], &g[..n]);
         for j in full..n {
-            let mi = mu * m[j] + g[j] + wd * w[j];
-            let wi = (w[j] - lr * mi) * fr;
-            m[j] = mi * fr;
-            w[j] = wi;
-            total += wi * wi;
+            (w[j], m[j]) = sgd_scaled(w[j], m[j], g[j], fr, lr, mu, wd);
+            total += w[j] * w[j];
         }
         let (wc, mc, gc) = (
             w[..full].chunks_exact_mut(8),
@@ -731,23 +730,16 @@ fn fused_row(
         );
         for ((wc, mc), gc) in wc.zip(mc).zip(gc) {
             for l in 0..8 {
-                let mi = mu * mc[l] + gc[l] + wd * wc[l];
-                let wi = (wc[l] - lr * mi) * fr;
-                mc[l] = mi * fr;
-                wc[l] = wi;
-                lanes[l] += wi * wi;
+                (wc[l], mc[l]) = sgd_scaled(wc[l], mc[l], gc[l], fr, lr, mu, wd);
+                lanes[l] += wc[l] * wc[l];
             }
         }
     } else {
         let (w, m, g, f, sq) = (&mut w[..n], &mut m[..n], &g[..n], &f[..n], &mut sq[..n]);
         for j in full..n {
-            let mi = mu * m[j] + g[j] + wd * w[j];
-            let k = fr * f[j];
-            let wi = (w[j] - lr * mi) * k;
-            m[j] = mi * k;
-            w[j] = wi;
-            sq[j] += wi * wi;
-            total += wi * wi;
+            (w[j], m[j]) = sgd_scaled(w[j], m[j], g[j], fr * f[j], lr, mu, wd);
+            sq[j] += w[j] * w[j];
+            total += w[j] * w[j];
         }
         let chunks = w[..full]
             .chunks_exact_mut(8)
@@ -757,13 +749,9 @@ fn fused_row(
             .zip(sq[..full].chunks_exact_mut(8));
         for ((((wc, mc), gc), fc), sc) in chunks {
             for l in 0..8 {
-                let mi = mu * mc[l] + gc[l] + wd * wc[l];
-                let k = fr * fc[l];
-                let wi = (wc[l] - lr * mi) * k;
-                mc[l] = mi * k;
-                wc[l] = wi;
-                sc[l] += wi * wi;
-                lanes[l] += wi * wi;
+                (wc[l], mc[l]) = sgd_scaled(wc[l], mc[l], gc[l], fr * fc[l], lr, mu, wd);
+                sc[l] += wc[l] * wc[l];
+                lanes[l] += wc[l] * wc[l];
             }
         }
     }
