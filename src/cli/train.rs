@@ -58,8 +58,9 @@ pub struct Args {
     /// Seed of the shuffle (same seed, same weights).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// EC-SGD, sgd-ec-init and balanced-sgd (not gsgd-ref): keep the imported model's function at the
-    /// start (EC-SGD: the canonical form) instead of setting the free skeleton values to ±1
+    /// EC-SGD, sgd-ec-init and balanced-sgd (not gsgd-ref): keep the imported model's
+    /// function at the start (EC-SGD: the canonical form) instead of setting the free
+    /// skeleton values to ±1
     /// as the reference does for a fresh model. See the README on the scale of V. A model
     /// that is already trained (its test loss below half that of a uniform guess) gets the
     /// fine-tuning defaults for the options not given, this one too when --optimizer is

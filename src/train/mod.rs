@@ -700,7 +700,7 @@ pub fn optimizer_for(tg: &Graph, cfg: &TrainConfig) -> Result<(Graph, Box<dyn Op
         OptimizerKind::GsgdRef => {
             if !cfg.skeleton_init {
                 return Err(Error::usage(
-                    "gsgd-ref starts as the reference does, from skeleton weights at ±1: \
+                    "gsgd-ref starts as the reference does, from skeleton weights at +1: \
                      --keep-function does not apply (its blocks run through BatchNormalization, \
                      so no canonical form keeps the function)",
                 ));
