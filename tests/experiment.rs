@@ -334,3 +334,39 @@ fn experiments_under_way_are_reported_as_such() {
         .contains("Under way: 2 of 4"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two processes on one description share its runs: a run whose lock another process holds
+/// is skipped (and said so), the others train; once the lock is free the next call trains it.
+#[test]
+fn a_run_locked_by_another_process_is_left_to_it() {
+    let (dir, file, out) = setup(
+        "locked",
+        r#"{"name": "locked", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0], "epochs": 1, "batch": 32, "lr": 0.05}"#,
+    );
+    std::fs::create_dir_all(out.join("locked")).unwrap();
+    // flock locks belong to an open file: this handle conflicts with the child's own.
+    let held = std::fs::File::create(out.join("locked/sgd-seed0.lock")).unwrap();
+    held.lock().unwrap();
+    let (code, text, err) = exp(&file, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("mlp:64-16-10 sgd seed 0: skipped, another process is training it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 runs complete (1 trained now; 1 left to other processes)"),
+        "{text}"
+    );
+    assert!(!out.join("locked/sgd-seed0.jsonl").exists());
+    assert!(out.join("locked/ec-sgd-seed0.jsonl").is_file());
+    drop(held);
+    let (code, text, err) = exp(&file, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("2 runs complete (1 trained now)"), "{text}");
+    assert_eq!(
+        common::metric_epochs(&out.join("locked/sgd-seed0.jsonl")),
+        vec![1]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,7 +47,8 @@ pub fn run(a: Args) -> Result<()> {
     train(&exp, &a)
 }
 
-/// Run every (optimizer, seed) of the experiment, skipping finished runs, resuming the rest.
+/// Run every (optimizer, seed) of the experiment, skipping finished runs and runs another
+/// process is training, resuming the rest.
 fn train(exp: &Experiment, a: &Args) -> Result<()> {
     println!(
         "experiment {}: {} optimizers x {} seeds x {} epochs",
@@ -72,10 +73,23 @@ fn train(exp: &Experiment, a: &Args) -> Result<()> {
             r.diverged.as_deref().unwrap_or("")
         );
     }
+    for r in runs.iter().filter(|r| r.busy) {
+        println!(
+            "  {} {} seed {}: skipped, another process is training it",
+            r.model,
+            r.optimizer.name(),
+            r.seed
+        );
+    }
     let fresh = runs.iter().filter(|r| r.trained > 0).count();
+    let busy = runs.iter().filter(|r| r.busy).count();
+    let others = match busy {
+        0 => String::new(),
+        n => format!("; {n} left to other processes"),
+    };
     println!(
-        "{} runs complete ({fresh} trained now) in {}",
-        runs.len(),
+        "{} runs complete ({fresh} trained now{others}) in {}",
+        runs.len() - busy,
         a.out.join(&exp.name).display()
     );
     Ok(())

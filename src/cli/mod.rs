@@ -67,7 +67,9 @@ enum Cmd {
     /// Run every (optimizer, seed) of an experiment description (JSON; see
     /// experiments/*.json), writing metrics as JSON lines and checkpoints under
     /// OUT/<name>/. Finished runs are skipped and interrupted ones resume, so it can run in
-    /// the background (nohup) and be started again.
+    /// the background (nohup) and be started again. Several processes on one description
+    /// share its runs: each run is locked by the process training it (OUT/<name>/<run>.lock,
+    /// released when that process ends) and skipped by the others.
     ///
     /// `ecc experiment --doc docs/results.md` regenerates the tables and plots of that
     /// document from the committed metrics (the blocks between `<!-- ecc experiment FILE -->`

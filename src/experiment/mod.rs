@@ -110,6 +110,8 @@ pub struct RunOutcome {
     pub metrics: PathBuf,
     /// Why the run stopped early, when its loss became non-finite.
     pub diverged: Option<String>,
+    /// Another process held the run's lock: it is training the run, this one skipped it.
+    pub busy: bool,
 }
 
 impl Experiment {
@@ -254,18 +256,35 @@ pub fn run(
         }
         let metrics = exp.run_file(out, model, optimizer, seed, "jsonl");
         let checkpoint = exp.run_file(out, model, optimizer, seed, "safetensors");
-        let kept = crate::train::metrics_upto(&metrics, exp.epochs);
-        let done = kept.iter().filter(|l| !is_start_row(l)).count();
-        let diverged = kept.iter().find_map(|l| diverged_message(l));
-        if done >= exp.epochs || diverged.is_some() {
-            outcomes.push(RunOutcome {
-                model: model.to_string(),
-                optimizer,
-                seed,
-                trained: 0,
-                metrics,
-                diverged,
-            });
+        let outcome = |trained, diverged, busy| RunOutcome {
+            model: model.to_string(),
+            optimizer,
+            seed,
+            trained,
+            metrics: metrics.clone(),
+            diverged,
+            busy,
+        };
+        let finished = || {
+            let kept = crate::train::metrics_upto(&metrics, exp.epochs);
+            let done = kept.iter().filter(|l| !is_start_row(l)).count();
+            let diverged = kept.iter().find_map(|l| diverged_message(l));
+            (done >= exp.epochs || diverged.is_some()).then_some(diverged)
+        };
+        if let Some(diverged) = finished() {
+            outcomes.push(outcome(0, diverged, false));
+            continue;
+        }
+        // One process per run: several `ecc experiment` processes on one description share
+        // its runs. The lock is the OS's (released when the process ends, even by a kill);
+        // the file stays, as deleting it would let two processes lock two different files.
+        let Some(_lock) = lock_run(&exp.run_file(out, model, optimizer, seed, "lock"))? else {
+            outcomes.push(outcome(0, None, true));
+            continue;
+        };
+        // Another process may have finished the run between the check and the lock.
+        if let Some(diverged) = finished() {
+            outcomes.push(outcome(0, diverged, false));
             continue;
         }
         // Resume from the checkpoint: keep the metrics of the epochs it holds.
@@ -328,16 +347,25 @@ pub fn run(
             }
             Err(e) => return Err(e),
         }
-        outcomes.push(RunOutcome {
-            model: model.to_string(),
-            optimizer,
-            seed,
-            trained,
-            metrics,
-            diverged,
-        });
+        outcomes.push(outcome(trained, diverged, false));
     }
     Ok(outcomes)
+}
+
+/// Take the lock of one run (`<run>.lock`), or `None` when another process holds it.
+fn lock_run(path: &Path) -> Result<Option<std::fs::File>> {
+    let io = report::io_err(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(&io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// The message of a metrics line that records a divergence.

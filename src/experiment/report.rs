@@ -495,7 +495,7 @@ pub fn charts(exp: &Experiment, out: &Path, model: &str) -> Result<[crate::plot:
     ])
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+pub(super) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::new(ErrorKind::Io(e.to_string())).in_file(path)
 }
 
