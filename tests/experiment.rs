@@ -327,6 +327,9 @@ fn experiments_under_way_are_reported_as_such() {
     // The rows: the finished runs (one seed each), not the part-way one.
     assert!(table.contains("| sgd | 1 | 2 |"), "{table}");
     assert!(table.contains("| ec-sgd | 1 | 2 |"), "{table}");
+    // Seed by seed, the part-way run says where it is.
+    let sgd_row = table.lines().find(|l| l.starts_with("| sgd |")).unwrap();
+    assert_eq!(sgd_row.matches("(epoch 1)").count(), 1, "{sgd_row}");
     let (code, _, err) = ecc(&args);
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&doc)

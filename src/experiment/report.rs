@@ -225,11 +225,15 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 s += &format!("| {model} ");
             }
             // Seed by seed, in the description's order: a bimodal outcome (one seed stuck)
-            // shows here while the mean ± sd alone would hide its shape.
+            // shows here while the mean ± sd alone would hide its shape. A run part-way
+            // says at which epoch its value is.
             let by_seed: Vec<String> = all
                 .iter()
                 .map(|r| match (&r.diverged, r.rows.last()) {
                     (Some(_), _) => "diverged".to_string(),
+                    (None, Some(m)) if r.epochs() < exp.epochs => {
+                        format!("{:.4} (epoch {})", m.test_accuracy, r.epochs())
+                    }
                     (None, Some(m)) => format!("{:.4}", m.test_accuracy),
                     (None, None) => "-".to_string(),
                 })
