@@ -124,19 +124,17 @@ impl Wide {
     /// that one row block serves a whole kernel row of taps.
     fn pack<T: Elem>(&self, x: &[T], n0: usize, nb: usize, buf: &mut [T]) {
         let (plane, span) = (self.h * self.w, nb * self.s);
-        buf[..self.c * self.kw * span].fill(T::zero());
         for c in 0..self.c {
             let block = &mut buf[c * self.kw * span..][..self.kw * span];
             for j in 0..nb {
                 let src = &x[((n0 + j) * self.c + c) * plane..][..plane];
                 let dst = &mut block[j * self.s..][..self.s];
-                for (r, row) in src.chunks(self.w).enumerate() {
-                    dst[(r + self.pt) * self.wp + self.pl..][..self.w].copy_from_slice(row);
-                }
+                place_rows(dst, src, self.w, self.wp, self.pt * self.wp + self.pl);
             }
             let (first, rest) = block.split_at_mut(span);
             for (d, row) in rest.chunks_mut(span).enumerate() {
                 row[..span - d - 1].copy_from_slice(&first[d + 1..]);
+                row[span - d - 1..].fill(T::zero());
             }
         }
     }
@@ -167,6 +165,24 @@ impl Wide {
             let b = Mat::strided(&xp[dy * self.wp..], ck, cols, span as isize, 1);
             gemm(&mut yw[..self.m * cols], a, b, dy > 0, threads);
         }
+    }
+}
+
+/// Write the rows of `src` (each `w` long) into `dst` at `first`, `first + wp`, ... and zeros
+/// everywhere else in `dst`: one pass over the buffer (the scratch buffers are reused, so
+/// the zeros must be written, but clearing the whole buffer first wrote it twice).
+fn place_rows<T: Elem>(dst: &mut [T], src: &[T], w: usize, wp: usize, first: usize) {
+    let rows = if w == 0 { 0 } else { src.len() / w };
+    if rows == 0 {
+        dst.fill(T::zero());
+        return;
+    }
+    dst[..first].fill(T::zero());
+    for (r, row) in src.chunks(w).enumerate() {
+        let at = first + r * wp;
+        dst[at..at + w].copy_from_slice(row);
+        let next = if r + 1 < rows { at + wp } else { dst.len() };
+        dst[at + w..next].fill(T::zero());
     }
 }
 
@@ -237,15 +253,12 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
             let (xp, gw) = buf.split_at_mut(ck * span);
             g.pack(x, n0, nb, xp);
             // The output gradient on the wide grid, zeros in its extra columns.
-            gw[..g.m * span].fill(T::zero());
             let plane = g.ho * g.wo;
             for j in 0..nb {
                 for m in 0..g.m {
                     let src = &gy[((n0 + j) * g.m + m) * plane..][..plane];
-                    let dst = &mut gw[m * span + j * g.s..];
-                    for (oy, row) in src.chunks(g.wo).enumerate() {
-                        dst[oy * g.wp..][..g.wo].copy_from_slice(row);
-                    }
+                    let dst = &mut gw[m * span + j * g.s..][..g.s];
+                    place_rows(dst, src, g.wo, g.wp, 0);
                 }
             }
             // Kernel row dy: (M x C·kw) = G (M x cols) · X_dy^T.
