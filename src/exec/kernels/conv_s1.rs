@@ -172,7 +172,7 @@ impl Wide {
 /// everywhere else in `dst`: one pass over the buffer (the scratch buffers are reused, so
 /// the zeros must be written, but clearing the whole buffer first wrote it twice).
 fn place_rows<T: Elem>(dst: &mut [T], src: &[T], w: usize, wp: usize, first: usize) {
-    let rows = if w == 0 { 0 } else { src.len() / w };
+    let rows = src.len().checked_div(w).unwrap_or(0);
     if rows == 0 {
         dst.fill(T::zero());
         return;
