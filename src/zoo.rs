@@ -15,7 +15,10 @@
 //!   a dense layer. Shortcuts are identities where the shapes agree and projections (1x1
 //!   conv, stride 2, with BN: He et al.'s option B) where they change. Options after n:
 //!   `wA.B.C` stage widths (default 16.32.64), `kK` classes (default 10), `nobn` no
-//!   BatchNormalization (the network BN folds into at initialization).
+//!   BatchNormalization (the network BN folds into at initialization), `he` He et al.'s
+//!   initialization of the conv and dense weights (variance 2/fan_in: uniform in
+//!   ±sqrt(6/fan_in), PyTorch's `kaiming_uniform_` with ReLU gain; the classifier's bias
+//!   as by default), which passes a signal through deep nets without BN.
 //! - `plain:3x32x32-n3`: the matching PlainNet, the same without shortcuts.
 //!
 //! Every conv's depth is 6n + 2 for the residual kinds. BatchNormalization starts at
@@ -56,6 +59,9 @@ pub struct Residual {
     /// BatchNormalization after every conv (false with the `nobn` option: the network BN
     /// folds into at initialization, where Path-SGD applies).
     pub bn: bool,
+    /// He initialization of the weights (`he`): variance 2/fan_in instead of PyTorch's
+    /// default 1/(3 fan_in).
+    pub he: bool,
 }
 
 /// `CxHxW` of a spec.
@@ -113,10 +119,13 @@ impl Spec {
                     classes: 10,
                     shortcuts: kind == "resnet",
                     bn: true,
+                    he: false,
                 };
                 for t in &toks[1..] {
                     if *t == "nobn" {
                         r.bn = false;
+                    } else if *t == "he" {
+                        r.he = true;
                     } else if let Some(n) = t.strip_prefix('n') {
                         r.n = num(n, s)?;
                     } else if let Some(k) = t.strip_prefix('k') {
@@ -131,7 +140,7 @@ impl Spec {
                         })?;
                     } else {
                         return Err(Error::usage(format!(
-                            "model spec '{s}': unknown token '{t}' (nN blocks per stage, wA.B.C widths, kK classes, nobn)"
+                            "model spec '{s}': unknown token '{t}' (nN blocks per stage, wA.B.C widths, kK classes, nobn, he)"
                         )));
                     }
                 }
@@ -214,6 +223,8 @@ struct Builder {
     cur: String,
     /// `conv_bn` puts a BatchNormalization after its conv.
     bn: bool,
+    /// Weights uniform in ±sqrt(6/fan_in) (He) instead of ±1/sqrt(fan_in); biases as ever.
+    he: bool,
     /// A parameter over the importer's size limit (`ir::MAX_ELEMENTS`), refused by `build`
     /// instead of allocated.
     too_large: Option<String>,
@@ -221,7 +232,16 @@ struct Builder {
 
 impl Builder {
     fn uniform(&mut self, dims: Vec<usize>, fan_in: usize) -> Constant {
-        let b = 1.0 / (fan_in as f32).sqrt();
+        self.uniform_bound(dims, 1.0 / (fan_in as f32).sqrt())
+    }
+    fn weights(&mut self, dims: Vec<usize>, fan_in: usize) -> Constant {
+        if self.he {
+            self.uniform_bound(dims, (6.0 / fan_in as f32).sqrt())
+        } else {
+            self.uniform(dims, fan_in)
+        }
+    }
+    fn uniform_bound(&mut self, dims: Vec<usize>, b: f32) -> Constant {
         let shape = crate::ir::Shape::fixed(dims.clone());
         if let Err(e) = shape.check("a parameter") {
             self.too_large.get_or_insert(e.to_string());
@@ -247,7 +267,7 @@ impl Builder {
         self.layer_with(name, op, w_dims, fan_in, bias)
     }
     fn layer_with(&mut self, name: &str, op: Op, w_dims: Vec<usize>, fan_in: usize, bias: bool) {
-        let w = self.uniform(w_dims.clone(), fan_in);
+        let w = self.weights(w_dims.clone(), fan_in);
         let mut extra = vec![format!("{name}.weight")];
         self.params.push((extra[0].clone(), w));
         if bias {
@@ -307,6 +327,7 @@ impl Builder {
     /// The body of a `resnet:` / `plain:` spec, from `self.cur` (C x H x W) to the logits.
     fn residual(&mut self, r: &Residual, c_in: usize) {
         self.bn = r.bn;
+        self.he = r.he;
         self.conv_bn("conv1", c_in, r.widths[0], 3, 1, true);
         let mut c = r.widths[0];
         for (s, &w) in r.widths.iter().enumerate() {
@@ -352,6 +373,7 @@ impl Builder {
 pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
     let mut b = Builder {
         bn: true,
+        he: false,
         rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
         bias,
         nodes: vec![],
@@ -539,6 +561,17 @@ mod tests {
             assert_eq!(count(&without, &relu), count(&with, &relu));
             for (k, v) in &without.params {
                 assert_eq!(v.as_f32(), with.params[k].as_f32(), "{spec}: {k}");
+            }
+        }
+        // `he`: the same draws, weights scaled by sqrt(6/fan_in) / (1/sqrt(fan_in)) =
+        // sqrt(6) (variance 2/fan_in), the classifier's bias as by default.
+        let plain = build(&Spec::parse("plain:1x28x28-n1-w4.8.8-nobn").unwrap(), 3, true).unwrap();
+        let he = build(&Spec::parse("plain:1x28x28-n1-w4.8.8-nobn-he").unwrap(), 3, true).unwrap();
+        for (k, v) in &he.params {
+            let (a, b) = (v.as_f32(), plain.params[k].as_f32());
+            let gain = if k.ends_with(".weight") { 6f32.sqrt() } else { 1.0 };
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - gain * y).abs() <= 1e-6 * x.abs().max(1.0), "{k}");
             }
         }
         // `b` in a cnn spec: conv (no bias) -> BN -> ReLU.
