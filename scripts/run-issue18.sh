@@ -4,12 +4,15 @@
 # of PlainNet-20 and ResNet-20 at each optimizer's best learning rate
 # (experiments/bn-compare.json, its "lr" map from scripts/best-lr.py), then the depth sweep
 # (experiments/bn-depth.json), then PlainNet-20 without BN, where Path-SGD applies
-# (experiments/bn-free-plain20.json). In the background:
-#   nohup scripts/run-issue18.sh > issue18.log 2>&1 &
+# (experiments/bn-free-plain20.json: PyTorch's default initialization), then a learning-rate
+# probe of the same net at He's initialization (experiments/bn-free-he-lr*.json). In the
+# background, twice, so that both cores train (each run is locked by the process training it):
+#   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
+#   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-2.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/run-bn-lr-sweep.sh
-for e in bn-compare bn-depth bn-free-plain20; do
+for e in bn-compare bn-depth bn-free-plain20 bn-free-he-lr0.1 bn-free-he-lr0.01; do
   if [ ! -f "experiments/$e.json" ]; then
     echo "experiments/$e.json not written yet: choose the learning rates with scripts/best-lr.py"
     exit 0
