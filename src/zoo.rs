@@ -565,11 +565,25 @@ mod tests {
         }
         // `he`: the same draws, weights scaled by sqrt(6/fan_in) / (1/sqrt(fan_in)) =
         // sqrt(6) (variance 2/fan_in), the classifier's bias as by default.
-        let plain = build(&Spec::parse("plain:1x28x28-n1-w4.8.8-nobn").unwrap(), 3, true).unwrap();
-        let he = build(&Spec::parse("plain:1x28x28-n1-w4.8.8-nobn-he").unwrap(), 3, true).unwrap();
+        let plain = build(
+            &Spec::parse("plain:1x28x28-n1-w4.8.8-nobn").unwrap(),
+            3,
+            true,
+        )
+        .unwrap();
+        let he = build(
+            &Spec::parse("plain:1x28x28-n1-w4.8.8-nobn-he").unwrap(),
+            3,
+            true,
+        )
+        .unwrap();
         for (k, v) in &he.params {
             let (a, b) = (v.as_f32(), plain.params[k].as_f32());
-            let gain = if k.ends_with(".weight") { 6f32.sqrt() } else { 1.0 };
+            let gain = if k.ends_with(".weight") {
+                6f32.sqrt()
+            } else {
+                1.0
+            };
             for (x, y) in a.iter().zip(b) {
                 assert!((x - gain * y).abs() <= 1e-6 * x.abs().max(1.0), "{k}");
             }
