@@ -203,7 +203,7 @@ fn plane_sums<T: Elem>(g: &[T], x: &[T], y: &[T], mu: T, relu: bool, sg: &mut f6
         *sg += wide(gm);
         *sgx += wide(gm * (x - mu));
     }
-    let (ag, agx) = match relu_lanes_avx2(relu, g, x, y, mu) {
+    let (ag, agx) = match lanes_avx2(relu, g, x, y, mu) {
         Some(lanes) => lanes,
         None if relu => lane_sums(g, x, y, mu, |g, y| masked(true, g, y)),
         None => lane_sums(g, x, y, mu, |g, _| g),
@@ -236,15 +236,15 @@ fn lane_sums<T: Elem>(
     (ag, agx)
 }
 
-/// [`lane_sums`] with the ReLU mask for f32 on a CPU with AVX2, written with its
-/// intrinsics: the same IEEE operations on the same lanes in the same order (the mask is an
-/// and with the comparison, which is the select; no fused multiply-add), so the same sums
-/// bit for bit. The compiler's own code for that loop loaded g behind a branch per lane (to
-/// skip the loads the mask drops), which made the sum ten times as slow as without the
-/// mask: ~17% of a narrow PlainNet-20 training step. `None` for f64, without the mask or
-/// without AVX2.
+/// [`lane_sums`] for f32 on a CPU with AVX2, written with its intrinsics: the same IEEE
+/// operations on the same lanes in the same order (the ReLU mask is an and with the
+/// comparison, which is the select; no fused multiply-add), so the same sums bit for bit.
+/// The compiler's own code for the masked loop loaded g behind a branch per lane (to skip
+/// the loads the mask drops), which made the sum ten times as slow as without the mask:
+/// ~17% of a narrow PlainNet-20 training step; and as a closure the loop was compiled for
+/// the baseline CPU (4 wide). `None` for f64 or without AVX2.
 #[inline(always)]
-fn relu_lanes_avx2<T: Elem>(
+fn lanes_avx2<T: Elem>(
     relu: bool,
     g: &[T],
     x: &[T],
@@ -252,8 +252,7 @@ fn relu_lanes_avx2<T: Elem>(
     mu: T,
 ) -> Option<([T; LANES], [T; LANES])> {
     #[cfg(target_arch = "x86_64")]
-    if relu
-        && LANES == 8
+    if LANES == 8
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx2")
     {
@@ -263,7 +262,7 @@ fn relu_lanes_avx2<T: Elem>(
             |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) };
         let mu = mu.to_f32().expect("an f32");
         // SAFETY: the CPU has AVX2 (checked above); the three slices have one length.
-        let (ag, agx) = unsafe { relu_lanes_f32_avx2(f32s(g), f32s(x), f32s(y), mu) };
+        let (ag, agx) = unsafe { lanes_f32_avx2(relu, f32s(g), f32s(x), f32s(y), mu) };
         let back = |a: [f32; 8]| a.map(|v| T::from(v).expect("a float"));
         return Some((back(ag), back(agx)));
     }
@@ -273,7 +272,13 @@ fn relu_lanes_avx2<T: Elem>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn relu_lanes_f32_avx2(g: &[f32], x: &[f32], y: &[f32], mu: f32) -> ([f32; 8], [f32; 8]) {
+unsafe fn lanes_f32_avx2(
+    relu: bool,
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    mu: f32,
+) -> ([f32; 8], [f32; 8]) {
     use std::arch::x86_64::*;
     let (mut ag, mut agx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (m, zero) = (_mm256_set1_ps(mu), _mm256_setzero_ps());
@@ -287,7 +292,11 @@ unsafe fn relu_lanes_f32_avx2(g: &[f32], x: &[f32], y: &[f32], mu: f32) -> ([f32
                 _mm256_loadu_ps(y.as_ptr().add(k)),
             )
         };
-        let gm = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(yv, zero));
+        let gm = if relu {
+            _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(yv, zero))
+        } else {
+            gv
+        };
         ag = _mm256_add_ps(ag, gm);
         agx = _mm256_add_ps(agx, _mm256_mul_ps(gm, _mm256_sub_ps(xv, m)));
         k += 8;
@@ -566,10 +575,11 @@ mod tests {
             .all(|&v| v >= 0.0));
     }
 
-    /// The AVX2 sums with the ReLU mask are the portable loop's bit for bit (random values,
-    /// a quarter of the outputs exactly 0 and some -0, as a fused ReLU leaves them).
+    /// The AVX2 sums, with and without the ReLU mask, are the portable loop's bit for bit
+    /// (random values, a quarter of the outputs exactly 0 and some -0, as a fused ReLU
+    /// leaves them).
     #[test]
-    fn relu_masked_sums_are_the_portable_loops_bit_for_bit() {
+    fn avx2_sums_are_the_portable_loops_bit_for_bit() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         for len in [8, 24, 784, 1000] {
@@ -583,18 +593,19 @@ mod tests {
                 })
                 .collect();
             let mu = 0.3f32;
-            let portable = lane_sums(&g, &x, &y, mu, |g, y| masked(true, g, y));
-            match relu_lanes_avx2(true, &g, &x, &y, mu) {
-                Some(fast) => {
-                    let bits = |a: [f32; LANES]| a.map(f32::to_bits);
-                    assert_eq!(bits(fast.0), bits(portable.0), "len {len}");
-                    assert_eq!(bits(fast.1), bits(portable.1), "len {len}");
+            for relu in [true, false] {
+                let portable = lane_sums(&g, &x, &y, mu, |g, y| masked(relu, g, y));
+                match lanes_avx2(relu, &g, &x, &y, mu) {
+                    Some(fast) => {
+                        let bits = |a: [f32; LANES]| a.map(f32::to_bits);
+                        assert_eq!(bits(fast.0), bits(portable.0), "len {len} relu {relu}");
+                        assert_eq!(bits(fast.1), bits(portable.1), "len {len} relu {relu}");
+                    }
+                    None => eprintln!("no AVX2 here: only the portable loop runs"),
                 }
-                None => eprintln!("no AVX2 here: only the portable loop runs"),
             }
-            assert!(relu_lanes_avx2(false, &g, &x, &y, mu).is_none());
             let g64: Vec<f64> = g.iter().map(|&v| v as f64).collect();
-            assert!(relu_lanes_avx2(true, &g64, &g64, &g64, 0.0).is_none());
+            assert!(lanes_avx2(true, &g64, &g64, &g64, 0.0).is_none());
         }
     }
 }
