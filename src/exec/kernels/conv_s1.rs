@@ -261,16 +261,18 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
                     place_rows(dst, src, g.wo, g.wp, 0);
                 }
             }
-            // Kernel row dy: (M x C·kw) = G (M x cols) · X_dy^T.
+            // Kernel row dy, transposed: (C·kw x M) = X_dy (C·kw x cols) · G^T. (The gemm
+            // crate computes a row-major product as its transpose; this way round it packs
+            // G, M rows, instead of X_dy, C·kw rows, and reads X_dy in place.)
             let cols = g.cols(nb);
             for dy in 0..g.kh {
-                let a = Mat::strided(gw, g.m, cols, span as isize, 1);
-                let b = Mat::strided(&xp[dy * g.wp..], ck, cols, span as isize, 1).t();
-                gemm(&mut part[dy * g.m * ck..][..g.m * ck], a, b, false, threads);
+                let a = Mat::strided(&xp[dy * g.wp..], ck, cols, span as isize, 1);
+                let b = Mat::strided(gw, g.m, cols, span as isize, 1).t();
+                gemm(&mut part[dy * ck * g.m..][..ck * g.m], a, b, false, threads);
             }
         },
     );
-    // Sum the chunks in order, then (kh, M, C, kw) -> (M, C, kh, kw).
+    // Sum the chunks in order, then (kh, C, kw, M) -> (M, C, kh, kw).
     let (first, rest) = parts.split_at_mut(size);
     for part in rest.chunks(size) {
         for (a, b) in first.iter_mut().zip(part) {
@@ -282,7 +284,7 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
         for m in 0..g.m {
             for c in 0..g.c {
                 for dx in 0..g.kw {
-                    let from = ((dy * g.m + m) * g.c + c) * g.kw + dx;
+                    let from = ((dy * g.c + c) * g.kw + dx) * g.m + m;
                     dw[((m * g.c + c) * g.kh + dy) * g.kw + dx] = first[from];
                 }
             }
