@@ -205,8 +205,7 @@ fn plane_sums<T: Elem>(g: &[T], x: &[T], y: &[T], mu: T, relu: bool, sg: &mut f6
     }
     let (ag, agx) = match lanes_avx2(relu, g, x, y, mu) {
         Some(lanes) => lanes,
-        None if relu => lane_sums(g, x, y, mu, |g, y| masked(true, g, y)),
-        None => lane_sums(g, x, y, mu, |g, _| g),
+        None => lane_sums(g, x, y, mu, |g, y| masked(relu, g, y)),
     };
     *sg += ag.iter().map(|&a| wide(a)).sum::<f64>();
     *sgx += agx.iter().map(|&a| wide(a)).sum::<f64>();
