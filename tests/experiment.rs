@@ -373,3 +373,46 @@ fn a_run_locked_by_another_process_is_left_to_it() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The jitter column: the standard deviation of a run's test accuracy over its last 10
+/// epochs, or over its last half when it has fewer than 20, averaged over runs; "-" for runs
+/// of fewer than 4 epochs. Metrics written by hand, so the expected values are exact.
+#[test]
+fn jitter_is_taken_over_the_end_of_a_run_only() {
+    let (dir, file, out) = setup(
+        "jitter",
+        r#"{"name": "jitter", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0], "epochs": 5, "batch": 32, "lr": 0.05}"#,
+    );
+    let write = |optimizer: &str, accs: &[f64]| {
+        let lines: String = accs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                format!(
+                    "{{\"optimizer\":\"{optimizer}\",\"epoch\":{},\"lr\":0.05,\"train_loss\":1.0,\
+                     \"test_loss\":1.0,\"test_accuracy\":{a},\"seconds\":1.0,\"guarded_steps\":0}}\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::create_dir_all(out.join("jitter")).unwrap();
+        std::fs::write(out.join(format!("jitter/{optimizer}-seed0.jsonl")), lines).unwrap();
+    };
+    // 5 epochs: the last 2 count (sd of 0.90, 0.92 is 0.0141), not the early ones.
+    write("sgd", &[0.1, 0.5, 0.8, 0.90, 0.92]);
+    // Part-way at 3 epochs: too short for a jitter.
+    write("ec-sgd", &[0.1, 0.5, 0.8]);
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    let row = |o: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {o} |")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("sgd").contains("| 0.9200 | 0.0141 |"), "{table}");
+    assert!(row("ec-sgd").contains("(epoch 3) | - |"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -239,19 +239,21 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                 })
                 .collect();
             // Epoch-to-epoch noise of the test accuracy near the end: the standard deviation
-            // over each run's last 10 epochs (or fewer), averaged over runs. A gap smaller
-            // than this is within what one more or one fewer epoch would change.
+            // over each run's last 10 epochs, or its last half when shorter (so that a short
+            // run's early epochs, far from the end, are not counted as noise), averaged over
+            // runs; none for runs of fewer than 4 epochs. A gap smaller than this is within
+            // what one more or one fewer epoch would change.
             let jitter: Vec<f64> = mine
                 .iter()
-                .map(|r| {
-                    let tail: Vec<f64> = r
+                .filter_map(|r| {
+                    let trained: Vec<f64> = r
                         .rows
                         .iter()
-                        .rev()
-                        .take(10)
+                        .filter(|m| m.epoch > 0)
                         .map(|m| m.test_accuracy)
                         .collect();
-                    mean_std(&tail).1
+                    let window = (trained.len() / 2).min(10);
+                    (window >= 2).then(|| mean_std(&trained[trained.len() - window..]).1)
                 })
                 .collect();
             s += &format!(
