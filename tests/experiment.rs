@@ -276,6 +276,15 @@ fn gap_tables_pair_every_method_with_every_baseline() {
         let row =
             format!("| cnn:1x8x8-c4-b-c4-b-c4-b-10 | {method} | {base} | 2 | {m:.4} ± {sd:.4} |");
         assert!(table.contains(&row), "{row}\n{table}");
+        // The last column: the paired t, mean over standard error (sd / sqrt 2).
+        let line = table.lines().find(|l| l.starts_with(&row)).unwrap();
+        let t = line.trim_end_matches(" |").rsplit("| ").next().unwrap();
+        let want = if sd > 0.0 {
+            format!("{:.2}", m / (sd / 2f64.sqrt()))
+        } else {
+            "-".to_string()
+        };
+        assert_eq!(t, want, "{line}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

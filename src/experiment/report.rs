@@ -19,6 +19,14 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+/// The paired t statistic of gaps d (one per seed): mean(d) / (sd(d) / sqrt(n)), the gap in
+/// units of its standard error; none for fewer than 2 gaps or gaps all equal. With n = 3
+/// seeds (2 degrees of freedom) |t| > 4.30 is significant at 5% two-sided, t > 2.92 one-sided.
+pub fn paired_t(d: &[f64]) -> Option<f64> {
+    let (m, sd) = mean_std(d);
+    (d.len() >= 2 && sd > 0.0).then(|| m / (sd / (d.len() as f64).sqrt()))
+}
+
 /// The fields of a metrics line that the summary and the plots read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Row {
@@ -343,10 +351,10 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
         let mut rows = String::new();
         if only_ec {
             rows += "\nGap EC-SGD − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour EC-SGD):\n\n";
-            rows += "| model | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead |\n|---|---|---|---|---|---|---|\n";
+            rows += "| model | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds EC-SGD ahead | t |\n|---|---|---|---|---|---|---|---|\n";
         } else {
             rows += "\nGap method − baseline, paired by seed (mean ± sd over seeds; positive accuracy and negative loss favour the method):\n\n";
-            rows += "| model | method | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds method ahead |\n|---|---|---|---|---|---|---|---|\n";
+            rows += "| model | method | baseline | seeds | final test acc gap | best test acc gap | final test loss gap | seeds method ahead | t |\n|---|---|---|---|---|---|---|---|---|\n";
         }
         let header = rows.len();
         for model in exp.model.list() {
@@ -376,13 +384,14 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
                     rows += &format!("| {} ", method.name());
                 }
                 rows += &format!(
-                    "| {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
                     base.name(),
                     acc.len(),
                     pm(&acc, 4),
                     pm(&best, 4),
                     pm(&loss, 4),
-                    acc.iter().filter(|&&d| d > 0.0).count()
+                    acc.iter().filter(|&&d| d > 0.0).count(),
+                    paired_t(&acc).map_or("-".to_string(), |t| format!("{t:.2}"))
                 );
             }
         }
