@@ -3,17 +3,18 @@
 # interruption): the learning-rate sweep (scripts/run-bn-lr-sweep.sh), then the comparison
 # of PlainNet-20 and ResNet-20 at each optimizer's best learning rate
 # (experiments/bn-compare.json, its "lr" map from scripts/best-lr.py), then the depth sweep
-# (experiments/bn-depth.json: PlainNet-8 and -14; bn-depth32.json: PlainNet-32, after the
-# shallower ones have their 3 seeds), then PlainNet-20 without BN, where Path-SGD applies
-# (experiments/bn-free-plain20.json: PyTorch's default initialization), then a learning-rate
-# probe of the same net at He's initialization (experiments/bn-free-he-lr*.json). In the
+# (experiments/bn-depth.json: PlainNet-8 and -14), then PlainNet-20 without BN, where
+# Path-SGD applies (experiments/bn-free-plain20.json: PyTorch's default initialization),
+# then a learning-rate probe of the same net at He's initialization
+# (experiments/bn-free-he-lr*.json), then PlainNet-32 (experiments/bn-depth32.json, last:
+# it costs as much as the BN-free runs and the probe together). In the
 # background, twice, so that both cores train (each run is locked by the process training it):
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-2.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/run-bn-lr-sweep.sh
-for e in bn-compare bn-depth bn-depth32 bn-free-plain20 bn-free-he-lr0.1 bn-free-he-lr0.01; do
+for e in bn-compare bn-depth bn-free-plain20 bn-free-he-lr0.1 bn-free-he-lr0.01 bn-depth32; do
   if [ ! -f "experiments/$e.json" ]; then
     echo "experiments/$e.json not written yet: choose the learning rates with scripts/best-lr.py"
     exit 0
