@@ -17,6 +17,16 @@ fn setup(tag: &str, json: &str) -> (PathBuf, PathBuf, PathBuf) {
     (dir, file, out)
 }
 
+/// [`setup`] of an experiment `tag`: SGD and EC-SGD on a small MLP on digits, seed 0, for
+/// `epochs` epochs.
+fn sgd_and_ec_sgd(tag: &str, epochs: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let json = format!(
+        r#"{{"name": "{tag}", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
+            "seeds": [0], "epochs": {epochs}, "batch": 32, "lr": 0.05}}"#
+    );
+    setup(tag, &json)
+}
+
 /// `ecc experiment FILE --out OUT EXTRA...`.
 fn exp(file: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![
@@ -351,11 +361,7 @@ fn experiments_under_way_are_reported_as_such() {
 /// is skipped (and said so), the others train; once the lock is free the next call trains it.
 #[test]
 fn a_run_locked_by_another_process_is_left_to_it() {
-    let (dir, file, out) = setup(
-        "locked",
-        r#"{"name": "locked", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
-            "seeds": [0], "epochs": 1, "batch": 32, "lr": 0.05}"#,
-    );
+    let (dir, file, out) = sgd_and_ec_sgd("locked", 1);
     std::fs::create_dir_all(out.join("locked")).unwrap();
     // flock locks belong to an open file: this handle conflicts with the child's own.
     let held = std::fs::File::create(out.join("locked/sgd-seed0.lock")).unwrap();
@@ -388,11 +394,7 @@ fn a_run_locked_by_another_process_is_left_to_it() {
 /// of fewer than 4 epochs. Metrics written by hand, so the expected values are exact.
 #[test]
 fn jitter_is_taken_over_the_end_of_a_run_only() {
-    let (dir, file, out) = setup(
-        "jitter",
-        r#"{"name": "jitter", "model": "mlp:64-16-10", "data": "digits", "optimizers": ["sgd", "ec-sgd"],
-            "seeds": [0], "epochs": 5, "batch": 32, "lr": 0.05}"#,
-    );
+    let (dir, file, out) = sgd_and_ec_sgd("jitter", 5);
     let write = |optimizer: &str, accs: &[f64]| {
         let lines: String = accs
             .iter()
