@@ -81,6 +81,15 @@ fn runs_are_written_skipped_and_resumed() {
     let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
+    // Every epoch records the machine that trained it, and the summary counts them.
+    let machine = ecc::exec::cpu::machine();
+    assert!(resumed
+        .lines()
+        .all(|l| l.contains(&format!("\"machine\":\"{machine}\""))));
+    assert!(
+        table.contains(&format!("Epochs trained per machine: {machine}: 12.")),
+        "{table}"
+    );
     // The per-seed gap table pairs the two optimizers' runs.
     assert!(table.contains("| mlp:64-16-10 | sgd | 2 | "), "{table}");
     // Plots: one accuracy and one loss chart, one line per optimizer.
@@ -425,5 +434,43 @@ fn jitter_is_taken_over_the_end_of_a_run_only() {
     };
     assert!(row("sgd").contains("| 0.9200 | 0.0141 |"), "{table}");
     assert!(row("ec-sgd").contains("(epoch 3) | - |"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The summary says which machines trained the epochs (the rows written before the field
+/// existed count as "not recorded") and names a run that was resumed on another machine.
+#[test]
+fn the_summary_names_the_machines_that_trained_the_runs() {
+    let (dir, file, out) = sgd_and_ec_sgd("machines", 2);
+    let write = |optimizer: &str, machines: &[Option<&str>]| {
+        let lines: String = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let field = m.map_or(String::new(), |m| format!(",\"machine\":\"{m}\""));
+                format!(
+                    "{{\"optimizer\":\"{optimizer}\",\"epoch\":{},\"lr\":0.05,\"train_loss\":1.0,\
+                     \"test_loss\":1.0,\"test_accuracy\":0.5,\"seconds\":1.0,\"guarded_steps\":0{field}}}\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::create_dir_all(out.join("machines")).unwrap();
+        std::fs::write(out.join(format!("machines/{optimizer}-seed0.jsonl")), lines).unwrap();
+    };
+    write("sgd", &[None, None]);
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!table.contains("per machine"), "{table}");
+    write("ec-sgd", &[Some("CPU A / avx2"), Some("CPU B / avx512")]);
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains(
+            "Epochs trained per machine: CPU A / avx2: 1; CPU B / avx512: 1; not recorded: 2. \
+             Trained on more than one: ec-sgd seed 0."
+        ),
+        "{table}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

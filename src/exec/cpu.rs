@@ -1,4 +1,5 @@
-//! CPU feature dispatch for ecc's own elementwise loops.
+//! CPU feature dispatch for ecc's own elementwise loops, and the description of the machine
+//! that metrics record ([`machine`]).
 
 /// Define `fn name(args) -> R { body }` compiled twice: for AVX2, called when the CPU has it
 /// (std caches the check), and for the build's baseline (x86-64 has 4-wide SSE2 only). The
@@ -49,6 +50,55 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// The machine as far as it decides a run's numbers: the CPU model and the matmul kernels
+/// the `gemm` crate picks on it at run time (AVX-512 where the CPU has AVX-512F, otherwise
+/// FMA/AVX2, otherwise scalar), e.g. `AMD EPYC / avx2`. Different kernels, and different
+/// cache sizes (which set the gemm's blocking), round differently, so the same run gives the
+/// same bits only on the same kind of machine. Recorded in every metrics line.
+pub fn machine() -> String {
+    static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| format!("{} / {}", cpu_model(), matmul_kernels()))
+        .clone()
+}
+
+/// The CPU's model name (Linux: /proc/cpuinfo), or "unknown CPU".
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The matmul kernels the `gemm` crate (built with its `x86-v4` feature) runs here: its own
+/// dispatch rule (`gemm-common`'s `init_gemm_fn`).
+fn matmul_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "avx512"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "avx2"
+        } else {
+            "scalar"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
 }
 
 #[cfg(test)]

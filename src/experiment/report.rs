@@ -36,6 +36,9 @@ pub struct Row {
     pub test_loss: f64,
     pub seconds: f64,
     pub guarded_steps: usize,
+    /// The machine that trained the epoch (metrics written since 2026-12-02).
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// The metrics of one run, as written by [`run`].
@@ -400,7 +403,43 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
             s += &rows;
         }
     }
+    s += &machines(exp, &runs);
     Ok(s)
+}
+
+/// A line on the machines that trained the experiment's epochs (rounding, and so the exact
+/// numbers, depend on the CPU and its matmul kernels; times per epoch too), and the runs
+/// whose epochs more than one kind of machine trained (resumed elsewhere); empty while no
+/// metrics line records its machine.
+fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
+    let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut mixed = vec![];
+    for r in runs {
+        let mut kinds: Vec<&str> = vec![];
+        for m in r.rows.iter().filter(|m| m.epoch > 0) {
+            let k = m.machine.as_deref().unwrap_or("not recorded");
+            *count.entry(k).or_default() += 1;
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        if kinds.len() > 1 {
+            let model = match exp.model {
+                Models::Many(_) => format!("{} ", r.model),
+                _ => String::new(),
+            };
+            mixed.push(format!("{model}{} seed {}", r.optimizer.name(), r.seed));
+        }
+    }
+    if count.keys().all(|&k| k == "not recorded") {
+        return String::new();
+    }
+    let list: Vec<String> = count.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let mut s = format!("\nEpochs trained per machine: {}.", list.join("; "));
+    if !mixed.is_empty() {
+        s += &format!(" Trained on more than one: {}.", mixed.join(", "));
+    }
+    s + "\n"
 }
 
 /// A y range that shows the competitive series in detail: series whose final mean is far

@@ -408,6 +408,9 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// EC-SGD steps in which the R guard engaged.
     pub guarded_steps: usize,
+    /// The machine that computed the row ([`crate::exec::cpu::machine`]): a rerun gives the
+    /// same bits on the same kind of machine only.
+    pub machine: String,
     /// Epoch-0 rows only: which model the row evaluates ([`start_metrics`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Start>,
@@ -507,6 +510,7 @@ pub fn start_row(
         test_accuracy,
         seconds: 0.0,
         guarded_steps: 0,
+        machine: crate::exec::cpu::machine(),
         start: Some(start),
     })
 }
@@ -1053,6 +1057,7 @@ pub fn train_with(
             test_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
+            machine: crate::exec::cpu::machine(),
             start: None,
         };
         // The metrics line first, then the checkpoint (see `metrics_upto`).
