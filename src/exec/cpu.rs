@@ -36,6 +36,9 @@ pub(crate) use wide_fn;
 /// the closure is inlined into a copy of this function built for AVX2, so its loops are
 /// vectorized 8 wide there (same results, as for `wide_fn!`). For loops inside generic
 /// kernels, around a body that runs long enough to pay for the check (a plane, a row).
+/// LLVM may still leave a closure's body out of line, compiled for the baseline: BN's
+/// elementwise passes handed through `norm::planes` ran 4-wide SSE and scalar this way (14%
+/// of a narrow PlainNet step); check hot loops in a profile (`perf annotate`: xmm vs ymm).
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
