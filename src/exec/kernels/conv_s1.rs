@@ -1,16 +1,20 @@
 //! Stride-1 2-D convolution without im2col (issue 12: the im2col/col2im copies were a fifth
 //! of a ResNet-20 training step).
 //!
-//! A chunk of samples is copied, zero-padded, into a buffer of rows of samples x S values:
-//! each sample's padded plane (Hp x Wp) and `kw - 1` zeros, S = Hp·Wp + kw − 1. On such a
-//! row the input a tap (dy, dx) reads for output position q of the "wide" grid
-//! q = sample·S + oy·Wp + ox is at q + dy·Wp + dx. The buffer holds kw rows per channel,
-//! row (c, dx) shifted left by dx (a kw-fold copy, where im2col is kh·kw-fold), so the taps
-//! of kernel row dy read one strided matrix X_dy (rows (c, dx), start dy·Wp) and the
-//! convolution is one matmul per kernel row, accumulated,
-//! `y_wide (M x Q) += W_dy (M x C·kw) · X_dy (C·kw x Q)`; the wide grid's extra columns
-//! (ox >= Wo, and the rows between samples) are computed and dropped when the result is
-//! copied out. The input gradient is the same convolution of the output gradient with the
+//! A chunk of samples is copied into a buffer of rows of samples x S values, the padding
+//! shared between neighbours: each image row is stored after Pw = max(pl, pr) zeros (row
+//! stride Wq = W + Pw: one row's right padding is the next row's left padding), each sample
+//! after Ph = max(pt, pb) zero rows (a sample's bottom padding is the next one's top
+//! padding), S = (H + Ph)·Wq. On such a row the input a tap (dy, dx) reads for output
+//! position q of the "wide" grid q = sample·S + oy·Wq + ox is at q + B + dy·Wq + dx, with
+//! B = (Ph − pt)·Wq + Pw − pl. The buffer holds kw rows per channel, row (c, dx) shifted left
+//! by dx (a kw-fold copy, where im2col is kh·kw-fold), so the taps of kernel row dy read one
+//! strided matrix X_dy (rows (c, dx), start B + dy·Wq) and the convolution is one matmul per
+//! kernel row, accumulated, `y_wide (M x Q) += W_dy (M x C·kw) · X_dy (C·kw x Q)`; the wide
+//! grid's extra columns (ox >= Wo, and the rows between samples) are computed and dropped
+//! when the result is copied out. Sharing the padding keeps those extra columns few: for a
+//! 3x3 convolution with pads 1 on 8x8 planes the wide grid is 9·9 = 81 per sample for 64
+//! outputs (+27%), where padding each plane whole (10·10 + 2) made it 102 (+59%). The input gradient is the same convolution of the output gradient with the
 //! kernel flipped and transposed (pads k − 1 − p), the weight gradient one matmul per kernel
 //! row of the output gradient on the wide grid (zeros in the extra columns) with X_dy
 //! transposed.
@@ -36,10 +40,16 @@ pub(super) struct Wide {
     kw: usize,
     pt: usize,
     pl: usize,
-    wp: usize,
+    /// Zero rows before each sample, Ph = max(pt, pb), and after the last one, pb.
+    ph: usize,
+    pb: usize,
+    /// Zeros before each image row, Pw = max(pl, pr).
+    pw: usize,
+    /// Row stride in the chunk buffer: W + Pw.
+    wq: usize,
     ho: usize,
     wo: usize,
-    /// Values per sample in the chunk buffer: Hp·Wp + kw − 1.
+    /// Values per sample in the chunk buffer: (H + Ph)·Wq.
     s: usize,
     /// Samples per chunk.
     nb: usize,
@@ -69,8 +79,9 @@ impl Wide {
     }
 
     fn new(n: usize, c: usize, m: usize, hw: [usize; 2], k: [usize; 2], p: [usize; 4]) -> Wide {
-        let (hp, wp) = (hw[0] + p[0] + p[2], hw[1] + p[1] + p[3]);
-        let s = hp * wp + k[1] - 1;
+        let (ph, pw) = (p[0].max(p[2]), p[1].max(p[3]));
+        let wq = hw[1] + pw;
+        let s = (hw[0] + ph) * wq;
         Wide {
             n,
             c,
@@ -81,9 +92,12 @@ impl Wide {
             kw: k[1],
             pt: p[0],
             pl: p[1],
-            wp,
-            ho: hp + 1 - k[0],
-            wo: wp + 1 - k[1],
+            ph,
+            pb: p[2],
+            pw,
+            wq,
+            ho: hw[0] + p[0] + p[2] + 1 - k[0],
+            wo: hw[1] + p[1] + p[3] + 1 - k[1],
             s,
             nb: CHUNK_COLS.div_ceil(s).clamp(1, n.max(1)),
         }
@@ -114,23 +128,41 @@ impl Wide {
     }
 
     /// Columns of the wide grid of a chunk of `nb` samples (the last sample's extra rows
-    /// left out, so every read stays inside the chunk's buffer).
+    /// left out).
     fn cols(&self, nb: usize) -> usize {
-        (nb - 1) * self.s + self.ho * self.wp
+        (nb - 1) * self.s + self.ho * self.wq
     }
 
-    /// Copy samples `n0 .. n0 + nb` of `x` (N, C, H, W) into `buf` as (C·kw, nb·S): row
-    /// c·kw + dx holds the chunk's zero-padded planes of channel c shifted left by dx, so
-    /// that one row block serves a whole kernel row of taps.
+    /// Values per buffer row of a chunk of `nb` samples: the samples, then the zeros that
+    /// the last one's bottom padding and the taps past its last row read (the largest read
+    /// of [`Wide::matmuls`] is nb·S + pb·Wq + Pw − pl + kw − 2).
+    fn span(&self, nb: usize) -> usize {
+        nb * self.s + self.pb * self.wq + self.pw + self.kw
+    }
+
+    /// Where the reads of tap (0, 0) start in a buffer row: B = (Ph − pt)·Wq + Pw − pl.
+    fn base(&self) -> usize {
+        (self.ph - self.pt) * self.wq + self.pw - self.pl
+    }
+
+    /// Scratch for a chunk: the packed input (C·kw rows) and the wide grid (M rows).
+    fn scratch(&self) -> usize {
+        (self.c * self.kw + self.m) * self.span(self.nb)
+    }
+
+    /// Copy samples `n0 .. n0 + nb` of `x` (N, C, H, W) into `buf` as (C·kw, span): row
+    /// c·kw + dx holds the chunk's planes of channel c with their shared zero padding,
+    /// shifted left by dx, so that one row block serves a whole kernel row of taps.
     fn pack<T: Elem>(&self, x: &[T], n0: usize, nb: usize, buf: &mut [T]) {
-        let (plane, span) = (self.h * self.w, nb * self.s);
+        let (plane, span) = (self.h * self.w, self.span(nb));
         for c in 0..self.c {
             let block = &mut buf[c * self.kw * span..][..self.kw * span];
             for j in 0..nb {
                 let src = &x[((n0 + j) * self.c + c) * plane..][..plane];
                 let dst = &mut block[j * self.s..][..self.s];
-                place_rows(dst, src, self.w, self.wp, self.pt * self.wp + self.pl);
+                place_rows(dst, src, self.w, self.wq, self.ph * self.wq + self.pw);
             }
+            block[nb * self.s..span].fill(T::zero());
             let (first, rest) = block.split_at_mut(span);
             for (d, row) in rest.chunks_mut(span).enumerate() {
                 row[..span - d - 1].copy_from_slice(&first[d + 1..]);
@@ -159,10 +191,10 @@ impl Wide {
     /// `y_wide (M x cols) = sum over kernel rows dy of W_dy · X_dy` for a chunk packed in
     /// `xp`, `wr` from [`Wide::rows_first`].
     fn matmuls<T: Elem>(&self, wr: &[T], xp: &[T], nb: usize, yw: &mut [T], threads: bool) {
-        let (cols, span, ck) = (self.cols(nb), nb * self.s, self.c * self.kw);
+        let (cols, span, ck) = (self.cols(nb), self.span(nb), self.c * self.kw);
         for dy in 0..self.kh {
             let a = Mat::strided(&wr[dy * ck..], self.m, ck, (self.kh * ck) as isize, 1);
-            let b = Mat::strided(&xp[dy * self.wp..], ck, cols, span as isize, 1);
+            let b = Mat::strided(&xp[self.base() + dy * self.wq..], ck, cols, span as isize, 1);
             gemm(&mut yw[..self.m * cols], a, b, dy > 0, threads);
         }
     }
@@ -196,21 +228,21 @@ pub(super) fn forward<T: Elem>(
     epilogue: impl Fn(usize, &mut [T]) + Sync,
 ) {
     let out = g.m * g.ho * g.wo;
-    let scratch = (g.c * g.kw + g.m) * g.nb * g.s;
+    let scratch = g.scratch();
     let wr = g.rows_first(wt);
     on_threads(
         y.chunks_mut(g.nb * out).collect(),
         scratch,
         |ci, ych: &mut [T], threads, buf| {
             let nb = ych.len() / out;
-            let (xp, yw) = buf.split_at_mut(g.c * g.kw * nb * g.s);
+            let (xp, yw) = buf.split_at_mut(g.c * g.kw * g.span(nb));
             g.pack(x, ci * g.nb, nb, xp);
             g.matmuls(&wr, xp, nb, yw, threads);
             let cols = g.cols(nb);
             for (j, yn) in ych.chunks_mut(out).enumerate() {
                 for (m, ym) in yn.chunks_mut(g.ho * g.wo).enumerate() {
                     for (oy, row) in ym.chunks_mut(g.wo).enumerate() {
-                        let src = &yw[m * cols + j * g.s + oy * g.wp..][..g.wo];
+                        let src = &yw[m * cols + j * g.s + oy * g.wq..][..g.wo];
                         row.copy_from_slice(src);
                         epilogue(m, row);
                     }
@@ -242,14 +274,14 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
     let (ck, size) = (g.c * g.kw, g.m * g.c * g.taps());
     let chunks = g.n.div_ceil(g.nb).max(1);
     let mut parts = vec![T::zero(); chunks * size];
-    let scratch = (g.c * g.kw + g.m) * g.nb * g.s;
+    let scratch = g.scratch();
     on_threads(
         parts.chunks_mut(size).collect(),
         scratch,
         |ci, part: &mut [T], threads, buf| {
             let n0 = ci * g.nb;
             let nb = g.nb.min(g.n - n0);
-            let span = nb * g.s;
+            let span = g.span(nb);
             let (xp, gw) = buf.split_at_mut(ck * span);
             g.pack(x, n0, nb, xp);
             // The output gradient on the wide grid, zeros in its extra columns.
@@ -258,7 +290,7 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
                 for m in 0..g.m {
                     let src = &gy[((n0 + j) * g.m + m) * plane..][..plane];
                     let dst = &mut gw[m * span + j * g.s..][..g.s];
-                    place_rows(dst, src, g.wo, g.wp, 0);
+                    place_rows(dst, src, g.wo, g.wq, 0);
                 }
             }
             // Kernel row dy, transposed: (C·kw x M) = X_dy (C·kw x cols) · G^T. (The gemm
@@ -266,7 +298,7 @@ pub(super) fn weight_grad<T: Elem>(g: &Wide, gy: &[T], x: &[T]) -> Vec<T> {
             // G, M rows, instead of X_dy, C·kw rows, and reads X_dy in place.)
             let cols = g.cols(nb);
             for dy in 0..g.kh {
-                let a = Mat::strided(&xp[dy * g.wp..], ck, cols, span as isize, 1);
+                let a = Mat::strided(&xp[g.base() + dy * g.wq..], ck, cols, span as isize, 1);
                 let b = Mat::strided(gw, g.m, cols, span as isize, 1).t();
                 gemm(&mut part[dy * ck * g.m..][..ck * g.m], a, b, false, threads);
             }
