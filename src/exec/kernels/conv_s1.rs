@@ -194,7 +194,13 @@ impl Wide {
         let (cols, span, ck) = (self.cols(nb), self.span(nb), self.c * self.kw);
         for dy in 0..self.kh {
             let a = Mat::strided(&wr[dy * ck..], self.m, ck, (self.kh * ck) as isize, 1);
-            let b = Mat::strided(&xp[self.base() + dy * self.wq..], ck, cols, span as isize, 1);
+            let b = Mat::strided(
+                &xp[self.base() + dy * self.wq..],
+                ck,
+                cols,
+                span as isize,
+                1,
+            );
             gemm(&mut yw[..self.m * cols], a, b, dy > 0, threads);
         }
     }
