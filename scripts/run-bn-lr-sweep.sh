@@ -9,5 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 for lr in 0.1 1.0 0.3 0.03; do
-  ./target/release/ecc experiment "experiments/bn-plain20-lr$lr.json"
+  "${ECC:-./target/release/ecc}" experiment "experiments/bn-plain20-lr$lr.json"
 done

@@ -11,6 +11,9 @@
 # background, twice, so that both cores train (each run is locked by the process training it):
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-2.log 2>&1 &
+# ECC=PATH runs another ecc binary (default ./target/release/ecc): a copy made before
+# rebuilding keeps a queue on one build while the source changes (a build that rounds
+# differently would otherwise take over at the next experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/run-bn-lr-sweep.sh
@@ -19,5 +22,5 @@ for e in bn-compare bn-depth bn-free-plain20 bn-free-he-lr0.1 bn-free-he-lr0.01 
     echo "experiments/$e.json not written yet: choose the learning rates with scripts/best-lr.py"
     exit 0
   fi
-  ./target/release/ecc experiment "experiments/$e.json"
+  "${ECC:-./target/release/ecc}" experiment "experiments/$e.json"
 done
