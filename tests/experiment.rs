@@ -401,6 +401,14 @@ fn a_run_locked_by_another_process_is_left_to_it() {
 /// The jitter column: the standard deviation of a run's test accuracy over its last 10
 /// epochs, or over its last half when it has fewer than 20, averaged over runs; "-" for runs
 /// of fewer than 4 epochs. Metrics written by hand, so the expected values are exact.
+/// A metrics line as `ecc train` writes it (loss 1.0, 1 s), `extra` fields appended.
+fn metrics_line(optimizer: &str, epoch: usize, acc: f64, extra: &str) -> String {
+    format!(
+        "{{\"optimizer\":\"{optimizer}\",\"epoch\":{epoch},\"lr\":0.05,\"train_loss\":1.0,\
+         \"test_loss\":1.0,\"test_accuracy\":{acc},\"seconds\":1.0,\"guarded_steps\":0{extra}}}\n"
+    )
+}
+
 #[test]
 fn jitter_is_taken_over_the_end_of_a_run_only() {
     let (dir, file, out) = sgd_and_ec_sgd("jitter", 5);
@@ -408,13 +416,7 @@ fn jitter_is_taken_over_the_end_of_a_run_only() {
         let lines: String = accs
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                format!(
-                    "{{\"optimizer\":\"{optimizer}\",\"epoch\":{},\"lr\":0.05,\"train_loss\":1.0,\
-                     \"test_loss\":1.0,\"test_accuracy\":{a},\"seconds\":1.0,\"guarded_steps\":0}}\n",
-                    i + 1
-                )
-            })
+            .map(|(i, &a)| metrics_line(optimizer, i + 1, a, ""))
             .collect();
         std::fs::create_dir_all(out.join("jitter")).unwrap();
         std::fs::write(out.join(format!("jitter/{optimizer}-seed0.jsonl")), lines).unwrap();
@@ -448,11 +450,7 @@ fn the_summary_names_the_machines_that_trained_the_runs() {
             .enumerate()
             .map(|(i, m)| {
                 let field = m.map_or(String::new(), |m| format!(",\"machine\":\"{m}\""));
-                format!(
-                    "{{\"optimizer\":\"{optimizer}\",\"epoch\":{},\"lr\":0.05,\"train_loss\":1.0,\
-                     \"test_loss\":1.0,\"test_accuracy\":0.5,\"seconds\":1.0,\"guarded_steps\":0{field}}}\n",
-                    i + 1
-                )
+                metrics_line(optimizer, i + 1, 0.5, &field)
             })
             .collect();
         std::fs::create_dir_all(out.join("machines")).unwrap();

@@ -156,9 +156,7 @@ fn bn_fwd<T: Elem>(
     let y = planes(x.len(), s, |p, yp| {
         let (k, b) = (k[p % c], b[p % c]);
         let xp = &x[p * s..][..yp.len()];
-        if !affine_avx2(op.relu, k, b, xp, yp) {
-            affine(op.relu, k, b, xp, yp);
-        }
+        affine(true, op.relu, k, b, xp, yp);
     });
     Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
 }
@@ -301,9 +299,58 @@ unsafe fn lanes_f32_avx2(
     (a, b)
 }
 
-/// The forward pass over one plane: `out = k x + b`, then the fused ReLU.
+/// Whether T is f32 and the CPU has AVX2: the elementwise passes below then run with AVX2
+/// intrinsics.
+fn f32_avx2<T: Elem>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        return std::arch::is_x86_feature_detected!("avx2");
+    }
+    false
+}
+
+/// Reinterpret a slice of T as f32; T must be f32 ([`f32_avx2`]).
+#[cfg(target_arch = "x86_64")]
+fn as_f32<T: Elem>(v: &[T]) -> &[f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (asserted).
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+}
+
+/// Reinterpret an output plane of T as f32; T must be f32 ([`f32_avx2`]).
+#[cfg(target_arch = "x86_64")]
+fn as_f32_out<T: Elem>(v: &mut [std::mem::MaybeUninit<T>]) -> &mut [f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (asserted) and MaybeUninit<f32> has f32's layout; the values are
+    // only written.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) }
+}
+
+/// The forward pass over one plane: `out = k x + b`, then the fused ReLU (`v < 0 ? 0 : v`).
+/// With `fast`, for f32 on a CPU with AVX2, written with its intrinsics
+/// ([`affine_f32_avx2`]): the same IEEE operations (a multiply, then an add; no fused
+/// multiply-add), so the same bits, 8 wide. The compiler's code for the portable loop was
+/// 4-wide SSE: handed to `planes` as a closure, it is not inlined into `vectorized`'s AVX2
+/// copy (with the backward's pass, 14% of a narrow PlainNet-32 training step on an AVX2
+/// machine). `fast` is off only to test the two against each other.
 #[inline(always)]
-fn affine<T: Elem>(relu: bool, k: T, b: T, x: &[T], out: &mut [std::mem::MaybeUninit<T>]) {
+fn affine<T: Elem>(
+    fast: bool,
+    relu: bool,
+    k: T,
+    b: T,
+    x: &[T],
+    out: &mut [std::mem::MaybeUninit<T>],
+) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if fast && f32_avx2::<T>() {
+        let (k, b) = (k.to_f32().expect("f32"), b.to_f32().expect("f32"));
+        // SAFETY: the CPU has AVX2 (checked above); the two slices have one length.
+        unsafe { affine_f32_avx2(relu, k, b, as_f32(x), as_f32_out(out)) };
+        return;
+    }
+    let _ = fast;
     let zero = T::zero();
     if relu {
         for (y, &x) in out.iter_mut().zip(x) {
@@ -317,62 +364,8 @@ fn affine<T: Elem>(relu: bool, k: T, b: T, x: &[T], out: &mut [std::mem::MaybeUn
     }
 }
 
-/// The input gradient over one plane: `out = a g' + b x + d`, g' = g masked by the fused ReLU.
-#[inline(always)]
-fn dx_plane<T: Elem>(
-    relu: bool,
-    (a, b, d): (T, T, T),
-    g: &[T],
-    x: &[T],
-    y: &[T],
-    out: &mut [std::mem::MaybeUninit<T>],
-) {
-    for (((dx, &g), &x), &y) in out.iter_mut().zip(g).zip(x).zip(y) {
-        dx.write(a * masked(relu, g, y) + b * x + d);
-    }
-}
-
-/// The slices of T as f32 slices, when T is f32 and the CPU has AVX2 (the elementwise
-/// passes below then run with AVX2 intrinsics).
-#[cfg(target_arch = "x86_64")]
-fn f32_avx2<T: Elem>() -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx2")
-}
-
-/// The forward pass over one plane, `out = k x + b`, then the fused ReLU (`v < 0 ? 0 : v`,
-/// which is `max(0, v)` as MAXPS takes it: its second operand where the first is not
-/// greater, so NaN and -0 pass as they are), with AVX2 intrinsics for f32: the same IEEE
-/// operations as the portable loop (a multiply, then an add; no fused multiply-add), so
-/// the same bits, 8 wide. The compiler's code for the portable loop was 4-wide SSE: the
-/// closure is not inlined into `vectorized`'s AVX2 copy (14% of a narrow PlainNet-32
-/// training step on an AVX2 machine, with the backward's pass). False (nothing written)
-/// for f64 or without AVX2.
-#[inline(always)]
-fn affine_avx2<T: Elem>(
-    relu: bool,
-    k: T,
-    b: T,
-    x: &[T],
-    out: &mut [std::mem::MaybeUninit<T>],
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if f32_avx2::<T>() {
-        assert_eq!(x.len(), out.len());
-        let (k, b) = (k.to_f32().expect("f32"), b.to_f32().expect("f32"));
-        // SAFETY: T is f32 (checked above), MaybeUninit<f32> has f32's layout, and the CPU
-        // has AVX2; the two slices have one length.
-        unsafe {
-            let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-            let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len());
-            affine_f32_avx2(relu, k, b, x, out);
-        }
-        return true;
-    }
-    let _ = (relu, k, b, x, out);
-    false
-}
-
+/// `affine` for f32 with AVX2 intrinsics; the ReLU as `max(0, v)` as MAXPS takes it (its
+/// second operand where the first is not greater), so NaN and -0 pass as in `v < 0 ? 0 : v`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn affine_f32_avx2(relu: bool, k: f32, b: f32, x: &[f32], out: &mut [f32]) {
@@ -394,35 +387,33 @@ unsafe fn affine_f32_avx2(relu: bool, k: f32, b: f32, x: &[f32], out: &mut [f32]
     }
 }
 
-/// The input gradient over one plane, `out = a g' + b x + d` with g' = g masked by the
-/// fused ReLU (g where y > 0, else 0), with AVX2 intrinsics for f32: the same operations in
-/// the same order as the portable loop ((a g' + b x) + d; the mask an and with the
-/// comparison), so the same bits. The portable loop compiled to scalar code with a branch
-/// per value (see [`lanes_f32_avx2`]). False (nothing written) for f64 or without AVX2.
+/// The input gradient over one plane: `out = a g' + b x + d` with g' = g masked by the
+/// fused ReLU (g where y > 0, else 0). With `fast`, for f32 on a CPU with AVX2, written with
+/// its intrinsics ([`dx_f32_avx2`]): the same operations in the same order ((a g' + b x) +
+/// d; the mask an and with the comparison), so the same bits; the portable loop compiled to
+/// scalar code with a branch per value (see [`lanes_f32_avx2`]). `fast` is off only to test
+/// the two against each other.
 #[inline(always)]
-fn dx_avx2<T: Elem>(
+fn dx_plane<T: Elem>(
+    fast: bool,
     relu: bool,
     (a, b, d): (T, T, T),
-    g: &[T],
-    x: &[T],
-    y: &[T],
+    [g, x, y]: [&[T]; 3],
     out: &mut [std::mem::MaybeUninit<T>],
-) -> bool {
+) {
+    assert!(g.len() == out.len() && x.len() == out.len() && y.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if f32_avx2::<T>() {
-        assert!(g.len() == out.len() && x.len() == out.len() && y.len() == out.len());
+    if fast && f32_avx2::<T>() {
         let f = |v: T| v.to_f32().expect("f32");
-        // SAFETY: T is f32 (checked above), MaybeUninit<f32> has f32's layout, and the CPU
-        // has AVX2; the four slices have one length.
-        unsafe {
-            let s = |v: &[T]| std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len());
-            let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len());
-            dx_f32_avx2(relu, [f(a), f(b), f(d)], s(g), s(x), s(y), out);
-        }
-        return true;
+        let c = [f(a), f(b), f(d)];
+        // SAFETY: the CPU has AVX2 (checked above); the four slices have one length.
+        unsafe { dx_f32_avx2(relu, c, as_f32(g), as_f32(x), as_f32(y), as_f32_out(out)) };
+        return;
     }
-    let _ = (relu, a, b, d, g, x, y, out);
-    false
+    let _ = fast;
+    for (((dx, &g), &x), &y) in out.iter_mut().zip(g).zip(x).zip(y) {
+        dx.write(a * masked(relu, g, y) + b * x + d);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -535,9 +526,7 @@ fn bn_dx<T: Elem>(
         let (a, b, d) = coef[p % c];
         let o = p * s;
         let (gp, xp, yp) = (&g[o..o + s], &x[o..o + s], &y[o..o + s]);
-        if !dx_avx2(bn.relu, (a, b, d), gp, xp, yp, dp) {
-            dx_plane(bn.relu, (a, b, d), gp, xp, yp, dp);
-        }
+        dx_plane(true, bn.relu, (a, b, d), [gp, xp, yp], dp);
     });
     Ok((T::to_cpu_storage_owned(dx), xl.shape().clone()))
 }
@@ -722,6 +711,17 @@ mod tests {
             .all(|&v| v >= 0.0));
     }
 
+    /// Outputs of a fused ReLU: random, a quarter exactly 0 and some -0.
+    fn relu_outputs(rng: &mut impl rand::Rng, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| match i % 8 {
+                0 | 1 => 0.0,
+                2 => -0.0,
+                _ => rng.gen_range(-1.0f32..1.0).max(0.0),
+            })
+            .collect()
+    }
+
     /// The AVX2 sums, with and without the ReLU mask, are the portable loop's bit for bit
     /// (random values, a quarter of the outputs exactly 0 and some -0, as a fused ReLU
     /// leaves them).
@@ -732,13 +732,7 @@ mod tests {
         for len in [8, 24, 784, 1000] {
             let g: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let x: Vec<f32> = (0..len).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
-            let y: Vec<f32> = (0..len)
-                .map(|i| match i % 8 {
-                    0 | 1 => 0.0,
-                    2 => -0.0,
-                    _ => rng.gen_range(-1.0f32..1.0).max(0.0),
-                })
-                .collect();
+            let y = relu_outputs(&mut rng, len);
             let mu = 0.3f32;
             for relu in [true, false] {
                 let portable = lane_sums(&g, &x, &y, mu, |g, y| masked(relu, g, y));
@@ -763,16 +757,21 @@ mod tests {
     fn avx2_passes_are_the_portable_loops_bit_for_bit() {
         use rand::{Rng, SeedableRng};
         use std::mem::MaybeUninit;
+        if !f32_avx2::<f32>() {
+            eprintln!("no AVX2 here: only the portable loops run");
+        }
+        assert!(!f32_avx2::<f64>());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let run = |f: &dyn Fn(&mut [MaybeUninit<f32>]) -> bool, len: usize| {
-            let mut out = vec![MaybeUninit::new(f32::NAN); len];
-            let done = f(&mut out);
-            (
-                done,
+        // The bits a pass writes over `len` values, fast and portable.
+        let run = |len: usize, f: &dyn Fn(bool, &mut [MaybeUninit<f32>])| {
+            [true, false].map(|fast| {
+                let mut out = vec![MaybeUninit::new(f32::NAN); len];
+                f(fast, &mut out);
+                // SAFETY: every pass writes its whole output.
                 out.iter()
                     .map(|v| unsafe { v.assume_init() }.to_bits())
-                    .collect::<Vec<_>>(),
-            )
+                    .collect::<Vec<_>>()
+            })
         };
         for len in [5, 8, 27, 784, 1001] {
             let mut v = |lo: f32, hi: f32| -> Vec<f32> {
@@ -783,47 +782,17 @@ mod tests {
             x[0] = 0.0;
             x[1] = -0.0;
             x[2] = f32::NAN;
-            let y: Vec<f32> = (0..len)
-                .map(|i| match i % 8 {
-                    0 | 1 => 0.0,
-                    2 => -0.0,
-                    _ => rng.gen_range(-1.0f32..1.0).max(0.0),
-                })
-                .collect();
+            let y = relu_outputs(&mut rng, len);
             for relu in [true, false] {
                 // b = ±0 keeps k·(±0) + b at ±0: both zeros meet the ReLU.
                 for (k, b) in [(1.7f32, 0.0f32), (1.7, -0.0), (-0.6, 0.25)] {
-                    let (done, fast) = run(&|o| affine_avx2(relu, k, b, &x, o), len);
-                    let (_, portable) = run(
-                        &|o| {
-                            affine(relu, k, b, &x, o);
-                            true
-                        },
-                        len,
-                    );
-                    if done {
-                        assert_eq!(fast, portable, "affine len {len} relu {relu} b {b}");
-                    }
+                    let [fast, portable] = run(len, &|f, o| affine(f, relu, k, b, &x, o));
+                    assert_eq!(fast, portable, "affine len {len} relu {relu} b {b}");
                 }
                 let c = (0.9f32, -0.31f32, 0.05f32);
-                let (done, fast) = run(&|o| dx_avx2(relu, c, &g, &x, &y, o), len);
-                let (_, portable) = run(
-                    &|o| {
-                        dx_plane(relu, c, &g, &x, &y, o);
-                        true
-                    },
-                    len,
-                );
-                if done {
-                    assert_eq!(fast, portable, "dx len {len} relu {relu}");
-                } else {
-                    eprintln!("no AVX2 here: only the portable loops run");
-                }
+                let [fast, portable] = run(len, &|f, o| dx_plane(f, relu, c, [&g, &x, &y], o));
+                assert_eq!(fast, portable, "dx len {len} relu {relu}");
             }
         }
-        let x64 = vec![1.0f64; 16];
-        let mut out = vec![MaybeUninit::new(0.0f64); 16];
-        assert!(!affine_avx2(true, 1.0, 0.0, &x64, &mut out));
-        assert!(!dx_avx2(true, (1.0, 0.0, 0.0), &x64, &x64, &x64, &mut out));
     }
 }
