@@ -472,3 +472,29 @@ fn the_summary_names_the_machines_that_trained_the_runs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--only` trains the named optimizers' runs and leaves the others for a later call (the
+/// summary says they have not started); a name the description lacks is a usage error.
+#[test]
+fn only_trains_the_named_optimizers() {
+    let (dir, file, out) = sgd_and_ec_sgd("only", 1);
+    let (code, _, err) = exp(&file, &out, &["--only", "path-sgd"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--only path-sgd: experiment only has no such optimizer (it has sgd, ec-sgd)"),
+        "{err}"
+    );
+    assert!(!out.join("only").exists());
+    let (code, text, err) = exp(&file, &out, &["--only", "ec-sgd"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("1 runs complete (1 trained now)"), "{text}");
+    assert!(out.join("only/ec-sgd-seed0.jsonl").is_file());
+    assert!(!out.join("only/sgd-seed0.jsonl").exists());
+    let (_, table, _) = exp(&file, &out, &["--summary"]);
+    assert!(table.contains("not started: 1"), "{table}");
+    // Without --only, the rest.
+    let (code, text, err) = exp(&file, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("2 runs complete (1 trained now)"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
