@@ -14,10 +14,10 @@
 //! grid's extra columns (ox >= Wo, and the rows between samples) are computed and dropped
 //! when the result is copied out. Sharing the padding keeps those extra columns few: for a
 //! 3x3 convolution with pads 1 on 8x8 planes the wide grid is 9·9 = 81 per sample for 64
-//! outputs (+27%), where padding each plane whole (10·10 + 2) made it 102 (+59%). The input gradient is the same convolution of the output gradient with the
-//! kernel flipped and transposed (pads k − 1 − p), the weight gradient one matmul per kernel
-//! row of the output gradient on the wide grid (zeros in the extra columns) with X_dy
-//! transposed.
+//! outputs (+27%), where padding each plane whole (10·10 + 2) made it 102 (+59%). The input
+//! gradient is the same convolution of the output gradient with the kernel flipped and
+//! transposed (pads k − 1 − p), the weight gradient one matmul per kernel row of the output
+//! gradient on the wide grid (zeros in the extra columns) with X_dy transposed.
 
 use super::gemm::{gemm, on_threads, Mat};
 use super::window::Window;
