@@ -460,13 +460,15 @@ fn the_summary_names_the_machines_that_trained_the_runs() {
     let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(!table.contains("per machine"), "{table}");
+    // A run whose older lines do not say is not counted as trained on two machines.
+    write("sgd", &[None, Some("CPU A / avx2")]);
     write("ec-sgd", &[Some("CPU A / avx2"), Some("CPU B / avx512")]);
     let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         table.contains(
-            "Epochs trained per machine: CPU A / avx2: 1; CPU B / avx512: 1; not recorded: 2. \
-             Trained on more than one: ec-sgd seed 0."
+            "Epochs trained per machine: CPU A / avx2: 2; CPU B / avx512: 1; not recorded: 1. \
+             Trained on more than one: ec-sgd seed 0.\n"
         ),
         "{table}"
     );

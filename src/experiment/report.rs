@@ -409,8 +409,8 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
 
 /// A line on the machines that trained the experiment's epochs (rounding, and so the exact
 /// numbers, depend on the CPU and its matmul kernels; times per epoch too), and the runs
-/// whose epochs more than one kind of machine trained (resumed elsewhere); empty while no
-/// metrics line records its machine.
+/// whose epochs more than one recorded kind of machine trained (resumed elsewhere); empty
+/// while no metrics line records its machine.
 fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
     let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut mixed = vec![];
@@ -419,7 +419,8 @@ fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
         for m in r.rows.iter().filter(|m| m.epoch > 0) {
             let k = m.machine.as_deref().unwrap_or("not recorded");
             *count.entry(k).or_default() += 1;
-            if !kinds.contains(&k) {
+            // Lines that do not say are not counted as another machine.
+            if m.machine.is_some() && !kinds.contains(&k) {
                 kinds.push(k);
             }
         }
