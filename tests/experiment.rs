@@ -398,9 +398,6 @@ fn a_run_locked_by_another_process_is_left_to_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The jitter column: the standard deviation of a run's test accuracy over its last 10
-/// epochs, or over its last half when it has fewer than 20, averaged over runs; "-" for runs
-/// of fewer than 4 epochs. Metrics written by hand, so the expected values are exact.
 /// A metrics line as `ecc train` writes it (loss 1.0, 1 s), `extra` fields appended.
 fn metrics_line(optimizer: &str, epoch: usize, acc: f64, extra: &str) -> String {
     format!(
@@ -409,6 +406,9 @@ fn metrics_line(optimizer: &str, epoch: usize, acc: f64, extra: &str) -> String 
     )
 }
 
+/// The jitter column: the standard deviation of a run's test accuracy over its last 10
+/// epochs, or over its last half when it has fewer than 20, averaged over runs; "-" for runs
+/// of fewer than 4 epochs. Metrics written by hand, so the expected values are exact.
 #[test]
 fn jitter_is_taken_over_the_end_of_a_run_only() {
     let (dir, file, out) = sgd_and_ec_sgd("jitter", 5);
