@@ -225,6 +225,33 @@ fn lane_sums<T: Elem>(
     (ag, agx)
 }
 
+/// Whether T is f32 and the CPU has AVX2: the BN sums and elementwise passes below then run
+/// with AVX2 intrinsics.
+fn f32_avx2<T: Elem>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        return std::arch::is_x86_feature_detected!("avx2");
+    }
+    false
+}
+
+/// Reinterpret a slice of T as f32; T must be f32 ([`f32_avx2`]).
+#[cfg(target_arch = "x86_64")]
+fn as_f32<T: Elem>(v: &[T]) -> &[f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (asserted).
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+}
+
+/// Reinterpret an output plane of T as f32; T must be f32 ([`f32_avx2`]).
+#[cfg(target_arch = "x86_64")]
+fn as_f32_out<T: Elem>(v: &mut [std::mem::MaybeUninit<T>]) -> &mut [f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (asserted) and MaybeUninit<f32> has f32's layout; the values are
+    // only written.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) }
+}
+
 /// [`lane_sums`] for f32 on a CPU with AVX2, written with its intrinsics: the same IEEE
 /// operations on the same lanes in the same order (the ReLU mask is an and with the
 /// comparison, which is the select; no fused multiply-add), so the same sums bit for bit.
@@ -241,17 +268,11 @@ fn lanes_avx2<T: Elem>(
     mu: T,
 ) -> Option<([T; LANES], [T; LANES])> {
     #[cfg(target_arch = "x86_64")]
-    if LANES == 8
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx2")
-    {
+    if LANES == 8 && f32_avx2::<T>() {
         assert!(x.len() == g.len() && y.len() == g.len());
-        // SAFETY: T is f32 (checked above), so the slices are f32 slices.
-        let f32s =
-            |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) };
         let mu = mu.to_f32().expect("an f32");
         // SAFETY: the CPU has AVX2 (checked above); the three slices have one length.
-        let (ag, agx) = unsafe { lanes_f32_avx2(relu, f32s(g), f32s(x), f32s(y), mu) };
+        let (ag, agx) = unsafe { lanes_f32_avx2(relu, as_f32(g), as_f32(x), as_f32(y), mu) };
         let back = |a: [f32; 8]| a.map(|v| T::from(v).expect("a float"));
         return Some((back(ag), back(agx)));
     }
@@ -297,33 +318,6 @@ unsafe fn lanes_f32_avx2(
         _mm256_storeu_ps(b.as_mut_ptr(), agx);
     }
     (a, b)
-}
-
-/// Whether T is f32 and the CPU has AVX2: the elementwise passes below then run with AVX2
-/// intrinsics.
-fn f32_avx2<T: Elem>() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-        return std::arch::is_x86_feature_detected!("avx2");
-    }
-    false
-}
-
-/// Reinterpret a slice of T as f32; T must be f32 ([`f32_avx2`]).
-#[cfg(target_arch = "x86_64")]
-fn as_f32<T: Elem>(v: &[T]) -> &[f32] {
-    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
-    // SAFETY: T is f32 (asserted).
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
-}
-
-/// Reinterpret an output plane of T as f32; T must be f32 ([`f32_avx2`]).
-#[cfg(target_arch = "x86_64")]
-fn as_f32_out<T: Elem>(v: &mut [std::mem::MaybeUninit<T>]) -> &mut [f32] {
-    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
-    // SAFETY: T is f32 (asserted) and MaybeUninit<f32> has f32's layout; the values are
-    // only written.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) }
 }
 
 /// The forward pass over one plane: `out = k x + b`, then the fused ReLU (`v < 0 ? 0 : v`).
