@@ -61,6 +61,15 @@ impl RunMetrics {
     pub fn epochs(&self) -> usize {
         self.rows.iter().filter(|m| m.epoch > 0).count()
     }
+    /// "optimizer seed N", after the model in a sweep over models.
+    fn name(&self, sweep: bool) -> String {
+        let model = if sweep {
+            format!("{} ", self.model)
+        } else {
+            String::new()
+        };
+        format!("{model}{} seed {}", self.optimizer.name(), self.seed)
+    }
 }
 
 /// The runs of one (model, optimizer), and those of them the statistics use: the completed
@@ -107,15 +116,9 @@ fn progress(exp: &Experiment, runs: &[RunMetrics]) -> Option<String> {
         .iter()
         .filter(|r| r.diverged.is_none() && r.epochs() < exp.epochs)
         .map(|r| {
-            let model = if sweep {
-                format!("{} ", r.model)
-            } else {
-                String::new()
-            };
-            let name = r.optimizer.name();
             format!(
-                "{model}{name} seed {} ({} of {} epochs)",
-                r.seed,
+                "{} ({} of {} epochs)",
+                r.name(sweep),
                 r.epochs(),
                 exp.epochs
             )
@@ -412,30 +415,33 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
 /// whose epochs more than one recorded kind of machine trained (resumed elsewhere); empty
 /// while no metrics line records its machine.
 fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
+    let sweep = matches!(exp.model, Models::Many(_));
     let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
-    let mut mixed = vec![];
+    let (mut unrecorded, mut mixed) = (0, vec![]);
     for r in runs {
         let mut kinds: Vec<&str> = vec![];
         for m in r.rows.iter().filter(|m| m.epoch > 0) {
-            let k = m.machine.as_deref().unwrap_or("not recorded");
-            *count.entry(k).or_default() += 1;
             // Lines that do not say are not counted as another machine.
-            if m.machine.is_some() && !kinds.contains(&k) {
+            let Some(k) = m.machine.as_deref() else {
+                unrecorded += 1;
+                continue;
+            };
+            *count.entry(k).or_default() += 1;
+            if !kinds.contains(&k) {
                 kinds.push(k);
             }
         }
         if kinds.len() > 1 {
-            let model = match exp.model {
-                Models::Many(_) => format!("{} ", r.model),
-                _ => String::new(),
-            };
-            mixed.push(format!("{model}{} seed {}", r.optimizer.name(), r.seed));
+            mixed.push(r.name(sweep));
         }
     }
-    if count.keys().all(|&k| k == "not recorded") {
+    if count.is_empty() {
         return String::new();
     }
-    let list: Vec<String> = count.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let mut list: Vec<String> = count.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    if unrecorded > 0 {
+        list.push(format!("not recorded: {unrecorded}"));
+    }
     let mut s = format!("\nEpochs trained per machine: {}.", list.join("; "));
     if !mixed.is_empty() {
         s += &format!(" Trained on more than one: {}.", mixed.join(", "));
