@@ -451,13 +451,18 @@ mod tests {
             (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
         };
         // (x dims, weight dims, pads)
-        let cases: [(&[usize], &[usize], &[usize]); 6] = [
+        let cases: [(&[usize], &[usize], &[usize]); 9] = [
             (&[3, 4, 7, 6], &[5, 4, 3, 3], &[1, 1, 1, 1]),
             (&[40, 2, 7, 6], &[3, 2, 3, 3], &[1, 1, 1, 1]),
             (&[2, 3, 5, 8], &[4, 3, 1, 1], &[0, 0, 0, 0]),
             (&[2, 3, 6, 5], &[2, 3, 3, 2], &[1, 0, 0, 1]),
             (&[1, 2, 9, 9], &[3, 2, 5, 5], &[2, 2, 1, 0]),
             (&[3, 2, 11], &[4, 2, 3], &[1, 1]),
+            // Outputs wider than the input (Wo > W), and a kernel wider than the input.
+            (&[2, 3, 4, 5], &[2, 3, 3, 3], &[2, 2, 2, 2]),
+            (&[3, 2, 4, 2], &[3, 2, 3, 5], &[1, 4, 1, 0]),
+            // A single column, kernel 3 and both pads on one side: shifts past a whole row.
+            (&[1, 2, 1, 1], &[2, 2, 1, 3], &[0, 2, 0, 0]),
         ];
         for (xd, wd, pads) in cases {
             let ns = xd.len() - 2;

@@ -1,23 +1,26 @@
 //! Stride-1 2-D convolution without im2col (issue 12: the im2col/col2im copies were a fifth
 //! of a ResNet-20 training step).
 //!
-//! A chunk of samples is copied into a buffer of rows of samples x S values, the padding
-//! shared between neighbours: each image row is stored after Pw = max(pl, pr) zeros (row
-//! stride Wq = W + Pw: one row's right padding is the next row's left padding), each sample
-//! after Ph = max(pt, pb) zero rows (a sample's bottom padding is the next one's top
-//! padding), S = (H + Ph)·Wq. On such a row the input a tap (dy, dx) reads for output
-//! position q of the "wide" grid q = sample·S + oy·Wq + ox is at q + B + dy·Wq + dx, with
-//! B = (Ph − pt)·Wq + Pw − pl. The buffer holds kw rows per channel, row (c, dx) shifted left
-//! by dx (a kw-fold copy, where im2col is kh·kw-fold), so the taps of kernel row dy read one
-//! strided matrix X_dy (rows (c, dx), start B + dy·Wq) and the convolution is one matmul per
-//! kernel row, accumulated, `y_wide (M x Q) += W_dy (M x C·kw) · X_dy (C·kw x Q)`; the wide
-//! grid's extra columns (ox >= Wo, and the rows between samples) are computed and dropped
-//! when the result is copied out. Sharing the padding keeps those extra columns few: for a
-//! 3x3 convolution with pads 1 on 8x8 planes the wide grid is 9·9 = 81 per sample for 64
-//! outputs (+27%), where padding each plane whole (10·10 + 2) made it 102 (+59%). The input
-//! gradient is the same convolution of the output gradient with the kernel flipped and
-//! transposed (pads k − 1 − p), the weight gradient one matmul per kernel row of the output
-//! gradient on the wide grid (zeros in the extra columns) with X_dy transposed.
+//! A chunk of samples is laid out as one "flat" image F of rows Wq = max(W, Wo) wide, the
+//! samples one after the other, each after Ph = max(pt, pb) zero rows (a sample's bottom
+//! padding is the next one's top padding): S = (H + Ph)·Wq values per sample, image row y of
+//! sample j at j·S + (Ph + y)·Wq, columns W..Wq zero. There is no zero column for the
+//! horizontal padding: the buffer holds kw rows per channel, row (c, dx) the flat image
+//! shifted by dx − pl with the values that a tap dx would read across an image row's edge
+//! set to zero ("masked": column t mod Wq where t mod Wq + dx − pl falls outside 0..W), so a
+//! read position's column is the output's column and the masks stand in for the padding.
+//! Output position q = j·S + oy·Wq + ox of the "wide" grid reads tap (dy, dx) at q + B +
+//! dy·Wq of row (c, dx), B = (Ph − pt)·Wq. So the taps of kernel row dy read one strided
+//! matrix X_dy (rows (c, dx), start B + dy·Wq), a kw-fold copy where im2col is kh·kw-fold,
+//! and the convolution is one matmul per kernel row, accumulated, `y_wide (M x Q) += W_dy
+//! (M x C·kw) · X_dy (C·kw x Q)`; the wide grid's extra columns (the Ph rows between samples,
+//! and ox >= Wo where Wo < W) are computed and dropped when the result is copied out. For a
+//! 3x3 convolution with pads 1 on 8x8 planes the wide grid is 9·8 = 72 per sample for 64
+//! outputs (+12.5%); with a zero column per row as well (before the masks) it was 9·9 = 81
+//! (+27%), and padding each plane whole (10·10 + 2) made it 102 (+59%). The input gradient
+//! is the same convolution of the output gradient with the kernel flipped and transposed
+//! (pads k − 1 − p), the weight gradient one matmul per kernel row of the output gradient on
+//! the wide grid (zeros in the extra columns) with X_dy transposed.
 
 use super::gemm::{gemm, on_threads, Mat};
 use super::window::Window;
@@ -43,9 +46,7 @@ pub(super) struct Wide {
     /// Zero rows before each sample, Ph = max(pt, pb), and after the last one, pb.
     ph: usize,
     pb: usize,
-    /// Zeros before each image row, Pw = max(pl, pr).
-    pw: usize,
-    /// Row stride in the chunk buffer: W + Pw.
+    /// Row stride in the chunk buffer: max(W, Wo).
     wq: usize,
     ho: usize,
     wo: usize,
@@ -79,8 +80,12 @@ impl Wide {
     }
 
     fn new(n: usize, c: usize, m: usize, hw: [usize; 2], k: [usize; 2], p: [usize; 4]) -> Wide {
-        let (ph, pw) = (p[0].max(p[2]), p[1].max(p[3]));
-        let wq = hw[1] + pw;
+        let ph = p[0].max(p[2]);
+        let (ho, wo) = (
+            hw[0] + p[0] + p[2] + 1 - k[0],
+            hw[1] + p[1] + p[3] + 1 - k[1],
+        );
+        let wq = hw[1].max(wo);
         let s = (hw[0] + ph) * wq;
         Wide {
             n,
@@ -94,10 +99,9 @@ impl Wide {
             pl: p[1],
             ph,
             pb: p[2],
-            pw,
             wq,
-            ho: hw[0] + p[0] + p[2] + 1 - k[0],
-            wo: hw[1] + p[1] + p[3] + 1 - k[1],
+            ho,
+            wo,
             s,
             nb: CHUNK_COLS.div_ceil(s).clamp(1, n.max(1)),
         }
@@ -133,16 +137,16 @@ impl Wide {
         (nb - 1) * self.s + self.ho * self.wq
     }
 
-    /// Values per buffer row of a chunk of `nb` samples: the samples, then the zeros that
-    /// the last one's bottom padding and the taps past its last row read (the largest read
-    /// of [`Wide::matmuls`] is nb·S + pb·Wq + Pw − pl + kw − 2).
+    /// Values per buffer row of a chunk of `nb` samples: the samples, then the last one's
+    /// bottom padding, pb zero rows. The largest read of [`Wide::matmuls`], B + (kh − 1)·Wq +
+    /// cols − 1, is its last value (Ho = H + pt + pb + 1 − kh); a multiple of Wq.
     fn span(&self, nb: usize) -> usize {
-        nb * self.s + self.pb * self.wq + self.pw + self.kw
+        nb * self.s + self.pb * self.wq
     }
 
-    /// Where the reads of tap (0, 0) start in a buffer row: B = (Ph − pt)·Wq + Pw − pl.
+    /// Where the reads of tap (0, dx) start in a buffer row: B = (Ph − pt)·Wq.
     fn base(&self) -> usize {
-        (self.ph - self.pt) * self.wq + self.pw - self.pl
+        (self.ph - self.pt) * self.wq
     }
 
     /// Scratch for a chunk: the packed input (C·kw rows) and the wide grid (M rows).
@@ -151,22 +155,43 @@ impl Wide {
     }
 
     /// Copy samples `n0 .. n0 + nb` of `x` (N, C, H, W) into `buf` as (C·kw, span): row
-    /// c·kw + dx holds the chunk's planes of channel c with their shared zero padding,
-    /// shifted left by dx, so that one row block serves a whole kernel row of taps.
+    /// c·kw + pl holds the chunk's planes of channel c in the flat layout (module doc), row
+    /// c·kw + dx the same shifted by s = dx − pl (value t is flat value t + s), masked: zero
+    /// where the column t mod Wq plus s falls outside 0..W (a tap reading across the edge of
+    /// an image row, where the padding is), so one row block serves a whole kernel row.
     fn pack<T: Elem>(&self, x: &[T], n0: usize, nb: usize, buf: &mut [T]) {
-        let (plane, span) = (self.h * self.w, self.span(nb));
+        let (plane, span, wq) = (self.h * self.w, self.span(nb), self.wq);
         for c in 0..self.c {
             let block = &mut buf[c * self.kw * span..][..self.kw * span];
+            let (before, rest) = block.split_at_mut(self.pl * span);
+            let (flat, after) = rest.split_at_mut(span);
             for j in 0..nb {
                 let src = &x[((n0 + j) * self.c + c) * plane..][..plane];
-                let dst = &mut block[j * self.s..][..self.s];
-                place_rows(dst, src, self.w, self.wq, self.ph * self.wq + self.pw);
+                let dst = &mut flat[j * self.s..][..self.s];
+                place_rows(dst, src, self.w, wq, self.ph * wq);
             }
-            block[nb * self.s..span].fill(T::zero());
-            let (first, rest) = block.split_at_mut(span);
-            for (d, row) in rest.chunks_mut(span).enumerate() {
-                row[..span - d - 1].copy_from_slice(&first[d + 1..]);
-                row[span - d - 1..].fill(T::zero());
+            flat[nb * self.s..].fill(T::zero());
+            let rows = before.chunks_mut(span).chain(after.chunks_mut(span));
+            for (dx, row) in (0..self.kw).filter(|&dx| dx != self.pl).zip(rows) {
+                // Shift, then mask the columns `cut` (those with t mod Wq + s outside 0..W).
+                // (A shift of a whole row or more, on inputs narrower than the kernel, masks
+                // every value: `e` keeps the copy inside the row.)
+                let cut = if dx > self.pl {
+                    let d = dx - self.pl;
+                    let e = d.min(span);
+                    row[..span - e].copy_from_slice(&flat[e..]);
+                    row[span - e..].fill(T::zero());
+                    self.w.saturating_sub(d)..wq
+                } else {
+                    let d = self.pl - dx;
+                    let e = d.min(span);
+                    row[e..].copy_from_slice(&flat[..span - e]);
+                    row[..e].fill(T::zero());
+                    0..d.min(wq)
+                };
+                for r in row.chunks_mut(wq) {
+                    r[cut.clone()].fill(T::zero());
+                }
             }
         }
     }
