@@ -174,9 +174,11 @@ pub(super) fn im2col_one<T: Elem>(w: &Window, x: &[T], cols: &mut [T]) {
             let d = &mut row[a..b];
             if sx == 1 {
                 d.copy_from_slice(&src[(base + a as isize) as usize..][..b - a]);
-            } else {
-                for (ox, v) in (a..b).zip(d) {
-                    *v = src[(base + (ox * sx) as isize) as usize];
+            } else if a < b {
+                // One slice and a stepped iterator: no bounds check per value.
+                let from = &src[(base + (a * sx) as isize) as usize..];
+                for (v, &s) in d.iter_mut().zip(from.iter().step_by(sx)) {
+                    *v = s;
                 }
             }
         });
@@ -196,9 +198,10 @@ pub(super) fn col2im_one<T: Elem>(w: &Window, cols: &[T], dx: &mut [T]) {
                 for (d, &v) in d.iter_mut().zip(s) {
                     *d += v;
                 }
-            } else {
-                for (ox, &v) in (a..b).zip(s) {
-                    dst[(base + (ox * sx) as isize) as usize] += v;
+            } else if a < b {
+                let to = &mut dst[(base + (a * sx) as isize) as usize..];
+                for (d, &v) in to.iter_mut().step_by(sx).zip(s) {
+                    *d += v;
                 }
             }
         });
