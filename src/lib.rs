@@ -19,6 +19,11 @@ pub mod zoo;
 
 pub use error::{Error, ErrorKind, Result};
 
+/// The source revision this binary was built from (`build.rs`): a git commit, with
+/// `+changes` when the tracked sources differed from it, or `unknown`. Recorded in every
+/// metrics line beside the machine, and in `ecc --version`.
+pub const BUILD: &str = env!("ECC_BUILD");
+
 /// ecc's cache folder, outside the source tree: `$XDG_CACHE_HOME/ecc` or `~/.cache/ecc`.
 /// The fixture script puts test models under `fixtures/` and the onnxruntime venv under
 /// `venv/` there.

@@ -81,13 +81,16 @@ fn runs_are_written_skipped_and_resumed() {
     let (code, table, err) = exp(&file, &out, &["--summary"]);
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("| ec-sgd | 2 | 3 |"), "{table}");
-    // Every epoch records the machine that trained it, and the summary counts them.
+    // Every epoch records the machine and the build that trained it, and the summary counts
+    // the machines (one build: no run named as trained by more than one).
     let machine = ecc::exec::cpu::machine();
-    assert!(resumed
-        .lines()
-        .all(|l| l.contains(&format!("\"machine\":\"{machine}\""))));
+    assert!(!ecc::BUILD.is_empty());
+    assert!(resumed.lines().all(|l| l.contains(&format!(
+        "\"machine\":\"{machine}\",\"build\":\"{}\"",
+        ecc::BUILD
+    ))));
     assert!(
-        table.contains(&format!("Epochs trained per machine: {machine}: 12.")),
+        table.contains(&format!("Epochs trained per machine: {machine}: 12.\n")),
         "{table}"
     );
     // The per-seed gap table pairs the two optimizers' runs.
@@ -469,6 +472,32 @@ fn the_summary_names_the_machines_that_trained_the_runs() {
         table.contains(
             "Epochs trained per machine: CPU A / avx2: 2; CPU B / avx512: 1; not recorded: 1. \
              Trained on more than one: ec-sgd seed 0.\n"
+        ),
+        "{table}"
+    );
+    // Builds: a run resumed by another build is named with its builds; lines without one
+    // are not counted as another build.
+    let line = |epoch: usize, build: &str| {
+        metrics_line(
+            "sgd",
+            epoch,
+            0.5,
+            &format!(",\"machine\":\"CPU A / avx2\"{build}"),
+        )
+    };
+    let lines = [
+        line(1, ""),
+        line(2, ",\"build\":\"aaaa\""),
+        line(3, ",\"build\":\"aaaa\""),
+        line(4, ",\"build\":\"bbbb+changes\""),
+    ];
+    std::fs::write(out.join("machines/sgd-seed0.jsonl"), lines.concat()).unwrap();
+    let (code, table, err) = exp(&file, &out, &["--summary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains(
+            "Trained on more than one: ec-sgd seed 0. \
+             Trained by more than one build: sgd seed 0 (aaaa, bbbb+changes).\n"
         ),
         "{table}"
     );

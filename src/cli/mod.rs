@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "ecc",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (build ", env!("ECC_BUILD"), ")"),
     about = "The equivalence-class compiler: ONNX ReLU networks, their rescaling symmetries, and EC-SGD training",
     long_about = "ecc reads a ReLU network from an ONNX file, holds it in its own IR, runs it with candle on \
 the CPU and writes it back as ONNX.\n\nModel errors (a truncated or non-ONNX file, an unsupported op, \

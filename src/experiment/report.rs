@@ -39,6 +39,10 @@ pub struct Row {
     /// The machine that trained the epoch (metrics written since 2026-12-02).
     #[serde(default)]
     pub machine: Option<String>,
+    /// The build that trained the epoch ([`crate::BUILD`]; metrics written since 2026-12-02
+    /// evening).
+    #[serde(default)]
+    pub build: Option<String>,
 }
 
 /// The metrics of one run, as written by [`run`].
@@ -412,16 +416,20 @@ pub fn summary(exp: &Experiment, out: &Path) -> Result<String> {
 
 /// A line on the machines that trained the experiment's epochs (rounding, and so the exact
 /// numbers, depend on the CPU and its matmul kernels; times per epoch too), and the runs
-/// whose epochs more than one recorded kind of machine trained (resumed elsewhere); empty
-/// while no metrics line records its machine.
+/// whose epochs more than one recorded kind of machine trained (resumed elsewhere), or more
+/// than one recorded build (resumed by a binary that may round differently); empty while no
+/// metrics line records its machine.
 fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
     let sweep = matches!(exp.model, Models::Many(_));
     let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
-    let (mut unrecorded, mut mixed) = (0, vec![]);
+    let (mut unrecorded, mut mixed, mut builds) = (0, vec![], vec![]);
     for r in runs {
-        let mut kinds: Vec<&str> = vec![];
+        let (mut kinds, mut seen): (Vec<&str>, Vec<&str>) = (vec![], vec![]);
         for m in r.rows.iter().filter(|m| m.epoch > 0) {
-            // Lines that do not say are not counted as another machine.
+            // Lines that do not say are not counted as another build or machine.
+            if let Some(b) = m.build.as_deref().filter(|b| !seen.contains(b)) {
+                seen.push(b);
+            }
             let Some(k) = m.machine.as_deref() else {
                 unrecorded += 1;
                 continue;
@@ -434,6 +442,9 @@ fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
         if kinds.len() > 1 {
             mixed.push(r.name(sweep));
         }
+        if seen.len() > 1 {
+            builds.push(format!("{} ({})", r.name(sweep), seen.join(", ")));
+        }
     }
     if count.is_empty() {
         return String::new();
@@ -445,6 +456,9 @@ fn machines(exp: &Experiment, runs: &[RunMetrics]) -> String {
     let mut s = format!("\nEpochs trained per machine: {}.", list.join("; "));
     if !mixed.is_empty() {
         s += &format!(" Trained on more than one: {}.", mixed.join(", "));
+    }
+    if !builds.is_empty() {
+        s += &format!(" Trained by more than one build: {}.", builds.join("; "));
     }
     s + "\n"
 }

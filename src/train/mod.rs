@@ -411,6 +411,8 @@ pub struct EpochMetrics {
     /// The machine that computed the row ([`crate::exec::cpu::machine`]): a rerun gives the
     /// same bits on the same kind of machine only.
     pub machine: String,
+    /// The build that computed the row ([`crate::BUILD`]): builds can round differently too.
+    pub build: String,
     /// Epoch-0 rows only: which model the row evaluates ([`start_metrics`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Start>,
@@ -511,6 +513,7 @@ pub fn start_row(
         seconds: 0.0,
         guarded_steps: 0,
         machine: crate::exec::cpu::machine(),
+        build: crate::BUILD.to_string(),
         start: Some(start),
     })
 }
@@ -1058,6 +1061,7 @@ pub fn train_with(
             seconds: t0.elapsed().as_secs_f64(),
             guarded_steps,
             machine: crate::exec::cpu::machine(),
+            build: crate::BUILD.to_string(),
             start: None,
         };
         // The metrics line first, then the checkpoint (see `metrics_upto`).
