@@ -6,7 +6,8 @@
 # (experiments/bn-depth.json: PlainNet-8 and -14), then PlainNet-20 without BN, where
 # Path-SGD applies (experiments/bn-free-plain20.json: PyTorch's default initialization),
 # then a learning-rate probe of the same net at He's initialization
-# (experiments/bn-free-he-lr*.json), with PlainNet-32 (experiments/bn-depth32.json: it
+# (experiments/bn-free-he-lr*.json; Path-SGD, whose step divides by the paths' scale γ ~ 7e4
+# at that initialization, at lrs of its own: bn-free-he-path-lr*.json), with PlainNet-32 (experiments/bn-depth32.json: it
 # costs as much as the BN-free runs and the probe together) around the probe. In the
 # background, twice, so that both cores train (each run is locked by the process training it):
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
@@ -21,7 +22,8 @@ scripts/run-bn-lr-sweep.sh
 # costs most (about 50 minutes a run on a 2-core AMD EPYC with two runs at once), so its
 # comparison with the control comes before the probe, and its SGD and gsgd-ref runs last.
 for step in bn-compare bn-depth bn-free-plain20 "bn-depth32 --only ec-sgd,sgd-ec-init" \
-  bn-free-he-lr0.1 bn-free-he-lr0.01 bn-depth32; do
+  bn-free-he-lr0.1 bn-free-he-lr0.01 bn-free-he-lr0.001 bn-free-he-path-lr100 \
+  bn-free-he-path-lr1000 bn-depth32; do
   set -- $step
   e=$1
   shift

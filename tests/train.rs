@@ -717,6 +717,63 @@ fn path_sgd_step_matches_the_path_norm_formula() {
     }
     println!("Path-SGD step vs the path-norm formula: worst error {worst:.1e} of the step");
     assert!(worst <= 1e-3, "{worst:e}");
+
+    // The scale `ecc train` reports for Path-SGD: percentiles of the weights' gamma (biases
+    // left out), the same numbers as the formula's.
+    let mut want: Vec<f64> = (0..3)
+        .flat_map(|k| {
+            let (o, n) = (widths[k + 1], widths[k]);
+            let (i, u) = (&inflow[k], &outflow[k + 1]);
+            (0..o * n).map(move |e| i[e % n] * u[e / n])
+        })
+        .collect();
+    want.sort_by(f64::total_cmp);
+    let at = |q: f64| want[((want.len() - 1) as f64 * q).round() as usize];
+    let got = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
+    for (q, v) in [0.1, 0.5, 0.9].into_iter().zip(got) {
+        assert!(
+            (v / at(q) - 1.0).abs() < 1e-4,
+            "gamma at {q}: {v} vs {}",
+            at(q)
+        );
+    }
+}
+
+/// Path-SGD's note: its gamma is a product of squared weights along paths, so scaling every
+/// weight of a bias-free L-layer MLP by c scales it by c^(2(L-1)); the note appears when
+/// the median leaves [0.1, 10] and says what the learning rate then acts like.
+#[test]
+fn path_sgd_note_reports_the_scale_of_gamma() {
+    let spec = ecc::zoo::Spec::parse("mlp:6-5-4-3").unwrap();
+    let g = ecc::zoo::build(&spec, 3, false).unwrap();
+    let [_, med, _] = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
+    let scaled = |c: f32| {
+        let mut s = g.clone();
+        for t in s.params.values_mut() {
+            if let ecc::ir::TensorData::F32(v) = &mut t.data {
+                v.iter_mut().for_each(|x| *x *= c);
+            }
+        }
+        s
+    };
+    // PyTorch's default initialization (weights of variance 1/(3 fan_in)): already below 1
+    // with 3 layers. Scaled so that the median is 1, and by 10 from there.
+    let unit = scaled(med.powf(-0.25) as f32);
+    let big = scaled(10.0 * med.powf(-0.25) as f32);
+    let [_, med1, _] = ecc::train::path_sgd_gamma(&unit).unwrap().unwrap();
+    let [_, med10, _] = ecc::train::path_sgd_gamma(&big).unwrap().unwrap();
+    assert!((med1 - 1.0).abs() < 1e-4, "{med} -> {med1}");
+    assert!((med10 / 1e4 - 1.0).abs() < 1e-4, "{med} -> {med10}");
+    let note = |g: &ecc::ir::Graph| ecc::train::path_sgd_note(g, 0.01).unwrap();
+    assert_eq!(note(&unit), None);
+    for (m, g) in [(med, &g), (med10, &big)] {
+        let n = note(g).expect("a note for gamma far from 1");
+        let says = format!("lr 0.01 steps like SGD at lr {:.1e}", 0.01 / m);
+        assert!(n.contains(&says), "{n}");
+    }
+    // A model Path-SGD does not apply to (BatchNorm): an error, which `ecc train` leaves to
+    // the training run to report.
+    assert!(ecc::train::path_sgd_gamma(&bn_cnn()).is_err());
 }
 
 /// `--keep-function`: EC-SGD starts from the canonical form, which computes what the model

@@ -239,6 +239,13 @@ pub fn run(mut a: Args) -> Result<()> {
             println!("note: {note}");
         }
     }
+    // Path-SGD's γ far from 1 (a deep net, or weights far from unit scale): say what the
+    // learning rate means for it. A model Path-SGD does not apply to says so when it trains.
+    if set.kinds.contains(&OptimizerKind::PathSgd) {
+        if let Ok(Some(note)) = ecc::train::path_sgd_note(&g, set.lr) {
+            println!("note: {note}");
+        }
+    }
     let (mut rows, mut diverged) = (vec![], vec![]);
     let several = set.kinds.len() > 1;
     for kind in set.kinds {

@@ -925,6 +925,45 @@ pub fn v_scale_note(g: &Graph, lr: f64) -> Option<String> {
     })
 }
 
+/// Path-SGD's scale on `g` (spec §7): the 10th, 50th and 90th percentiles of γ over the
+/// scalars of its weights (tensors of rank 2 and more; biases left out). Path-SGD moves a
+/// weight by lr·g/γ, so at lr η it steps like SGD at η/γ; γ is a product of squared weights
+/// along paths, so it scales with the initialization as c^(2(L−1)) for L layers: on a deep
+/// net it sits orders of magnitude away from 1 (docs/results.md, the He probe).
+pub fn path_sgd_gamma(g: &Graph) -> Result<Option<[f64; 3]>> {
+    let tg = logits_graph(g);
+    let ex = Executor::new(&tg)?;
+    let opt = PathSgd::new(&tg, Sgd::new(HashSet::new(), 0.0, 0.0))?;
+    let mut all: Vec<f32> = vec![];
+    for (k, y) in opt.gamma(ex.params())? {
+        if ex.params()[&k].as_tensor().rank() >= 2 {
+            all.extend(y.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    all.sort_by(f32::total_cmp);
+    let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize] as f64;
+    Ok(Some([at(0.1), at(0.5), at(0.9)]))
+}
+
+/// A note for Path-SGD when its γ is far from 1 (median outside [0.1, 10]): lr η then acts
+/// like SGD's η/γ, so the learning rate that suits SGD is far from the one that suits it.
+pub fn path_sgd_note(g: &Graph, lr: f64) -> Result<Option<String>> {
+    let Some([lo, med, hi]) = path_sgd_gamma(g)? else {
+        return Ok(None);
+    };
+    Ok((!(0.1..=10.0).contains(&med)).then(|| {
+        format!(
+            "Path-SGD divides each weight's gradient by γ (spec §7), here median {med:.1e} \
+             (10-90%: {lo:.1e} to {hi:.1e}): lr {lr} steps like SGD at lr {:.1e}; lr around \
+             {med:.0e} times SGD's may be needed",
+            lr / med
+        )
+    }))
+}
+
 /// The error of a step whose loss became `l`: names the learning rate (and the weight
 /// decay, when there is one) that most likely caused it.
 fn diverged(l: f64, epoch: usize, lr: f64, weight_decay: f64) -> Error {

@@ -383,6 +383,24 @@ impl PathSgd {
         let ones = Tensor::ones(dims, candle_core::DType::F32, squared.device())?;
         Ok(PathSgd { sgd, squared, ones })
     }
+
+    /// gamma of every parameter on some path, by name, at the weights `params`.
+    pub fn gamma(&self, params: &BTreeMap<String, Var>) -> Result<HashMap<String, Tensor>> {
+        for (k, u) in self.squared.params() {
+            crate::exec::kernels::square_into(u.as_tensor(), params[k].as_tensor())?;
+        }
+        let mut psi = Tensor::zeros((), candle_core::DType::F32, self.ones.device())?;
+        for y in self.squared.forward(std::slice::from_ref(&self.ones))? {
+            psi = (psi + y.sum_all()?)?;
+        }
+        let store = psi.backward()?;
+        Ok(self
+            .squared
+            .params()
+            .iter()
+            .filter_map(|(k, u)| store.get(u.as_tensor()).map(|y| (k.clone(), y.clone())))
+            .collect())
+    }
 }
 
 impl Optimizer for PathSgd {
@@ -395,20 +413,7 @@ impl Optimizer for PathSgd {
         grads: &HashMap<String, Tensor>,
         lr: f64,
     ) -> Result<usize> {
-        for (k, u) in self.squared.params() {
-            crate::exec::kernels::square_into(u.as_tensor(), params[k].as_tensor())?;
-        }
-        let mut psi = Tensor::zeros((), candle_core::DType::F32, self.ones.device())?;
-        for y in self.squared.forward(std::slice::from_ref(&self.ones))? {
-            psi = (psi + y.sum_all()?)?;
-        }
-        let store = psi.backward()?;
-        let gamma: HashMap<String, Tensor> = self
-            .squared
-            .params()
-            .iter()
-            .filter_map(|(k, u)| store.get(u.as_tensor()).map(|y| (k.clone(), y.clone())))
-            .collect();
+        let gamma = self.gamma(params)?;
         // g / (|gamma| + 1e-12) in SGD's pass: the tiny floor keeps parameters on no path
         // (gamma = 0) from dividing by zero.
         self.sgd.update(params, grads, Some(&gamma), lr)
