@@ -7,7 +7,8 @@
 # nohup scripts/run-bn-lr-sweep.sh > sweep.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+# With ECC set, that binary runs (scripts/run-issue18.sh); otherwise the checkout's build.
+[ -n "${ECC:-}" ] || cargo build --release --quiet
 for lr in 0.1 1.0 0.3 0.03; do
   "${ECC:-./target/release/ecc}" experiment "experiments/bn-plain20-lr$lr.json"
 done
