@@ -7,7 +7,8 @@
 # Path-SGD applies (experiments/bn-free-plain20.json: PyTorch's default initialization),
 # then a learning-rate probe of the same net at He's initialization
 # (experiments/bn-free-he-lr*.json; Path-SGD, whose step divides by the paths' scale γ ~ 7e4
-# at that initialization, at lrs of its own: bn-free-he-path-lr*.json), with PlainNet-32 (experiments/bn-depth32.json: it
+# at that initialization, at lrs of its own: bn-free-he-path-lr*.json) and the 3-seed
+# comparison at the learning rates it chose (experiments/bn-free-he.json), with PlainNet-32 (experiments/bn-depth32.json: it
 # costs as much as the BN-free runs and the probe together) around the probe. In the
 # background, twice, so that both cores train (each run is locked by the process training it):
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
@@ -23,7 +24,7 @@ scripts/run-bn-lr-sweep.sh
 # comparison with the control comes before the probe, and its SGD and gsgd-ref runs last.
 for step in bn-compare bn-depth bn-free-plain20 "bn-depth32 --only ec-sgd,sgd-ec-init" \
   bn-free-he-lr0.1 bn-free-he-lr0.01 bn-free-he-lr0.001 bn-free-he-path-lr100 \
-  bn-free-he-path-lr1000 bn-free-he-path-lr30 bn-free-he-path-lr10 bn-depth32; do
+  bn-free-he-path-lr1000 bn-free-he-path-lr30 bn-free-he-path-lr10 bn-free-he bn-depth32; do
   set -- $step
   e=$1
   shift
