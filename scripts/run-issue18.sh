@@ -24,7 +24,8 @@ scripts/run-bn-lr-sweep.sh
 # comparison with the control comes before the probe, and its SGD and gsgd-ref runs last.
 for step in bn-compare bn-depth bn-free-plain20 "bn-depth32 --only ec-sgd,sgd-ec-init" \
   bn-free-he-lr0.1 bn-free-he-lr0.01 bn-free-he-lr0.001 bn-free-he-path-lr100 \
-  bn-free-he-path-lr1000 bn-free-he-path-lr30 bn-free-he-path-lr10 bn-free-he bn-depth32; do
+  bn-free-he-path-lr1000 bn-free-he-path-lr30 bn-free-he-path-lr10 \
+  bn-free-he-path-lr300 bn-free-he bn-depth32; do
   set -- $step
   e=$1
   shift
