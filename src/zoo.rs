@@ -365,7 +365,7 @@ impl Builder {
             trans_a: false,
             trans_b: true,
         };
-        self.layer_with("fc", fc, vec![r.classes, c], c, true);
+        self.layer_with("fc", fc, vec![r.classes, c], c, self.bias);
     }
 }
 
@@ -586,6 +586,27 @@ mod tests {
             };
             for (x, y) in a.iter().zip(b) {
                 assert!((x - gain * y).abs() <= 1e-6 * x.abs().max(1.0), "{k}");
+            }
+        }
+        // `--no-bias` (bias: false) leaves out the classifier's bias too, the only one of a
+        // BN-free net; the weights are the same draws.
+        for spec in [
+            "plain:1x28x28-n1-w4.8.8-nobn-he",
+            "resnet:1x28x28-n1-w4.8.8-nobn",
+        ] {
+            let spec = Spec::parse(spec).unwrap();
+            let (with, without) = (
+                build(&spec, 3, true).unwrap(),
+                build(&spec, 3, false).unwrap(),
+            );
+            assert!(with.params.contains_key("fc.bias"));
+            assert!(
+                !without.params.keys().any(|k| k.ends_with("bias")),
+                "{spec:?}"
+            );
+            assert_eq!(without.params.len() + 1, with.params.len());
+            for (k, v) in &without.params {
+                assert_eq!(v.as_f32(), with.params[k].as_f32(), "{k}");
             }
         }
         // `b` in a cnn spec: conv (no bias) -> BN -> ReLU.

@@ -730,13 +730,20 @@ fn path_sgd_step_matches_the_path_norm_formula() {
     want.sort_by(f64::total_cmp);
     let at = |q: f64| want[((want.len() - 1) as f64 * q).round() as usize];
     let got = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
-    for (q, v) in [0.1, 0.5, 0.9].into_iter().zip(got) {
+    for (q, v) in [0.1, 0.5, 0.9].into_iter().zip(got.weights) {
         assert!(
             (v / at(q) - 1.0).abs() < 1e-4,
             "gamma at {q}: {v} vs {}",
             at(q)
         );
     }
+    // The biases': out(i) of their units, the classifier's exactly 1.
+    let bias: Vec<f64> = outflow[1..].concat();
+    let lo = bias.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = bias.iter().copied().fold(0.0, f64::max);
+    let [blo, bhi] = got.biases.unwrap();
+    assert!((blo / lo - 1.0).abs() < 1e-4 && (bhi / hi - 1.0).abs() < 1e-4);
+    assert!(lo <= 1.0 && outflow[3].iter().all(|&v| v == 1.0));
 }
 
 /// Path-SGD's note: its gamma is a product of squared weights along paths, so scaling every
@@ -746,7 +753,9 @@ fn path_sgd_step_matches_the_path_norm_formula() {
 fn path_sgd_note_reports_the_scale_of_gamma() {
     let spec = ecc::zoo::Spec::parse("mlp:6-5-4-3").unwrap();
     let g = ecc::zoo::build(&spec, 3, false).unwrap();
-    let [_, med, _] = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
+    let scale = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
+    assert_eq!(scale.biases, None);
+    let [_, med, _] = scale.weights;
     let scaled = |c: f32| {
         let mut s = g.clone();
         for t in s.params.values_mut() {
@@ -760,8 +769,8 @@ fn path_sgd_note_reports_the_scale_of_gamma() {
     // with 3 layers. Scaled so that the median is 1, and by 10 from there.
     let unit = scaled(med.powf(-0.25) as f32);
     let big = scaled(10.0 * med.powf(-0.25) as f32);
-    let [_, med1, _] = ecc::train::path_sgd_gamma(&unit).unwrap().unwrap();
-    let [_, med10, _] = ecc::train::path_sgd_gamma(&big).unwrap().unwrap();
+    let [_, med1, _] = ecc::train::path_sgd_gamma(&unit).unwrap().unwrap().weights;
+    let [_, med10, _] = ecc::train::path_sgd_gamma(&big).unwrap().unwrap().weights;
     assert!((med1 - 1.0).abs() < 1e-4, "{med} -> {med1}");
     assert!((med10 / 1e4 - 1.0).abs() < 1e-4, "{med} -> {med10}");
     let note = |g: &ecc::ir::Graph| ecc::train::path_sgd_note(g, 0.01).unwrap();
@@ -771,6 +780,23 @@ fn path_sgd_note_reports_the_scale_of_gamma() {
         let says = format!("lr 0.01 steps like SGD at lr {:.1e}", 0.01 / m);
         assert!(n.contains(&says), "{n}");
     }
+    // With biases, scaled by 10 as well: the classifier's bias keeps γ = 1 (its paths have
+    // no weight before it), 1e4 below the weights' median, and the note says so.
+    let mut biased = ecc::zoo::build(&spec, 3, true).unwrap();
+    for t in biased.params.values_mut() {
+        if let ecc::ir::TensorData::F32(v) = &mut t.data {
+            v.iter_mut()
+                .for_each(|x| *x *= 10.0 * med.powf(-0.25) as f32);
+        }
+    }
+    let s = ecc::train::path_sgd_gamma(&biased).unwrap().unwrap();
+    assert!((s.biases.unwrap()[0] - 1.0).abs() < 1e-6, "{s:?}");
+    let n = note(&biased).unwrap();
+    assert!(n.contains("the biases' γ is 1.0e0"), "{n}");
+    assert!(
+        n.contains("moves the bias of least γ like SGD at lr 1.0e-2"),
+        "{n}"
+    );
     // A model Path-SGD does not apply to (BatchNorm): an error, which `ecc train` leaves to
     // the training run to report.
     assert!(ecc::train::path_sgd_gamma(&bn_cnn()).is_err());

@@ -925,44 +925,80 @@ pub fn v_scale_note(g: &Graph, lr: f64) -> Option<String> {
     })
 }
 
-/// Path-SGD's scale on `g` (spec §7): the 10th, 50th and 90th percentiles of γ over the
-/// scalars of its weights (tensors of rank 2 and more; biases left out). Path-SGD moves a
-/// weight by lr·g/γ, so at lr η it steps like SGD at η/γ; γ is a product of squared weights
-/// along paths, so it scales with the initialization as c^(2(L−1)) for L layers: on a deep
-/// net it sits orders of magnitude away from 1 (docs/results.md, the He probe).
-pub fn path_sgd_gamma(g: &Graph) -> Result<Option<[f64; 3]>> {
+/// Path-SGD's scale on a model (spec §7): γ of its weights and of its biases.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathScale {
+    /// The 10th, 50th and 90th percentiles of γ over the scalars of the weights (tensors
+    /// of rank 2 and more).
+    pub weights: [f64; 3],
+    /// The least and the largest γ of a bias scalar (rank-1 tensors; none without biases).
+    /// A bias's paths start at it, so its γ lacks the factors of the layers before it:
+    /// the classifier's bias has γ = 1 whatever the depth.
+    pub biases: Option<[f64; 2]>,
+}
+
+/// Path-SGD's scale on `g`. It moves a parameter by lr·g/γ, so at lr η it steps like SGD at
+/// η/γ; γ is a product of squared weights along paths, so it scales with the
+/// initialization as c^(2(L−1)) for L layers: on a deep net the weights' γ sits orders of
+/// magnitude away from 1, while a late bias's stays near it (docs/results.md, the He probe).
+pub fn path_sgd_gamma(g: &Graph) -> Result<Option<PathScale>> {
     let tg = logits_graph(g);
     let ex = Executor::new(&tg)?;
     let opt = PathSgd::new(&tg, Sgd::new(HashSet::new(), 0.0, 0.0))?;
-    let mut all: Vec<f32> = vec![];
+    let (mut weights, mut biases): (Vec<f32>, Vec<f32>) = (vec![], vec![]);
     for (k, y) in opt.gamma(ex.params())? {
-        if ex.params()[&k].as_tensor().rank() >= 2 {
-            all.extend(y.flatten_all()?.to_vec1::<f32>()?);
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        match ex.params()[&k].as_tensor().rank() {
+            0 | 1 => biases.extend(v),
+            _ => weights.extend(v),
         }
     }
-    if all.is_empty() {
+    if weights.is_empty() {
         return Ok(None);
     }
-    all.sort_by(f32::total_cmp);
-    let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize] as f64;
-    Ok(Some([at(0.1), at(0.5), at(0.9)]))
+    weights.sort_by(f32::total_cmp);
+    let at = |q: f64| weights[((weights.len() - 1) as f64 * q).round() as usize] as f64;
+    let range = |v: &[f32]| {
+        let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        [lo as f64, hi as f64]
+    };
+    Ok(Some(PathScale {
+        weights: [at(0.1), at(0.5), at(0.9)],
+        biases: (!biases.is_empty()).then(|| range(&biases)),
+    }))
 }
 
-/// A note for Path-SGD when its γ is far from 1 (median outside [0.1, 10]): lr η then acts
-/// like SGD's η/γ, so the learning rate that suits SGD is far from the one that suits it.
+/// A note for Path-SGD when its weights' γ is far from 1 (median outside [0.1, 10]): lr η
+/// then acts like SGD's η/γ, so the learning rate that suits SGD is far from the one that
+/// suits it; and the biases' γ, when the least of them is 100 times below that median (a
+/// rate scaled for the weights then takes far larger steps on those biases).
 pub fn path_sgd_note(g: &Graph, lr: f64) -> Result<Option<String>> {
-    let Some([lo, med, hi]) = path_sgd_gamma(g)? else {
+    let Some(PathScale { weights, biases }) = path_sgd_gamma(g)? else {
         return Ok(None);
     };
-    Ok((!(0.1..=10.0).contains(&med)).then(|| {
-        format!(
-            "Path-SGD divides each weight's gradient by γ (spec §7), here median {med:.1e} \
-             (10-90%: {lo:.1e} to {hi:.1e}): lr {lr} steps like SGD at lr {:.1e}. SGD's lr times \
-             {med:.0e} gives the median weight SGD's step; search from there (on a 20-layer \
-             plain net the best of a probe was 7.5x lower: docs/results.md)",
-            lr / med
-        )
-    }))
+    let [lo, med, hi] = weights;
+    if (0.1..=10.0).contains(&med) {
+        return Ok(None);
+    }
+    let mut note = format!(
+        "Path-SGD divides each weight's gradient by γ (spec §7), here median {med:.1e} \
+         (10-90%: {lo:.1e} to {hi:.1e}): lr {lr} steps like SGD at lr {:.1e}. SGD's lr times \
+         {med:.0e} gives the median weight SGD's step",
+        lr / med
+    );
+    match biases {
+        Some([b, bh]) if b * 100.0 < med => {
+            note += &format!(
+                "; the biases' γ is {b:.1e} to {bh:.1e}, so lr {lr} moves the bias of least γ \
+             like SGD at lr {:.1e}: a rate scaled for the weights is far too large for it \
+             (docs/results.md, the He probe)",
+                lr / b
+            )
+        }
+        _ => note += " (docs/results.md, the He probe)",
+    }
+    Ok(Some(note))
 }
 
 /// The error of a step whose loss became `l`: names the learning rate (and the weight
