@@ -946,9 +946,10 @@ pub fn path_sgd_gamma(g: &Graph) -> Result<Option<PathScale>> {
     let ex = Executor::new(&tg)?;
     let opt = PathSgd::new(&tg, Sgd::new(HashSet::new(), 0.0, 0.0))?;
     let (mut weights, mut biases): (Vec<f32>, Vec<f32>) = (vec![], vec![]);
-    for (k, y) in opt.gamma(ex.params())? {
+    // γ has its parameter's shape: rank 1 for a bias.
+    for y in opt.gamma(ex.params())?.values() {
         let v = y.flatten_all()?.to_vec1::<f32>()?;
-        match ex.params()[&k].as_tensor().rank() {
+        match y.rank() {
             0 | 1 => biases.extend(v),
             _ => weights.extend(v),
         }
