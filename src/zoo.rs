@@ -213,6 +213,36 @@ impl Spec {
         }
         Ok(spec)
     }
+
+    /// Whether `s` is a spec (`mlp:`, `cnn:`, `resnet:` or `plain:` ...) rather than, say,
+    /// a file name.
+    pub fn is_spec(s: &str) -> bool {
+        s.split_once(':')
+            .is_some_and(|(k, _)| ["mlp", "cnn", "resnet", "plain"].contains(&k))
+    }
+
+    /// The spec `s` with another input, the rest kept: `dims` (C, H, W) for the image
+    /// kinds (`plain:1x28x28-n3` with 3x32x32 is `plain:3x32x32-n3`), their product for an
+    /// MLP (`mlp:784-64-10` becomes `mlp:3072-64-10`). The result is checked as a spec.
+    pub fn with_input(s: &str, dims: &[usize]) -> Result<String> {
+        let (kind, body) = s.split_once(':').unwrap_or((s, ""));
+        let rest = body.split_once('-').map_or("", |(_, r)| r);
+        let input = match kind {
+            "mlp" => dims.iter().product::<usize>().to_string(),
+            _ if dims.len() == 3 => {
+                let d: Vec<String> = dims.iter().map(usize::to_string).collect();
+                d.join("x")
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "model spec '{s}': an image input is CxHxW, the data's samples are {dims:?}"
+                )))
+            }
+        };
+        let out = format!("{kind}:{input}-{rest}");
+        Spec::parse(&out)?;
+        Ok(out)
+    }
 }
 
 struct Builder {
@@ -497,6 +527,28 @@ pub fn build(spec: &Spec, seed: u64, bias: bool) -> Result<Graph> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another input for a spec: the first token replaced, the rest kept, the result checked.
+    #[test]
+    fn a_spec_takes_another_input() {
+        let cifar = [3, 32, 32];
+        for (s, want) in [
+            ("plain:1x28x28-n3-w8.16.32", "plain:3x32x32-n3-w8.16.32"),
+            ("resnet:1x28x28-n1-nobn-he", "resnet:3x32x32-n1-nobn-he"),
+            ("cnn:1x28x28-c8-b-p-64-10", "cnn:3x32x32-c8-b-p-64-10"),
+            ("mlp:784-64-10", "mlp:3072-64-10"),
+        ] {
+            assert_eq!(Spec::with_input(s, &cifar).unwrap(), want);
+        }
+        assert!(Spec::is_spec("plain:1x28x28-n3") && !Spec::is_spec("models/a.onnx"));
+        assert!(!Spec::is_spec("c:/models/a.onnx"));
+        // Too small for the spec's pools: an error when it is built, as for any spec.
+        let small = Spec::with_input("cnn:1x28x28-c8-p-c8-p-c8-p-10", &[1, 4, 4]).unwrap();
+        let e = build(&Spec::parse(&small).unwrap(), 0, true).unwrap_err();
+        assert!(e.to_string().contains("too small for 2x2"), "{e}");
+        let e = Spec::with_input("plain:1x28x28-n3", &[64]).unwrap_err();
+        assert!(e.to_string().contains("an image input is CxHxW"), "{e}");
+    }
 
     #[test]
     fn specs_parse_and_build() {

@@ -281,20 +281,8 @@ fn run_time_cast_to_a_16_bit_float() {
 #[test]
 fn bad_cifar_batches() {
     let dir = scratch("cifar");
-    std::fs::create_dir_all(&dir).unwrap();
-    let record = |label: u8| {
-        let mut r = vec![label];
-        r.extend(std::iter::repeat_n(100u8, 3072));
-        r
-    };
-    for k in 1..=5 {
-        std::fs::write(
-            dir.join(format!("data_batch_{k}.bin")),
-            [record(1), record(2)].concat(),
-        )
-        .unwrap();
-    }
-    std::fs::write(dir.join("test_batch.bin"), record(3)).unwrap();
+    common::write_cifar(&dir);
+    let record = common::cifar_record;
     let model = scratch("cifar-model.onnx");
     let (code, _, err) = ecc(&[
         "new",

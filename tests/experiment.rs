@@ -529,3 +529,79 @@ fn only_trains_the_named_optimizers() {
     assert!(text.contains("2 runs complete (1 trained now)"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--data` runs a description on another data set without editing it: on CIFAR-10 files
+/// (small ones in the real format) the models of `ecc new` take a 3x32x32 input and the runs
+/// go to `<name>-cifar10/`, apart from the description's own; `--summary` with the same
+/// `--data` reads them. Every committed description of `ecc new` models converts.
+#[test]
+fn descriptions_run_unchanged_on_another_data_set() {
+    let (dir, file, out) = setup(
+        "ondata",
+        r#"{"name": "ondata", "model": "plain:1x28x28-n1-w4.4.4", "data": "fashion-mnist",
+            "optimizers": ["sgd", "ec-sgd"], "seeds": [0], "epochs": 1, "batch": 4, "lr": 0.01,
+            "schedule": "step:2:0.1"}"#,
+    );
+    let cifar = dir.join("cifar");
+    common::write_cifar(&cifar);
+    let data = format!("cifar10:{}", cifar.display());
+    let (code, text, err) = exp(&file, &out, &["--data", &data]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("experiment ondata-cifar10: 2 optimizers")
+            && text.contains(&format!("  on {data}: plain:3x32x32-n1-w4.4.4\n")),
+        "{text}"
+    );
+    for o in ["sgd", "ec-sgd"] {
+        let m = out.join(format!("ondata-cifar10/{o}-seed0.jsonl"));
+        assert_eq!(common::metric_epochs(&m), vec![1], "{o}");
+    }
+    assert!(!out.join("ondata").exists());
+    let (code, table, err) = exp(&file, &out, &["--summary", "--data", &data]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("| ec-sgd | 1 | 1 |"), "{table}");
+    // The same kind of data in another folder keeps the name and the models.
+    let same = ecc::experiment::Experiment::load(&file)
+        .unwrap()
+        .on_data("fashion-mnist:/elsewhere")
+        .unwrap();
+    assert_eq!(same.name, "ondata");
+    assert_eq!(same.model.list(), ["plain:1x28x28-n1-w4.4.4"]);
+    assert_eq!(same.data, "fashion-mnist:/elsewhere");
+    // Unknown data: one line, exit 2, nothing trained.
+    let (code, _, err) = exp(&file, &out, &["--data", "imagenet:/x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--data 'imagenet:/x': expected digits"),
+        "{err}"
+    );
+    // Every committed description: its `ecc new` models on 3x32x32 (MLPs on 3072 inputs)
+    // build, its ONNX models are kept.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut converted = 0;
+    for f in std::fs::read_dir(root.join("experiments")).unwrap() {
+        let f = f.unwrap().path();
+        let e = ecc::experiment::Experiment::load(&f).unwrap();
+        let before: Vec<String> = e.model.list().iter().map(|m| m.to_string()).collect();
+        let c = e.on_data("cifar10:/x").unwrap();
+        assert!(c.name.ends_with("-cifar10"), "{}", f.display());
+        for (m, was) in c.model.list().into_iter().zip(&before) {
+            if !ecc::zoo::Spec::is_spec(m) {
+                assert_eq!(m, was);
+                continue;
+            }
+            let s = ecc::zoo::Spec::parse(m).unwrap();
+            let want = if m.starts_with("mlp:") {
+                vec![3072]
+            } else {
+                vec![3, 32, 32]
+            };
+            assert_eq!(s.input, want, "{m} of {}", f.display());
+            assert_eq!(m.split_once('-').unwrap().1, was.split_once('-').unwrap().1);
+            ecc::zoo::build(&s, 0, true).unwrap();
+            converted += 1;
+        }
+    }
+    assert!(converted >= 10, "{converted}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
     /// Regenerate the generated blocks of this results document; train nothing.
-    #[arg(long, value_name = "DOC", conflicts_with_all = ["file", "summary", "plots"])]
+    #[arg(long, value_name = "DOC", conflicts_with_all = ["file", "summary", "plots", "data"])]
     doc: Option<PathBuf>,
     /// Train only the runs of these optimizers of the description (comma-separated, e.g.
     /// ec-sgd,sgd-ec-init), leaving the others for a later call: to finish the comparison
@@ -28,6 +28,15 @@ pub struct Args {
     /// plots still cover the whole description.
     #[arg(long, value_name = "OPTIMIZERS", value_delimiter = ',', conflicts_with_all = ["summary", "plots"])]
     only: Vec<String>,
+    /// Run the description on another data set without editing it: digits, mnist,
+    /// fashion-mnist, mnist:DIR, fashion-mnist:DIR or cifar10:DIR (the binary batches). The
+    /// models of `ecc new` in it take that data's input shape (plain:1x28x28-n3 becomes
+    /// plain:3x32x32-n3 on CIFAR-10, an MLP's input size the pixel count) and, when the kind
+    /// of data changes, the runs go to OUT/<name>-<kind>/ (e.g. results/bn-compare-cifar10/),
+    /// apart from the description's own. Give it to --summary and --plots as well to read
+    /// those runs.
+    #[arg(long, value_name = "SPEC")]
+    data: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -38,7 +47,10 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let file = a.file.as_ref().expect("clap requires FILE without --doc");
-    let exp = Experiment::load(file)?;
+    let mut exp = Experiment::load(file)?;
+    if let Some(spec) = &a.data {
+        exp = exp.on_data(spec)?;
+    }
     if a.summary {
         print!("{}", experiment::summary(&exp, &a.out)?);
     }
@@ -86,6 +98,9 @@ fn train(exp: &Experiment, a: &Args) -> Result<()> {
         exp.seeds.len(),
         exp.epochs
     );
+    if a.data.is_some() {
+        println!("  on {}: {}", exp.data, exp.model.list().join(", "));
+    }
     stop_on_ctrl_c();
     let runs = experiment::run(exp, &a.out, Some(&STOP), |run, m| {
         println!(

@@ -322,6 +322,25 @@ pub fn augment(x: &mut [f32], dims: &[usize], black: &[f32], rng: &mut impl rand
     }
 }
 
+/// The kind of a data spec: `cifar10` of `cifar10:DIR`, `digits` of `digits`.
+pub fn kind(spec: &str) -> &str {
+    spec.split_once(':').map_or(spec, |(k, _)| k)
+}
+
+/// The dims of one sample (C, H, W) of a data spec (of [`load`], or `mnist` /
+/// `fashion-mnist` without a folder), known from its kind without reading it: digits
+/// 1x8x8, MNIST and Fashion-MNIST 1x28x28, CIFAR-10 3x32x32.
+pub fn sample_dims(spec: &str) -> Result<Vec<usize>> {
+    match kind(spec) {
+        "digits" if spec == "digits" => Ok(vec![1, 8, 8]),
+        "mnist" | "fashion-mnist" => Ok(vec![1, 28, 28]),
+        "cifar10" if spec.contains(':') => Ok(vec![3, 32, 32]),
+        _ => Err(Error::usage(format!(
+            "--data '{spec}': expected digits, mnist:DIR, fashion-mnist:DIR or cifar10:DIR"
+        ))),
+    }
+}
+
 /// `digits`, `mnist:DIR`, `fashion-mnist:DIR` or `cifar10:DIR`.
 pub fn load(spec: &str) -> Result<Split> {
     match spec.split_once(':') {

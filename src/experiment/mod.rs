@@ -9,9 +9,11 @@
 //!   "weight_decay": 0.0}`.
 //! `model` is a spec of `ecc new` (initialized with the run's seed) or an .onnx path, or a
 //! list of them (a sweep); `data` is digits, mnist, fashion-mnist (from the cache of
-//! scripts/fetch-data.sh) or `mnist:DIR` / `fashion-mnist:DIR`; `lr` is one number or one per
-//! optimizer (`{"sgd": 0.01, "ec-sgd": 1e-15}`); `"keep_function": true` starts EC-SGD from
-//! the canonical form. `report` turns the metrics into tables, plots and document blocks.
+//! scripts/fetch-data.sh), `mnist:DIR` / `fashion-mnist:DIR` or `cifar10:DIR`; `lr` is one
+//! number or one per optimizer (`{"sgd": 0.01, "ec-sgd": 1e-15}`); `"keep_function": true`
+//! starts EC-SGD from the canonical form. [`Experiment::on_data`] runs a description on
+//! another data set (`ecc experiment --data cifar10:DIR`). `report` turns the metrics into
+//! tables, plots and document blocks.
 
 mod report;
 
@@ -157,6 +159,35 @@ impl Experiment {
         Ok(())
     }
 
+    /// The description run on another data set (`ecc experiment --data`), unchanged
+    /// otherwise: `data` is `spec`, every model of `ecc new` takes that data's input shape
+    /// ([`crate::zoo::Spec::with_input`]: `plain:1x28x28-n3` becomes `plain:3x32x32-n3` on
+    /// CIFAR-10) and, when the kind of data changes, the name gets the kind as a suffix
+    /// (`bn-compare` becomes `bn-compare-cifar10`), so that its runs have their own folder.
+    /// ONNX models are kept as they are: they must fit the data.
+    pub fn on_data(mut self, spec: &str) -> Result<Experiment> {
+        let dims = crate::data::sample_dims(spec)?;
+        let kind = crate::data::kind(spec);
+        if kind != crate::data::kind(&self.data) {
+            let models = self.model.list().into_iter().map(|m| {
+                if crate::zoo::Spec::is_spec(m) {
+                    crate::zoo::Spec::with_input(m, &dims)
+                        .map_err(|e| Error::usage(format!("--data {spec}: {}", e.kind)))
+                } else {
+                    Ok(m.to_string())
+                }
+            });
+            let models = models.collect::<Result<Vec<_>>>()?;
+            self.model = match self.model {
+                Models::One(_) => Models::One(models[0].clone()),
+                Models::Many(_) => Models::Many(models),
+            };
+            self.name = format!("{}-{kind}", self.name);
+        }
+        self.data = spec.to_string();
+        Ok(self)
+    }
+
     fn data_spec(&self) -> String {
         match self.data.as_str() {
             "mnist" | "fashion-mnist" => format!(
@@ -169,10 +200,7 @@ impl Experiment {
     }
 
     fn model(&self, model: &str, seed: u64) -> Result<crate::ir::Graph> {
-        if ["mlp:", "cnn:", "resnet:", "plain:"]
-            .iter()
-            .any(|k| model.starts_with(k))
-        {
+        if crate::zoo::Spec::is_spec(model) {
             crate::zoo::build(&crate::zoo::Spec::parse(model)?, seed, self.bias)
         } else {
             crate::import::load_file(Path::new(model), &Default::default())

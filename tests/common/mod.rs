@@ -35,6 +35,27 @@ pub fn fixtures() -> Option<PathBuf> {
     require(dir, ready, "fixtures (scripts/fetch-fixtures.sh)")
 }
 
+/// One CIFAR-10 binary record: `label`, then 3 x 32 x 32 pixels of value 100.
+pub fn cifar_record(label: u8) -> Vec<u8> {
+    let mut r = vec![label];
+    r.extend(std::iter::repeat_n(100u8, 3072));
+    r
+}
+
+/// A small CIFAR-10 folder in the real files' format: `data_batch_1.bin` to `_5.bin` with
+/// two records each (labels 1 and 2), `test_batch.bin` with one (label 3).
+pub fn write_cifar(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 1..=5 {
+        std::fs::write(
+            dir.join(format!("data_batch_{k}.bin")),
+            [cifar_record(1), cifar_record(2)].concat(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), cifar_record(3)).unwrap();
+}
+
 /// The data cache written by `scripts/fetch-data.sh` (see [`require`]).
 pub fn data() -> Option<PathBuf> {
     let d = ecc::data_dir();
