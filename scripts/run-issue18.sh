@@ -12,7 +12,8 @@
 # costs as much as the BN-free runs and the probe together) around the probe, and last a
 # one-seed probe of EC-SGD's and the control's learning rates at 32 layers
 # (experiments/bn-depth32-lr-below.json, -above.json: one step of the sweep's grid below
-# and above the rates the comparison uses). In the
+# and above the rates the comparison uses) and EC-SGD at the probe's better rate, 0.1, on
+# all 3 seeds (experiments/bn-depth32-ec0.1.json). In the
 # background, twice, so that both cores train (each run is locked by the process training it):
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-1.log 2>&1 &
 #   RAYON_NUM_THREADS=1 nohup scripts/run-issue18.sh > issue18-2.log 2>&1 &
@@ -28,7 +29,8 @@ scripts/run-bn-lr-sweep.sh
 for step in bn-compare bn-depth bn-free-plain20 "bn-depth32 --only ec-sgd,sgd-ec-init" \
   bn-free-he-lr0.1 bn-free-he-lr0.01 bn-free-he-lr0.001 bn-free-he-path-lr100 \
   bn-free-he-path-lr1000 bn-free-he-path-lr30 bn-free-he-path-lr10 \
-  bn-free-he-path-lr300 bn-free-he bn-depth32 bn-depth32-lr-below bn-depth32-lr-above; do
+  bn-free-he-path-lr300 bn-free-he bn-depth32 bn-depth32-lr-below bn-depth32-lr-above \
+  bn-depth32-ec0.1; do
   set -- $step
   e=$1
   shift
