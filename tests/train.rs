@@ -756,7 +756,7 @@ fn path_sgd_note_reports_the_scale_of_gamma() {
     let scale = ecc::train::path_sgd_gamma(&g).unwrap().unwrap();
     assert_eq!(scale.biases, None);
     let [_, med, _] = scale.weights;
-    let scaled = |c: f32| {
+    let scale_by = |g: &ecc::ir::Graph, c: f32| {
         let mut s = g.clone();
         for t in s.params.values_mut() {
             if let ecc::ir::TensorData::F32(v) = &mut t.data {
@@ -765,6 +765,7 @@ fn path_sgd_note_reports_the_scale_of_gamma() {
         }
         s
     };
+    let scaled = |c: f32| scale_by(&g, c);
     // PyTorch's default initialization (weights of variance 1/(3 fan_in)): already below 1
     // with 3 layers. Scaled so that the median is 1, and by 10 from there.
     let unit = scaled(med.powf(-0.25) as f32);
@@ -782,13 +783,10 @@ fn path_sgd_note_reports_the_scale_of_gamma() {
     }
     // With biases, scaled by 10 as well: the classifier's bias keeps γ = 1 (its paths have
     // no weight before it), 1e4 below the weights' median, and the note says so.
-    let mut biased = ecc::zoo::build(&spec, 3, true).unwrap();
-    for t in biased.params.values_mut() {
-        if let ecc::ir::TensorData::F32(v) = &mut t.data {
-            v.iter_mut()
-                .for_each(|x| *x *= 10.0 * med.powf(-0.25) as f32);
-        }
-    }
+    let biased = scale_by(
+        &ecc::zoo::build(&spec, 3, true).unwrap(),
+        10.0 * med.powf(-0.25) as f32,
+    );
     let s = ecc::train::path_sgd_gamma(&biased).unwrap().unwrap();
     assert!((s.biases.unwrap()[0] - 1.0).abs() < 1e-6, "{s:?}");
     let n = note(&biased).unwrap();

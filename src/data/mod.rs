@@ -335,10 +335,15 @@ pub fn sample_dims(spec: &str) -> Result<Vec<usize>> {
         "digits" if spec == "digits" => Ok(vec![1, 8, 8]),
         "mnist" | "fashion-mnist" => Ok(vec![1, 28, 28]),
         "cifar10" if spec.contains(':') => Ok(vec![3, 32, 32]),
-        _ => Err(Error::usage(format!(
-            "--data '{spec}': expected digits, mnist:DIR, fashion-mnist:DIR or cifar10:DIR"
-        ))),
+        _ => Err(unknown(spec)),
     }
+}
+
+/// The error of a data spec that names no data set ecc reads.
+fn unknown(spec: &str) -> Error {
+    Error::usage(format!(
+        "--data '{spec}': expected digits, mnist:DIR, fashion-mnist:DIR or cifar10:DIR"
+    ))
 }
 
 /// `digits`, `mnist:DIR`, `fashion-mnist:DIR` or `cifar10:DIR`.
@@ -348,9 +353,7 @@ pub fn load(spec: &str) -> Result<Split> {
         Some(("mnist", dir)) => mnist_format("mnist", Path::new(dir)),
         Some(("fashion-mnist", dir)) => mnist_format("fashion-mnist", Path::new(dir)),
         Some(("cifar10", dir)) => cifar10(Path::new(dir)),
-        _ => Err(Error::usage(format!(
-            "--data '{spec}': expected digits, mnist:DIR, fashion-mnist:DIR or cifar10:DIR"
-        ))),
+        _ => Err(unknown(spec)),
     }
 }
 
