@@ -478,14 +478,17 @@ pub struct SgdArgs<'a> {
     pub wd: f32,
 }
 
-/// Scalars per block of rows in [`balanced_pass`] for tensors that run on one thread.
+/// Scalars per block of rows in [`balanced_pass`] (at least one row), on one thread or on
+/// all.
 const BALANCE_BLOCK: usize = 8192;
 
-/// The tensor size from which [`balanced_pass`] runs on all threads, in blocks of about
-/// this many scalars. With the step's thread pool kept awake (`train::step`), the 784 x 64
-/// layer of the small MLP bench case is faster on two threads in two blocks (the update
-/// phase 0.027-0.029 ms against 0.031 on one; with 8192-scalar blocks and a pool left to
-/// sleep, two threads had been slower).
+/// The tensor size from which [`balanced_pass`] runs its blocks on all threads. Small
+/// blocks there too, as SGD's pass has them (8192 scalars): a thread that comes late to
+/// the pass then leaves the other a block more, not half the tensor. Measured with `ecc
+/// bench train --case mlp-784-64x4-10 --optimizers sgd,ec-sgd,balanced-sgd --runs 1000`,
+/// three runs each (784 x 64 in 7 blocks against 2 blocks of 32 rows): balanced SGD's step
+/// over SGD's 1.030, 1.032, 1.034 against 1.052, 1.057, 1.046; MLP 784-512-512-10 about
+/// the same (1.026-1.029 against 1.020-1.021).
 const BALANCE_PARALLEL_FROM: usize = 32_768;
 
 /// A block of rows in [`balanced_pass`]: w, and m and g (empty without SGD).
@@ -516,13 +519,9 @@ pub fn balanced_pass(
     );
     let per_row = cols.len() == w.len() && d0 > 1 && len > 0;
     let big = w.len() >= BALANCE_PARALLEL_FROM;
-    // On all threads, in blocks of about BALANCE_PARALLEL_FROM scalars, as equal as the
-    // rows allow (the partition depends on the shape only, never on the threads).
-    let rows_per = if big {
-        d0.div_ceil(w.len().div_ceil(BALANCE_PARALLEL_FROM)).max(1)
-    } else {
-        (BALANCE_BLOCK / len.max(1)).max(1)
-    };
+    // Blocks of whole rows, BALANCE_BLOCK scalars or one row (the partition depends on the
+    // shape only, never on the threads).
+    let rows_per = (BALANCE_BLOCK / len.max(1)).max(1);
     let (lr, mu, wd) = sgd.as_ref().map_or((0.0, 0.0, 0.0), |a| (a.lr, a.mu, a.wd));
     // Block b of rows: its w, and its m and g (empty without SGD).
     let block = |(b, (wc, mc, gc)): (usize, Rows<'_>)| {
