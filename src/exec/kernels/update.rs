@@ -487,8 +487,8 @@ const BALANCE_BLOCK: usize = 8192;
 /// the pass then leaves the other a block more, not half the tensor. Measured with `ecc
 /// bench train --case mlp-784-64x4-10 --optimizers sgd,ec-sgd,balanced-sgd --runs 1000`,
 /// three runs each (784 x 64 in 7 blocks against 2 blocks of 32 rows): balanced SGD's step
-/// over SGD's 1.030, 1.032, 1.034 against 1.052, 1.057, 1.046; MLP 784-512-512-10 about
-/// the same (1.026-1.029 against 1.020-1.021).
+/// over SGD's 1.030, 1.032, 1.034 against 1.052, 1.057, 1.046; MLP 784-512-512-10 a little
+/// slower (1.027 and 1.029 against 1.021 twice: more blocks' sums to add).
 const BALANCE_PARALLEL_FROM: usize = 32_768;
 
 /// A block of rows in [`balanced_pass`]: w, and m and g (empty without SGD).
