@@ -223,44 +223,57 @@ impl BalancedSgd {
         step: Option<(&[f64], &HashMap<String, Tensor>, f64)>,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         use crate::exec::kernels::update::{balanced_pass, with_slice, with_slice_mut, SgdArgs};
+        use rayon::prelude::*;
         let (mut inn, mut out) = self.plan.zeros();
         let c = step.map(|(c, _, _)| c);
         let (mu, wd) = (self.rest.momentum as f32, self.rest.weight_decay as f32);
-        for (i, name) in self.plan.params().enumerate() {
-            let Some(var) = params.get(name) else {
-                continue;
-            };
-            let f = self.plan.factors(i, c);
-            let grad = step
-                .filter(|_| self.plan.trains(i))
-                .and_then(|(_, grads, lr)| grads.get(name).map(|g| (g, lr)));
-            let mut res = (vec![], vec![]);
-            match grad {
-                Some((g, lr)) => {
-                    let g = g.contiguous()?;
-                    let m = &mut self.buf[i];
-                    if m.len() != g.elem_count() {
-                        *m = vec![0.0; g.elem_count()];
+        let plan = &self.plan;
+        let names: Vec<&str> = plan.params().collect();
+        // The tensors side by side on the threads (each tensor's pass is its own, so the
+        // bits do not depend on the threads); their squares are added in the plan's order.
+        let res: Vec<Result<(Vec<f64>, Vec<f64>)>> = self
+            .buf
+            .par_iter_mut()
+            .zip(names.par_iter())
+            .enumerate()
+            .map(|(i, (m, name))| {
+                let mut res = (vec![], vec![]);
+                let Some(var) = params.get(*name) else {
+                    return Ok(res);
+                };
+                let f = plan.factors(i, c);
+                let grad = step
+                    .filter(|_| plan.trains(i))
+                    .and_then(|(_, grads, lr)| grads.get(*name).map(|g| (g, lr)));
+                match grad {
+                    Some((g, lr)) => {
+                        let g = g.contiguous()?;
+                        if m.len() != g.elem_count() {
+                            *m = vec![0.0; g.elem_count()];
+                        }
+                        with_slice(&g, |g| {
+                            with_slice_mut(var.as_tensor(), |w| {
+                                let sgd = SgdArgs {
+                                    m,
+                                    g,
+                                    lr: lr as f32,
+                                    mu,
+                                    wd,
+                                };
+                                res = balanced_pass(w, Some(sgd), &f.rows, &f.cols, f.count);
+                            })
+                        })??;
                     }
-                    with_slice(&g, |g| {
-                        with_slice_mut(var.as_tensor(), |w| {
-                            let sgd = SgdArgs {
-                                m,
-                                g,
-                                lr: lr as f32,
-                                mu,
-                                wd,
-                            };
-                            res = balanced_pass(w, Some(sgd), &f.rows, &f.cols, f.count);
-                        })
-                    })??;
+                    None => with_slice_mut(var.as_tensor(), |w| {
+                        res = balanced_pass(w, None, &f.rows, &f.cols, f.count)
+                    })?,
                 }
-                None => with_slice_mut(var.as_tensor(), |w| {
-                    res = balanced_pass(w, None, &f.rows, &f.cols, f.count)
-                })?,
-            }
-            self.plan
-                .add_squares(i, &res.0, &res.1, (&mut inn, &mut out));
+                Ok(res)
+            })
+            .collect();
+        for (i, r) in res.into_iter().enumerate() {
+            let (rows, cols) = r?;
+            plan.add_squares(i, &rows, &cols, (&mut inn, &mut out));
         }
         Ok((inn, out))
     }
