@@ -6,7 +6,7 @@ use super::conv_s1::{self, Wide};
 use super::elementwise::{relu_grad, relu_in_place};
 use super::gemm::{gemm, on_threads, per_sample, Mat};
 use super::window::{col2im_one, im2col_one, Window};
-use super::{contiguous, Elem};
+use super::{contiguous, written, Elem};
 use crate::ir::{ConvAttrs, ConvTransposeAttrs};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -53,18 +53,20 @@ fn conv_fwd<T: Elem>(
     let (w, lo) = (&op.w, op.w.l());
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
-    let mut y = vec![T::zero(); w.n * op.m * lo];
     if let Some(wide) = op.wide() {
-        conv_s1::forward(&wide, x, wt, &mut y, |m, row| {
-            if let Some(b) = bias {
-                row.iter_mut().for_each(|v| *v += b[m]);
-            }
-            if op.relu {
-                relu_in_place(row);
-            }
+        let y = written(w.n * op.m * lo, |y| {
+            conv_s1::forward(&wide, x, wt, y, |m, row| {
+                if let Some(b) = bias {
+                    row.iter_mut().for_each(|v| *v += b[m]);
+                }
+                if op.relu {
+                    relu_in_place(row);
+                }
+            })
         });
         return Ok((T::to_cpu_storage_owned(y), Shape::from(op.w.out_dims(op.m))));
     }
+    let mut y = vec![T::zero(); w.n * op.m * lo];
     per_sample(
         &mut y,
         op.m * lo,
@@ -120,11 +122,10 @@ fn input_grad<T: Elem>(op: &Conv, gy: &[T], wt: &[T]) -> Vec<T> {
     let (w, lo) = (&op.w, op.w.l());
     let (rows, mg) = op.dims();
     let plane = w.c * w.in_len();
-    let mut dx = vec![T::zero(); w.n * plane];
     if let Some(wide) = op.wide() {
-        conv_s1::input_grad(&wide, gy, wt, &mut dx);
-        return dx;
+        return written(w.n * plane, |dx| conv_s1::input_grad(&wide, gy, wt, dx));
     }
+    let mut dx = vec![T::zero(); w.n * plane];
     per_sample(&mut dx, plane, w.c * w.k() * lo, |n, dxn, threads, cols| {
         let gn = &gy[n * op.m * lo..][..op.m * lo];
         for g in 0..op.group {
@@ -515,6 +516,56 @@ mod tests {
         grad_check(|x| conv(x, &w, None, &a, true).unwrap(), &[2, 4, 5, 6]);
         let x = Tensor::from_vec(f32s(seq(2 * 4 * 30, 7)), (2, 4, 5, 6), &dev).unwrap();
         grad_check(|w| conv(&x, w, None, &a, false).unwrap(), &[5, 4, 3, 3]);
+    }
+
+    /// The output and the three gradients have the same bits on 1, 2 and 3 threads, for
+    /// batches whose chunks do not divide evenly among the threads (the left-over chunks run
+    /// with threaded matmuls inside, `gemm::on_threads`), stride-1 and im2col paths alike.
+    #[test]
+    fn convolutions_do_not_depend_on_the_threads() {
+        use rand::{Rng, SeedableRng};
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut seq = |n: usize| (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        // 8x8 planes: 15 samples per stride-1 chunk, so 64 samples are 5 chunks (4 + 1 on
+        // two threads, 3 + 2 on three); stride 2 takes the im2col path (8 samples per
+        // weight-gradient chunk: 8 + 1).
+        for (n, stride) in [(64, 1), (37, 1), (72, 2)] {
+            let (xd, wd) = ([n, 8, 8, 8], [16, 8, 3, 3]);
+            let x = Var::from_tensor(&Tensor::from_vec(seq(n * 512), &xd, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::from_vec(seq(16 * 72), &wd, &dev).unwrap()).unwrap();
+            let r: Vec<f32> = seq(n * 16 * 64);
+            let a = ConvAttrs {
+                kernel: vec![3, 3],
+                strides: vec![stride; 2],
+                pads: vec![1; 4],
+                dilations: vec![1, 1],
+                group: 1,
+            };
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let y = conv(&x, &w, None, &a, true).unwrap();
+                    let r = Tensor::from_slice(&r[..y.elem_count()], y.dims(), &dev).unwrap();
+                    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let bits = |t: &Tensor| {
+                        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        v.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
+                    [bits(&y), bits(g.get(&x).unwrap()), bits(g.get(&w).unwrap())]
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                assert!(
+                    one == run(threads),
+                    "n {n}, stride {stride}, {threads} threads"
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@
 
 use super::gemm::{gemm, on_threads, Mat};
 use super::window::Window;
-use super::Elem;
+use super::{write_init, Elem};
+use std::mem::MaybeUninit;
 
 /// Columns of the wide grid per chunk the chunk size aims at: large enough for efficient
 /// matmuls, small enough that a chunk's buffers stay in the cache (ResNet-20 step, batch
@@ -250,12 +251,13 @@ fn place_rows<T: Elem>(dst: &mut [T], src: &[T], w: usize, wp: usize, first: usi
 }
 
 /// The forward pass: `y` (N, M, Ho, Wo) from `x` (N, C, H, W) and `wt` (M, C, kh, kw), then
-/// `epilogue(m, row)` on each output row of channel m (bias, ReLU).
+/// `epilogue(m, row)` on each output row of channel m (bias, ReLU). Every value of `y` is
+/// written (it need not be initialized).
 pub(super) fn forward<T: Elem>(
     g: &Wide,
     x: &[T],
     wt: &[T],
-    y: &mut [T],
+    y: &mut [MaybeUninit<T>],
     epilogue: impl Fn(usize, &mut [T]) + Sync,
 ) {
     let out = g.m * g.ho * g.wo;
@@ -264,7 +266,7 @@ pub(super) fn forward<T: Elem>(
     on_threads(
         y.chunks_mut(g.nb * out).collect(),
         scratch,
-        |ci, ych: &mut [T], threads, buf| {
+        |ci, ych: &mut [MaybeUninit<T>], threads, buf| {
             let nb = ych.len() / out;
             let (xp, yw) = buf.split_at_mut(g.c * g.kw * g.span(nb));
             g.pack(x, ci * g.nb, nb, xp);
@@ -274,8 +276,7 @@ pub(super) fn forward<T: Elem>(
                 for (m, ym) in yn.chunks_mut(g.ho * g.wo).enumerate() {
                     for (oy, row) in ym.chunks_mut(g.wo).enumerate() {
                         let src = &yw[m * cols + j * g.s + oy * g.wq..][..g.wo];
-                        row.copy_from_slice(src);
-                        epilogue(m, row);
+                        epilogue(m, write_init(row, src));
                     }
                 }
             }
@@ -283,8 +284,9 @@ pub(super) fn forward<T: Elem>(
     );
 }
 
-/// The input gradient `dx` (N, C, H, W) from the output gradient `gy` (N, M, Ho, Wo).
-pub(super) fn input_grad<T: Elem>(g: &Wide, gy: &[T], wt: &[T], dx: &mut [T]) {
+/// The input gradient `dx` (N, C, H, W) from the output gradient `gy` (N, M, Ho, Wo), every
+/// value written.
+pub(super) fn input_grad<T: Elem>(g: &Wide, gy: &[T], wt: &[T], dx: &mut [MaybeUninit<T>]) {
     let (k, adj) = (g.taps(), g.adjoint());
     // w'[c, m, tap] = w[m, c, k - 1 - tap]: transposed, flipped.
     let mut wf = vec![T::zero(); wt.len()];

@@ -41,15 +41,15 @@ pub(super) fn relu_mask<T: Elem>(
 /// `f(a[i], b[i])` for every i, in parallel chunks.
 fn zip_map<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     use rayon::prelude::*;
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(1 << 14)
-        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = f(a, b);
-            }
-        });
-    out
+    super::written(a.len(), |out| {
+        out.par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    o.write(f(a, b));
+                }
+            });
+    })
 }
 
 impl CustomOp2 for ReluMask {
