@@ -9,7 +9,7 @@ use crate::ec::step::StepConfig;
 use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::ir::{Graph, Op};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor, Var, D};
 use optim::{BalancedSgd, EcSgd, Optimizer, PathSgd, Sgd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -872,7 +872,11 @@ pub fn step(
     lr: f64,
 ) -> Result<StepOut> {
     let t0 = Instant::now();
-    let logits = ex.forward_train(std::slice::from_ref(x), seed)?[0].flatten_from(1)?;
+    // The executor's tape runs the network's backward pass (exec::tape); candle's autograd
+    // runs the loss's, from a variable standing for the network's output.
+    let (outs, tape) = ex.forward_tape(std::slice::from_ref(x), seed)?;
+    let out = Var::from_tensor(&outs[0])?;
+    let logits = out.flatten_from(1)?;
     let loss = cross_entropy(&logits, y)?;
     let t1 = Instant::now();
     let l = loss.to_scalar::<f32>()? as f64;
@@ -886,8 +890,9 @@ pub fn step(
             ms: [f, f, 0.0, 0.0],
         });
     }
-    let grads = loss.backward()?;
-    let g = ex.grads_by_name(&grads);
+    let mut douts = vec![None; outs.len()];
+    douts[0] = loss.backward()?.remove(out.as_tensor());
+    let g = tape.backward(ex, &douts)?;
     let t2 = Instant::now();
     let guarded = opt.step(ex.params(), &g, lr)? > 0;
     wake_pool();

@@ -6,7 +6,7 @@ use super::conv_s1::{self, Wide};
 use super::elementwise::{relu_grad, relu_in_place};
 use super::gemm::{gemm, on_threads, per_sample, Mat};
 use super::window::{col2im_one, im2col_one, Window};
-use super::{contiguous, written, Elem};
+use super::{apply2, apply3, contiguous, written, Call, Elem, Rec};
 use crate::ir::{ConvAttrs, ConvTransposeAttrs};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -201,6 +201,7 @@ op2!(ConvDw, "ecc-conv-dw", conv_dw);
 impl ConvFwd {
     fn grads(
         &self,
+        want_dx: bool,
         x: &Tensor,
         w: &Tensor,
         res: &Tensor,
@@ -208,8 +209,7 @@ impl ConvFwd {
     ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
         let grad = relu_grad(grad, res, self.0.relu)?;
         // No input gradient for a plain input (the first layer's data): it is never used.
-        let dx = x
-            .track_op()
+        let dx = want_dx
             .then(|| grad.apply_op2_no_bwd(&w.contiguous()?, &ConvDx(self.0.clone())))
             .transpose()?;
         let dw = grad.apply_op2_no_bwd(&x.contiguous()?, &ConvDw(self.0.clone()))?;
@@ -240,7 +240,19 @@ pub fn conv(
     a: &ConvAttrs,
     relu: bool,
 ) -> crate::Result<Tensor> {
-    conv_with(x, w, b, a, relu, true)
+    Ok(conv_with(x, w, b, a, relu, true, Rec::Graph)?.0)
+}
+
+/// [`conv`], recorded as `rec` says.
+pub fn conv_rec(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &ConvAttrs,
+    relu: bool,
+    rec: Rec,
+) -> crate::Result<Call> {
+    conv_with(x, w, b, a, relu, true, rec)
 }
 
 /// [`conv`], with the stride-1 path (`direct`) or always through im2col.
@@ -251,7 +263,8 @@ fn conv_with(
     a: &ConvAttrs,
     relu: bool,
     direct: bool,
-) -> crate::Result<Tensor> {
+    rec: Rec,
+) -> crate::Result<Call> {
     let win = Window::new(
         x.dims(),
         &a.kernel,
@@ -270,8 +283,8 @@ fn conv_with(
     });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     Ok(match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
-        None => x.apply_op2(&w, op)?,
+        Some(b) => apply3(&x, &w, &b.contiguous()?, op, rec)?,
+        None => apply2(&x, &w, op, rec)?,
     })
 }
 
@@ -357,6 +370,7 @@ layer_op!(
 impl ConvTFwd {
     fn grads(
         &self,
+        want_dx: bool,
         x: &Tensor,
         w: &Tensor,
         res: &Tensor,
@@ -374,8 +388,7 @@ impl ConvTFwd {
             }
         }
         let core = core.contiguous()?;
-        let dx = x
-            .track_op()
+        let dx = want_dx
             .then(|| core.apply_op2_no_bwd(&w.contiguous()?, &ConvFwd(op.conv.clone())))
             .transpose()?;
         let dw = x
@@ -397,6 +410,18 @@ pub fn conv_transpose(
     a: &ConvTransposeAttrs,
     relu: bool,
 ) -> crate::Result<Tensor> {
+    Ok(conv_transpose_rec(x, w, b, a, relu, Rec::Graph)?.0)
+}
+
+/// [`conv_transpose`], recorded as `rec` says.
+pub fn conv_transpose_rec(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &ConvTransposeAttrs,
+    relu: bool,
+    rec: Rec,
+) -> crate::Result<Call> {
     let ns = a.kernel.len();
     let m = w.dims()[1] * a.group;
     // The convolution's input: the transposed convolution's output up to the full result.
@@ -427,8 +452,8 @@ pub fn conv_transpose(
     });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     Ok(match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
-        None => x.apply_op2(&w, op)?,
+        Some(b) => apply3(&x, &w, &b.contiguous()?, op, rec)?,
+        None => apply2(&x, &w, op, rec)?,
     })
 }
 
@@ -481,7 +506,9 @@ mod tests {
             let b =
                 Var::from_tensor(&Tensor::from_vec(seq(wd[0], 3), wd[0], &dev).unwrap()).unwrap();
             let run = |direct: bool| {
-                let y = conv_with(&x, &w, Some(&b), &a, true, direct).unwrap();
+                let y = conv_with(&x, &w, Some(&b), &a, true, direct, Rec::Graph)
+                    .unwrap()
+                    .0;
                 let r = Tensor::from_vec(seq(y.elem_count(), 13), y.dims(), &dev).unwrap();
                 let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();

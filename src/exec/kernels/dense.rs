@@ -2,7 +2,7 @@
 
 use super::elementwise::{relu_grad, relu_in_place};
 use super::gemm::{gemm, Mat};
-use super::{contiguous, Elem};
+use super::{apply2, apply3, contiguous, Call, Elem, Rec};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -145,6 +145,7 @@ struct DenseFwd(Dense);
 impl DenseFwd {
     fn grads(
         &self,
+        want_dx: bool,
         x: &Tensor,
         w: &Tensor,
         res: &Tensor,
@@ -152,8 +153,7 @@ impl DenseFwd {
     ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
         let g = relu_grad(grad, res, self.0.relu)?;
         // No input gradient for a plain input (the first layer's data): it is never used.
-        let dx = x
-            .track_op()
+        let dx = want_dx
             .then(|| g.apply_op2_no_bwd(&w.contiguous()?, &DenseDx(self.0)))
             .transpose()?;
         let dw = g.apply_op2_no_bwd(&x.contiguous()?, &DenseDw(self.0))?;
@@ -179,11 +179,23 @@ pub fn dense(
     trans_b: bool,
     relu: bool,
 ) -> crate::Result<Tensor> {
+    Ok(dense_rec(x, w, b, trans_b, relu, Rec::Graph)?.0)
+}
+
+/// [`dense`], recorded as `rec` says.
+pub fn dense_rec(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    trans_b: bool,
+    relu: bool,
+    rec: Rec,
+) -> crate::Result<Call> {
     let op = DenseFwd(Dense { trans_b, relu });
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     Ok(match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
-        None => x.apply_op2(&w, op)?,
+        Some(b) => apply3(&x, &w, &b.contiguous()?, op, rec)?,
+        None => apply2(&x, &w, op, rec)?,
     })
 }
 

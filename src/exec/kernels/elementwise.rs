@@ -1,7 +1,7 @@
 //! Elementwise kernels: ReLU and its gradient mask (as selects), the sum of two tensors with
 //! a ReLU (a residual block's end), squaring in place.
 
-use super::{contiguous, Elem};
+use super::{apply2, contiguous, Call, Elem, Rec, TapeOp};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -172,6 +172,11 @@ impl CustomOp2 for AddRelu {
 
 /// `relu(a + b)`, `a` and `b` of the same shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
+    Ok(add_relu_rec(a, b, Rec::Graph)?.0)
+}
+
+/// [`add_relu`], recorded as `rec` says.
+pub fn add_relu_rec(a: &Tensor, b: &Tensor, rec: Rec) -> crate::Result<Call> {
     if a.dims() != b.dims() {
         return Err(crate::Error::shape(format!(
             "add-relu of {:?} and {:?}",
@@ -179,7 +184,63 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
             b.dims()
         )));
     }
-    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+    Ok(apply2(&a.contiguous()?, &b.contiguous()?, AddRelu, rec)?)
+}
+
+impl TapeOp for AddRelu {
+    fn tape_bwd(
+        &self,
+        _args: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        _want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let g = relu_grad(grad, res, true)?;
+        Ok(vec![Some(g.clone()), Some(g)])
+    }
+}
+
+/// `a + b` for two tensors of one shape, in parallel chunks, tracking nothing (the tape's
+/// sum of two gradient contributions; candle's own add runs on one thread).
+pub fn add(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(crate::Error::shape(format!(
+            "add of {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    Ok(a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Add)?)
+}
+
+struct Add;
+
+fn add_fwd<T: Elem>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
+    Ok((
+        T::to_cpu_storage_owned(zip_map(a, b, |a, b| a + b)),
+        l1.shape().clone(),
+    ))
+}
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "ecc-add"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1.dtype(), add_fwd, s1, l1, s2, l2)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! ecc's CPU kernels, as candle custom ops with backward passes (candle's autograd stitches
-//! them together), one file per kernel family. f32 for training, f64 for numerical checks.
+//! ecc's CPU kernels, as candle custom ops with backward passes, one file per kernel family.
+//! f32 for training, f64 for numerical checks. A call is recorded in candle's graph (its
+//! autograd stitches the passes together) or, with [`Rec::Tape`], hands its backward pass
+//! to the executor's tape (`exec::tape`), which runs the same functions.
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
 
 /// The element types the kernels run in: f32 (training) and f64 (numerical checks).
 pub(crate) trait Elem:
@@ -114,9 +116,9 @@ macro_rules! op2 {
 }
 
 /// A layer op with a weight and an optional bias, as two candle ops: (x, w) and (x, w, b).
-/// `$fwd(op, x, w, bias)` computes the output; the type provides `grads(x, w, y, grad)` ->
-/// (input gradient if wanted, weight gradient, output gradient after the fused ReLU) and
-/// `bias_grad(output gradient, b)`.
+/// `$fwd(op, x, w, bias)` computes the output; the type provides `grads(want_dx, x, w, y,
+/// grad)` -> (input gradient if wanted, weight gradient, output gradient after the fused
+/// ReLU) and `bias_grad(output gradient, b)`. Also the op's [`TapeOp`].
 macro_rules! layer_op {
     ($ty:ty, $name:literal, $name_bias:literal, $fwd:ident) => {
         impl CustomOp2 for $ty {
@@ -139,8 +141,25 @@ macro_rules! layer_op {
                 res: &Tensor,
                 grad: &Tensor,
             ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-                let (dx, dw, _) = self.grads(x, w, res, grad)?;
+                let (dx, dw, _) = self.grads(x.track_op(), x, w, res, grad)?;
                 Ok((dx, Some(dw)))
+            }
+        }
+
+        impl $crate::exec::kernels::TapeOp for $ty {
+            fn tape_bwd(
+                &self,
+                args: &[Tensor],
+                res: &Tensor,
+                grad: &Tensor,
+                want: &[bool],
+            ) -> Result<Vec<Option<Tensor>>> {
+                let (dx, dw, g) = self.grads(want[0], &args[0], &args[1], res, grad)?;
+                let mut out = vec![dx, Some(dw)];
+                if let Some(b) = args.get(2) {
+                    out.push(Some(self.bias_grad(&g, b)?));
+                }
+                Ok(out)
             }
         }
 
@@ -168,11 +187,105 @@ macro_rules! layer_op {
                 res: &Tensor,
                 grad: &Tensor,
             ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-                let (dx, dw, g) = self.grads(x, w, res, grad)?;
+                let (dx, dw, g) = self.grads(x.track_op(), x, w, res, grad)?;
                 Ok((dx, Some(dw), Some(self.bias_grad(&g, b)?)))
             }
         }
     };
+}
+
+/// How a kernel call keeps what its backward pass needs: in candle's graph (the output
+/// tracks its inputs, and `backward()` on a loss runs the pass), or as a [`Backward`] for
+/// the executor's tape (`exec::tape`; the output tracks nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rec {
+    Graph,
+    Tape,
+}
+
+/// A kernel call's backward pass, as the executor's tape runs it.
+pub trait Backward: Send + Sync {
+    /// The gradients of the call's inputs, in order, from its output's gradient `grad`;
+    /// where `want[i]` is false (a graph input, which needs none) it may give `None`.
+    fn backward(&self, grad: &Tensor, want: &[bool]) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// A kernel call's output, and its backward pass when recorded with [`Rec::Tape`].
+pub type Call = (Tensor, Option<Box<dyn Backward>>);
+
+/// The backward pass of one of the custom ops here, on its inputs `args` and output `res`:
+/// what its candle `bwd` computes (both call the same functions).
+pub(crate) trait TapeOp: Send + Sync + 'static {
+    fn tape_bwd(
+        &self,
+        args: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// A custom op's call kept for the tape: the op, its inputs and its output.
+struct Taped<O> {
+    op: O,
+    args: Vec<Tensor>,
+    res: Tensor,
+}
+
+impl<O: TapeOp> Backward for Taped<O> {
+    fn backward(&self, grad: &Tensor, want: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        self.op.tape_bwd(&self.args, &self.res, grad, want)
+    }
+}
+
+fn taped<O: TapeOp>(op: O, args: &[&Tensor], res: &Tensor) -> Option<Box<dyn Backward>> {
+    Some(Box::new(Taped {
+        op,
+        args: args.iter().map(|&t| t.clone()).collect(),
+        res: res.clone(),
+    }))
+}
+
+/// `x.apply_op1(op)` recorded as `rec` says.
+fn apply1<O: candle_core::CustomOp1 + TapeOp>(x: &Tensor, op: O, rec: Rec) -> Result<Call> {
+    Ok(match rec {
+        Rec::Graph => (x.apply_op1(op)?, None),
+        Rec::Tape => {
+            let y = x.apply_op1_no_bwd(&op)?;
+            let b = taped(op, &[x], &y);
+            (y, b)
+        }
+    })
+}
+
+/// `a.apply_op2(b, op)` recorded as `rec` says.
+fn apply2<O: CustomOp2 + TapeOp>(a: &Tensor, b: &Tensor, op: O, rec: Rec) -> Result<Call> {
+    Ok(match rec {
+        Rec::Graph => (a.apply_op2(b, op)?, None),
+        Rec::Tape => {
+            let y = a.apply_op2_no_bwd(b, &op)?;
+            let back = taped(op, &[a, b], &y);
+            (y, back)
+        }
+    })
+}
+
+/// `a.apply_op3(b, c, op)` recorded as `rec` says.
+fn apply3<O: candle_core::CustomOp3 + TapeOp>(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    op: O,
+    rec: Rec,
+) -> Result<Call> {
+    Ok(match rec {
+        Rec::Graph => (a.apply_op3(b, c, op)?, None),
+        Rec::Tape => {
+            let y = a.apply_op3_no_bwd(b, c, &op)?;
+            let back = taped(op, &[a, b, c], &y);
+            (y, back)
+        }
+    })
 }
 
 mod conv;
@@ -188,10 +301,10 @@ mod testing;
 pub mod update;
 mod window;
 
-pub use conv::{conv, conv_transpose};
-pub use dense::dense;
-pub use elementwise::{add_relu, square_into};
-pub use norm::batch_norm_train;
-pub use pool::{average_pool, max_pool};
+pub use conv::{conv, conv_rec, conv_transpose, conv_transpose_rec};
+pub use dense::{dense, dense_rec};
+pub use elementwise::{add, add_relu, add_relu_rec, square_into};
+pub use norm::{batch_norm_train, batch_norm_train_rec};
+pub use pool::{average_pool, max_pool, pool_rec};
 pub use resize::resize;
 pub use window::Window;

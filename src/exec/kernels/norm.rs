@@ -9,7 +9,7 @@
 //! f64, per channel in parallel; the elementwise passes run in parallel over the (sample,
 //! channel) planes.
 
-use super::{contiguous, contiguous3, Elem};
+use super::{apply3, contiguous, contiguous3, Call, Elem, Rec, TapeOp};
 use crate::exec::cpu::vectorized;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -548,6 +548,35 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, gamma, beta, res, grad)
+    }
+}
+
+impl TapeOp for BnTrain {
+    fn tape_bwd(
+        &self,
+        args: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        _want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (dx, dgamma, dbeta) = self.grads(&args[0], &args[1], &args[2], res, grad)?;
+        Ok(vec![dx, dgamma, dbeta])
+    }
+}
+
+impl BnTrain {
+    /// The gradients of x, gamma and beta (spec §11): the channel sums, then the input
+    /// gradient from them.
+    #[allow(clippy::type_complexity)]
+    fn grads(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad, x, y) = (grad.contiguous()?, x.contiguous()?, res.contiguous()?);
         let sums_t = grad.apply_op3_no_bwd(&x, &y, &BnSums(self))?;
         let c = sums_t.dims()[1];
@@ -589,6 +618,19 @@ pub fn batch_norm_train(
     epsilon: f64,
     relu: bool,
 ) -> crate::Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let ((y, _), mean, var) = batch_norm_train_rec(x, gamma, beta, epsilon, relu, Rec::Graph)?;
+    Ok((y, mean, var))
+}
+
+/// [`batch_norm_train`], recorded as `rec` says.
+pub fn batch_norm_train_rec(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    epsilon: f64,
+    relu: bool,
+    rec: Rec,
+) -> crate::Result<(Call, Vec<f64>, Vec<f64>)> {
     let x = x.contiguous()?;
     let (mean, var) = batch_stats(&x)?;
     let inv_std = var.iter().map(|v| 1.0 / (v + epsilon).sqrt()).collect();
@@ -597,12 +639,14 @@ pub fn batch_norm_train(
         inv_std,
         relu,
     };
-    let y = x.apply_op3(
+    let call = apply3(
+        &x,
         &gamma.flatten_all()?.contiguous()?,
         &beta.flatten_all()?.contiguous()?,
         op,
+        rec,
     )?;
-    Ok((y, mean, var))
+    Ok((call, mean, var))
 }
 
 #[cfg(test)]

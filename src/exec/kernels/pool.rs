@@ -2,7 +2,7 @@
 //! pooling), and their backward passes.
 
 use super::window::Window;
-use super::{contiguous, contiguous3, Elem};
+use super::{apply1, contiguous, contiguous3, Call, Elem, Rec, TapeOp};
 use crate::ir::PoolAttrs;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -225,7 +225,25 @@ impl CustomOp1 for Pool {
     }
 }
 
-fn pool(x: &Tensor, p: &PoolAttrs, kind: PoolKind) -> crate::Result<Tensor> {
+impl TapeOp for Pool {
+    fn tape_bwd(
+        &self,
+        args: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        _want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![self.bwd(&args[0], res, grad)?])
+    }
+}
+
+/// Max pooling, or average pooling with `avg = Some(count_include_pad)`, recorded as `rec`
+/// says.
+pub fn pool_rec(x: &Tensor, p: &PoolAttrs, avg: Option<bool>, rec: Rec) -> crate::Result<Call> {
+    let kind = match avg {
+        None => PoolKind::Max,
+        Some(count_include_pad) => PoolKind::Avg { count_include_pad },
+    };
     let w = Window::new(
         x.dims(),
         &p.kernel,
@@ -234,15 +252,15 @@ fn pool(x: &Tensor, p: &PoolAttrs, kind: PoolKind) -> crate::Result<Tensor> {
         &p.dilations,
         p.ceil_mode,
     )?;
-    Ok(x.contiguous()?.apply_op1(Pool { w, kind })?)
+    Ok(apply1(&x.contiguous()?, Pool { w, kind }, rec)?)
 }
 
 pub fn max_pool(x: &Tensor, p: &PoolAttrs) -> crate::Result<Tensor> {
-    pool(x, p, PoolKind::Max)
+    Ok(pool_rec(x, p, None, Rec::Graph)?.0)
 }
 
 pub fn average_pool(x: &Tensor, p: &PoolAttrs, count_include_pad: bool) -> crate::Result<Tensor> {
-    pool(x, p, PoolKind::Avg { count_include_pad })
+    Ok(pool_rec(x, p, Some(count_include_pad), Rec::Graph)?.0)
 }
 #[cfg(test)]
 mod tests {
