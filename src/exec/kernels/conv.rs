@@ -570,11 +570,7 @@ mod tests {
                 group: 1,
             };
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
+                crate::exec::kernels::testing::with_threads(threads, || {
                     let y = conv(&x, &w, None, &a, true).unwrap();
                     let r = Tensor::from_slice(&r[..y.elem_count()], y.dims(), &dev).unwrap();
                     let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();

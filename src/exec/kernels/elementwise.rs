@@ -118,12 +118,15 @@ pub fn square_into(dst: &Tensor, src: &Tensor) -> crate::Result<()> {
     Ok(dst.inplace_op2(&src.contiguous()?, &SquareInto)?)
 }
 
-/// `relu(a + b)` for two tensors of one shape (a residual block's end: the block's output
-/// plus its shortcut, then ReLU), in one pass; the backward sends the masked output
+/// `a + b` for two tensors of one shape, with `relu` then ReLU (a residual block's end: the
+/// block's output plus its shortcut), in one pass; the backward sends the (masked) output
 /// gradient to both.
-struct AddRelu;
+struct Sum {
+    relu: bool,
+}
 
-fn add_relu_fwd<T: Elem>(
+fn sum_fwd<T: Elem>(
+    op: &Sum,
     s1: &CpuStorage,
     l1: &Layout,
     s2: &CpuStorage,
@@ -131,23 +134,31 @@ fn add_relu_fwd<T: Elem>(
 ) -> Result<(CpuStorage, Shape)> {
     let (a, b) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
     if a.len() != b.len() {
-        candle_core::bail!("ecc add-relu: {} and {} values", a.len(), b.len());
+        candle_core::bail!("ecc add: {} and {} values", a.len(), b.len());
     }
     let zero = T::zero();
-    let out = zip_map(a, b, |a, b| {
-        let v = a + b;
-        if v < zero {
-            zero
-        } else {
-            v
-        }
-    });
+    let out = if op.relu {
+        zip_map(a, b, |a, b| {
+            let v = a + b;
+            if v < zero {
+                zero
+            } else {
+                v
+            }
+        })
+    } else {
+        zip_map(a, b, |a, b| a + b)
+    };
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
-impl CustomOp2 for AddRelu {
+impl CustomOp2 for Sum {
     fn name(&self) -> &'static str {
-        "ecc-add-relu"
+        if self.relu {
+            "ecc-add-relu"
+        } else {
+            "ecc-add"
+        }
     }
     fn cpu_fwd(
         &self,
@@ -156,7 +167,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), add_relu_fwd, s1, l1, s2, l2)
+        by_dtype!(s1.dtype(), sum_fwd, self, s1, l1, s2, l2)
     }
     fn bwd(
         &self,
@@ -165,8 +176,21 @@ impl CustomOp2 for AddRelu {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = relu_grad(grad, res, true)?;
+        let g = relu_grad(grad, res, self.relu)?;
         Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+impl TapeOp for Sum {
+    fn tape_bwd(
+        &self,
+        a: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        _want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (ga, gb) = self.bwd(&a[0], &a[1], res, grad)?;
+        Ok(vec![ga, gb])
     }
 }
 
@@ -175,72 +199,34 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
     Ok(add_relu_rec(a, b, Rec::Graph)?.0)
 }
 
-/// [`add_relu`], recorded as `rec` says.
-pub fn add_relu_rec(a: &Tensor, b: &Tensor, rec: Rec) -> crate::Result<Call> {
+fn same_dims(what: &str, a: &Tensor, b: &Tensor) -> crate::Result<()> {
     if a.dims() != b.dims() {
         return Err(crate::Error::shape(format!(
-            "add-relu of {:?} and {:?}",
+            "{what} of {:?} and {:?}",
             a.dims(),
             b.dims()
         )));
     }
-    Ok(apply2(&a.contiguous()?, &b.contiguous()?, AddRelu, rec)?)
+    Ok(())
 }
 
-impl TapeOp for AddRelu {
-    fn tape_bwd(
-        &self,
-        _args: &[Tensor],
-        res: &Tensor,
-        grad: &Tensor,
-        _want: &[bool],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let g = relu_grad(grad, res, true)?;
-        Ok(vec![Some(g.clone()), Some(g)])
-    }
+/// [`add_relu`], recorded as `rec` says.
+pub fn add_relu_rec(a: &Tensor, b: &Tensor, rec: Rec) -> crate::Result<Call> {
+    same_dims("add-relu", a, b)?;
+    Ok(apply2(
+        &a.contiguous()?,
+        &b.contiguous()?,
+        Sum { relu: true },
+        rec,
+    )?)
 }
 
 /// `a + b` for two tensors of one shape, in parallel chunks, tracking nothing (the tape's
 /// sum of two gradient contributions; candle's own add runs on one thread).
 pub fn add(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
-    if a.dims() != b.dims() {
-        return Err(crate::Error::shape(format!(
-            "add of {:?} and {:?}",
-            a.dims(),
-            b.dims()
-        )));
-    }
-    Ok(a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Add)?)
-}
-
-struct Add;
-
-fn add_fwd<T: Elem>(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> Result<(CpuStorage, Shape)> {
-    let (a, b) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
-    Ok((
-        T::to_cpu_storage_owned(zip_map(a, b, |a, b| a + b)),
-        l1.shape().clone(),
-    ))
-}
-
-impl CustomOp2 for Add {
-    fn name(&self) -> &'static str {
-        "ecc-add"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(s1.dtype(), add_fwd, s1, l1, s2, l2)
-    }
+    same_dims("add", a, b)?;
+    Ok(a.contiguous()?
+        .apply_op2_no_bwd(&b.contiguous()?, &Sum { relu: false })?)
 }
 
 #[cfg(test)]

@@ -548,35 +548,6 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, gamma, beta, res, grad)
-    }
-}
-
-impl TapeOp for BnTrain {
-    fn tape_bwd(
-        &self,
-        args: &[Tensor],
-        res: &Tensor,
-        grad: &Tensor,
-        _want: &[bool],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let (dx, dgamma, dbeta) = self.grads(&args[0], &args[1], &args[2], res, grad)?;
-        Ok(vec![dx, dgamma, dbeta])
-    }
-}
-
-impl BnTrain {
-    /// The gradients of x, gamma and beta (spec §11): the channel sums, then the input
-    /// gradient from them.
-    #[allow(clippy::type_complexity)]
-    fn grads(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad, x, y) = (grad.contiguous()?, x.contiguous()?, res.contiguous()?);
         let sums_t = grad.apply_op3_no_bwd(&x, &y, &BnSums(self))?;
         let c = sums_t.dims()[1];
@@ -601,6 +572,19 @@ impl BnTrain {
             },
         )?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+impl TapeOp for BnTrain {
+    fn tape_bwd(
+        &self,
+        a: &[Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+        _want: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (dx, dgamma, dbeta) = self.bwd(&a[0], &a[1], &a[2], res, grad)?;
+        Ok(vec![dx, dgamma, dbeta])
     }
 }
 

@@ -106,3 +106,12 @@ pub(super) fn same_grads(
         }
     }
 }
+
+/// `f` run in a pool of `threads` threads (results that must not depend on the threads).
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}

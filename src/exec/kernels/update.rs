@@ -806,11 +806,7 @@ mod tests {
         let rows: Vec<f32> = v(d0, 0.1).iter().map(|x| 1.0 + x).collect();
         let cols: Vec<f32> = v(len, 0.1).iter().map(|x| 1.0 + x).collect();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::exec::kernels::testing::with_threads(threads, || {
                 let (mut w, mut m) = (w.clone(), m.clone());
                 let sgd = SgdArgs {
                     m: &mut m,
