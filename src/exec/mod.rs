@@ -343,242 +343,229 @@ impl Executor {
         let node = &self.nodes[i];
         let n_out = out_dims.last().copied().unwrap_or(0);
         let train = mode != Mode::Eval;
-        Ok((
-            match &node.op {
-                Op::BatchNorm { epsilon, momentum } if train => {
-                    let m = x[0].elem_count() / x[0].dims()[1].max(1);
-                    if m < 2 {
-                        return Err(Error::shape(format!(
+        let y = match &node.op {
+            Op::BatchNorm { epsilon, momentum } if train => {
+                let m = x[0].elem_count() / x[0].dims()[1].max(1);
+                if m < 2 {
+                    return Err(Error::shape(format!(
                         "BatchNormalization in training mode needs more than one value per channel (input {:?})",
                         x[0].dims()
                     )));
-                    }
-                    let (call, mean, var) = kernels::batch_norm_train_rec(
-                        x[0],
-                        x[1],
-                        x[2],
-                        *epsilon as f64,
-                        relu,
-                        rec,
-                    )?;
-                    self.update_running(node, &mean, &var, *momentum as f64, m)?;
-                    return Ok(call);
                 }
-                Op::Dropout { ratio } if *ratio > 0.0 && train => {
-                    use rand::{Rng, SeedableRng};
-                    let Mode::Train { seed } = mode else {
-                        unreachable!("guarded by `train`")
-                    };
-                    let mixed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mixed);
-                    let keep = 1.0 / (1.0 - *ratio as f64);
-                    let mask: Vec<f64> = (0..x[0].elem_count())
-                        .map(|_| if rng.gen::<f32>() < *ratio { 0.0 } else { keep })
-                        .collect();
-                    let mask =
-                        Tensor::from_vec(mask, x[0].dims(), &self.device)?.to_dtype(self.dtype)?;
-                    (x[0] * mask)?
+                let (call, mean, var) =
+                    kernels::batch_norm_train_rec(x[0], x[1], x[2], *epsilon as f64, relu, rec)?;
+                self.update_running(node, &mean, &var, *momentum as f64, m)?;
+                return Ok(call);
+            }
+            Op::Dropout { ratio } if *ratio > 0.0 && train => {
+                use rand::{Rng, SeedableRng};
+                let Mode::Train { seed } = mode else {
+                    unreachable!("guarded by `train`")
+                };
+                let mixed = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mixed);
+                let keep = 1.0 / (1.0 - *ratio as f64);
+                let mask: Vec<f64> = (0..x[0].elem_count())
+                    .map(|_| if rng.gen::<f32>() < *ratio { 0.0 } else { keep })
+                    .collect();
+                let mask =
+                    Tensor::from_vec(mask, x[0].dims(), &self.device)?.to_dtype(self.dtype)?;
+                (x[0] * mask)?
+            }
+            // The common dense layer: one fused kernel (matmul, bias, ReLU).
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a: false,
+                trans_b,
+            } if *alpha == 1.0
+                && x[0].rank() == 2
+                && x.get(2).is_none_or(|c| {
+                    *beta == 1.0
+                        && c.elem_count() == n_out
+                        && c.dims().iter().rev().skip(1).all(|&d| d == 1)
+                }) =>
+            {
+                let b = x.get(2).map(|c| c.flatten_all()).transpose()?;
+                return kernels::dense_rec(x[0], x[1], b.as_ref(), *trans_b, relu, rec);
+            }
+            Op::Binary {
+                kind: BinaryKind::Add,
+                ..
+            } if relu => return kernels::add_relu_rec(x[0], x[1], rec),
+            op if relu && !matches!(op, Op::Conv(_) | Op::ConvTranspose(_)) => {
+                let (y, _) = self.run_node(i, x, out_dims, false, mode, kernels::Rec::Graph)?;
+                y.relu()?
+            }
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+            } => {
+                let a = if *trans_a { x[0].t()? } else { x[0].clone() };
+                let b = if *trans_b { x[1].t()? } else { x[1].clone() };
+                let mut y = a.matmul(&b)?;
+                if *alpha != 1.0 {
+                    y = (y * *alpha as f64)?;
                 }
-                // The common dense layer: one fused kernel (matmul, bias, ReLU).
-                Op::Gemm {
-                    alpha,
-                    beta,
-                    trans_a: false,
-                    trans_b,
-                } if *alpha == 1.0
-                    && x[0].rank() == 2
-                    && x.get(2).is_none_or(|c| {
-                        *beta == 1.0
-                            && c.elem_count() == n_out
-                            && c.dims().iter().rev().skip(1).all(|&d| d == 1)
-                    }) =>
-                {
-                    let b = x.get(2).map(|c| c.flatten_all()).transpose()?;
-                    return kernels::dense_rec(x[0], x[1], b.as_ref(), *trans_b, relu, rec);
-                }
-                Op::Binary {
-                    kind: BinaryKind::Add,
-                    ..
-                } if relu => return kernels::add_relu_rec(x[0], x[1], rec),
-                op if relu && !matches!(op, Op::Conv(_) | Op::ConvTranspose(_)) => {
-                    let (y, _) = self.run_node(i, x, out_dims, false, mode, kernels::Rec::Graph)?;
-                    y.relu()?
-                }
-                Op::Gemm {
-                    alpha,
-                    beta,
-                    trans_a,
-                    trans_b,
-                } => {
-                    let a = if *trans_a { x[0].t()? } else { x[0].clone() };
-                    let b = if *trans_b { x[1].t()? } else { x[1].clone() };
-                    let mut y = a.matmul(&b)?;
-                    if *alpha != 1.0 {
-                        y = (y * *alpha as f64)?;
-                    }
-                    if let Some(c) = x.get(2) {
-                        let c = if *beta != 1.0 {
-                            (*c * *beta as f64)?
-                        } else {
-                            (*c).clone()
-                        };
-                        y = y.broadcast_add(&c)?;
-                    }
-                    y
-                }
-                Op::MatMul => matmul(x[0], x[1])?,
-                Op::Binary { kind, legacy_axis } => {
-                    let b = match legacy_axis {
-                        Some(axis) => {
-                            let mut d = x[1].dims().to_vec();
-                            d.resize(x[0].rank() - axis, 1);
-                            x[1].reshape(d)?
-                        }
-                        None => x[1].clone(),
-                    };
-                    match kind {
-                        BinaryKind::Add => x[0].broadcast_add(&b)?,
-                        BinaryKind::Sub => x[0].broadcast_sub(&b)?,
-                        BinaryKind::Mul => x[0].broadcast_mul(&b)?,
-                        BinaryKind::Div => x[0].broadcast_div(&b)?,
-                    }
-                }
-                Op::Sum | Op::Mean => {
-                    let mut y = x[0].clone();
-                    for t in &x[1..] {
-                        y = y.broadcast_add(t)?;
-                    }
-                    match node.op {
-                        Op::Mean => (y / x.len() as f64)?,
-                        _ => y,
-                    }
-                }
-                Op::Max | Op::Min => {
-                    let mut y = x[0].clone();
-                    for t in &x[1..] {
-                        y = match node.op {
-                            Op::Max => y.broadcast_maximum(t)?,
-                            _ => y.broadcast_minimum(t)?,
-                        };
-                    }
-                    y
-                }
-                Op::Conv(a) => {
-                    return kernels::conv_rec(x[0], x[1], x.get(2).copied(), a, relu, rec)
-                }
-                Op::ConvTranspose(a) => {
-                    return kernels::conv_transpose_rec(x[0], x[1], x.get(2).copied(), a, relu, rec)
-                }
-                Op::MaxPool(p) => return kernels::pool_rec(x[0], p, None, rec),
-                Op::Resize(r) => kernels::resize(x[0], r)?,
-                Op::AveragePool {
-                    pool,
-                    count_include_pad,
-                } => return kernels::pool_rec(x[0], pool, Some(*count_include_pad), rec),
-                Op::GlobalAveragePool => {
-                    x[0].flatten_from(2)?.mean_keepdim(2)?.reshape(out_dims)?
-                }
-                Op::GlobalMaxPool => x[0].flatten_from(2)?.max_keepdim(2)?.reshape(out_dims)?,
-                Op::Relu => x[0].relu()?,
-                Op::LeakyRelu { alpha } => (x[0].relu()? - (x[0].neg()?.relu()? * *alpha as f64)?)?,
-                Op::PRelu => {
-                    let (t, s) = (x[0], x[1]);
-                    let s = if s.rank() == 1 && t.rank() > 2 && s.dims()[0] == t.dims()[1] {
-                        let mut d = vec![1; t.rank() - 1];
-                        d[0] = s.dims()[0];
-                        s.reshape(d)?
+                if let Some(c) = x.get(2) {
+                    let c = if *beta != 1.0 {
+                        (*c * *beta as f64)?
                     } else {
-                        s.clone()
+                        (*c).clone()
                     };
-                    (t.relu()? - t.neg()?.relu()?.broadcast_mul(&s)?)?
+                    y = y.broadcast_add(&c)?;
                 }
-                Op::Clip { min, max } => {
-                    let mut y = x[0].clone();
-                    if min.is_finite() {
-                        y = y.maximum(*min as f64)?;
+                y
+            }
+            Op::MatMul => matmul(x[0], x[1])?,
+            Op::Binary { kind, legacy_axis } => {
+                let b = match legacy_axis {
+                    Some(axis) => {
+                        let mut d = x[1].dims().to_vec();
+                        d.resize(x[0].rank() - axis, 1);
+                        x[1].reshape(d)?
                     }
-                    if max.is_finite() {
-                        y = y.minimum(*max as f64)?;
-                    }
-                    y
+                    None => x[1].clone(),
+                };
+                match kind {
+                    BinaryKind::Add => x[0].broadcast_add(&b)?,
+                    BinaryKind::Sub => x[0].broadcast_sub(&b)?,
+                    BinaryKind::Mul => x[0].broadcast_mul(&b)?,
+                    BinaryKind::Div => x[0].broadcast_div(&b)?,
                 }
-                Op::Sigmoid => x[0].neg()?.exp()?.affine(1.0, 1.0)?.recip()?,
-                Op::Tanh => x[0].tanh()?,
-                Op::HardSigmoid { alpha, beta } => hard_sigmoid(x[0], *alpha as f64, *beta as f64)?,
-                Op::HardSwish => (x[0] * hard_sigmoid(x[0], 1.0 / 6.0, 0.5)?)?,
-                Op::Gelu { tanh } => gelu(x[0], *tanh)?,
-                Op::Softmax { axis, legacy } => softmax(x[0], *axis, *legacy, false)?,
-                Op::LogSoftmax { axis, legacy } => softmax(x[0], *axis, *legacy, true)?,
-                Op::BatchNorm { epsilon, .. } => {
-                    let (t, scale, bias, mean, var) = (x[0], x[1], x[2], x[3], x[4]);
-                    let mut d = vec![1; t.rank()];
-                    d[1] = t.dims()[1];
-                    let inv = (var.flatten_all()? + *epsilon as f64)?.sqrt()?.recip()?;
-                    let k = (scale.flatten_all()? * inv)?.reshape(d.as_slice())?;
-                    let mean = mean.reshape(d.as_slice())?;
-                    t.broadcast_sub(&mean)?
-                        .broadcast_mul(&k)?
-                        .broadcast_add(&bias.reshape(d.as_slice())?)?
+            }
+            Op::Sum | Op::Mean => {
+                let mut y = x[0].clone();
+                for t in &x[1..] {
+                    y = y.broadcast_add(t)?;
                 }
-                Op::InstanceNorm { epsilon } => {
-                    let (t, scale, bias) = (x[0], x[1], x[2]);
-                    let flat = t.flatten_from(2)?;
-                    let mean = flat.mean_keepdim(2)?;
-                    let centred = flat.broadcast_sub(&mean)?;
-                    let var = centred.sqr()?.mean_keepdim(2)?;
-                    let y = centred.broadcast_div(&(var + *epsilon as f64)?.sqrt()?)?;
-                    let d = [t.dims()[1], 1];
-                    y.broadcast_mul(&scale.reshape(d.as_slice())?)?
-                        .broadcast_add(&bias.reshape(d.as_slice())?)?
-                        .reshape(t.dims())?
+                match node.op {
+                    Op::Mean => (y / x.len() as f64)?,
+                    _ => y,
                 }
-                Op::Dropout { .. } | Op::Identity => x[0].clone(),
-                Op::Flatten { .. }
-                | Op::Reshape { .. }
-                | Op::Squeeze { .. }
-                | Op::Unsqueeze { .. } => x[0].reshape(out_dims)?,
-                Op::Transpose { perm } => x[0].permute(perm.as_slice())?.contiguous()?,
-                Op::Pad { pads, mode } => pad(x[0], pads, *mode)?,
-                Op::Slice {
-                    axes,
-                    starts,
-                    steps,
-                    lens,
-                } => {
-                    let mut y = x[0].clone();
-                    for k in 0..axes.len() {
-                        let (a, s, n) = (axes[k], starts[k], lens[k]);
-                        y = if steps[k] == 1 {
-                            y.narrow(a, s, n)?
-                        } else {
-                            let at: Vec<u32> = (0..n as i64)
-                                .map(|j| (s as i64 + j * steps[k]) as u32)
-                                .collect();
-                            y.index_select(&Tensor::new(at, y.device())?, a)?
-                        };
-                    }
-                    y.contiguous()?
+            }
+            Op::Max | Op::Min => {
+                let mut y = x[0].clone();
+                for t in &x[1..] {
+                    y = match node.op {
+                        Op::Max => y.broadcast_maximum(t)?,
+                        _ => y.broadcast_minimum(t)?,
+                    };
                 }
-                Op::Concat { axis } => {
-                    let a = crate::ir::norm_axis(*axis, x[0].rank())?;
-                    Tensor::cat(x, a)?
+                y
+            }
+            Op::Conv(a) => return kernels::conv_rec(x[0], x[1], x.get(2).copied(), a, relu, rec),
+            Op::ConvTranspose(a) => {
+                return kernels::conv_transpose_rec(x[0], x[1], x.get(2).copied(), a, relu, rec)
+            }
+            Op::MaxPool(p) => return kernels::pool_rec(x[0], p, None, rec),
+            Op::Resize(r) => kernels::resize(x[0], r)?,
+            Op::AveragePool {
+                pool,
+                count_include_pad,
+            } => return kernels::pool_rec(x[0], pool, Some(*count_include_pad), rec),
+            Op::GlobalAveragePool => x[0].flatten_from(2)?.mean_keepdim(2)?.reshape(out_dims)?,
+            Op::GlobalMaxPool => x[0].flatten_from(2)?.max_keepdim(2)?.reshape(out_dims)?,
+            Op::Relu => x[0].relu()?,
+            Op::LeakyRelu { alpha } => (x[0].relu()? - (x[0].neg()?.relu()? * *alpha as f64)?)?,
+            Op::PRelu => {
+                let (t, s) = (x[0], x[1]);
+                let s = if s.rank() == 1 && t.rank() > 2 && s.dims()[0] == t.dims()[1] {
+                    let mut d = vec![1; t.rank() - 1];
+                    d[0] = s.dims()[0];
+                    s.reshape(d)?
+                } else {
+                    s.clone()
+                };
+                (t.relu()? - t.neg()?.relu()?.broadcast_mul(&s)?)?
+            }
+            Op::Clip { min, max } => {
+                let mut y = x[0].clone();
+                if min.is_finite() {
+                    y = y.maximum(*min as f64)?;
                 }
-                Op::Lrn {
-                    alpha,
-                    beta,
-                    bias,
-                    size,
-                } => lrn(x[0], *alpha, *beta, *bias, *size)?,
-                Op::Gather { axis, indices, .. } => {
-                    let at: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
-                    x[0].contiguous()?
-                        .index_select(&Tensor::new(at, x[0].device())?, *axis)?
-                        .reshape(out_dims)?
+                if max.is_finite() {
+                    y = y.minimum(*max as f64)?;
                 }
-                Op::ScatterNd { indices, idx_dims } => scatter_nd(x[0], x[1], indices, idx_dims)?,
-            },
-            None,
-        ))
+                y
+            }
+            Op::Sigmoid => x[0].neg()?.exp()?.affine(1.0, 1.0)?.recip()?,
+            Op::Tanh => x[0].tanh()?,
+            Op::HardSigmoid { alpha, beta } => hard_sigmoid(x[0], *alpha as f64, *beta as f64)?,
+            Op::HardSwish => (x[0] * hard_sigmoid(x[0], 1.0 / 6.0, 0.5)?)?,
+            Op::Gelu { tanh } => gelu(x[0], *tanh)?,
+            Op::Softmax { axis, legacy } => softmax(x[0], *axis, *legacy, false)?,
+            Op::LogSoftmax { axis, legacy } => softmax(x[0], *axis, *legacy, true)?,
+            Op::BatchNorm { epsilon, .. } => {
+                let (t, scale, bias, mean, var) = (x[0], x[1], x[2], x[3], x[4]);
+                let mut d = vec![1; t.rank()];
+                d[1] = t.dims()[1];
+                let inv = (var.flatten_all()? + *epsilon as f64)?.sqrt()?.recip()?;
+                let k = (scale.flatten_all()? * inv)?.reshape(d.as_slice())?;
+                let mean = mean.reshape(d.as_slice())?;
+                t.broadcast_sub(&mean)?
+                    .broadcast_mul(&k)?
+                    .broadcast_add(&bias.reshape(d.as_slice())?)?
+            }
+            Op::InstanceNorm { epsilon } => {
+                let (t, scale, bias) = (x[0], x[1], x[2]);
+                let flat = t.flatten_from(2)?;
+                let mean = flat.mean_keepdim(2)?;
+                let centred = flat.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim(2)?;
+                let y = centred.broadcast_div(&(var + *epsilon as f64)?.sqrt()?)?;
+                let d = [t.dims()[1], 1];
+                y.broadcast_mul(&scale.reshape(d.as_slice())?)?
+                    .broadcast_add(&bias.reshape(d.as_slice())?)?
+                    .reshape(t.dims())?
+            }
+            Op::Dropout { .. } | Op::Identity => x[0].clone(),
+            Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                x[0].reshape(out_dims)?
+            }
+            Op::Transpose { perm } => x[0].permute(perm.as_slice())?.contiguous()?,
+            Op::Pad { pads, mode } => pad(x[0], pads, *mode)?,
+            Op::Slice {
+                axes,
+                starts,
+                steps,
+                lens,
+            } => {
+                let mut y = x[0].clone();
+                for k in 0..axes.len() {
+                    let (a, s, n) = (axes[k], starts[k], lens[k]);
+                    y = if steps[k] == 1 {
+                        y.narrow(a, s, n)?
+                    } else {
+                        let at: Vec<u32> = (0..n as i64)
+                            .map(|j| (s as i64 + j * steps[k]) as u32)
+                            .collect();
+                        y.index_select(&Tensor::new(at, y.device())?, a)?
+                    };
+                }
+                y.contiguous()?
+            }
+            Op::Concat { axis } => {
+                let a = crate::ir::norm_axis(*axis, x[0].rank())?;
+                Tensor::cat(x, a)?
+            }
+            Op::Lrn {
+                alpha,
+                beta,
+                bias,
+                size,
+            } => lrn(x[0], *alpha, *beta, *bias, *size)?,
+            Op::Gather { axis, indices, .. } => {
+                let at: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+                x[0].contiguous()?
+                    .index_select(&Tensor::new(at, x[0].device())?, *axis)?
+                    .reshape(out_dims)?
+            }
+            Op::ScatterNd { indices, idx_dims } => scatter_nd(x[0], x[1], indices, idx_dims)?,
+        };
+        Ok((y, None))
     }
 }
 
