@@ -11,7 +11,7 @@
 //! What the tape runs, node by node (the forward pass is [`Executor::forward_tape`]):
 //! - ecc's kernels (convolution, dense, BatchNormalization in training mode, pooling,
 //!   add-ReLU): the same backward functions as their candle ops' `bwd`
-//!   ([`kernels::Backward`]);
+//!   ([`kernels::Recorded`]);
 //! - reshapes, Identity and Dropout that drops nothing: the gradient reshaped or passed on;
 //! - every other op, through candle's autograd on that node alone: its inputs become fresh
 //!   variables (a copy), the op runs on them in candle's graph, and its backward is
@@ -24,7 +24,7 @@
 //! differ from the order of candle's graph walk (floating-point addition is not associative;
 //! with two readers, as in a residual block, the order does not matter).
 
-use super::kernels::{self, Backward};
+use super::kernels::{self, Recorded};
 use super::{Executor, Mode};
 use crate::error::{Error, Result};
 use crate::ir::Op;
@@ -34,7 +34,7 @@ use std::collections::HashMap;
 /// How one node's backward pass runs.
 pub(super) enum Back {
     /// One of ecc's kernels.
-    Kernel(Box<dyn Backward>),
+    Kernel(Recorded),
     /// The output gradient goes to the one input unchanged (Identity, Dropout that drops
     /// nothing, a ReLU fused into the node before it).
     Pass,
@@ -45,17 +45,17 @@ pub(super) enum Back {
     Graph { vars: Vec<Option<Var>>, out: Tensor },
 }
 
-/// One node on the tape: its data inputs (names and dims), its output, its backward pass.
+/// One node on the tape: its index (its inputs' and output's names are the node's), the
+/// dims its data inputs had, its backward pass.
 pub struct Step {
-    inputs: Vec<(String, Vec<usize>)>,
-    output: String,
+    node: usize,
+    dims: Vec<Vec<usize>>,
     back: Back,
 }
 
 /// The backward passes of one forward pass ([`Executor::forward_tape`]).
 pub struct Tape {
     steps: Vec<Step>,
-    outputs: Vec<String>,
 }
 
 impl Executor {
@@ -65,13 +65,7 @@ impl Executor {
     pub fn forward_tape(&self, inputs: &[Tensor], seed: u64) -> Result<(Vec<Tensor>, Tape)> {
         let mut steps = vec![];
         let out = self.run(inputs, Mode::Train { seed }, Some(&mut steps))?;
-        Ok((
-            out,
-            Tape {
-                steps,
-                outputs: self.outputs.clone(),
-            },
-        ))
+        Ok((out, Tape { steps }))
     }
 
     /// Run node `i` for the tape: its output (tracking nothing) and its step.
@@ -86,13 +80,8 @@ impl Executor {
     ) -> Result<(Tensor, Step)> {
         let node = &self.nodes[i];
         let step = |back| Step {
-            inputs: node
-                .data_inputs()
-                .iter()
-                .zip(x)
-                .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
-                .collect(),
-            output: node.outputs[0].clone(),
+            node: i,
+            dims: x.iter().map(|t| t.dims().to_vec()).collect(),
             back,
         };
         if fused_in {
@@ -157,35 +146,38 @@ impl Executor {
 
 impl Tape {
     /// The parameters' gradients, by name, from the gradients of the graph's outputs (one
-    /// per output, its shape; `None`: that output does not reach the loss).
+    /// per output, its shape; `None`: that output does not reach the loss); `ex` is the
+    /// executor that recorded the tape.
     pub fn backward(
         self,
         ex: &Executor,
         out_grads: &[Option<Tensor>],
     ) -> Result<HashMap<String, Tensor>> {
-        if out_grads.len() != self.outputs.len() {
+        if out_grads.len() != ex.outputs.len() {
             return Err(Error::exec(format!(
                 "backward: {} output gradients for {} outputs",
                 out_grads.len(),
-                self.outputs.len()
+                ex.outputs.len()
             )));
         }
         let mut grads: HashMap<String, Tensor> = HashMap::new();
-        for (name, g) in self.outputs.iter().zip(out_grads) {
+        for (name, g) in ex.outputs.iter().zip(out_grads) {
             if let Some(g) = g {
                 accumulate(&mut grads, name, g.clone())?;
             }
         }
         let wanted = |name: &str| !ex.inputs.iter().any(|i| i == name);
-        for (k, step) in self.steps.into_iter().enumerate().rev() {
-            let Some(g) = grads.remove(&step.output) else {
+        for step in self.steps.into_iter().rev() {
+            let node = &ex.nodes[step.node];
+            let Some(g) = grads.remove(&node.outputs[0]) else {
                 continue;
             };
-            let want: Vec<bool> = step.inputs.iter().map(|(n, _)| wanted(n)).collect();
+            let inputs = node.data_inputs();
+            let want: Vec<bool> = inputs.iter().map(|n| wanted(n)).collect();
             let ins = match step.back {
                 Back::Kernel(b) => b.backward(&g, &want)?,
                 Back::Pass => vec![Some(g)],
-                Back::Reshape => vec![Some(g.reshape(step.inputs[0].1.as_slice())?)],
+                Back::Reshape => vec![Some(g.reshape(step.dims[0].as_slice())?)],
                 Back::Graph { vars, out } => {
                     if out.track_op() {
                         let store = (&out * &g)?.sum_all()?.backward()?;
@@ -197,7 +189,7 @@ impl Tape {
                     }
                 }
             };
-            for ((name, dims), gi) in step.inputs.iter().zip(ins) {
+            for ((name, dims), gi) in inputs.iter().zip(&step.dims).zip(ins) {
                 let Some(gi) = gi else { continue };
                 if !wanted(name) {
                     continue;
@@ -208,9 +200,10 @@ impl Tape {
                     gi.reshape(dims.as_slice())?
                 } else {
                     return Err(Error::exec(format!(
-                        "backward of node {k}: gradient of '{name}' has shape {:?}, the value {dims:?}",
+                        "backward: gradient of '{name}' has shape {:?}, the value {dims:?}",
                         gi.dims()
-                    )));
+                    ))
+                    .at_node(ex.labels[step.node].clone()));
                 };
                 accumulate(&mut grads, name, gi)?;
             }

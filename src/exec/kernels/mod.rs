@@ -195,23 +195,13 @@ macro_rules! layer_op {
 }
 
 /// How a kernel call keeps what its backward pass needs: in candle's graph (the output
-/// tracks its inputs, and `backward()` on a loss runs the pass), or as a [`Backward`] for
+/// tracks its inputs, and `backward()` on a loss runs the pass), or as a [`Recorded`] for
 /// the executor's tape (`exec::tape`; the output tracks nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rec {
     Graph,
     Tape,
 }
-
-/// A kernel call's backward pass, as the executor's tape runs it.
-pub trait Backward: Send + Sync {
-    /// The gradients of the call's inputs, in order, from its output's gradient `grad`;
-    /// where `want[i]` is false (a graph input, which needs none) it may give `None`.
-    fn backward(&self, grad: &Tensor, want: &[bool]) -> Result<Vec<Option<Tensor>>>;
-}
-
-/// A kernel call's output, and its backward pass when recorded with [`Rec::Tape`].
-pub type Call = (Tensor, Option<Box<dyn Backward>>);
 
 /// The backward pass of one of the custom ops here, on its inputs `args` and output `res`:
 /// what its candle `bwd` computes (both call the same functions).
@@ -225,26 +215,31 @@ pub(crate) trait TapeOp: Send + Sync + 'static {
     ) -> Result<Vec<Option<Tensor>>>;
 }
 
-/// A custom op's call kept for the tape: the op, its inputs and its output.
-struct Taped<O> {
-    op: O,
+/// A kernel call kept for the executor's tape: the op, its inputs and its output.
+pub struct Recorded {
+    op: Box<dyn TapeOp>,
     args: Vec<Tensor>,
     res: Tensor,
 }
 
-impl<O: TapeOp> Backward for Taped<O> {
-    fn backward(&self, grad: &Tensor, want: &[bool]) -> Result<Vec<Option<Tensor>>> {
+impl Recorded {
+    fn new<O: TapeOp>(op: O, args: &[&Tensor], res: &Tensor) -> Option<Recorded> {
+        Some(Recorded {
+            op: Box::new(op),
+            args: args.iter().map(|&t| t.clone()).collect(),
+            res: res.clone(),
+        })
+    }
+
+    /// The gradients of the call's inputs, in order, from its output's gradient `grad`;
+    /// where `want[i]` is false (a graph input, which needs none) it may give `None`.
+    pub fn backward(&self, grad: &Tensor, want: &[bool]) -> Result<Vec<Option<Tensor>>> {
         self.op.tape_bwd(&self.args, &self.res, grad, want)
     }
 }
 
-fn taped<O: TapeOp>(op: O, args: &[&Tensor], res: &Tensor) -> Option<Box<dyn Backward>> {
-    Some(Box::new(Taped {
-        op,
-        args: args.iter().map(|&t| t.clone()).collect(),
-        res: res.clone(),
-    }))
-}
+/// A kernel call's output, and its backward pass when recorded with [`Rec::Tape`].
+pub type Call = (Tensor, Option<Recorded>);
 
 /// `x.apply_op1(op)` recorded as `rec` says.
 fn apply1<O: candle_core::CustomOp1 + TapeOp>(x: &Tensor, op: O, rec: Rec) -> Result<Call> {
@@ -252,8 +247,8 @@ fn apply1<O: candle_core::CustomOp1 + TapeOp>(x: &Tensor, op: O, rec: Rec) -> Re
         Rec::Graph => (x.apply_op1(op)?, None),
         Rec::Tape => {
             let y = x.apply_op1_no_bwd(&op)?;
-            let b = taped(op, &[x], &y);
-            (y, b)
+            let back = Recorded::new(op, &[x], &y);
+            (y, back)
         }
     })
 }
@@ -264,7 +259,7 @@ fn apply2<O: CustomOp2 + TapeOp>(a: &Tensor, b: &Tensor, op: O, rec: Rec) -> Res
         Rec::Graph => (a.apply_op2(b, op)?, None),
         Rec::Tape => {
             let y = a.apply_op2_no_bwd(b, &op)?;
-            let back = taped(op, &[a, b], &y);
+            let back = Recorded::new(op, &[a, b], &y);
             (y, back)
         }
     })
@@ -282,7 +277,7 @@ fn apply3<O: candle_core::CustomOp3 + TapeOp>(
         Rec::Graph => (a.apply_op3(b, c, op)?, None),
         Rec::Tape => {
             let y = a.apply_op3_no_bwd(b, c, &op)?;
-            let back = taped(op, &[a, b, c], &y);
+            let back = Recorded::new(op, &[a, b, c], &y);
             (y, back)
         }
     })
